@@ -1,0 +1,397 @@
+//! Types shared by oomlab's eBPF programs (`stress-ebpf`) and its user-space side (`stress-user`).
+//!
+//! Everything here is `#[repr(C)]`, `Copy` and free of implicit padding, so the kernel side can
+//! write it into the ring buffer and user space can read it back byte for byte. Tracepoint field
+//! offsets are never compiled in: user space reads them from the running kernel's `format` files
+//! and hands them over in [`Config`] before the programs are loaded.
+#![cfg_attr(not(test), no_std)]
+
+/// Where one tracepoint field lives in the raw record. `size == 0` means this kernel's layout
+/// does not have the field (e.g. `oom:mark_victim` before 6.9 has only `pid`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Field {
+    pub offset: u16,
+    pub size: u16,
+    /// 1 when the field is a `__data_loc` (dynamic string): the u32 at `offset` holds the
+    /// string's offset (low 16 bits) and length (high 16 bits).
+    pub data_loc: u16,
+    pub signed: u16,
+}
+
+impl Field {
+    pub const ABSENT: Field = Field {
+        offset: 0,
+        size: 0,
+        data_loc: 0,
+        signed: 0,
+    };
+
+    pub const fn is_present(&self) -> bool {
+        self.size != 0
+    }
+}
+
+/// Declares, per tracepoint, the fields oomlab reads and their index in the layout array.
+/// User space walks `FIELDS` to fill the array from the `format` file; the eBPF side indexes
+/// it with the constants.
+macro_rules! tracepoint_layout {
+    ($(#[$doc:meta])* $module:ident, $group:literal, $event:literal, [$($idx:ident = $name:literal),+ $(,)?]) => {
+        $(#[$doc])*
+        pub mod $module {
+            pub const GROUP: &str = $group;
+            pub const EVENT: &str = $event;
+            pub const FIELDS: &[&str] = &[$($name),+];
+            pub const N: usize = FIELDS.len();
+            tracepoint_layout!(@idx 0usize, $($idx)+);
+        }
+    };
+    (@idx $n:expr, $first:ident $($rest:ident)*) => {
+        pub const $first: usize = $n;
+        tracepoint_layout!(@idx $n + 1usize, $($rest)*);
+    };
+    (@idx $n:expr,) => {};
+}
+
+tracepoint_layout!(
+    /// `oom:mark_victim`: the task the OOM killer has chosen.
+    mark_victim, "oom", "mark_victim", [
+        PID = "pid", COMM = "comm", TOTAL_VM = "total_vm", ANON_RSS = "anon_rss",
+        FILE_RSS = "file_rss", SHMEM_RSS = "shmem_rss", UID = "uid", PGTABLES = "pgtables",
+        OOM_SCORE_ADJ = "oom_score_adj",
+    ]
+);
+tracepoint_layout!(
+    /// `oom:oom_score_adj_update`: a write to /proc/PID/oom_score_adj (the writer is `current`).
+    adj_update, "oom", "oom_score_adj_update", [PID = "pid", COMM = "comm", OOM_SCORE_ADJ = "oom_score_adj"]
+);
+tracepoint_layout!(
+    /// `vmscan:mm_vmscan_{memcg,direct}_reclaim_begin`.
+    reclaim_begin, "vmscan", "mm_vmscan_memcg_reclaim_begin", [ORDER = "order", GFP_FLAGS = "gfp_flags"]
+);
+tracepoint_layout!(
+    /// `vmscan:mm_vmscan_{memcg,direct}_reclaim_end`.
+    reclaim_end, "vmscan", "mm_vmscan_memcg_reclaim_end", [NR_RECLAIMED = "nr_reclaimed"]
+);
+tracepoint_layout!(
+    /// `oom:reclaim_retry_zone`: the allocator deciding whether reclaim is still worth retrying.
+    retry_zone, "oom", "reclaim_retry_zone", [
+        NODE = "node", ZONE_IDX = "zone_idx", ORDER = "order", RECLAIMABLE = "reclaimable",
+        AVAILABLE = "available", MIN_WMARK = "min_wmark", NO_PROGRESS_LOOPS = "no_progress_loops",
+        WMARK_CHECK = "wmark_check",
+    ]
+);
+tracepoint_layout!(
+    /// `oom:compact_retry` (absent on kernels without compaction).
+    compact_retry, "oom", "compact_retry", [
+        ORDER = "order", PRIORITY = "priority", RESULT = "result", RETRIES = "retries",
+        MAX_RETRIES = "max_retries", RET = "ret",
+    ]
+);
+tracepoint_layout!(
+    /// `oom:wake_reaper`, `oom:start_task_reaping`, `oom:finish_task_reaping`, `oom:skip_task_reaping`.
+    reaper, "oom", "wake_reaper", [PID = "pid"]
+);
+tracepoint_layout!(
+    /// `vmscan:mm_vmscan_kswapd_wake`.
+    kswapd_wake, "vmscan", "mm_vmscan_kswapd_wake", [NID = "nid", ZID = "zid", ORDER = "order"]
+);
+tracepoint_layout!(
+    /// `cgroup:cgroup_mkdir` / `cgroup_rmdir`.
+    cgroup_dir, "cgroup", "cgroup_mkdir", [ROOT = "root", LEVEL = "level", ID = "id", PATH = "path"]
+);
+tracepoint_layout!(
+    /// `cgroup:cgroup_attach_task`: a task moved into a cgroup.
+    cgroup_attach, "cgroup", "cgroup_attach_task", [
+        DST_ROOT = "dst_root", DST_LEVEL = "dst_level", DST_ID = "dst_id", PID = "pid",
+        DST_PATH = "dst_path", COMM = "comm",
+    ]
+);
+
+/// Everything the eBPF programs need from user space, set as a read-only global at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    pub mark_victim: [Field; mark_victim::N],
+    pub adj_update: [Field; adj_update::N],
+    pub reclaim_begin: [Field; reclaim_begin::N],
+    pub reclaim_end: [Field; reclaim_end::N],
+    pub retry_zone: [Field; retry_zone::N],
+    pub compact_retry: [Field; compact_retry::N],
+    pub reaper: [Field; reaper::N],
+    pub kswapd_wake: [Field; kswapd_wake::N],
+    pub cgroup_dir: [Field; cgroup_dir::N],
+    pub cgroup_attach: [Field; cgroup_attach::N],
+    /// One of the `FILTER_*` constants.
+    pub filter_mode: u32,
+    pub _pad: u32,
+    /// With [`FILTER_CGROUP_V2`]: only events whose current task is in this cgroup v2 id or a
+    /// descendant.
+    pub filter_cgroup_id: u64,
+}
+
+/// No filtering: node-wide.
+pub const FILTER_NONE: u32 = 0;
+/// Keep events of tasks whose pid is in the `FILTER_PIDS` map (kept up to date by user space and
+/// by `cgroup_attach_task`), used on cgroup v1.
+pub const FILTER_PIDS: u32 = 1;
+/// Keep events of tasks whose cgroup v2 id is in the `FILTER_CGROUPS` map.
+pub const FILTER_CGROUP_V2: u32 = 2;
+
+impl Config {
+    pub const fn zeroed() -> Self {
+        Config {
+            mark_victim: [Field::ABSENT; mark_victim::N],
+            adj_update: [Field::ABSENT; adj_update::N],
+            reclaim_begin: [Field::ABSENT; reclaim_begin::N],
+            reclaim_end: [Field::ABSENT; reclaim_end::N],
+            retry_zone: [Field::ABSENT; retry_zone::N],
+            compact_retry: [Field::ABSENT; compact_retry::N],
+            reaper: [Field::ABSENT; reaper::N],
+            kswapd_wake: [Field::ABSENT; kswapd_wake::N],
+            cgroup_dir: [Field::ABSENT; cgroup_dir::N],
+            cgroup_attach: [Field::ABSENT; cgroup_attach::N],
+            filter_mode: FILTER_NONE,
+            _pad: 0,
+            filter_cgroup_id: 0,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::zeroed()
+    }
+}
+
+/// Fixed numeric kinds of the events in the ring buffer; the first field of every event.
+pub mod kind {
+    pub const MARK_VICTIM: u32 = 1;
+    pub const ADJ_UPDATE: u32 = 2;
+    pub const RECLAIM: u32 = 3;
+    pub const RETRY_ZONE: u32 = 4;
+    pub const COMPACT_RETRY: u32 = 5;
+    pub const REAPER: u32 = 6;
+    pub const KSWAPD_WAKE: u32 = 7;
+    pub const CGROUP: u32 = 8;
+    pub const OOM_KILL_PROCESS: u32 = 9;
+}
+
+pub const COMM_LEN: usize = 16;
+/// Long enough for kubelet paths (`/kubepods.slice/kubepods-burstable.slice/…/cri-containerd-<64 hex>.scope`).
+pub const PATH_LEN: usize = 256;
+
+/// Common head of every event: what and when, and the task that was running (`current`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    pub kind: u32,
+    pub cpu: u32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC in nanoseconds.
+    pub ts_ns: u64,
+    /// cgroup v2 id of `current` (`bpf_get_current_cgroup_id`).
+    pub cgroup_id: u64,
+    pub tgid: u32,
+    pub pid: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Bits of [`MarkVictim::present`]: which optional fields this kernel's layout delivered.
+pub mod victim_fields {
+    pub const COMM: u32 = 1 << 0;
+    pub const RSS: u32 = 1 << 1;
+    pub const UID: u32 = 1 << 2;
+    pub const PGTABLES: u32 = 1 << 3;
+    pub const OOM_SCORE_ADJ: u32 = 1 << 4;
+}
+
+/// `oom:mark_victim`. Sizes are in KiB as the tracepoint reports them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MarkVictim {
+    pub hdr: EventHeader,
+    pub pid: i32,
+    pub uid: u32,
+    pub total_vm_kb: u64,
+    pub anon_rss_kb: u64,
+    pub file_rss_kb: u64,
+    pub shmem_rss_kb: u64,
+    pub pgtables_kb: u64,
+    pub oom_score_adj: i32,
+    pub present: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// `oom:oom_score_adj_update`; the writer is the header's task.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AdjUpdate {
+    pub hdr: EventHeader,
+    pub pid: i32,
+    pub oom_score_adj: i32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Which reclaim a [`Reclaim`] event describes.
+pub mod reclaim_kind {
+    pub const MEMCG: u32 = 1;
+    pub const DIRECT: u32 = 2;
+}
+
+/// One reclaim pass, paired begin/end in the kernel: the header is the end's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Reclaim {
+    pub hdr: EventHeader,
+    pub reclaim_kind: u32,
+    pub order: i32,
+    pub gfp_flags: u64,
+    pub nr_reclaimed: u64,
+    pub latency_ns: u64,
+}
+
+/// Per-cgroup reclaim totals, aggregated in the kernel (map `RECLAIM_STATS`, key: cgroup v2 id
+/// of the reclaiming task), so a summary survives ring-buffer drops.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReclaimStats {
+    pub count: u64,
+    pub nr_reclaimed: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+}
+
+/// `oom:reclaim_retry_zone`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RetryZone {
+    pub hdr: EventHeader,
+    pub node: i32,
+    pub zone_idx: i32,
+    pub order: i32,
+    pub no_progress_loops: i32,
+    pub reclaimable: u64,
+    pub available: u64,
+    pub min_wmark: u64,
+    pub wmark_check: i32,
+    pub _pad: u32,
+}
+
+/// `oom:compact_retry`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CompactRetry {
+    pub hdr: EventHeader,
+    pub order: i32,
+    pub priority: i32,
+    pub result: i32,
+    pub retries: i32,
+    pub max_retries: i32,
+    pub ret: i32,
+}
+
+/// Which reaper step a [`Reaper`] event is.
+pub mod reaper_step {
+    pub const WAKE: u32 = 1;
+    pub const START: u32 = 2;
+    pub const FINISH: u32 = 3;
+    pub const SKIP: u32 = 4;
+}
+
+/// `oom:wake_reaper` / `start_task_reaping` / `finish_task_reaping` / `skip_task_reaping`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Reaper {
+    pub hdr: EventHeader,
+    pub step: u32,
+    pub pid: i32,
+}
+
+/// `vmscan:mm_vmscan_kswapd_wake`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct KswapdWake {
+    pub hdr: EventHeader,
+    pub nid: i32,
+    pub zid: i32,
+    pub order: i32,
+    pub _pad: u32,
+}
+
+/// Which lifecycle step a [`CgroupEvent`] is.
+pub mod cgroup_op {
+    pub const MKDIR: u32 = 1;
+    pub const RMDIR: u32 = 2;
+    pub const ATTACH: u32 = 3;
+}
+
+/// `cgroup:cgroup_mkdir` / `cgroup_rmdir` / `cgroup_attach_task`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CgroupEvent {
+    pub hdr: EventHeader,
+    pub op: u32,
+    pub root: i32,
+    pub level: i32,
+    /// The moved task (attach only).
+    pub pid: i32,
+    pub id: u64,
+    pub comm: [u8; COMM_LEN],
+    pub path: [u8; PATH_LEN],
+}
+
+/// kprobe/fentry on `oom_kill_process`: only where the kernel allows those hooks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OomKillProcess {
+    pub hdr: EventHeader,
+    /// 1 = fentry, 2 = kprobe.
+    pub hook: u32,
+    pub _pad: u32,
+}
+
+/// Indexes of the per-CPU `STATS` counters.
+pub mod stat {
+    /// Events written to the ring buffer.
+    pub const PRODUCED: u32 = 0;
+    /// Events lost because the ring buffer was full.
+    pub const DROPPED: u32 = 1;
+    pub const N: u32 = 2;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type here is repr(C), Copy, made of integers only, with no implicit padding.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::ReclaimStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::size_of;
+
+    use super::*;
+
+    // The eBPF side and user space must agree byte for byte; sizes that are multiples of 8 keep
+    // events aligned in the ring buffer and prove there is no trailing padding.
+    #[test]
+    fn layouts_have_no_padding() {
+        assert_eq!(size_of::<Field>(), 8);
+        assert_eq!(size_of::<EventHeader>(), 48);
+        assert_eq!(size_of::<MarkVictim>(), 48 + 8 + 40 + 8 + 16);
+        assert_eq!(size_of::<AdjUpdate>(), 48 + 8 + 16);
+        assert_eq!(size_of::<Reclaim>(), 48 + 8 + 24);
+        assert_eq!(size_of::<CgroupEvent>(), 48 + 16 + 8 + COMM_LEN + PATH_LEN);
+        assert_eq!(size_of::<Config>() % 8, 0);
+    }
+
+    #[test]
+    fn layout_indexes_follow_field_names() {
+        assert_eq!(
+            mark_victim::FIELDS[mark_victim::OOM_SCORE_ADJ],
+            "oom_score_adj"
+        );
+        assert_eq!(mark_victim::N, 9);
+        assert_eq!(cgroup_attach::FIELDS[cgroup_attach::COMM], "comm");
+    }
+}

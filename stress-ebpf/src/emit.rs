@@ -1,0 +1,175 @@
+//! Shared plumbing of the probes: the ring buffer, the drop counters, the run-time config and
+//! reading tracepoint fields at the offsets user space found in the kernel's `format` files.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel_buf,
+        bpf_probe_read_kernel_str_bytes,
+    },
+    macros::map,
+    maps::{ring_buf::RingBufEntry, HashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+    EbpfContext as _,
+};
+use stress_common::{stat, Config, EventHeader, Field, FILTER_CGROUP_V2, FILTER_PIDS};
+
+/// Set by user space before load (`EbpfLoader::set_global`): offsets and the filter.
+#[unsafe(no_mangle)]
+static CONFIG: Config = Config::zeroed();
+
+/// 4 MiB: an OOM storm of thousands of kills fits even if user space stalls for a moment.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::N, 0);
+
+/// cgroup v1 filter: tgids of interest, seeded by user space and grown on `cgroup_attach_task`.
+#[map]
+pub static FILTER_PID_SET: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
+/// cgroup v2 filter: ids of the target cgroup and its descendants (grown on `cgroup_mkdir`).
+#[map]
+pub static FILTER_CGROUP_SET: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
+
+/// Reads `CONFIG` through a volatile load so the compiler cannot fold the zeroed initialiser.
+#[inline(always)]
+pub fn config<T: Copy + 'static>(f: impl FnOnce(&'static Config) -> &'static T) -> T {
+    // SAFETY: CONFIG is a valid static; the volatile read only defeats constant folding.
+    unsafe { core::ptr::read_volatile(f(&CONFIG)) }
+}
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(counter) = STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// True when the current task passes the user's target filter (node-wide when none is set).
+#[inline(always)]
+pub fn current_wanted() -> bool {
+    match config(|c| &c.filter_mode) {
+        FILTER_PIDS => {
+            let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            // SAFETY: the value is only tested for presence.
+            unsafe { FILTER_PID_SET.get(tgid) }.is_some()
+        }
+        FILTER_CGROUP_V2 => {
+            // SAFETY: the helper has no preconditions.
+            let id = unsafe { bpf_get_current_cgroup_id() };
+            // SAFETY: the value is only tested for presence.
+            unsafe { FILTER_CGROUP_SET.get(id) }.is_some()
+        }
+        _ => true,
+    }
+}
+
+/// Reserves room for one `T`; counts a drop when the ring buffer is full.
+#[inline(always)]
+pub fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
+    match EVENTS.reserve::<T>(0) {
+        Some(entry) => {
+            bump(stat::PRODUCED);
+            Some(entry)
+        }
+        None => {
+            bump(stat::DROPPED);
+            None
+        }
+    }
+}
+
+/// Fills the common header with the current task and the clock.
+#[inline(always)]
+pub fn header(kind: u32) -> EventHeader {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: these helpers have no preconditions.
+    let (cpu, ts_ns, cgroup_id) = unsafe {
+        (
+            bpf_get_smp_processor_id(),
+            bpf_ktime_get_ns(),
+            bpf_get_current_cgroup_id(),
+        )
+    };
+    EventHeader {
+        kind,
+        cpu,
+        ts_ns,
+        cgroup_id,
+        tgid: (pid_tgid >> 32) as u32,
+        pid: pid_tgid as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+/// An unsigned field of 1, 2, 4 or 8 bytes, zero-extended; `None` when absent or unreadable.
+#[inline(always)]
+pub fn read_unsigned(ctx: &TracePointContext, f: Field) -> Option<u64> {
+    let off = f.offset as usize;
+    // SAFETY: read_at goes through bpf_probe_read_kernel, which tolerates any address.
+    unsafe {
+        match f.size {
+            1 => ctx.read_at::<u8>(off).ok().map(u64::from),
+            2 => ctx.read_at::<u16>(off).ok().map(u64::from),
+            4 => ctx.read_at::<u32>(off).ok().map(u64::from),
+            8 => ctx.read_at::<u64>(off).ok(),
+            _ => None,
+        }
+    }
+}
+
+/// A field as a signed value, sign-extended when the format says `signed:1`.
+#[inline(always)]
+pub fn read_signed(ctx: &TracePointContext, f: Field) -> Option<i64> {
+    let raw = read_unsigned(ctx, f)?;
+    if f.signed == 0 {
+        return Some(raw as i64);
+    }
+    Some(match f.size {
+        1 => raw as u8 as i8 as i64,
+        2 => raw as u16 as i16 as i64,
+        4 => raw as u32 as i32 as i64,
+        _ => raw as i64,
+    })
+}
+
+/// Copies a string field (`__data_loc char[]` or a fixed `char[N]`) into `dst`, NUL-terminated.
+/// On failure `dst` starts with NUL so user space reads an empty string, never stale bytes.
+#[inline(always)]
+pub fn read_str(ctx: &TracePointContext, f: Field, dst: &mut [u8]) {
+    if dst.is_empty() {
+        return;
+    }
+    let ok = f.size != 0 && {
+        let start = if f.data_loc != 0 {
+            // SAFETY: see read_unsigned.
+            match unsafe { ctx.read_at::<u32>(f.offset as usize) } {
+                Ok(loc) => (loc & 0xffff) as usize,
+                Err(_) => 0,
+            }
+        } else {
+            f.offset as usize
+        };
+        if start == 0 {
+            false
+        } else {
+            // SAFETY: the source is the tracepoint record; the helper bounds-checks the read.
+            let src = unsafe { (ctx.as_ptr() as *const u8).add(start) };
+            if f.data_loc != 0 {
+                unsafe { bpf_probe_read_kernel_str_bytes(src, dst) }.is_ok()
+            } else {
+                let n = dst.len().min(f.size as usize);
+                match dst.get_mut(..n) {
+                    Some(d) => unsafe { bpf_probe_read_kernel_buf(src, d) }.is_ok(),
+                    None => false,
+                }
+            }
+        }
+    };
+    if !ok {
+        dst[0] = 0;
+    }
+}

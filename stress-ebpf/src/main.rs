@@ -1,0 +1,26 @@
+//! oomlab's kernel side: classic tracepoints on `oom`, `vmscan` and `cgroup`, plus optional
+//! kprobe/fentry hooks on `oom_kill_process`. Every program writes one typed event (see
+//! `stress-common`) into the single ring buffer `EVENTS`; field offsets come from `CONFIG`.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod emit;
+#[cfg(target_arch = "bpf")]
+mod probes;
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: eBPF programs cannot panic; the verifier rejects any path that would reach here.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+/// Built for the host only so that `cargo clippy --workspace` can check the crate.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

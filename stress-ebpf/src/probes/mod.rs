@@ -1,0 +1,3 @@
+//! One module per kernel subsystem, as kunai lays out its probes.
+mod hooks;
+mod oom;

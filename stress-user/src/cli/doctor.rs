@@ -1,0 +1,119 @@
+//! `oomlab doctor [--output json]`.
+
+use crate::{cli::exit, doctor, report::OutputFormat};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[arg(long, value_enum, default_value_t)]
+    output: OutputFormat,
+}
+
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let r = doctor::run();
+    match args.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+        OutputFormat::Human => print_human(&r),
+    }
+    Ok(if r.can_run { exit::OK } else { exit::FAILED })
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn print_human(r: &doctor::Report) {
+    println!("kernel          {}", r.kernel_release);
+    match (&r.cgroup.memory_version, &r.cgroup.memory_mount) {
+        (Some(v), Some(m)) => println!(
+            "cgroup          mode {}; memory controller on cgroup {} at {m}{}",
+            r.cgroup.mode.map_or("?".into(), |m| m.to_string()),
+            v,
+            r.cgroup
+                .unified_mount
+                .as_deref()
+                .map(|u| format!(" (v2 mounted at {u})"))
+                .unwrap_or_default()
+        ),
+        _ => println!(
+            "cgroup          {}",
+            r.cgroup.error.as_deref().unwrap_or("unknown")
+        ),
+    }
+    match &r.tracefs.path {
+        Some(p) if r.tracefs.mounted_by_oomlab => {
+            println!("tracefs         was not mounted: mounted it at {p}")
+        }
+        Some(p) => println!("tracefs         {p}"),
+        None => println!(
+            "tracefs         {}",
+            r.tracefs.error.as_deref().unwrap_or("unavailable")
+        ),
+    }
+    println!("btf             {}", yes(r.btf));
+    println!(
+        "lockdown        {}",
+        r.lockdown
+            .as_deref()
+            .unwrap_or("unknown (securityfs not mounted)")
+    );
+    println!("psi             {}", yes(r.psi));
+    println!(
+        "oom_dump_tasks  {}",
+        r.oom_dump_tasks.map_or("unknown".into(), |v| v.to_string())
+    );
+    println!(
+        "/dev/kmsg       {}",
+        if r.kmsg_readable {
+            "readable"
+        } else {
+            "not readable"
+        }
+    );
+    let c = &r.capabilities;
+    println!(
+        "capabilities    euid {} CAP_BPF {} CAP_PERFMON {} CAP_SYS_ADMIN {}",
+        c.euid,
+        yes(c.cap_bpf),
+        yes(c.cap_perfmon),
+        yes(c.cap_sys_admin)
+    );
+    println!("tracepoints");
+    for t in &r.tracepoints {
+        if t.present {
+            println!("  {:<42} present  [{}]", t.name, t.fields.join(", "));
+        } else {
+            println!(
+                "  {:<42} MISSING{}",
+                t.name,
+                if t.required { " (required)" } else { "" }
+            );
+        }
+    }
+    println!("attach (real load + attach)");
+    for a in &r.attach {
+        if a.ok {
+            println!("  {:<42} usable", a.name);
+        } else {
+            println!(
+                "  {:<42} unavailable: {}",
+                a.name,
+                a.reason.as_deref().unwrap_or("see error")
+            );
+            if let Some(e) = &a.error {
+                println!("  {:<42}   error: {e}", "");
+            }
+        }
+    }
+    if r.can_run {
+        println!("verdict         oomlab can run here");
+    } else {
+        println!("verdict         oomlab cannot run here:");
+        for p in &r.problems {
+            println!("  - {p}");
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! Command-line interface: one file per subcommand, as bpfman's CLI is laid out.
+
+mod app;
+mod doctor;
+mod trace;
+
+use clap::{Parser, Subcommand};
+
+/// Exit codes shared by every subcommand.
+pub mod exit {
+    pub const OK: i32 = 0;
+    /// The command ran and found a failure (doctor: oomlab cannot work here).
+    pub const FAILED: i32 = 1;
+    /// Bad input: nothing was created.
+    pub const USAGE: i32 = 2;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "oomlab",
+    version,
+    about = "Memory-pressure injector and OOM tracer for Linux nodes (eBPF)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Report what this kernel lets oomlab do, by trying it.
+    Doctor(doctor::Args),
+    /// Trace OOM kills and oom_score_adj changes in real time.
+    Trace(trace::Args),
+    /// A small service that allocates and holds memory (for experiments and tests).
+    App(app::Args),
+}
+
+/// Runs the parsed command and returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    let result = match cli.command {
+        Command::Doctor(a) => doctor::run(a),
+        Command::Trace(a) => trace::run(a),
+        Command::App(a) => app::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("oomlab: error: {e:#}");
+            exit::FAILED
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! oomlab: injects memory pressure inside a target cgroup and traces the kernel's reaction
+//! (OOM victims, `oom_score_adj`, reclaim, cgroup lifecycle) with eBPF tracepoints.
+
+pub mod cgroup;
+pub mod cli;
+pub mod doctor;
+pub mod inject;
+pub mod report;
+pub mod size;
+pub mod trace;

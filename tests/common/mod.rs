@@ -1,0 +1,84 @@
+//! Helpers shared by the root integration tests: root check, the test cgroup parent, and a
+//! `/dev/kmsg` cursor to compare oomlab's reports with the kernel's own log.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::{
+    fs::File,
+    io::{ErrorKind, Read, Seek, SeekFrom},
+    os::unix::fs::OpenOptionsExt,
+    time::{Duration, Instant},
+};
+
+/// Every cgroup a test creates lives under this parent, and is removed by its guard.
+pub const TEST_PARENT: &str = "oomlab-test";
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Returns false (and says why) when the test cannot run here.
+pub fn need_root(test: &str) -> bool {
+    if !is_root() {
+        eprintln!("skipped: {test} needs root (real cgroups, eBPF and OOM kills)");
+        return false;
+    }
+    true
+}
+
+pub fn unique(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
+/// Reads new `/dev/kmsg` records from the moment it was opened.
+pub struct Kmsg {
+    file: File,
+}
+
+impl Kmsg {
+    pub fn open_at_end() -> Kmsg {
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open("/dev/kmsg")
+            .expect("open /dev/kmsg");
+        file.seek(SeekFrom::End(0))
+            .expect("seek /dev/kmsg to its end");
+        Kmsg { file }
+    }
+
+    /// The messages (text after `;`) logged since open or the last call.
+    pub fn drain(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match self.file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let rec = String::from_utf8_lossy(&buf[..n]);
+                    if let Some((_, msg)) = rec.split_once(';') {
+                        out.push(msg.lines().next().unwrap_or_default().to_string());
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                // EPIPE: records were overwritten; carry on from the next one.
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+                Err(e) => panic!("reading /dev/kmsg: {e}"),
+            }
+        }
+        out
+    }
+
+    /// Waits up to `timeout` for a message containing `needle`.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            seen.extend(self.drain());
+            if let Some(m) = seen.iter().find(|m| m.contains(needle)) {
+                return Some(m.clone());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}

@@ -1,0 +1,136 @@
+//! oomlab's developer commands — what cargo cannot do alone: install the eBPF toolchain, run the
+//! root integration tests one at a time, and the demo. `setup` runs first in every command.
+
+mod demo;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing: nightly rust-src, LLVM 22, bpf-linker 0.13.0, Debian tools.
+    Setup,
+    /// setup, fmt, clippy, unit tests, then the root integration tests one at a time.
+    Test {
+        /// Skip the root integration tests (unit tests only).
+        #[arg(long)]
+        unit_only: bool,
+    },
+    /// setup, build, `oomlab doctor`, then a traced OOM kill in a scratch cgroup.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    setup::run()?;
+    match cli.command {
+        Cmd::Setup => Ok(()),
+        Cmd::Test { unit_only } => test(unit_only),
+        Cmd::Demo => demo::run(),
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// Runs a command in the workspace root, echoing it, failing on a non-zero exit.
+pub fn run(program: &str, args: &[&str]) -> Result<()> {
+    eprintln!("xtask: $ {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("starting {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+fn test(unit_only: bool) -> Result<()> {
+    // Formatting uses nightly rustfmt when present: rustfmt.toml groups imports the aya way,
+    // which only nightly can check. Stable must agree too (it ignores those options).
+    run("cargo", &["+nightly", "fmt", "--all", "--check"])?;
+    run("cargo", &["fmt", "--all", "--check"])?;
+    run(
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    // The eBPF crate only means something for the BPF target: lint it there too.
+    run(
+        "cargo",
+        &[
+            "+nightly",
+            "clippy",
+            "--package",
+            "stress-ebpf",
+            "-Z",
+            "build-std=core",
+            "--target",
+            "bpfel-unknown-none",
+            "--release",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    run(
+        "cargo",
+        &[
+            "test",
+            "--workspace",
+            "--exclude",
+            "stress-ebpf",
+            "--lib",
+            "--bins",
+        ],
+    )?;
+    if unit_only {
+        return Ok(());
+    }
+    if !nix_is_root() {
+        bail!("the root integration tests need root (real cgroups, eBPF, OOM kills); run as root or pass --unit-only");
+    }
+    // One test binary and one test at a time: they share the kernel's OOM killer and kmsg.
+    run(
+        "cargo",
+        &[
+            "test",
+            "--package",
+            "stress-user",
+            "--test",
+            "*",
+            "--",
+            "--test-threads=1",
+        ],
+    )
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
