@@ -1,6 +1,7 @@
 //! oomlab's developer commands — what cargo cannot do alone: install the eBPF toolchain, run the
 //! root integration tests one at a time, and the demo. `setup` runs first in every command.
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -31,6 +32,11 @@ enum Cmd {
     },
     /// setup, build, `oomlab doctor`, then a traced OOM kill in a scratch cgroup.
     Demo,
+    /// Benchmarks against peer tools, printed as ratios.
+    Bench {
+        #[arg(value_enum)]
+        which: bench::Bench,
+    },
 }
 
 fn main() -> Result<()> {
@@ -40,6 +46,7 @@ fn main() -> Result<()> {
         Cmd::Setup => Ok(()),
         Cmd::Test { unit_only } => test(unit_only),
         Cmd::Demo => demo::run(),
+        Cmd::Bench { which } => bench::run(which),
     }
 }
 

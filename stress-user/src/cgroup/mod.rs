@@ -2,6 +2,7 @@
 //! counters — the numbers that matter, not `free`'s — and scratch cgroups oomlab owns.
 
 mod scratch;
+pub mod target;
 
 use std::{
     collections::BTreeMap,
