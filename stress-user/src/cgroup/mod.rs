@@ -1,6 +1,7 @@
 //! Memory cgroups: where the memory controller lives (v1, v2 or hybrid), reading a cgroup's own
 //! counters — the numbers that matter, not `free`'s — and scratch cgroups oomlab owns.
 
+pub mod kube;
 mod scratch;
 pub mod target;
 
