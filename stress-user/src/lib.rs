@@ -6,5 +6,6 @@ pub mod cli;
 pub mod doctor;
 pub mod inject;
 pub mod report;
+pub mod serve;
 pub mod size;
 pub mod trace;

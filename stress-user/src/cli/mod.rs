@@ -2,6 +2,7 @@
 
 mod app;
 mod doctor;
+mod serve;
 mod trace;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,8 @@ pub enum Command {
     Trace(trace::Args),
     /// A small service that allocates and holds memory (for experiments and tests).
     App(app::Args),
+    /// Node-wide tracing as a daemon: Prometheus /metrics, live /events (NDJSON), /healthz.
+    Serve(serve::Args),
 }
 
 /// Runs the parsed command and returns the process exit code.
@@ -42,6 +45,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Doctor(a) => doctor::run(a),
         Command::Trace(a) => trace::run(a),
         Command::App(a) => app::run(a),
+        Command::Serve(a) => serve::run(a),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,339 @@
+//! `oomlab serve`: the tracer as a node daemon. Events flow one way — tracer → this loop →
+//! Prometheus counters and a broadcast of JSON lines for `/events` — and nothing on the network
+//! side can start, stop or inject anything.
+
+pub mod config;
+pub mod http;
+pub mod metrics;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use tokio::{
+    net::TcpListener,
+    signal::unix::{signal, SignalKind},
+    sync::broadcast,
+    task::JoinHandle,
+};
+
+pub use self::config::{Config, ConfigError, EventClass};
+use self::{
+    http::Shared,
+    metrics::{Kill, Limits, Metrics},
+};
+use crate::{
+    cgroup::{kube, CgroupError, Hierarchy},
+    report,
+    trace::{Event, EventKind, TraceError, TraceOptions, Tracer},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source} (another exporter on that port? pick another with --listen)")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("installing signal handlers: {0}")]
+    Signal(std::io::Error),
+    #[error("the tracer stopped delivering events (its ring-buffer reader ended); restarting oomlab re-attaches it")]
+    TracerEnded,
+}
+
+/// What the command line says; the config file fills in the rest.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    pub config: Option<PathBuf>,
+    /// Overrides `listen` from the file (also after a reload).
+    pub listen: Option<SocketAddr>,
+    /// Overrides `allow_remote = false` from the file.
+    pub allow_remote: bool,
+}
+
+impl ServeOptions {
+    /// The file's config (or the defaults) with the command line on top.
+    pub fn config(&self) -> Result<Config, ConfigError> {
+        let mut cfg = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        if let Some(listen) = self.listen {
+            cfg.listen = listen;
+        }
+        cfg.allow_remote |= self.allow_remote;
+        cfg.check_listen()?;
+        Ok(cfg)
+    }
+}
+
+/// Tells systemd (when it started us with `Type=notify`); a no-op elsewhere.
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        log::warn!("sd_notify: {e}");
+    }
+}
+
+struct Server {
+    listen: SocketAddr,
+    limits: http::Limits,
+    task: JoinHandle<()>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+fn http_limits(cfg: &Config) -> http::Limits {
+    http::Limits {
+        max_connections: cfg.max_connections,
+        max_header_bytes: cfg.max_header_bytes,
+    }
+}
+
+impl Server {
+    fn start(listener: TcpListener, shared: Arc<Shared>, cfg: &Config) -> Server {
+        let limits = http_limits(cfg);
+        Server {
+            listen: cfg.listen,
+            limits,
+            task: tokio::spawn(http::serve(listener, shared, limits)),
+        }
+    }
+
+    /// Moves to the new address or limits; on failure the old listener keeps serving.
+    async fn reconfigure(&mut self, shared: &Arc<Shared>, cfg: &Config) -> Result<(), ServeError> {
+        let limits = http_limits(cfg);
+        if cfg.listen == self.listen
+            && limits.max_connections == self.limits.max_connections
+            && limits.max_header_bytes == self.limits.max_header_bytes
+        {
+            return Ok(());
+        }
+        if cfg.listen == self.listen {
+            // Same port: the old listener must close first.
+            self.task.abort();
+            let _ = (&mut self.task).await;
+            let listener = match bind(cfg.listen).await {
+                Ok(l) => l,
+                Err(e) => {
+                    let old = bind(self.listen).await?;
+                    self.task = tokio::spawn(http::serve(old, shared.clone(), self.limits));
+                    return Err(e);
+                }
+            };
+            *self = Server::start(listener, shared.clone(), cfg);
+        } else {
+            let listener = bind(cfg.listen).await?;
+            self.task.abort();
+            *self = Server::start(listener, shared.clone(), cfg);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The event loop's state: what turns one event into metrics and a line on `/events`.
+struct Daemon {
+    cfg: Config,
+    hier: Hierarchy,
+    metrics: Metrics,
+    limits: Limits,
+    events: broadcast::Sender<Bytes>,
+}
+
+/// The victim's memory cgroup, pod and container, read the moment the event arrives.
+fn victim_labels(hier: &Hierarchy, pid: i32, comm: Option<String>) -> Kill {
+    let cgroup = hier.of_pid(pid).ok().map(|cg| cg.path());
+    let kube = cgroup.as_deref().and_then(kube::parse_path);
+    Kill {
+        pod_uid: kube.as_ref().map(|k| k.pod_uid.clone()),
+        container_id: kube.and_then(|k| k.container_id),
+        cgroup,
+        comm,
+        constraint: None,
+    }
+}
+
+impl Daemon {
+    fn handle(&mut self, ev: &Event) {
+        let mut line: Option<Vec<u8>> = None;
+        let class = if matches!(ev.kind, EventKind::Victim(_) | EventKind::OomKillHook(_)) {
+            Some(EventClass::Oom)
+        } else if matches!(ev.kind, EventKind::AdjUpdate(_)) {
+            Some(EventClass::Adj)
+        } else {
+            // A kind this loop does not know yet: classify it by its JSON type.
+            let l = json(ev);
+            let class = type_of_line(&l).and_then(|t| EventClass::of_type(&t));
+            line = Some(l);
+            class
+        };
+        if class.is_some_and(|c| !self.cfg.traces(c)) {
+            return;
+        }
+        if let EventKind::Victim(v) = &ev.kind {
+            let kill = victim_labels(&self.hier, v.pid, v.comm.clone());
+            let gone = |cg: &str| !self.hier.cgroup(cg).exists();
+            self.metrics.kill(&mut self.limits, kill, &gone);
+        } else if let EventKind::AdjUpdate(_) = &ev.kind {
+            self.metrics.adj_update();
+        } else if let EventKind::OomKillHook(_) = &ev.kind {
+            // One call of oom_kill_process is one OOM episode, however many victims it kills.
+            self.metrics.episode();
+        }
+        // Serialize only when someone listens.
+        if self.events.receiver_count() > 0 {
+            let line = line.unwrap_or_else(|| json(ev));
+            let _ = self.events.send(Bytes::from(line));
+        }
+    }
+
+    fn reload(&mut self, cfg: Config) {
+        self.limits.set(cfg.top_n, cfg.max_comms_per_cgroup);
+        if cfg.stream_buffer != self.cfg.stream_buffer {
+            log::warn!("stream_buffer changes take effect at the next restart");
+        }
+        self.cfg = cfg;
+    }
+}
+
+fn json(ev: &Event) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    report::event_json_line(&mut out, ev).expect("writing JSON to a Vec cannot fail");
+    out
+}
+
+fn type_of_line(line: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(line).ok()?;
+    Some(v.get("type")?.as_str()?.to_owned())
+}
+
+fn ready_line(tracer: &Tracer) -> Bytes {
+    #[derive(serde::Serialize)]
+    struct Ready<'a> {
+        tracefs: String,
+        hooks: &'a [crate::trace::HookResult],
+    }
+    let mut out = Vec::new();
+    report::json_line(
+        &mut out,
+        "ready",
+        &Ready {
+            tracefs: tracer.tracefs.path.display().to_string(),
+            hooks: &tracer.hooks,
+        },
+    )
+    .expect("writing JSON to a Vec cannot fail");
+    Bytes::from(out)
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| metrics::UNKNOWN.into())
+}
+
+/// How often the loop wakes without events: kernel drop counters, systemd watchdog.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Runs until SIGTERM/SIGINT. Binds first (a taken port fails fast), then attaches, then tells
+/// systemd it is ready.
+pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
+    let cfg = opts.config()?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(ServeError::Signal)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(ServeError::Signal)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(ServeError::Signal)?;
+    let listener = bind(cfg.listen).await?;
+    let hier = Hierarchy::detect()?;
+
+    let (tracer, mut rx) = Tracer::start(&TraceOptions::default())?;
+    let metrics = Metrics::new(&kernel_release());
+    let (events, _) = broadcast::channel(cfg.stream_buffer);
+    let shared = Arc::new(Shared {
+        metrics: metrics.clone(),
+        events: events.clone(),
+        ready_line: ready_line(&tracer),
+        healthy: true.into(),
+    });
+    let mut server = Server::start(listener, shared.clone(), &cfg);
+    let mut daemon = Daemon {
+        limits: Limits::new(cfg.top_n, cfg.max_comms_per_cgroup),
+        cfg,
+        hier,
+        metrics,
+        events,
+    };
+    log::info!(
+        "serving /metrics, /events and /healthz on http://{}",
+        daemon.cfg.listen
+    );
+    eprintln!("oomlab serve: ready on http://{}", daemon.cfg.listen);
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("tracing; serving /metrics"),
+    ]);
+
+    let tick = sd_notify::watchdog_enabled()
+        .map(|wd| (wd / 2).min(TICK))
+        .unwrap_or(TICK);
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result = loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => daemon.handle(&ev),
+                None => {
+                    shared.healthy.store(false, Ordering::Relaxed);
+                    break Err(ServeError::TracerEnded);
+                }
+            },
+            _ = ticker.tick() => {
+                daemon.metrics.set_lost(tracer.stats().lost);
+                // Pinged from the event loop itself, so a wedged loop gets restarted.
+                notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+            _ = sighup.recv() => {
+                let mut reloading = vec![sd_notify::NotifyState::Reloading];
+                reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+                notify(&reloading);
+                match opts.config() {
+                    Ok(cfg) => {
+                        if let Err(e) = server.reconfigure(&shared, &cfg).await {
+                            log::error!("config reload: {e}; still listening on {}", server.listen);
+                        }
+                        eprintln!("oomlab serve: config reloaded (listening on http://{})", server.listen);
+                        daemon.reload(cfg);
+                    }
+                    Err(e) => log::error!("config reload failed, keeping the running config: {e}"),
+                }
+                notify(&[sd_notify::NotifyState::Ready]);
+            }
+            _ = sigterm.recv() => break Ok(()),
+            _ = sigint.recv() => break Ok(()),
+        }
+    };
+    notify(&[sd_notify::NotifyState::Stopping]);
+    drop(server);
+    // Detaches every program.
+    drop(tracer);
+    result
+}

@@ -1,0 +1,143 @@
+//! `oomlab serve` against the real kernel: after real OOM kills in a scratch cgroup, `/metrics`
+//! counts exactly the kernel's `oom_kill` delta for that cgroup, and `/events` carries the very
+//! same victim lines as `oomlab trace --output json` running beside it.
+
+mod common;
+mod serve_common;
+
+use std::{
+    os::unix::process::ExitStatusExt,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serve_common::{is_type, metric_sum, Lines, Serve, OOMLAB};
+use stress_user::cgroup::{Hierarchy, ScratchCgroup};
+
+const KILLS: usize = 3;
+
+#[test]
+fn metrics_and_events_match_the_kernel_and_trace() {
+    if !common::need_root("metrics_and_events_match_the_kernel_and_trace") {
+        return;
+    }
+    let hier = Hierarchy::detect().expect("a memory cgroup controller");
+    let scratch = ScratchCgroup::create(
+        &hier,
+        common::TEST_PARENT,
+        &common::unique("serve"),
+        Some(32 << 20),
+    )
+    .expect("scratch cgroup with a 32 MiB limit");
+    let cg = scratch.cgroup().clone();
+
+    let serve = Serve::start("");
+    let mut events = Lines::events(serve.port);
+    events
+        .wait_for(Duration::from_secs(5), |v| is_type(v, "ready"))
+        .expect("/events starts with a ready line");
+
+    let mut trace = Command::new(OOMLAB)
+        .args(["trace", "--output", "json"])
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start oomlab trace");
+    let mut traced = Lines::stdout(trace.stdout.take().expect("trace stdout"));
+    traced
+        .wait_for(Duration::from_secs(20), |v| is_type(v, "ready"))
+        .expect("oomlab trace prints ready");
+
+    let kills_before = cg.oom_kills().expect("oom_kill counter");
+    let mut victims = Vec::new();
+    for _ in 0..KILLS {
+        let child = Command::new(OOMLAB)
+            .args([
+                "app",
+                "--size",
+                "64MiB",
+                "--oom-score-adj",
+                "300",
+                "--cgroup",
+            ])
+            .arg(cg.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("run oomlab app");
+        serve_common::wait_exit_unreaped(&child, Duration::from_secs(30));
+        victims.push(child);
+    }
+    let kills = cg.oom_kills().expect("oom_kill counter") - kills_before;
+    assert_eq!(
+        kills, KILLS as u64,
+        "each 64 MiB app in a 32 MiB cgroup is OOM-killed once"
+    );
+
+    // Counters follow the events within moments; wait (bounded) until they settle.
+    let needle = format!("cgroup=\"{}\"", cg.path());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let counted = loop {
+        let (_, text) = serve.get("/metrics");
+        let n = metric_sum(&text, "oomlab_oom_kills_total{", &needle);
+        if n >= kills as f64 || Instant::now() > deadline {
+            break (n, text);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        counted.0,
+        kills as f64,
+        "oomlab_oom_kills_total for {} must equal the kernel's oom_kill delta; /metrics:\n{}",
+        cg.path(),
+        counted.1
+    );
+    assert!(
+        counted.1.contains(&format!(
+            "oomlab_oom_kills_total{{cgroup=\"{}\",pod_uid=\"\",container_id=\"\",comm=\"oomlab\"",
+            cg.path()
+        )),
+        "victim series carries comm and empty pod labels outside kubelet trees:\n{}",
+        counted.1
+    );
+
+    for child in &victims {
+        let pid = i64::from(child.id());
+        let is_victim = |v: &serde_json::Value| {
+            is_type(v, "oom_victim") && v.get("pid").and_then(|p| p.as_i64()) == Some(pid)
+        };
+        let from_serve = events
+            .wait_for(Duration::from_secs(10), is_victim)
+            .unwrap_or_else(|| panic!("/events has no oom_victim for pid {pid}"));
+        let from_trace = traced
+            .wait_for(Duration::from_secs(10), is_victim)
+            .unwrap_or_else(|| panic!("oomlab trace has no oom_victim for pid {pid}"));
+        // Each tracer instance runs its own copy of the program, which stamps the event with
+        // its own bpf_ktime_get_ns(): the same kernel event, microseconds apart.
+        let ts = |v: &serde_json::Value| v["ts"].as_f64().expect("ts is a number");
+        assert!(
+            (ts(&from_serve) - ts(&from_trace)).abs() < 0.05,
+            "the same event: {from_serve} vs {from_trace}"
+        );
+        let (mut a, mut b) = (from_serve.clone(), from_trace.clone());
+        a["ts"] = serde_json::Value::Null;
+        b["ts"] = serde_json::Value::Null;
+        assert_eq!(
+            a, b,
+            "/events and `trace --output json` must carry the same line"
+        );
+        assert_eq!(from_serve["oom_score_adj"], 300, "{from_serve}");
+    }
+    for mut child in victims {
+        let status = child.wait().expect("reap the app");
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(trace.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM oomlab trace");
+    let _ = trace.wait();
+    drop(serve);
+    drop(scratch);
+    assert!(!cg.exists(), "scratch cgroup removed");
+}
