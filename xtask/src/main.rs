@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -37,6 +38,8 @@ enum Cmd {
         #[arg(value_enum)]
         which: bench::Bench,
     },
+    /// The root integration tests inside QEMU on Debian's 6.1 and 6.12 kernels (cgroup v2).
+    VmTest(vm::VmTestArgs),
 }
 
 fn main() -> Result<()> {
@@ -47,6 +50,7 @@ fn main() -> Result<()> {
         Cmd::Test { unit_only } => test(unit_only),
         Cmd::Demo => demo::run(),
         Cmd::Bench { which } => bench::run(which),
+        Cmd::VmTest(args) => vm::run(&args),
     }
 }
 
@@ -134,7 +138,9 @@ fn test(unit_only: bool) -> Result<()> {
             "--",
             "--test-threads=1",
         ],
-    )
+    )?;
+    // Then the same tests on cgroup v2 kernels with kprobes and fentry, in QEMU.
+    vm::run(&vm::VmTestArgs::all_kernels())
 }
 
 fn nix_is_root() -> bool {

@@ -1,0 +1,56 @@
+#!/bin/sh
+# /init of oomlab's test VMs (cargo xtask vm-test): mounts what the tests need with cgroup v2 and
+# the memory controller enabled for children, runs `oomlab doctor` and then every planned test
+# alone, and reports on the serial console with `@@OOMLAB-VM` marker lines the host parses.
+# The plan (/vm/plan: group<TAB>binary<TAB>test per line) and /vm/env are written by the host.
+
+/bin/busybox mkdir -p /proc /sys /dev /tmp /root /usr/bin /sbin /usr/sbin
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
+
+say() { echo "@@OOMLAB-VM $*"; }
+fail_setup() { say "setup-error $*"; }
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /dev/shm
+mount -t tracefs tracefs /sys/kernel/tracing || fail_setup "cannot mount tracefs"
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+mount -t bpf bpf /sys/fs/bpf 2>/dev/null
+mount -t cgroup2 cgroup2 /sys/fs/cgroup || fail_setup "cannot mount cgroup2 at /sys/fs/cgroup"
+echo +memory >/sys/fs/cgroup/cgroup.subtree_control ||
+    fail_setup "cannot enable +memory in /sys/fs/cgroup/cgroup.subtree_control"
+ulimit -l unlimited
+hostname oomlab-vm
+
+. /vm/env
+kernel_tag=$(sed -n 's/.*oomlab\.kernel=\([^ ]*\).*/\1/p' /proc/cmdline)
+export OOMLAB_VM=1 OOMLAB_VM_KERNEL="$kernel_tag" RUST_BACKTRACE=1
+say "boot $(uname -r) cgroup.subtree_control=[$(cat /sys/fs/cgroup/cgroup.subtree_control)]"
+
+say "doctor-begin"
+"$OOMLAB_BIN" doctor --output json </dev/null 2>/tmp/doctor.err
+rc=$?
+say "doctor-end $rc"
+sed 's/^/@@OOMLAB-VM doctor-stderr /' /tmp/doctor.err
+
+tab=$(printf '\t')
+while IFS="$tab" read -r group bin name; do
+    [ -n "$name" ] || continue
+    say "test-begin $group $name"
+    (cd /tmp && timeout -s KILL "$OOMLAB_TEST_TIMEOUT" \
+        "$bin" --exact "$name" --test-threads=1 --nocapture </dev/null 2>&1)
+    rc=$?
+    # A test that leaves cgroups behind must not disturb the next one; say so, the host
+    # reports it with the test.
+    left=$(ls -d /sys/fs/cgroup/oomlab-test/*/ 2>/dev/null | tr '\n' ' ')
+    [ -z "$left" ] || say "test-leftover $group $name $left"
+    say "test-end $group $name $rc"
+done </vm/plan
+
+say "done"
+sync
+poweroff -f
