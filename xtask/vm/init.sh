@@ -25,6 +25,8 @@ echo +memory >/sys/fs/cgroup/cgroup.subtree_control ||
     fail_setup "cannot enable +memory in /sys/fs/cgroup/cgroup.subtree_control"
 ulimit -l unlimited
 hostname oomlab-vm
+# Loopback only (oomlab serve's tests talk HTTP to 127.0.0.1); no other network.
+ip link set lo up || fail_setup "cannot bring up lo"
 
 . /vm/env
 kernel_tag=$(sed -n 's/.*oomlab\.kernel=\([^ ]*\).*/\1/p' /proc/cmdline)
