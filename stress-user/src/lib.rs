@@ -4,6 +4,7 @@
 pub mod cgroup;
 pub mod cli;
 pub mod doctor;
+pub mod experiment;
 pub mod inject;
 pub mod report;
 pub mod serve;

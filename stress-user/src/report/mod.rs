@@ -1,9 +1,15 @@
 //! Sinks: where typed events and summaries go — aligned human lines or JSON lines. Sinks only
 //! consume; they never reach back into the tracer or the injector.
 
+pub mod markdown;
+pub mod plot;
+pub mod timeline;
+
 use std::io::{self, Write};
 
 use serde::Serialize;
+
+pub mod trace;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum OutputFormat {
@@ -29,6 +35,7 @@ pub fn event_type(tag: &str) -> &str {
     match tag {
         "victim" => "oom_victim",
         "adj_update" => "oom_score_adj",
+        "reaper" => "oom_reaper",
         other => other,
     }
 }

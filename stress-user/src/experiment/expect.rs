@@ -1,0 +1,310 @@
+//! Checking expectations against what a run observed: each one gives a verdict that says what
+//! was expected and what happened, so a failure explains itself.
+
+use super::spec::{Expectations, VictimRole};
+use crate::{report::timeline::Verdict, size::human};
+
+/// What happened in one scope (a stage, or the whole run).
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub scope: String,
+    /// The kernel's oom_kill counter, increase over the scope.
+    pub oom_kills: u64,
+    /// Role of each traced victim, in order: `worker`, `app:<name>` or `other`.
+    pub victims: Vec<String>,
+    /// (requested, charged) for each injection by size in the scope.
+    pub charged: Vec<(u64, u64)>,
+    pub peak_working_set: u64,
+    /// (app name, alive at the end of the scope).
+    pub apps_alive: Vec<(String, bool)>,
+}
+
+fn count_roles(victims: &[String]) -> String {
+    if victims.is_empty() {
+        return "no victim".into();
+    }
+    let workers = victims.iter().filter(|v| *v == "worker").count();
+    let mut parts = Vec::new();
+    if workers > 0 {
+        parts.push(format!(
+            "{workers} worker{}",
+            if workers == 1 { "" } else { "s" }
+        ));
+    }
+    let mut apps: Vec<&str> = victims
+        .iter()
+        .filter_map(|v| v.strip_prefix("app:"))
+        .collect();
+    apps.sort_unstable();
+    apps.dedup();
+    for a in apps {
+        let n = victims
+            .iter()
+            .filter(|v| v.strip_prefix("app:") == Some(a))
+            .count();
+        parts.push(format!(
+            "app {a}{}",
+            if n > 1 {
+                format!(" ×{n}")
+            } else {
+                String::new()
+            }
+        ));
+    }
+    let other = victims.iter().filter(|v| *v == "other").count();
+    if other > 0 {
+        parts.push(format!(
+            "{other} other process{}",
+            if other == 1 { "" } else { "es" }
+        ));
+    }
+    format!("killed: {}", parts.join(", "))
+}
+
+/// The verdict of every expectation in `e` against `o`.
+pub fn evaluate(e: &Expectations, o: &Observed) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    let mut push = |key: &str, expected: String, observed: String, passed: bool| {
+        out.push(Verdict {
+            scope: o.scope.clone(),
+            key: key.into(),
+            expected,
+            observed,
+            passed,
+            line: e.line,
+        });
+    };
+    let victims = count_roles(&o.victims);
+    if let Some(role) = &e.victim {
+        let untraced = o.oom_kills > o.victims.len() as u64;
+        let (passed, why) = match role {
+            VictimRole::None => (
+                o.oom_kills == 0 && o.victims.is_empty(),
+                format!("{} OOM kill(s); {victims}", o.oom_kills),
+            ),
+            VictimRole::Worker => (
+                !o.victims.is_empty() && o.victims.iter().all(|v| v == "worker") && !untraced,
+                format!("{} OOM kill(s); {victims}", o.oom_kills),
+            ),
+            VictimRole::App => (
+                !o.victims.is_empty()
+                    && o.victims.iter().all(|v| v.starts_with("app:"))
+                    && !untraced,
+                format!("{} OOM kill(s); {victims}", o.oom_kills),
+            ),
+            VictimRole::Named(n) => (
+                !o.victims.is_empty()
+                    && o.victims.iter().all(|v| v.strip_prefix("app:") == Some(n))
+                    && !untraced,
+                format!("{} OOM kill(s); {victims}", o.oom_kills),
+            ),
+        };
+        let why = if untraced && !matches!(role, VictimRole::None) {
+            format!(
+                "{why} ({} kill(s) the tracer did not see)",
+                o.oom_kills - o.victims.len() as u64
+            )
+        } else {
+            why
+        };
+        push("victim", role.to_string(), why, passed);
+    }
+    if let Some(max) = e.max_oom_kills {
+        push(
+            "max_oom_kills",
+            max.to_string(),
+            format!("{} OOM kill(s) (kernel counter)", o.oom_kills),
+            o.oom_kills <= max,
+        );
+    }
+    if let Some(min) = e.min_oom_kills {
+        push(
+            "min_oom_kills",
+            min.to_string(),
+            format!("{} OOM kill(s) (kernel counter)", o.oom_kills),
+            o.oom_kills >= min,
+        );
+    }
+    if let Some(tol) = e.charged_within {
+        let mut worst: Option<(u64, u64, f64)> = None;
+        for &(req, got) in &o.charged {
+            let dev = if req == 0 {
+                1.0
+            } else {
+                (got as f64 - req as f64) / req as f64
+            };
+            if worst.is_none_or(|w| dev.abs() > w.2.abs()) {
+                worst = Some((req, got, dev));
+            }
+        }
+        let (observed, passed) = match worst {
+            Some((req, got, dev)) => (
+                format!(
+                    "charged {} for {} requested ({:+.1}%)",
+                    human(got),
+                    human(req),
+                    dev * 100.0
+                ),
+                dev.abs() <= tol,
+            ),
+            None => ("no injection by size ran to measure".into(), false),
+        };
+        push(
+            "charged_within",
+            format!("{}%", tol * 100.0),
+            observed,
+            passed,
+        );
+    }
+    if let Some(below) = e.working_set_below {
+        push(
+            "working_set_below",
+            human(below),
+            format!("peak working set {}", human(o.peak_working_set)),
+            o.peak_working_set < below,
+        );
+    }
+    if let Some(want) = e.app_survives {
+        let dead: Vec<&str> = o
+            .apps_alive
+            .iter()
+            .filter(|a| !a.1)
+            .map(|a| a.0.as_str())
+            .collect();
+        let observed = if dead.is_empty() {
+            "every app is alive".to_string()
+        } else {
+            format!("dead: {}", dead.join(", "))
+        };
+        // `false` means the apps did not all make it (at least one died).
+        let passed = if want {
+            dead.is_empty()
+        } else {
+            !dead.is_empty()
+        };
+        push("app_survives", want.to_string(), observed, passed);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn obs() -> Observed {
+        Observed {
+            scope: "stage 2".into(),
+            oom_kills: 3,
+            victims: vec!["worker".into(); 3],
+            charged: vec![(200 * MIB, 202 * MIB)],
+            peak_working_set: 300 * MIB,
+            apps_alive: vec![("node".into(), true)],
+        }
+    }
+
+    fn one(e: Expectations, o: &Observed) -> Verdict {
+        let mut v = evaluate(&e, o);
+        assert_eq!(v.len(), 1, "{v:?}");
+        v.remove(0)
+    }
+
+    #[test]
+    fn victim_roles() {
+        let o = obs();
+        let worker = Expectations {
+            victim: Some(VictimRole::Worker),
+            ..Default::default()
+        };
+        assert!(one(worker.clone(), &o).passed);
+        let mut mixed = o.clone();
+        mixed.victims.push("app:node".into());
+        mixed.oom_kills = 4;
+        let v = one(worker.clone(), &mixed);
+        assert!(!v.passed);
+        assert!(v.observed.contains("3 workers, app node"), "{}", v.observed);
+        let app = Expectations {
+            victim: Some(VictimRole::Named("node".into())),
+            ..Default::default()
+        };
+        assert!(!one(app.clone(), &o).passed);
+        let mut only_app = o.clone();
+        only_app.victims = vec!["app:node".into()];
+        only_app.oom_kills = 1;
+        assert!(one(app, &only_app).passed);
+        let none = Expectations {
+            victim: Some(VictimRole::None),
+            ..Default::default()
+        };
+        assert!(!one(none.clone(), &o).passed);
+        assert!(one(none, &Observed::default()).passed);
+    }
+
+    #[test]
+    fn untraced_kills_fail_a_victim_expectation() {
+        let mut o = obs();
+        o.oom_kills = 5;
+        let v = one(
+            Expectations {
+                victim: Some(VictimRole::Worker),
+                ..Default::default()
+            },
+            &o,
+        );
+        assert!(!v.passed);
+        assert!(
+            v.observed.contains("2 kill(s) the tracer did not see"),
+            "{}",
+            v.observed
+        );
+    }
+
+    #[test]
+    fn counts_and_sizes() {
+        let o = obs();
+        let e = Expectations {
+            max_oom_kills: Some(2),
+            min_oom_kills: Some(1),
+            charged_within: Some(0.02),
+            working_set_below: Some(300 * MIB),
+            app_survives: Some(true),
+            line: 7,
+            ..Default::default()
+        };
+        let v = evaluate(&e, &o);
+        let get = |k: &str| v.iter().find(|x| x.key == k).expect(k);
+        assert!(!get("max_oom_kills").passed);
+        assert!(get("min_oom_kills").passed);
+        assert!(get("charged_within").passed, "{:?}", get("charged_within"));
+        assert!(get("charged_within").observed.contains("+1.0%"));
+        assert!(!get("working_set_below").passed, "equal is not below");
+        assert!(get("app_survives").passed);
+        assert!(v.iter().all(|x| x.line == 7 && x.scope == "stage 2"));
+        let mut off = o.clone();
+        off.charged = vec![(200 * MIB, 51 * MIB)];
+        let v = evaluate(
+            &Expectations {
+                charged_within: Some(0.02),
+                ..Default::default()
+            },
+            &off,
+        );
+        assert!(!v[0].passed);
+        assert!(v[0].observed.contains("-74.5%"), "{}", v[0].observed);
+    }
+
+    #[test]
+    fn app_survives_false_wants_a_death() {
+        let mut o = obs();
+        let e = Expectations {
+            app_survives: Some(false),
+            ..Default::default()
+        };
+        assert!(!one(e.clone(), &o).passed);
+        o.apps_alive[0].1 = false;
+        let v = one(e, &o);
+        assert!(v.passed);
+        assert_eq!(v.observed, "dead: node");
+    }
+}

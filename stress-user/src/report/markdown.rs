@@ -1,0 +1,229 @@
+//! `report.md`: the summary, each stage beside what `free` would have said, every OOM episode
+//! with the candidate table the kernel ranked, and the expectations with their verdicts.
+
+use std::fmt::Write as _;
+
+use super::timeline::RunReport;
+use crate::size::human;
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "–".into(), |v| v.to_string())
+}
+
+/// Renders the report as Markdown.
+pub fn render(r: &RunReport) -> String {
+    let mut md = String::new();
+    // Writing to a String cannot fail.
+    let _ = write_report(&mut md, r);
+    md
+}
+
+fn write_report(md: &mut String, r: &RunReport) -> std::fmt::Result {
+    writeln!(md, "# oomlab run: {}", r.experiment)?;
+    writeln!(md)?;
+    if let Some(d) = &r.description {
+        writeln!(md, "{d}")?;
+        writeln!(md)?;
+    }
+    let verdict = if r.passed() {
+        "**all expectations held**"
+    } else {
+        "**some expectations failed**"
+    };
+    writeln!(
+        md,
+        "From `{}` on kernel {}, cgroup {} `{}` (limit {}); {:.1} s; {}.",
+        r.source,
+        r.kernel,
+        r.cgroup_version,
+        r.cgroup,
+        r.limit_bytes.map_or("none".into(), human),
+        r.summary.duration_s,
+        verdict
+    )?;
+    writeln!(md)?;
+    writeln!(md, "![timeline](timeline.svg)")?;
+    writeln!(md)?;
+
+    writeln!(md, "## Summary")?;
+    writeln!(md)?;
+    let s = &r.summary;
+    writeln!(md, "| | |")?;
+    writeln!(md, "|---|---|")?;
+    writeln!(md, "| OOM kills (kernel counter) | {} |", s.oom_kills)?;
+    writeln!(
+        md,
+        "| victims traced | {} (workers {}, apps {}) |",
+        s.traced_victims, s.worker_kills, s.app_kills
+    )?;
+    writeln!(md, "| worker respawns | {} |", s.respawns)?;
+    writeln!(md, "| events lost | {} |", s.lost_events)?;
+    writeln!(md, "| peak usage | {} |", human(s.peak_usage_bytes))?;
+    writeln!(
+        md,
+        "| peak working set | {} |",
+        human(s.peak_working_set_bytes)
+    )?;
+    writeln!(
+        md,
+        "| expectations | {} passed, {} failed |",
+        s.expectations_passed, s.expectations_failed
+    )?;
+    writeln!(md)?;
+
+    writeln!(md, "## Stages")?;
+    writeln!(md)?;
+    writeln!(md, "| # | stage | time (s) | requested | charged in the cgroup | peak usage | OOM kills | respawns | what `free` said (host) |")?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;
+    for st in &r.stages {
+        let req = st.requested_bytes.map(|b| {
+            format!(
+                "{}{}{}",
+                human(b),
+                st.workers
+                    .map_or(String::new(), |w| format!(", {w} workers")),
+                st.oom_score_adj
+                    .map_or(String::new(), |a| format!(", adj {a}"))
+            )
+        });
+        writeln!(
+            md,
+            "| {} | {} | {:.1}–{:.1} | {} | {} | {} | {} | {} | {} used of {} |",
+            st.index + 1,
+            st.name,
+            st.start,
+            st.end,
+            opt(req),
+            opt(st.charged_bytes.map(human)),
+            human(st.peak_usage_bytes),
+            st.oom_kills,
+            st.respawns,
+            human(st.host_used_bytes),
+            human(st.host_total_bytes)
+        )?;
+    }
+    writeln!(md)?;
+
+    writeln!(md, "## OOM episodes")?;
+    writeln!(md)?;
+    if r.episodes.is_empty() {
+        writeln!(md, "None: the OOM killer did not run in this cgroup.")?;
+        writeln!(md)?;
+    }
+    for (i, e) in r.episodes.iter().enumerate() {
+        let stage = e
+            .stage
+            .and_then(|s| r.stages.get(s))
+            .map_or(String::new(), |s| {
+                format!(" (stage {}: {})", s.index + 1, s.name)
+            });
+        writeln!(
+            md,
+            "### {}. {:.2} s{stage}: killed pid {} `{}` — {}",
+            i + 1,
+            e.t,
+            e.victim_pid,
+            e.victim_comm,
+            e.victim_role
+        )?;
+        writeln!(md)?;
+        writeln!(
+            md,
+            "adj {}, anon RSS {}; triggered by {}; constraint {}.",
+            opt(e.victim_adj),
+            opt(e.victim_anon_rss_kb.map(|k| human(k * 1024))),
+            e.trigger_pid.map_or("?".into(), |p| format!(
+                "pid {p} `{}`",
+                e.trigger_comm.as_deref().unwrap_or("?")
+            )),
+            e.constraint.as_deref().unwrap_or("?")
+        )?;
+        writeln!(md)?;
+        writeln!(md, "Why: {}", e.why)?;
+        writeln!(md)?;
+        if let Some(d) = &e.disagreement {
+            writeln!(md, "**Disagreement:** {d}")?;
+            writeln!(md)?;
+        }
+        if !e.candidates.is_empty() {
+            writeln!(
+                md,
+                "| rank | pid | name | role | rss | swap | page tables | oom_score_adj | badness | |"
+            )?;
+            writeln!(md, "|---|---|---|---|---|---|---|---|---|---|")?;
+            for (rank, c) in e.candidates.iter().enumerate() {
+                writeln!(
+                    md,
+                    "| {} | {} | `{}` | {} | {} | {} | {} | {} | {} | {} |",
+                    rank + 1,
+                    c.pid,
+                    c.name,
+                    c.role,
+                    human(c.rss_kb * 1024),
+                    human(c.swap_kb * 1024),
+                    human(c.pgtables_kb * 1024),
+                    c.oom_score_adj,
+                    c.badness,
+                    if c.chosen { "**killed**" } else { "" }
+                )?;
+            }
+            writeln!(md)?;
+        }
+    }
+
+    writeln!(md, "## Expectations")?;
+    writeln!(md)?;
+    if r.expectations.is_empty() {
+        writeln!(md, "The experiment states none.")?;
+    } else {
+        writeln!(md, "| result | scope | expectation | observed | line |")?;
+        writeln!(md, "|---|---|---|---|---|")?;
+        for v in &r.expectations {
+            writeln!(
+                md,
+                "| {} | {} | `{} = {}` | {} | {} |",
+                if v.passed { "pass" } else { "**FAIL**" },
+                v.scope,
+                v.key,
+                v.expected,
+                v.observed,
+                v.line
+            )?;
+        }
+    }
+    writeln!(md)?;
+    if let Some(c) = &r.conclusion {
+        writeln!(md, "## Conclusion")?;
+        writeln!(md)?;
+        writeln!(md, "{}", c.trim())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{super::timeline::fixture, *};
+
+    #[test]
+    fn has_every_section() {
+        let md = render(&fixture::report());
+        for needle in [
+            "# oomlab run: seed-story",
+            "**some expectations failed**",
+            "## Stages",
+            "| 1 | 4 workers, 200 MiB in total |",
+            "201.0 MiB",
+            "3.0 GiB used of 24.0 GiB",
+            "## OOM episodes",
+            "killed pid 443160 `oomlab` — worker",
+            "| 1 | 443160 | `oomlab` | worker |",
+            "**killed**",
+            "| **FAIL** | push to 3,000 MiB | `victim = worker` | an app was killed | 40 |",
+            "| pass |",
+            "## Conclusion",
+            "![timeline](timeline.svg)",
+        ] {
+            assert!(md.contains(needle), "{needle:?} missing from:\n{md}");
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! `timeline.svg`: usage, working set, the injector's memory and the limit over time, each OOM
+//! kill a labelled marker, stages as shaded bands; below, the reclaim rate. Drawn with
+//! plotters' SVG backend, which needs no system fonts.
+
+use plotters::{coord::Shift, prelude::*};
+
+use super::timeline::{Mark, RunReport};
+
+const MIB: f64 = 1_048_576.0;
+const WIDTH: u32 = 1200;
+const HEIGHT: u32 = 760;
+
+#[derive(Debug, thiserror::Error)]
+#[error("drawing the timeline: {0}")]
+pub struct PlotError(String);
+
+fn err<E: std::fmt::Debug>(e: E) -> PlotError {
+    PlotError(format!("{e:?}"))
+}
+
+const USAGE: RGBColor = RGBColor(31, 119, 180);
+const WORKING_SET: RGBColor = RGBColor(44, 160, 44);
+const INJECTED: RGBColor = RGBColor(255, 127, 14);
+const LIMIT: RGBColor = RGBColor(214, 39, 40);
+const RECLAIM: RGBColor = RGBColor(148, 103, 189);
+const APP_KILL: RGBColor = RGBColor(0, 0, 0);
+
+/// The timeline as an SVG document.
+pub fn timeline_svg(r: &RunReport) -> Result<String, PlotError> {
+    let mut buf = String::new();
+    {
+        let root = SVGBackend::with_string(&mut buf, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let (upper, lower) = root.split_vertically(540);
+        draw_memory(&upper, r)?;
+        draw_reclaim(&lower, r)?;
+        root.present().map_err(err)?;
+    }
+    Ok(buf)
+}
+
+fn x_end(r: &RunReport) -> f64 {
+    (r.end() * 1.02).max(1.0)
+}
+
+fn draw_memory<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    r: &RunReport,
+) -> Result<(), PlotError>
+where
+    DB::ErrorType: 'static,
+{
+    let xmax = x_end(r);
+    let top = r
+        .samples
+        .iter()
+        .map(|s| {
+            s.usage_bytes
+                .max(s.injected_bytes)
+                .max(s.limit_bytes.unwrap_or(0))
+        })
+        .chain(r.limit_bytes)
+        .max()
+        .unwrap_or(1 << 20) as f64
+        / MIB;
+    let ymax = (top * 1.22).max(1.0);
+    let title = format!(
+        "oomlab run {}: cgroup {} ({}), kernel {}",
+        r.experiment, r.cgroup, r.cgroup_version, r.kernel
+    );
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(34)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..xmax, 0f64..ymax)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("MiB")
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(err)?;
+
+    // Stages: alternate light bands with their names on top.
+    for (i, s) in r.stages.iter().enumerate() {
+        let shade = if i % 2 == 0 {
+            RGBColor(235, 240, 248)
+        } else {
+            RGBColor(248, 244, 232)
+        };
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(s.start, 0.0), (s.end, ymax)],
+                shade.filled(),
+            )))
+            .map_err(err)?;
+        chart
+            .draw_series(std::iter::once(Text::new(
+                format!("{}: {}", i + 1, s.name),
+                (s.start + 0.05, ymax * 0.985),
+                ("sans-serif", 12).into_font().color(&BLACK.mix(0.7)),
+            )))
+            .map_err(err)?;
+    }
+
+    let series = |f: fn(&super::timeline::Sample) -> u64| {
+        r.samples
+            .iter()
+            .map(move |s| (s.t, f(s) as f64 / MIB))
+            .collect::<Vec<_>>()
+    };
+    chart
+        .draw_series(LineSeries::new(
+            series(|s| s.usage_bytes),
+            USAGE.stroke_width(2),
+        ))
+        .map_err(err)?
+        .label("usage")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], USAGE.stroke_width(2)));
+    chart
+        .draw_series(LineSeries::new(
+            series(|s| s.working_set_bytes),
+            WORKING_SET.stroke_width(1),
+        ))
+        .map_err(err)?
+        .label("working set")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], WORKING_SET.stroke_width(2)));
+    chart
+        .draw_series(LineSeries::new(
+            series(|s| s.injected_bytes),
+            INJECTED.stroke_width(2),
+        ))
+        .map_err(err)?
+        .label("injected (workers' RSS)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], INJECTED.stroke_width(2)));
+    let limit: Vec<(f64, f64)> = r
+        .samples
+        .iter()
+        .filter_map(|s| s.limit_bytes.map(|l| (s.t, l as f64 / MIB)))
+        .collect();
+    if !limit.is_empty() {
+        chart
+            .draw_series(DashedLineSeries::new(limit, 8, 5, LIMIT.stroke_width(2)))
+            .map_err(err)?
+            .label("limit")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], LIMIT.stroke_width(2)));
+    }
+
+    // OOM kills: a cross on the usage line at that moment, labelled; labels step down in a
+    // cycle so neighbours in a sawtooth do not print over each other.
+    let kills: Vec<&Mark> = r.marks.iter().filter(|m| m.kind == "oom_kill").collect();
+    let usage_at = |t: f64| {
+        r.samples
+            .iter()
+            .min_by(|a, b| (a.t - t).abs().total_cmp(&(b.t - t).abs()))
+            .map_or(0.0, |s| s.usage_bytes as f64 / MIB)
+    };
+    for (i, k) in kills.iter().enumerate() {
+        let is_app = k.role.as_deref().is_some_and(|r| r.starts_with("app"));
+        let color = if is_app { APP_KILL } else { LIMIT };
+        let y = usage_at(k.t);
+        let dy = -14 - 13 * (i % 4) as i32;
+        chart
+            .draw_series(std::iter::once(
+                EmptyElement::at((k.t, y))
+                    + Cross::new((0, 0), 6, color.stroke_width(3))
+                    + Text::new(
+                        format!("OOM kill: {}", k.label),
+                        (4, dy),
+                        ("sans-serif", 11).into_font().color(&color),
+                    ),
+            ))
+            .map_err(err)?;
+    }
+    if !kills.is_empty() {
+        // A legend entry for the markers.
+        chart
+            .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())
+            .map_err(err)?
+            .label("OOM kill (red: worker, black: app)")
+            .legend(|(x, y)| Cross::new((x + 9, y), 5, LIMIT.stroke_width(3)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .margin(22)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.4))
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
+
+fn draw_reclaim<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    r: &RunReport,
+) -> Result<(), PlotError>
+where
+    DB::ErrorType: 'static,
+{
+    let xmax = x_end(r);
+    let points: Vec<(f64, f64)> = r
+        .samples
+        .iter()
+        .filter_map(|s| s.reclaim_pages_per_s.map(|p| (s.t, p * 4096.0 / MIB)))
+        .collect();
+    let top = points.iter().map(|p| p.1).fold(0.0, f64::max);
+    let ymax = (top * 1.15).max(1.0);
+    let caption = if points.is_empty() {
+        "reclaim rate: not available (no reclaim events from this kernel, cgroup v1 keeps no pgsteal)"
+    } else {
+        "reclaim rate in the target (MiB/s reclaimed)"
+    };
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 15))
+        .margin(12)
+        .x_label_area_size(34)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..xmax, 0f64..ymax)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("MiB/s")
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(err)?;
+    if !points.is_empty() {
+        chart
+            .draw_series(LineSeries::new(points, RECLAIM.stroke_width(2)))
+            .map_err(err)?
+            .label("reclaimed")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RECLAIM.stroke_width(2)));
+    }
+    for k in r.marks.iter().filter(|m| m.kind == "oom_kill") {
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(k.t, 0.0), (k.t, ymax)],
+                LIMIT.mix(0.25),
+            )))
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{super::timeline::fixture, *};
+
+    #[test]
+    fn svg_has_the_series_and_the_markers() {
+        let r = fixture::report();
+        let svg = timeline_svg(&r).expect("draws");
+        assert!(svg.starts_with("<svg"), "{}", &svg[..80]);
+        for needle in [
+            "usage",
+            "working set",
+            "injected (workers&apos; RSS)",
+            "limit",
+            "OOM kill: worker 443160",
+            "OOM kill: node 441060",
+            "reclaim rate",
+            "1: 4 workers, 200 MiB in total",
+        ] {
+            assert!(
+                svg.contains(needle) || svg.contains(&needle.replace("&apos;", "'")),
+                "{needle:?} missing from the SVG"
+            );
+        }
+        assert!(
+            svg.matches("<polyline").count() >= 4,
+            "line series are polylines"
+        );
+    }
+
+    #[test]
+    fn empty_report_still_draws() {
+        let mut r = fixture::report();
+        r.samples.clear();
+        r.marks.clear();
+        r.stages.clear();
+        let svg = timeline_svg(&r).expect("draws");
+        assert!(svg.contains("not available"));
+    }
+}
