@@ -6,11 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cgroups_rs::{
-    hierarchies::{V1, V2},
-    memory::MemController,
-    Cgroup,
-};
+use cgroups_rs::{hierarchies::V1, Cgroup};
 use nix::{sys::signal, unistd::Pid};
 
 use super::{CgroupError, Hierarchy, MemCgroup, Version};
@@ -45,26 +41,28 @@ impl ScratchCgroup {
                 path: cgroup.path(),
             });
         }
-        let controllers = Some(vec!["memory".to_string()]);
-        let created = match hier.memory_version {
-            Version::V1 => Cgroup::new_with_specified_controllers(Box::new(V1::new()), &rel, controllers),
-            Version::V2 if hier.memory_mount == std::path::Path::new(cgroups_rs::hierarchies::UNIFIED_MOUNTPOINT) => {
-                Cgroup::new_with_specified_controllers(Box::new(V2::new()), &rel, controllers)
+        match hier.memory_version {
+            Version::V1 => {
+                let controllers = Some(vec!["memory".to_string()]);
+                Cgroup::new_with_specified_controllers(Box::new(V1::new()), &rel, controllers)
+                    .map_err(|e| invalid(&e.to_string()))?;
             }
-            Version::V2 => {
-                return Err(invalid("cgroup v2 is mounted outside /sys/fs/cgroup; oomlab creates scratch cgroups only there"));
-            }
+            // By hand: cgroups-rs ignores a failure to enable the controller in the parents
+            // (the child then silently has no memory.* files) and only works at /sys/fs/cgroup.
+            Version::V2 => create_v2(&hier.memory_mount, &rel).map_err(|e| invalid(&e))?,
         }
-        .map_err(|e| invalid(&e.to_string()))?;
         let scratch = ScratchCgroup {
             cgroup,
             keep: false,
         };
         if let Some(limit) = limit {
-            let mem: &MemController = created
-                .controller_of()
-                .ok_or_else(|| invalid("the memory controller is not attached"))?;
-            mem.set_limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            let file = match hier.memory_version {
+                Version::V1 => "memory.limit_in_bytes",
+                Version::V2 => "memory.max",
+            };
+            scratch
+                .cgroup
+                .write(file, &limit.to_string())
                 .map_err(|e| invalid(&format!("setting the limit to {limit} bytes: {e}")))?;
         }
         Ok(scratch)
@@ -104,6 +102,46 @@ impl ScratchCgroup {
     }
 }
 
+/// Creates `rel` below a cgroup v2 mount, enabling the memory controller on the way down: a v2
+/// cgroup only has `memory.*` files when its parent lists `memory` in `cgroup.subtree_control`.
+/// Existing ancestors are kept; the last component must be new.
+fn create_v2(mount: &std::path::Path, rel: &str) -> Result<(), String> {
+    let parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
+    let mut dir = mount.to_path_buf();
+    for (i, part) in parts.iter().enumerate() {
+        enable_memory_v2(&dir)?;
+        dir.push(part);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && i + 1 < parts.len() => {}
+            Err(e) => return Err(format!("mkdir {}: {e}", dir.display())),
+        }
+    }
+    Ok(())
+}
+
+/// Adds `memory` to a v2 cgroup's `cgroup.subtree_control` unless it is already there.
+fn enable_memory_v2(dir: &std::path::Path) -> Result<(), String> {
+    let file = dir.join("cgroup.subtree_control");
+    let current = std::fs::read_to_string(&file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    if subtree_has_memory(&current) {
+        return Ok(());
+    }
+    std::fs::write(&file, "+memory").map_err(|e| {
+        let hint = match e.raw_os_error() {
+            Some(libc::EBUSY) => " (cgroup v2 refuses while processes sit directly in that cgroup; move them to a child)",
+            Some(libc::ENOENT) => " (the memory controller is not available there: see its cgroup.controllers)",
+            _ => "",
+        };
+        format!("cannot enable the memory controller in {}: {e}{hint}", file.display())
+    })
+}
+
+fn subtree_has_memory(subtree_control: &str) -> bool {
+    subtree_control.split_whitespace().any(|c| c == "memory")
+}
+
 impl Drop for ScratchCgroup {
     fn drop(&mut self) {
         if !self.keep {
@@ -111,5 +149,57 @@ impl Drop for ScratchCgroup {
                 log::warn!("leaving scratch cgroup behind: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod v2_tests {
+    use std::{fs, path::PathBuf};
+
+    use super::*;
+
+    /// A directory shaped like a v2 mount: cgroupfs creates `cgroup.subtree_control` in every
+    /// new cgroup, so the fixture pre-creates the one of the existing `oomlab-test` parent.
+    fn fixture(tag: &str) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("oomlab-v2-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join("oomlab-test")).expect("fixture dirs");
+        fs::write(root.join("cgroup.subtree_control"), "cpu io\n").expect("root file");
+        fs::write(
+            root.join("oomlab-test/cgroup.subtree_control"),
+            "cpu memory\n",
+        )
+        .expect("parent file");
+        root
+    }
+
+    #[test]
+    fn v2_creation_enables_memory_only_where_missing() {
+        let root = fixture("create");
+        create_v2(&root, "oomlab-test/x-1").expect("created");
+        assert!(root.join("oomlab-test/x-1").is_dir());
+        // The root lacked memory and got a `+memory` write; the parent already had it.
+        assert_eq!(
+            fs::read_to_string(root.join("cgroup.subtree_control")).expect("root"),
+            "+memory"
+        );
+        assert_eq!(
+            fs::read_to_string(root.join("oomlab-test/cgroup.subtree_control")).expect("parent"),
+            "cpu memory\n"
+        );
+        // The leaf must be new; a missing subtree_control (not a cgroup) is reported.
+        let again = create_v2(&root, "oomlab-test/x-1").expect_err("exists");
+        assert!(again.contains("mkdir"), "{again}");
+        let nested = create_v2(&root, "oomlab-test/x-1/y").expect_err("x-1 is no cgroupfs dir");
+        assert!(nested.contains("x-1/cgroup.subtree_control"), "{nested}");
+        fs::remove_dir_all(&root).expect("fixture removed");
+    }
+
+    #[test]
+    fn subtree_control_parsing() {
+        assert!(subtree_has_memory("cpuset cpu io memory pids\n"));
+        assert!(subtree_has_memory("memory\n"));
+        assert!(!subtree_has_memory("cpu memoryx io\n"));
+        assert!(!subtree_has_memory(""));
     }
 }
