@@ -17,7 +17,11 @@ async fn mark_victim_reports_the_killed_child() {
         return;
     }
     let hier = Hierarchy::detect().expect("a memory cgroup controller");
-    let (_tracer, mut rx) = Tracer::start(&TraceOptions { hooks: false }).expect("tracer starts");
+    let (_tracer, mut rx) = Tracer::start(&TraceOptions {
+        hooks: false,
+        ..TraceOptions::default()
+    })
+    .expect("tracer starts");
     let scratch = ScratchCgroup::create(
         &hier,
         common::TEST_PARENT,

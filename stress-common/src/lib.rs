@@ -107,6 +107,14 @@ tracepoint_layout!(
         DST_PATH = "dst_path", COMM = "comm",
     ]
 );
+tracepoint_layout!(
+    /// `sched:sched_process_fork`: only used to grow the v1 pid filter to children.
+    process_fork, "sched", "sched_process_fork", [PARENT_PID = "parent_pid", CHILD_PID = "child_pid"]
+);
+tracepoint_layout!(
+    /// `sched:sched_process_exit`: only used to shrink the v1 pid filter.
+    process_exit, "sched", "sched_process_exit", [PID = "pid"]
+);
 
 /// Everything the eBPF programs need from user space, set as a read-only global at load time.
 #[repr(C)]
@@ -122,8 +130,16 @@ pub struct Config {
     pub kswapd_wake: [Field; kswapd_wake::N],
     pub cgroup_dir: [Field; cgroup_dir::N],
     pub cgroup_attach: [Field; cgroup_attach::N],
+    pub process_fork: [Field; process_fork::N],
+    pub process_exit: [Field; process_exit::N],
     /// One of the `FILTER_*` constants.
     pub filter_mode: u32,
+    /// The hierarchy id (`root` in the `cgroup:*` tracepoints, column 2 of /proc/cgroups) of the
+    /// memory controller: on v1 every hierarchy numbers its cgroups on its own, so an id only
+    /// means something together with its root.
+    pub filter_root: i32,
+    /// One of the `RECLAIM_KEY_*` constants: how `RECLAIM_STATS` is keyed.
+    pub reclaim_key: u32,
     pub _pad: u32,
     /// With [`FILTER_CGROUP_V2`]: only events whose current task is in this cgroup v2 id or a
     /// descendant.
@@ -138,6 +154,12 @@ pub const FILTER_PIDS: u32 = 1;
 /// Keep events of tasks whose cgroup v2 id is in the `FILTER_CGROUPS` map.
 pub const FILTER_CGROUP_V2: u32 = 2;
 
+/// `RECLAIM_STATS` keyed by the reclaiming task's cgroup v2 id (the memory cgroup on v2).
+pub const RECLAIM_KEY_CGROUP: u32 = 0;
+/// Keyed by the reclaiming task's tgid: on v1 the memory cgroup is not reachable from a
+/// helper, so user space maps tgid → memory cgroup through /proc.
+pub const RECLAIM_KEY_TGID: u32 = 1;
+
 impl Config {
     pub const fn zeroed() -> Self {
         Config {
@@ -151,7 +173,11 @@ impl Config {
             kswapd_wake: [Field::ABSENT; kswapd_wake::N],
             cgroup_dir: [Field::ABSENT; cgroup_dir::N],
             cgroup_attach: [Field::ABSENT; cgroup_attach::N],
+            process_fork: [Field::ABSENT; process_fork::N],
+            process_exit: [Field::ABSENT; process_exit::N],
             filter_mode: FILTER_NONE,
+            filter_root: 0,
+            reclaim_key: RECLAIM_KEY_CGROUP,
             _pad: 0,
             filter_cgroup_id: 0,
         }
@@ -203,6 +229,8 @@ pub mod victim_fields {
     pub const UID: u32 = 1 << 2;
     pub const PGTABLES: u32 = 1 << 3;
     pub const OOM_SCORE_ADJ: u32 = 1 << 4;
+    /// The victim's pid is in the v1 pid filter (it lived in the target when it was chosen).
+    pub const IN_FILTER: u32 = 1 << 5;
 }
 
 /// `oom:mark_victim`. Sizes are in KiB as the tracepoint reports them.
@@ -250,8 +278,8 @@ pub struct Reclaim {
     pub latency_ns: u64,
 }
 
-/// Per-cgroup reclaim totals, aggregated in the kernel (map `RECLAIM_STATS`, key: cgroup v2 id
-/// of the reclaiming task), so a summary survives ring-buffer drops.
+/// Per-cgroup reclaim totals, aggregated in the kernel (per-CPU map `RECLAIM_STATS`, key: see
+/// [`Config::reclaim_key`]), so a summary survives ring-buffer drops.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ReclaimStats {
@@ -383,6 +411,25 @@ mod tests {
         assert_eq!(size_of::<Reclaim>(), 48 + 8 + 24);
         assert_eq!(size_of::<CgroupEvent>(), 48 + 16 + 8 + COMM_LEN + PATH_LEN);
         assert_eq!(size_of::<Config>() % 8, 0);
+        assert_eq!(size_of::<ReclaimStats>(), 32);
+        assert_eq!(size_of::<RetryZone>(), 48 + 16 + 24 + 8);
+        assert_eq!(size_of::<CompactRetry>(), 48 + 24);
+        assert_eq!(size_of::<Reaper>(), 48 + 8);
+        assert_eq!(size_of::<KswapdWake>(), 48 + 16);
+        // Config: the layout arrays (8 bytes per field) then 3 u32 + pad + u64.
+        let fields = mark_victim::N
+            + adj_update::N
+            + reclaim_begin::N
+            + reclaim_end::N
+            + retry_zone::N
+            + compact_retry::N
+            + reaper::N
+            + kswapd_wake::N
+            + cgroup_dir::N
+            + cgroup_attach::N
+            + process_fork::N
+            + process_exit::N;
+        assert_eq!(size_of::<Config>(), fields * 8 + 16 + 8);
     }
 
     #[test]

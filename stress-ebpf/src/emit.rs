@@ -29,7 +29,10 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::N, 0);
 #[map]
 pub static FILTER_PID_SET: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
-/// cgroup v2 filter: ids of the target cgroup and its descendants (grown on `cgroup_mkdir`).
+/// Ids of the target cgroup and its descendants, in the memory controller's hierarchy
+/// (`Config::filter_root`). Seeded by user space and grown by it on `cgroup_mkdir` events under
+/// the target; on v2 it is the filter itself, on v1 it tells `cgroup_attach_task` which moves
+/// bring a task into the target.
 #[map]
 pub static FILTER_CGROUP_SET: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
 
@@ -65,6 +68,29 @@ pub fn current_wanted() -> bool {
         }
         _ => true,
     }
+}
+
+/// True when a target filter is set (either kind).
+#[inline(always)]
+pub fn filtering() -> bool {
+    config(|c| &c.filter_mode) != stress_common::FILTER_NONE
+}
+
+/// True when `tgid` is in the v1 pid set.
+#[inline(always)]
+pub fn pid_in_filter(tgid: u32) -> bool {
+    // SAFETY: the value is only tested for presence.
+    unsafe { FILTER_PID_SET.get(tgid) }.is_some()
+}
+
+/// True when the cgroup `id` of hierarchy `root` is the target or one of its descendants.
+#[inline(always)]
+pub fn cgroup_in_filter(root: i32, id: u64) -> bool {
+    if root != config(|c| &c.filter_root) {
+        return false;
+    }
+    // SAFETY: the value is only tested for presence.
+    unsafe { FILTER_CGROUP_SET.get(id) }.is_some()
 }
 
 /// Reserves room for one `T`; counts a drop when the ring buffer is full.

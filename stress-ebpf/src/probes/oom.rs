@@ -1,10 +1,16 @@
-//! `oom:*` tracepoints: the victim, `oom_score_adj` writes.
+//! `oom:*` tracepoints: the victim, `oom_score_adj` writes, the allocator's retry decisions and
+//! the OOM reaper's steps.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use aya_log_ebpf::warn;
-use stress_common::{adj_update, kind, mark_victim as mv, victim_fields, AdjUpdate, MarkVictim};
+use stress_common::{
+    adj_update, compact_retry as cr, kind, mark_victim as mv, reaper_step, retry_zone as rz,
+    victim_fields, AdjUpdate, CompactRetry, MarkVictim, Reaper, RetryZone, FILTER_PIDS,
+};
 
-use crate::emit::{config, current_wanted, header, read_signed, read_str, read_unsigned, reserve};
+use crate::emit::{
+    config, current_wanted, header, pid_in_filter, read_signed, read_str, read_unsigned, reserve,
+};
 
 /// Not filtered in the kernel: the victim can live in another cgroup than the task that
 /// triggered the OOM, and kills are rare; user space filters on the victim's own cgroup.
@@ -56,6 +62,11 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<u32, u32> {
     if layout[mv::COMM].is_present() {
         present |= victim_fields::COMM;
     }
+    // Recorded, not filtered on: user space decides with the victim's own cgroup, and this bit
+    // still answers after the victim has exited and /proc no longer knows it.
+    if config(|c| &c.filter_mode) == FILTER_PIDS && pid_in_filter(pid as u32) {
+        present |= victim_fields::IN_FILTER;
+    }
     // SAFETY: `ev` points at reserved ring-buffer memory large enough for one MarkVictim; every
     // field is written before submit.
     unsafe {
@@ -83,13 +94,15 @@ pub fn oom_score_adj_update(ctx: TracePointContext) -> u32 {
 }
 
 fn try_oom_score_adj_update(ctx: &TracePointContext) -> Result<u32, u32> {
-    // The writer (current) is what the filter sees: a process in the target changing its own
-    // or a child's adj, or the injector setting its workers' adj.
-    if !current_wanted() {
-        return Ok(0);
-    }
     let layout = config(|c| &c.adj_update);
     let pid = read_signed(ctx, layout[adj_update::PID]).ok_or(1u32)? as i32;
+    // Kept when the writer is in the target (a process changing its own or a child's adj, the
+    // injector setting its workers') or, on v1, when the process whose adj changed is.
+    if !current_wanted()
+        && !(config(|c| &c.filter_mode) == FILTER_PIDS && pid_in_filter(pid as u32))
+    {
+        return Ok(0);
+    }
     let adj = read_signed(ctx, layout[adj_update::OOM_SCORE_ADJ]).ok_or(1u32)? as i32;
     let Some(mut entry) = reserve::<AdjUpdate>() else {
         return Err(1);
@@ -104,4 +117,121 @@ fn try_oom_score_adj_update(ctx: &TracePointContext) -> Result<u32, u32> {
     }
     entry.submit(0);
     Ok(0)
+}
+
+/// `oom:reclaim_retry_zone`: fired in the allocating task, so filtered on it.
+#[tracepoint]
+pub fn reclaim_retry_zone(ctx: TracePointContext) -> u32 {
+    match try_reclaim_retry_zone(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_reclaim_retry_zone(ctx: &TracePointContext) -> Result<u32, u32> {
+    if !current_wanted() {
+        return Ok(0);
+    }
+    let l = config(|c| &c.retry_zone);
+    let int = |i: usize| read_signed(ctx, l[i]).unwrap_or(0) as i32;
+    let Some(mut entry) = reserve::<RetryZone>() else {
+        return Err(1);
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: reserved ring-buffer memory for one RetryZone, fully written before submit.
+    unsafe {
+        (*ev).hdr = header(kind::RETRY_ZONE);
+        (*ev).node = int(rz::NODE);
+        (*ev).zone_idx = int(rz::ZONE_IDX);
+        (*ev).order = int(rz::ORDER);
+        (*ev).no_progress_loops = int(rz::NO_PROGRESS_LOOPS);
+        (*ev).reclaimable = read_unsigned(ctx, l[rz::RECLAIMABLE]).unwrap_or(0);
+        (*ev).available = read_unsigned(ctx, l[rz::AVAILABLE]).unwrap_or(0);
+        (*ev).min_wmark = read_unsigned(ctx, l[rz::MIN_WMARK]).unwrap_or(0);
+        (*ev).wmark_check = read_unsigned(ctx, l[rz::WMARK_CHECK]).unwrap_or(0) as i32;
+        (*ev)._pad = 0;
+    }
+    entry.submit(0);
+    Ok(0)
+}
+
+/// `oom:compact_retry` (kernels with compaction).
+#[tracepoint]
+pub fn compact_retry(ctx: TracePointContext) -> u32 {
+    match try_compact_retry(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_compact_retry(ctx: &TracePointContext) -> Result<u32, u32> {
+    if !current_wanted() {
+        return Ok(0);
+    }
+    let l = config(|c| &c.compact_retry);
+    let int = |i: usize| read_signed(ctx, l[i]).unwrap_or(0) as i32;
+    let Some(mut entry) = reserve::<CompactRetry>() else {
+        return Err(1);
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: as in try_reclaim_retry_zone.
+    unsafe {
+        (*ev).hdr = header(kind::COMPACT_RETRY);
+        (*ev).order = int(cr::ORDER);
+        (*ev).priority = int(cr::PRIORITY);
+        (*ev).result = int(cr::RESULT);
+        (*ev).retries = int(cr::RETRIES);
+        (*ev).max_retries = int(cr::MAX_RETRIES);
+        (*ev).ret = read_unsigned(ctx, l[cr::RET]).unwrap_or(0) as i32;
+    }
+    entry.submit(0);
+    Ok(0)
+}
+
+/// The four reaper tracepoints share one layout (`pid` of the victim). Not filtered in the
+/// kernel: `start/finish/skip` run in the `oom_reaper` kernel thread, often after the victim has
+/// exited and left the pid filter; there are one to three per kill node-wide, and user space
+/// keeps those of victims it reported.
+#[inline(always)]
+fn reaper(ctx: &TracePointContext, step: u32) -> Result<u32, u32> {
+    let pid =
+        read_signed(ctx, config(|c| &c.reaper)[stress_common::reaper::PID]).ok_or(1u32)? as i32;
+    let Some(mut entry) = reserve::<Reaper>() else {
+        return Err(1);
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: as in try_reclaim_retry_zone.
+    unsafe {
+        (*ev).hdr = header(kind::REAPER);
+        (*ev).step = step;
+        (*ev).pid = pid;
+    }
+    entry.submit(0);
+    Ok(0)
+}
+
+#[tracepoint]
+pub fn wake_reaper(ctx: TracePointContext) -> u32 {
+    match reaper(&ctx, reaper_step::WAKE) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[tracepoint]
+pub fn start_task_reaping(ctx: TracePointContext) -> u32 {
+    match reaper(&ctx, reaper_step::START) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[tracepoint]
+pub fn finish_task_reaping(ctx: TracePointContext) -> u32 {
+    match reaper(&ctx, reaper_step::FINISH) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[tracepoint]
+pub fn skip_task_reaping(ctx: TracePointContext) -> u32 {
+    match reaper(&ctx, reaper_step::SKIP) {
+        Ok(r) | Err(r) => r,
+    }
 }

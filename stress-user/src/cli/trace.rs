@@ -1,29 +1,98 @@
-//! `oomlab trace`: kernel events as they happen.
+//! `oomlab trace`: kernel events as they happen — OOM victims, `oom_score_adj` writes, reclaim
+//! (summarised per cgroup), cgroup lifecycle — node-wide or for one target and its descendants.
 
-use std::{io::Write, time::Duration};
+use std::{
+    io::{BufWriter, Write},
+    time::Duration,
+};
 
 use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::{
+    cgroup::{
+        target::{self, TargetArgs},
+        Hierarchy,
+    },
     cli::exit,
-    report::{json_line, OutputFormat},
-    trace::{Event, EventKind, TraceOptions, Tracer},
+    report::{
+        event_json_line, json_line,
+        trace::{human_line, human_reclaim_line, ReclaimSummary},
+        OutputFormat,
+    },
+    trace::{
+        enrich::cgroup_of_pid, Event, EventKind, EventSet, ReclaimKey, Stats, TraceOptions, Tracer,
+    },
 };
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Event classes: any of oom, adj, reclaim, cgroup, comma-separated.
+    #[arg(long, default_value = "oom,adj,reclaim,cgroup", value_parser = EventSet::parse)]
+    events: EventSet,
     #[arg(long, value_enum, default_value_t)]
     output: OutputFormat,
     /// Stop after this long (default: until Ctrl-C / SIGTERM).
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
+    /// How often the per-cgroup reclaim summary is printed.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    summary_interval: Duration,
+    /// JSON only: add `wts`, CLOCK_MONOTONIC seconds when the line was written (to measure
+    /// kernel-to-output latency against `ts`).
+    #[arg(long, hide = true)]
+    write_stamps: bool,
 }
 
 #[derive(Serialize)]
 struct Ready<'a> {
+    ts: f64,
     tracefs: String,
+    target: Option<String>,
+    events: Vec<&'static str>,
+    attached: &'a [String],
     hooks: &'a [crate::trace::HookResult],
+}
+
+#[derive(Serialize)]
+struct Lost {
+    ts: f64,
+    produced: u64,
+    lost: u64,
+}
+
+#[derive(Serialize)]
+struct Summary<'a> {
+    ts: f64,
+    #[serde(flatten)]
+    row: &'a crate::report::trace::ReclaimRow,
+}
+
+/// CLOCK_MONOTONIC, the clock of the kernel's event timestamps.
+pub fn monotonic() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec to write into; CLOCK_MONOTONIC always exists.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+fn class_names(set: &EventSet) -> Vec<&'static str> {
+    [
+        (set.oom, "oom"),
+        (set.adj, "adj"),
+        (set.reclaim, "reclaim"),
+        (set.cgroup, "cgroup"),
+    ]
+    .into_iter()
+    .filter_map(|(on, n)| on.then_some(n))
+    .collect()
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
@@ -34,28 +103,176 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     rt.block_on(run_async(args))
 }
 
+struct Sink<W: Write> {
+    out: W,
+    fmt: OutputFormat,
+    events: EventSet,
+    write_stamps: bool,
+    summary: ReclaimSummary,
+    reclaim_key: ReclaimKey,
+}
+
+impl<W: Write> Sink<W> {
+    fn event(&mut self, ev: &Event) -> std::io::Result<()> {
+        let wanted = match &ev.kind {
+            EventKind::Victim(_)
+            | EventKind::OomKillHook(_)
+            | EventKind::Reaper(_)
+            | EventKind::ReclaimRetry(_)
+            | EventKind::CompactRetry(_) => self.events.oom,
+            EventKind::AdjUpdate(_) => self.events.adj,
+            EventKind::Reclaim(_) | EventKind::KswapdWake(_) => self.events.reclaim,
+            // Attached for the filter even when not asked for.
+            EventKind::Cgroup(_) => self.events.cgroup,
+        };
+        if !wanted {
+            return Ok(());
+        }
+        match &ev.kind {
+            EventKind::Reclaim(r) => {
+                let key = match self.reclaim_key {
+                    ReclaimKey::Tgid => u64::from(r.task.tgid),
+                    ReclaimKey::CgroupId => r.task.cgroup_id,
+                };
+                self.summary.add(r, key);
+            }
+            EventKind::KswapdWake(_) => self.summary.add_kswapd_wake(),
+            _ => {}
+        }
+        match self.fmt {
+            OutputFormat::Json => {
+                if self.write_stamps {
+                    let mut v = serde_json::to_value(ev).map_err(std::io::Error::other)?;
+                    v["wts"] = monotonic().as_secs_f64().into();
+                    let tag = v["event"].as_str().unwrap_or("event").to_owned();
+                    json_line(&mut self.out, crate::report::event_type(&tag), &v)
+                } else {
+                    event_json_line(&mut self.out, ev)
+                }
+            }
+            OutputFormat::Human => match human_line(ev) {
+                Some(line) => {
+                    writeln!(self.out, "{line}")?;
+                    self.out.flush()
+                }
+                None => Ok(()),
+            },
+        }
+    }
+
+    fn summary(&mut self, tracer: &Tracer) -> std::io::Result<()> {
+        if !self.events.reclaim {
+            return Ok(());
+        }
+        let totals = tracer.reclaim_totals();
+        let key = self.reclaim_key;
+        let rows = self.summary.take(&totals, |k| match key {
+            ReclaimKey::Tgid => u32::try_from(k)
+                .ok()
+                .and_then(|tgid| cgroup_of_pid(tgid, tracer.memory_version?)),
+            ReclaimKey::CgroupId => None,
+        });
+        let now = monotonic();
+        for row in &rows {
+            match self.fmt {
+                OutputFormat::Json => json_line(
+                    &mut self.out,
+                    "reclaim_summary",
+                    &Summary {
+                        ts: now.as_secs_f64(),
+                        row,
+                    },
+                )?,
+                OutputFormat::Human => writeln!(self.out, "{}", human_reclaim_line(now, row))?,
+            }
+        }
+        self.out.flush()
+    }
+
+    fn lost(&mut self, stats: Stats) -> std::io::Result<()> {
+        let ts = monotonic().as_secs_f64();
+        match self.fmt {
+            OutputFormat::Json => json_line(
+                &mut self.out,
+                "lost",
+                &Lost {
+                    ts,
+                    produced: stats.produced,
+                    lost: stats.lost,
+                },
+            ),
+            OutputFormat::Human => {
+                writeln!(
+                    self.out,
+                    "{ts:>14.6}  END       {} events from the kernel, {} lost (ring buffer full)",
+                    stats.produced, stats.lost
+                )?;
+                self.out.flush()
+            }
+        }
+    }
+}
+
 async fn run_async(args: Args) -> anyhow::Result<i32> {
-    let (tracer, mut rx) = Tracer::start(&TraceOptions::default())?;
-    let mut out = std::io::stdout().lock();
+    let target = if args.target.is_empty() {
+        None
+    } else {
+        let hier = Hierarchy::detect()?;
+        match target::resolve(&hier, &args.target) {
+            Ok(cg) => Some(cg),
+            Err(e) => {
+                eprintln!("oomlab trace: {e}");
+                return Ok(exit::USAGE);
+            }
+        }
+    };
+    let opts = TraceOptions {
+        hooks: true,
+        events: args.events,
+        target: target.clone(),
+    };
+    let (tracer, mut rx) = Tracer::start(&opts)?;
+    let mut sink = Sink {
+        out: BufWriter::new(std::io::stdout().lock()),
+        fmt: args.output,
+        events: args.events,
+        write_stamps: args.write_stamps,
+        summary: ReclaimSummary::default(),
+        reclaim_key: tracer.reclaim_key,
+    };
+    let target_path = target.as_ref().map(|t| t.path());
     match args.output {
         OutputFormat::Json => json_line(
-            &mut out,
+            &mut sink.out,
             "ready",
             &Ready {
+                ts: monotonic().as_secs_f64(),
                 tracefs: tracer.tracefs.path.display().to_string(),
+                target: target_path.clone(),
+                events: class_names(&args.events),
+                attached: &tracer.attached,
                 hooks: &tracer.hooks,
             },
         )?,
         OutputFormat::Human => {
+            let scope = match &target_path {
+                Some(p) => format!("{p} and its descendants"),
+                None => "node-wide".into(),
+            };
             writeln!(
-                out,
-                "ready: tracing OOM kills and oom_score_adj updates node-wide"
+                sink.out,
+                "ready: tracing {} {scope} ({} tracepoints attached)",
+                class_names(&args.events).join(","),
+                tracer.attached.len()
             )?;
-            out.flush()?;
+            sink.out.flush()?;
         }
     }
     let deadline = args.duration.map(|d| Instant::now() + d);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(args.summary_interval);
+    tick.tick().await;
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
         let sleep = async {
             match deadline {
@@ -65,14 +282,21 @@ async fn run_async(args: Args) -> anyhow::Result<i32> {
         };
         tokio::select! {
             ev = rx.recv() => match ev {
-                Some(ev) => emit(&mut out, args.output, &ev)?,
+                Some(ev) => sink.event(&ev)?,
                 None => break,
             },
+            _ = tick.tick() => sink.summary(&tracer)?,
             _ = sleep => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut ctrl_c => break,
             _ = sigterm.recv() => break,
         }
     }
+    // Whatever is already in the channel was produced before the end: report it, then the
+    // last summary and the drop count.
+    while let Ok(ev) = rx.try_recv() {
+        sink.event(&ev)?;
+    }
+    sink.summary(&tracer)?;
     let stats = tracer.stats();
     if stats.lost > 0 {
         eprintln!(
@@ -80,48 +304,6 @@ async fn run_async(args: Args) -> anyhow::Result<i32> {
             stats.lost
         );
     }
-    if args.output == OutputFormat::Json {
-        json_line(&mut out, "lost", &stats)?;
-    }
+    sink.lost(stats)?;
     Ok(exit::OK)
-}
-
-fn emit(out: &mut impl Write, fmt: OutputFormat, ev: &Event) -> std::io::Result<()> {
-    match fmt {
-        OutputFormat::Json => {
-            let kind = match ev.kind {
-                EventKind::Victim(_) => "oom_victim",
-                EventKind::AdjUpdate(_) => "oom_score_adj",
-                EventKind::OomKillHook(_) => "oom_kill_hook",
-            };
-            json_line(out, kind, ev)
-        }
-        OutputFormat::Human => {
-            let ts = ev.ts.as_secs_f64();
-            match &ev.kind {
-                EventKind::Victim(v) => writeln!(
-                    out,
-                    "{ts:>14.6}  OOM-KILL  pid {:<8} {:<16} adj {:>5}  anon {:>8} KiB  file {:>6} KiB  trigger {} ({})",
-                    v.pid,
-                    v.comm.as_deref().unwrap_or("?"),
-                    v.oom_score_adj.map_or("?".into(), |a| a.to_string()),
-                    v.anon_rss_kb.map_or("?".into(), |a| a.to_string()),
-                    v.file_rss_kb.map_or("?".into(), |a| a.to_string()),
-                    v.trigger.pid,
-                    v.trigger.comm,
-                )?,
-                EventKind::AdjUpdate(a) => writeln!(
-                    out,
-                    "{ts:>14.6}  ADJ       pid {:<8} {:<16} adj {:>5}  written by {} ({})",
-                    a.pid, a.comm, a.oom_score_adj, a.writer.pid, a.writer.comm
-                )?,
-                EventKind::OomKillHook(h) => writeln!(
-                    out,
-                    "{ts:>14.6}  OOM       {} oom_kill_process in {} ({})",
-                    h.hook, h.task.pid, h.task.comm
-                )?,
-            }
-            out.flush()
-        }
-    }
 }

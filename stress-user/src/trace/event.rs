@@ -4,7 +4,7 @@
 use std::{mem::size_of, time::Duration};
 
 use serde::Serialize;
-use stress_common::{self as common, kind, victim_fields};
+use stress_common::{self as common, cgroup_op, kind, reaper_step, reclaim_kind, victim_fields};
 
 /// The task that was running when the kernel event fired (`current`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -31,6 +31,28 @@ pub struct Victim {
     pub oom_score_adj: Option<i32>,
     /// The task that triggered the OOM (it is often not the victim).
     pub trigger: Task,
+    /// The kernel found the victim's pid in the v1 pid filter: it was in the target.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub in_filter: bool,
+    /// Filled in by user space as the event arrives (see `trace::enrich`).
+    #[serde(flatten)]
+    pub context: VictimContext,
+}
+
+/// What user space learns about a victim the moment its event arrives.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct VictimContext {
+    /// The victim's memory cgroup, relative to the controller's mount.
+    pub cgroup: Option<String>,
+    /// Where `cgroup` came from: `proc` (/proc/PID/cgroup, read on arrival), `attach` (the last
+    /// `cgroup_attach_task` seen for the pid, when the victim was already exiting) or `kmsg` (the
+    /// kernel log's `task_memcg=`, filled in later by the episode grouping).
+    pub cgroup_source: Option<&'static str>,
+    /// From kubelet naming of `cgroup`.
+    pub pod_uid: Option<String>,
+    pub container_id: Option<String>,
+    /// One of `oomlab inject`'s own workers (`oomlab __worker`).
+    pub oomlab_worker: bool,
 }
 
 /// `oom:oom_score_adj_update`: `writer` set `pid`'s adj.
@@ -49,12 +71,125 @@ pub struct OomKillHook {
     pub task: Task,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReclaimKind {
+    /// A memory cgroup over its limit (`mm_vmscan_memcg_reclaim_*`).
+    Memcg,
+    /// The page allocator short of free pages (`mm_vmscan_direct_reclaim_*`).
+    Direct,
+}
+
+/// One reclaim pass (begin and end paired in the kernel, per task).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reclaim {
+    pub reclaim: ReclaimKind,
+    pub order: i32,
+    pub gfp_flags: u64,
+    pub nr_reclaimed: u64,
+    pub latency_ns: u64,
+    /// The task that reclaimed (it was allocating).
+    pub task: Task,
+    /// Its memory cgroup (read from /proc on arrival, cached per process).
+    pub cgroup: Option<String>,
+}
+
+/// `oom:reclaim_retry_zone`: the allocator weighing another reclaim round for one zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReclaimRetry {
+    pub node: i32,
+    pub zone_idx: i32,
+    pub order: i32,
+    pub reclaimable: u64,
+    pub available: u64,
+    pub min_wmark: u64,
+    pub no_progress_loops: i32,
+    pub wmark_check: bool,
+    pub task: Task,
+}
+
+/// `oom:compact_retry`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CompactRetry {
+    pub order: i32,
+    pub priority: i32,
+    pub result: i32,
+    pub retries: i32,
+    pub max_retries: i32,
+    pub retry: bool,
+    pub task: Task,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReaperStep {
+    /// `oom:wake_reaper`: the victim queued for the OOM reaper.
+    Wake,
+    /// `start_task_reaping` / `finish_task_reaping`: the reaper freeing the victim's memory.
+    Start,
+    Finish,
+    /// `skip_task_reaping`: nothing to reap (already gone, or mm shared).
+    Skip,
+}
+
+/// The OOM reaper acting on a victim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reaper {
+    pub step: ReaperStep,
+    pub pid: i32,
+    pub task: Task,
+}
+
+/// `vmscan:mm_vmscan_kswapd_wake`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KswapdWake {
+    pub nid: i32,
+    pub zid: i32,
+    pub order: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CgroupOp {
+    Mkdir,
+    Rmdir,
+    Attach,
+}
+
+/// `cgroup:cgroup_mkdir` / `cgroup_rmdir` / `cgroup_attach_task`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CgroupChange {
+    pub op: CgroupOp,
+    /// The hierarchy id (v1 has one per mounted controller set; v2 is 0).
+    pub root: i32,
+    pub level: i32,
+    /// The cgroup's id in that hierarchy (its directory's inode number).
+    pub id: u64,
+    /// Relative to the hierarchy's mount.
+    pub path: String,
+    /// The moved task (attach only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    /// The task that made the change.
+    pub task: Task,
+}
+
+/// The serde tag (`"event"`) names the variant; `report::event_type` turns it into the JSON
+/// line's `type`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum EventKind {
     Victim(Victim),
     AdjUpdate(AdjUpdate),
     OomKillHook(OomKillHook),
+    Reclaim(Reclaim),
+    ReclaimRetry(ReclaimRetry),
+    CompactRetry(CompactRetry),
+    Reaper(Reaper),
+    KswapdWake(KswapdWake),
+    Cgroup(CgroupChange),
 }
 
 /// One kernel event with its kernel timestamp (CLOCK_MONOTONIC).
@@ -129,6 +264,8 @@ impl Event {
                         pgtables_kb: has(victim_fields::PGTABLES).then_some(e.pgtables_kb),
                         oom_score_adj: has(victim_fields::OOM_SCORE_ADJ).then_some(e.oom_score_adj),
                         trigger: task(&e.hdr),
+                        in_filter: has(victim_fields::IN_FILTER),
+                        context: VictimContext::default(),
                     }),
                 )
             }
@@ -150,6 +287,107 @@ impl Event {
                     e.hdr,
                     EventKind::OomKillHook(OomKillHook {
                         hook: if e.hook == 1 { "fentry" } else { "kprobe" },
+                        task: task(&e.hdr),
+                    }),
+                )
+            }
+            kind::RECLAIM => {
+                let e: common::Reclaim = read(buf, k)?;
+                (
+                    e.hdr,
+                    EventKind::Reclaim(Reclaim {
+                        reclaim: if e.reclaim_kind == reclaim_kind::DIRECT {
+                            ReclaimKind::Direct
+                        } else {
+                            ReclaimKind::Memcg
+                        },
+                        order: e.order,
+                        gfp_flags: e.gfp_flags,
+                        nr_reclaimed: e.nr_reclaimed,
+                        latency_ns: e.latency_ns,
+                        task: task(&e.hdr),
+                        cgroup: None,
+                    }),
+                )
+            }
+            kind::RETRY_ZONE => {
+                let e: common::RetryZone = read(buf, k)?;
+                (
+                    e.hdr,
+                    EventKind::ReclaimRetry(ReclaimRetry {
+                        node: e.node,
+                        zone_idx: e.zone_idx,
+                        order: e.order,
+                        reclaimable: e.reclaimable,
+                        available: e.available,
+                        min_wmark: e.min_wmark,
+                        no_progress_loops: e.no_progress_loops,
+                        wmark_check: e.wmark_check != 0,
+                        task: task(&e.hdr),
+                    }),
+                )
+            }
+            kind::COMPACT_RETRY => {
+                let e: common::CompactRetry = read(buf, k)?;
+                (
+                    e.hdr,
+                    EventKind::CompactRetry(CompactRetry {
+                        order: e.order,
+                        priority: e.priority,
+                        result: e.result,
+                        retries: e.retries,
+                        max_retries: e.max_retries,
+                        retry: e.ret != 0,
+                        task: task(&e.hdr),
+                    }),
+                )
+            }
+            kind::REAPER => {
+                let e: common::Reaper = read(buf, k)?;
+                let step = match e.step {
+                    reaper_step::WAKE => ReaperStep::Wake,
+                    reaper_step::START => ReaperStep::Start,
+                    reaper_step::FINISH => ReaperStep::Finish,
+                    _ => ReaperStep::Skip,
+                };
+                (
+                    e.hdr,
+                    EventKind::Reaper(Reaper {
+                        step,
+                        pid: e.pid,
+                        task: task(&e.hdr),
+                    }),
+                )
+            }
+            kind::KSWAPD_WAKE => {
+                let e: common::KswapdWake = read(buf, k)?;
+                (
+                    e.hdr,
+                    EventKind::KswapdWake(KswapdWake {
+                        nid: e.nid,
+                        zid: e.zid,
+                        order: e.order,
+                    }),
+                )
+            }
+            kind::CGROUP => {
+                let e: common::CgroupEvent = read(buf, k)?;
+                let op = match e.op {
+                    cgroup_op::MKDIR => CgroupOp::Mkdir,
+                    cgroup_op::RMDIR => CgroupOp::Rmdir,
+                    _ => CgroupOp::Attach,
+                };
+                let attach = op == CgroupOp::Attach;
+                (
+                    e.hdr,
+                    EventKind::Cgroup(CgroupChange {
+                        op,
+                        root: e.root,
+                        level: e.level,
+                        id: e.id,
+                        path: cstr(&e.path),
+                        pid: attach.then_some(e.pid),
+                        comm: attach.then(|| cstr(&e.comm)),
                         task: task(&e.hdr),
                     }),
                 )
@@ -241,6 +479,96 @@ mod tests {
         };
         assert_eq!(v.pid, 7);
         assert_eq!((v.comm, v.oom_score_adj, v.anon_rss_kb), (None, None, None));
+    }
+
+    #[test]
+    fn reclaim_reaper_and_cgroup_records() {
+        let raw = common::Reclaim {
+            hdr: header(kind::RECLAIM),
+            reclaim_kind: reclaim_kind::MEMCG,
+            order: 0,
+            gfp_flags: 0xcc0,
+            nr_reclaimed: 32,
+            latency_ns: 12_345,
+        };
+        let EventKind::Reclaim(r) = Event::decode(&bytes(&raw)).expect("decodes").kind else {
+            panic!("not reclaim")
+        };
+        assert_eq!(
+            (r.reclaim, r.nr_reclaimed, r.latency_ns, r.task.pid),
+            (ReclaimKind::Memcg, 32, 12_345, 11)
+        );
+
+        let raw = common::Reaper {
+            hdr: header(kind::REAPER),
+            step: reaper_step::FINISH,
+            pid: 77,
+        };
+        let ev = Event::decode(&bytes(&raw)).expect("decodes");
+        assert!(matches!(
+            ev.kind,
+            EventKind::Reaper(Reaper {
+                step: ReaperStep::Finish,
+                pid: 77,
+                ..
+            })
+        ));
+
+        let mut path = [0u8; common::PATH_LEN];
+        path[..9].copy_from_slice(b"/test/a-1");
+        let mut comm = [0u8; 16];
+        comm[..3].copy_from_slice(b"app");
+        let raw = common::CgroupEvent {
+            hdr: header(kind::CGROUP),
+            op: cgroup_op::ATTACH,
+            root: 5,
+            level: 2,
+            pid: 99,
+            id: 1234,
+            comm,
+            path,
+        };
+        let EventKind::Cgroup(c) = Event::decode(&bytes(&raw)).expect("decodes").kind else {
+            panic!("not cgroup")
+        };
+        assert_eq!(c.op, CgroupOp::Attach);
+        assert_eq!(
+            (c.path.as_str(), c.pid, c.comm.as_deref()),
+            ("/test/a-1", Some(99), Some("app"))
+        );
+        let raw = common::CgroupEvent {
+            op: cgroup_op::MKDIR,
+            ..raw
+        };
+        let EventKind::Cgroup(c) = Event::decode(&bytes(&raw)).expect("decodes").kind else {
+            panic!("not cgroup")
+        };
+        assert_eq!((c.op, c.pid, c.comm), (CgroupOp::Mkdir, None, None));
+    }
+
+    #[test]
+    fn json_shape_of_a_victim() {
+        let raw = common::MarkVictim {
+            hdr: header(kind::MARK_VICTIM),
+            pid: 5,
+            uid: 0,
+            total_vm_kb: 0,
+            anon_rss_kb: 0,
+            file_rss_kb: 0,
+            shmem_rss_kb: 0,
+            pgtables_kb: 0,
+            oom_score_adj: 0,
+            present: victim_fields::IN_FILTER,
+            comm: [0; 16],
+        };
+        let ev = Event::decode(&bytes(&raw)).expect("decodes");
+        let v = serde_json::to_value(&ev).expect("serialises");
+        assert_eq!(v["event"], "victim");
+        assert_eq!(v["ts"], 1.5);
+        assert_eq!(v["pid"], 5);
+        assert_eq!(v["in_filter"], true);
+        assert_eq!(v["oomlab_worker"], false);
+        assert!(v["cgroup"].is_null());
     }
 
     #[test]

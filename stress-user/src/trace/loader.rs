@@ -7,17 +7,19 @@ use std::{
 };
 
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{FEntry, KProbe, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
-use stress_common::{self as common, stat, Config};
+use stress_common::{self as common, stat, Config, ReclaimStats};
 use tokio::{io::unix::AsyncFd, sync::mpsc, task::JoinHandle};
 
 use super::{
+    enrich::{Enricher, TargetState},
     event::Event,
     format::{Format, FormatError},
 };
+use crate::cgroup::{target::descendants, CgroupError, Hierarchy, MemCgroup, Version};
 
 /// The eBPF object built by build.rs from `stress-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stress"));
@@ -53,6 +55,10 @@ pub enum TraceError {
     Map(&'static str, aya::maps::MapError),
     #[error("ring buffer polling: {0}")]
     Io(#[from] io::Error),
+    #[error("listing the target's cgroups: {0}")]
+    Target(CgroupError),
+    #[error("the memory controller has no hierarchy line in /proc/cgroups; cannot filter cgroup v1 events by target")]
+    NoHierarchyId,
 }
 
 /// Tracefs location, and whether oomlab had to mount it.
@@ -88,6 +94,93 @@ pub fn ensure_tracefs() -> Result<Tracefs, TraceError> {
     })
 }
 
+/// Which `--events` class a tracepoint serves; programs of classes not asked for are not
+/// attached at all (no overhead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventClass {
+    /// Victims, the reaper, the allocator's retry decisions.
+    Oom,
+    /// `oom_score_adj` writes.
+    Adj,
+    /// memcg/direct reclaim, kswapd.
+    Reclaim,
+    /// cgroup mkdir/rmdir/attach (also attached whenever a target filter is set: moves into the
+    /// target grow the filter).
+    Cgroup,
+    /// fork/exit, only to keep the v1 pid filter in step.
+    Filter,
+}
+
+/// The `--events` selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventSet {
+    pub oom: bool,
+    pub adj: bool,
+    pub reclaim: bool,
+    pub cgroup: bool,
+}
+
+impl Default for EventSet {
+    fn default() -> Self {
+        EventSet::ALL
+    }
+}
+
+impl EventSet {
+    pub const ALL: EventSet = EventSet {
+        oom: true,
+        adj: true,
+        reclaim: true,
+        cgroup: true,
+    };
+
+    /// `oom,adj,reclaim,cgroup` (any subset, any order).
+    pub fn parse(text: &str) -> Result<EventSet, String> {
+        let mut set = EventSet {
+            oom: false,
+            adj: false,
+            reclaim: false,
+            cgroup: false,
+        };
+        for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            match word {
+                "oom" => set.oom = true,
+                "adj" => set.adj = true,
+                "reclaim" => set.reclaim = true,
+                "cgroup" => set.cgroup = true,
+                "all" => set = EventSet::ALL,
+                other => {
+                    return Err(format!(
+                        "unknown event class {other:?}: use oom, adj, reclaim, cgroup (comma-separated)"
+                    ))
+                }
+            }
+        }
+        if set
+            == (EventSet {
+                oom: false,
+                adj: false,
+                reclaim: false,
+                cgroup: false,
+            })
+        {
+            return Err("no event class given: use oom, adj, reclaim, cgroup".into());
+        }
+        Ok(set)
+    }
+
+    pub fn wants(&self, class: EventClass) -> bool {
+        match class {
+            EventClass::Oom => self.oom,
+            EventClass::Adj => self.adj,
+            EventClass::Reclaim => self.reclaim,
+            EventClass::Cgroup => self.cgroup,
+            EventClass::Filter => false,
+        }
+    }
+}
+
 /// One tracepoint oomlab uses: where it lives and which eBPF program serves it.
 #[derive(Debug, Clone, Copy)]
 pub struct TracepointSpec {
@@ -96,22 +189,116 @@ pub struct TracepointSpec {
     pub program: &'static str,
     /// oomlab cannot trace OOMs without it.
     pub required: bool,
+    pub class: EventClass,
 }
 
-/// Every tracepoint oomlab attaches, in attach order.
+const fn tp(
+    group: &'static str,
+    event: &'static str,
+    program: &'static str,
+    class: EventClass,
+) -> TracepointSpec {
+    TracepointSpec {
+        group,
+        event,
+        program,
+        required: false,
+        class,
+    }
+}
+
+/// Every tracepoint oomlab attaches, in attach order (`doctor` loads and attaches each one to
+/// prove the verifier accepts it here).
 pub const TRACEPOINTS: &[TracepointSpec] = &[
     TracepointSpec {
         group: "oom",
         event: "mark_victim",
         program: "mark_victim",
         required: true,
+        class: EventClass::Oom,
     },
-    TracepointSpec {
-        group: "oom",
-        event: "oom_score_adj_update",
-        program: "oom_score_adj_update",
-        required: false,
-    },
+    tp(
+        "oom",
+        "oom_score_adj_update",
+        "oom_score_adj_update",
+        EventClass::Adj,
+    ),
+    tp(
+        "oom",
+        "reclaim_retry_zone",
+        "reclaim_retry_zone",
+        EventClass::Oom,
+    ),
+    tp("oom", "compact_retry", "compact_retry", EventClass::Oom),
+    tp("oom", "wake_reaper", "wake_reaper", EventClass::Oom),
+    tp(
+        "oom",
+        "start_task_reaping",
+        "start_task_reaping",
+        EventClass::Oom,
+    ),
+    tp(
+        "oom",
+        "finish_task_reaping",
+        "finish_task_reaping",
+        EventClass::Oom,
+    ),
+    tp(
+        "oom",
+        "skip_task_reaping",
+        "skip_task_reaping",
+        EventClass::Oom,
+    ),
+    tp(
+        "vmscan",
+        "mm_vmscan_memcg_reclaim_begin",
+        "memcg_reclaim_begin",
+        EventClass::Reclaim,
+    ),
+    tp(
+        "vmscan",
+        "mm_vmscan_memcg_reclaim_end",
+        "memcg_reclaim_end",
+        EventClass::Reclaim,
+    ),
+    tp(
+        "vmscan",
+        "mm_vmscan_direct_reclaim_begin",
+        "direct_reclaim_begin",
+        EventClass::Reclaim,
+    ),
+    tp(
+        "vmscan",
+        "mm_vmscan_direct_reclaim_end",
+        "direct_reclaim_end",
+        EventClass::Reclaim,
+    ),
+    tp(
+        "vmscan",
+        "mm_vmscan_kswapd_wake",
+        "kswapd_wake",
+        EventClass::Reclaim,
+    ),
+    tp("cgroup", "cgroup_mkdir", "cgroup_mkdir", EventClass::Cgroup),
+    tp("cgroup", "cgroup_rmdir", "cgroup_rmdir", EventClass::Cgroup),
+    tp(
+        "cgroup",
+        "cgroup_attach_task",
+        "cgroup_attach_task",
+        EventClass::Cgroup,
+    ),
+    tp(
+        "sched",
+        "sched_process_fork",
+        "sched_process_fork",
+        EventClass::Filter,
+    ),
+    tp(
+        "sched",
+        "sched_process_exit",
+        "sched_process_exit",
+        EventClass::Filter,
+    ),
 ];
 
 /// Every tracepoint oomlab uses or will use when the kernel has it, for `doctor`.
@@ -132,6 +319,28 @@ pub const USED_TRACEPOINTS: &[(&str, &str)] = &[
     ("cgroup", "cgroup_mkdir"),
     ("cgroup", "cgroup_rmdir"),
     ("cgroup", "cgroup_attach_task"),
+    ("sched", "sched_process_fork"),
+    ("sched", "sched_process_exit"),
+];
+
+/// Tracepoints that reuse another one's layout in `Config` (the first of each pair is the one
+/// read): their fields must sit at the same offsets, or the program would read garbage.
+/// `(group, event)`.
+pub type TracepointName = (&'static str, &'static str);
+
+pub const SHARED_LAYOUTS: &[(TracepointName, TracepointName)] = &[
+    (
+        ("vmscan", "mm_vmscan_memcg_reclaim_begin"),
+        ("vmscan", "mm_vmscan_direct_reclaim_begin"),
+    ),
+    (
+        ("vmscan", "mm_vmscan_memcg_reclaim_end"),
+        ("vmscan", "mm_vmscan_direct_reclaim_end"),
+    ),
+    (("oom", "wake_reaper"), ("oom", "start_task_reaping")),
+    (("oom", "wake_reaper"), ("oom", "finish_task_reaping")),
+    (("oom", "wake_reaper"), ("oom", "skip_task_reaping")),
+    (("cgroup", "cgroup_mkdir"), ("cgroup", "cgroup_rmdir")),
 ];
 
 pub fn format_path(tracefs: &Path, group: &str, event: &str) -> PathBuf {
@@ -155,24 +364,83 @@ pub fn read_format(
     Format::read(&path).map(Some)
 }
 
-/// Builds the eBPF config from the running kernel's `format` files.
+/// Builds the eBPF config from the running kernel's `format` files (filter fields zero).
 pub fn build_config(tracefs: &Path) -> Result<Config, FormatError> {
     let mut cfg = Config::zeroed();
-    if let Some(f) = read_format(
-        tracefs,
-        common::mark_victim::GROUP,
-        common::mark_victim::EVENT,
-    )? {
-        cfg.mark_victim = f.layout(common::mark_victim::FIELDS);
+    macro_rules! fill {
+        ($($slot:ident: $layout:ident),+ $(,)?) => {$(
+            if let Some(f) = read_format(tracefs, common::$layout::GROUP, common::$layout::EVENT)? {
+                cfg.$slot = f.layout(common::$layout::FIELDS);
+            }
+        )+};
     }
-    if let Some(f) = read_format(
-        tracefs,
-        common::adj_update::GROUP,
-        common::adj_update::EVENT,
-    )? {
-        cfg.adj_update = f.layout(common::adj_update::FIELDS);
+    fill!(
+        mark_victim: mark_victim,
+        adj_update: adj_update,
+        reclaim_begin: reclaim_begin,
+        reclaim_end: reclaim_end,
+        retry_zone: retry_zone,
+        compact_retry: compact_retry,
+        reaper: reaper,
+        kswapd_wake: kswapd_wake,
+        cgroup_dir: cgroup_dir,
+        cgroup_attach: cgroup_attach,
+        process_fork: process_fork,
+        process_exit: process_exit,
+    );
+    // Direct reclaim is read with the memcg layout: on a kernel without memcg reclaim events use
+    // the direct ones' instead.
+    if !cfg.reclaim_begin[common::reclaim_begin::ORDER].is_present() {
+        if let Some(f) = read_format(tracefs, "vmscan", "mm_vmscan_direct_reclaim_begin")? {
+            cfg.reclaim_begin = f.layout(common::reclaim_begin::FIELDS);
+        }
+        if let Some(f) = read_format(tracefs, "vmscan", "mm_vmscan_direct_reclaim_end")? {
+            cfg.reclaim_end = f.layout(common::reclaim_end::FIELDS);
+        }
     }
     Ok(cfg)
+}
+
+/// The tracepoints whose layout differs from the one they share in `Config` on this kernel
+/// (see [`SHARED_LAYOUTS`]); the tracer leaves them unattached rather than read wrong offsets.
+pub fn layout_mismatches(tracefs: &Path) -> Result<Vec<TracepointName>, FormatError> {
+    let mut out = Vec::new();
+    for ((g1, e1), (g2, e2)) in SHARED_LAYOUTS {
+        let (Some(a), Some(b)) = (read_format(tracefs, g1, e1)?, read_format(tracefs, g2, e2)?)
+        else {
+            continue;
+        };
+        if !same_layout(&a, &b) {
+            out.push((*g2, *e2));
+        }
+    }
+    Ok(out)
+}
+
+/// Same names at the same offsets and sizes.
+pub fn same_layout(a: &Format, b: &Format) -> bool {
+    let key = |f: &Format| {
+        f.fields
+            .iter()
+            .map(|d| (d.name.clone(), d.offset, d.size))
+            .collect::<Vec<_>>()
+    };
+    key(a) == key(b)
+}
+
+/// The memory controller's hierarchy id from `/proc/cgroups` (0 on a v2-only node).
+pub fn memory_hierarchy_id() -> Option<i32> {
+    let text = std::fs::read_to_string("/proc/cgroups").ok()?;
+    parse_hierarchy_id(&text, "memory")
+}
+
+/// `#subsys_name hierarchy num_cgroups enabled` → the hierarchy of `controller`.
+pub fn parse_hierarchy_id(proc_cgroups: &str, controller: &str) -> Option<i32> {
+    proc_cgroups.lines().find_map(|l| {
+        let mut parts = l.split_whitespace();
+        (parts.next()? == controller).then_some(())?;
+        parts.next()?.parse().ok()
+    })
 }
 
 /// Loads the embedded object with `cfg` as its `CONFIG` global. Nothing is attached yet.
@@ -255,16 +523,23 @@ pub fn attach_tracepoint(bpf: &mut Ebpf, spec: &TracepointSpec) -> Result<(), Tr
     Ok(())
 }
 
-/// What to attach.
+/// What to attach, and where to look.
 #[derive(Debug, Clone)]
 pub struct TraceOptions {
     /// Also try kprobe/fentry on `oom_kill_process` (silently skipped where refused).
     pub hooks: bool,
+    pub events: EventSet,
+    /// Only this cgroup and its descendants (node-wide when `None`).
+    pub target: Option<MemCgroup>,
 }
 
 impl Default for TraceOptions {
     fn default() -> Self {
-        TraceOptions { hooks: true }
+        TraceOptions {
+            hooks: true,
+            events: EventSet::ALL,
+            target: None,
+        }
     }
 }
 
@@ -272,10 +547,17 @@ impl Default for TraceOptions {
 pub struct Tracer {
     bpf: Ebpf,
     stats: PerCpuArray<MapData, u64>,
+    reclaim: Option<PerCpuHashMap<MapData, u64, ReclaimStats>>,
     reader: JoinHandle<()>,
     logger: Option<JoinHandle<()>>,
     pub tracefs: Tracefs,
     pub hooks: Vec<HookResult>,
+    /// The tracepoints attached, `group:event`.
+    pub attached: Vec<String>,
+    /// How `reclaim_totals` keys are to be read.
+    pub reclaim_key: ReclaimKey,
+    /// The memory controller's version, when one was found.
+    pub memory_version: Option<Version>,
 }
 
 /// Counters kept in the kernel, summed over CPUs.
@@ -285,14 +567,67 @@ pub struct Stats {
     pub lost: u64,
 }
 
+/// What the keys of the kernel's reclaim totals are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReclaimKey {
+    /// cgroup v2 id of the reclaiming task (its memory cgroup on a v2 node).
+    CgroupId,
+    /// tgid of the reclaiming task (v1: the memory cgroup is not reachable from eBPF helpers).
+    Tgid,
+}
+
+/// Reclaim totals the kernel kept for one key since the tracer started (summed over CPUs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ReclaimTotal {
+    pub key: u64,
+    pub count: u64,
+    pub nr_reclaimed: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+}
+
+fn take<T>(
+    bpf: &mut Ebpf,
+    name: &'static str,
+    conv: impl FnOnce(aya::maps::Map) -> Result<T, aya::maps::MapError>,
+) -> Result<T, TraceError> {
+    let map = bpf.take_map(name).ok_or(TraceError::Map(
+        name,
+        aya::maps::MapError::InvalidName { name: name.into() },
+    ))?;
+    conv(map).map_err(|e| TraceError::Map(name, e))
+}
+
 impl Tracer {
-    /// Loads, attaches and starts reading; events arrive on the returned channel. Must run
-    /// inside a tokio runtime.
+    /// Loads, attaches and starts reading; events arrive on the returned channel, enriched and
+    /// filtered to the target. Must run inside a tokio runtime.
     pub fn start(
         opts: &TraceOptions,
     ) -> Result<(Tracer, mpsc::UnboundedReceiver<Event>), TraceError> {
         let tracefs = ensure_tracefs()?;
-        let cfg = build_config(&tracefs.path)?;
+        let mut cfg = build_config(&tracefs.path)?;
+        let hierarchy = Hierarchy::detect().ok();
+        let memory_version = hierarchy.as_ref().map(|h| h.memory_version);
+        let reclaim_key = if memory_version == Some(Version::V1) {
+            cfg.reclaim_key = common::RECLAIM_KEY_TGID;
+            ReclaimKey::Tgid
+        } else {
+            ReclaimKey::CgroupId
+        };
+        let mut nodes = Vec::new();
+        if let Some(target) = &opts.target {
+            nodes = descendants(target).map_err(TraceError::Target)?;
+            cfg.filter_root = if target.version == Version::V2 {
+                0
+            } else {
+                memory_hierarchy_id().ok_or(TraceError::NoHierarchyId)?
+            };
+            cfg.filter_mode = match target.version {
+                Version::V1 => common::FILTER_PIDS,
+                Version::V2 => common::FILTER_CGROUP_V2,
+            };
+        }
         let mut bpf = load(&cfg)?;
 
         // The logger owns the AYA_LOGS map; it must live (and be driven) as long as programs
@@ -320,7 +655,56 @@ impl Tracer {
             }
         };
 
+        // The target's cgroups go in before anything is attached, so the first move into the
+        // target is already caught by cgroup_attach_task.
+        let mut target_state = None;
+        if let Some(target) = &opts.target {
+            let cgroups = take(&mut bpf, "FILTER_CGROUP_SET", aya::maps::HashMap::try_from)?;
+            let pids = if target.version == Version::V1 {
+                Some(take(
+                    &mut bpf,
+                    "FILTER_PID_SET",
+                    aya::maps::HashMap::try_from,
+                )?)
+            } else {
+                None
+            };
+            let mut st = TargetState {
+                path: target.path(),
+                mount: target.mount.clone(),
+                root: cfg.filter_root,
+                cgroups,
+                pids,
+            };
+            for n in &nodes {
+                st.cgroups
+                    .insert(n.id, 1, 0)
+                    .map_err(|e| TraceError::Map("FILTER_CGROUP_SET", e))?;
+            }
+            target_state = Some(st);
+        }
+
+        let skip = layout_mismatches(&tracefs.path)?;
+        let mut attached = Vec::new();
         for spec in TRACEPOINTS {
+            let wanted = opts.events.wants(spec.class)
+                || (opts.target.is_some() && spec.class == EventClass::Cgroup)
+                || (spec.class == EventClass::Filter
+                    && opts
+                        .target
+                        .as_ref()
+                        .is_some_and(|t| t.version == Version::V1));
+            if !wanted && !spec.required {
+                continue;
+            }
+            if skip.contains(&(spec.group, spec.event)) {
+                log::warn!(
+                    "tracepoint {}:{} has a layout that differs from its sibling on this kernel; not attached",
+                    spec.group,
+                    spec.event
+                );
+                continue;
+            }
             if read_format(&tracefs.path, spec.group, spec.event)?.is_none() {
                 if spec.required {
                     return Err(TraceError::MissingTracepoint {
@@ -339,10 +723,21 @@ impl Tracer {
                 continue;
             }
             attach_tracepoint(&mut bpf, spec)?;
+            attached.push(format!("{}:{}", spec.group, spec.event));
+        }
+
+        // Processes now: anything that moves or forks from here on is caught by the kernel;
+        // two passes close the gap of a fork during the first one.
+        if let Some(st) = target_state.as_mut() {
+            for _ in 0..2 {
+                for n in &nodes {
+                    st.add_procs(&n.cgroup.path());
+                }
+            }
         }
 
         let mut hooks = Vec::new();
-        if opts.hooks {
+        if opts.hooks && opts.events.oom {
             let fentry = try_fentry(&mut bpf);
             // kprobe only when fentry failed: both on one function would double every event.
             let fentry_ok = fentry.attached;
@@ -358,24 +753,18 @@ impl Tracer {
             }
         }
 
-        let stats_map = bpf.take_map("STATS").ok_or(TraceError::Map(
-            "STATS",
-            aya::maps::MapError::InvalidName {
-                name: "STATS".into(),
-            },
-        ))?;
-        let stats = PerCpuArray::try_from(stats_map).map_err(|e| TraceError::Map("STATS", e))?;
-        let events_map = bpf.take_map("EVENTS").ok_or(TraceError::Map(
-            "EVENTS",
-            aya::maps::MapError::InvalidName {
-                name: "EVENTS".into(),
-            },
-        ))?;
-        let ring = RingBuf::try_from(events_map).map_err(|e| TraceError::Map("EVENTS", e))?;
+        let stats = take(&mut bpf, "STATS", PerCpuArray::try_from)?;
+        let reclaim = if opts.events.reclaim {
+            Some(take(&mut bpf, "RECLAIM_STATS", PerCpuHashMap::try_from)?)
+        } else {
+            None
+        };
+        let ring = take(&mut bpf, "EVENTS", RingBuf::try_from)?;
         // SAFETY: the RingBuf owns the map fd and is moved into the AsyncFd, which never outlives it.
         let mut fd =
             unsafe { AsyncFd::register(ring) }.map_err(|e| TraceError::Io(e.into_parts().1))?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let mut enricher = Enricher::new(memory_version, target_state);
         let reader = tokio::spawn(async move {
             loop {
                 let Ok(mut guard) = fd.readable_mut().await else {
@@ -384,8 +773,8 @@ impl Tracer {
                 let ring = guard.get_inner_mut();
                 while let Some(item) = ring.next() {
                     match Event::decode(&item) {
-                        Ok(ev) => {
-                            if tx.send(ev).is_err() {
+                        Ok(mut ev) => {
+                            if enricher.process(&mut ev) && tx.send(ev).is_err() {
                                 return;
                             }
                         }
@@ -399,13 +788,43 @@ impl Tracer {
             Tracer {
                 bpf,
                 stats,
+                reclaim,
                 reader,
                 logger,
                 tracefs,
                 hooks,
+                attached,
+                reclaim_key,
+                memory_version,
             },
             rx,
         ))
+    }
+
+    /// The kernel's reclaim totals per key since start (empty without the reclaim class).
+    pub fn reclaim_totals(&self) -> Vec<ReclaimTotal> {
+        let Some(map) = &self.reclaim else {
+            return Vec::new();
+        };
+        map.iter()
+            .filter_map(Result::ok)
+            .map(|(key, per_cpu)| {
+                let mut t = ReclaimTotal {
+                    key,
+                    count: 0,
+                    nr_reclaimed: 0,
+                    total_ns: 0,
+                    max_ns: 0,
+                };
+                for s in per_cpu.iter() {
+                    t.count += s.count;
+                    t.nr_reclaimed += s.nr_reclaimed;
+                    t.total_ns += s.total_ns;
+                    t.max_ns = t.max_ns.max(s.max_ns);
+                }
+                t
+            })
+            .collect()
     }
 
     /// Events produced and lost (ring buffer full) so far.
@@ -434,5 +853,114 @@ impl Drop for Tracer {
         if let Some(l) = &self.logger {
             l.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn fixture(kernel: &str, group: &str, event: &str) -> Option<Format> {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/data/kernel")
+            .join(kernel)
+            .join(group)
+            .join(format!("{event}.format"));
+        path.exists()
+            .then(|| Format::read(&path).expect("fixture parses"))
+    }
+
+    /// The programs read direct reclaim with the memcg layout and the three reaping events with
+    /// wake_reaper's: true on every kernel we have formats of.
+    #[test]
+    fn shared_layouts_agree_on_every_fixture_kernel() {
+        for kernel in ["6.1-debian", "6.12-debian", "6.18-host"] {
+            for ((g1, e1), (g2, e2)) in SHARED_LAYOUTS {
+                let a = fixture(kernel, g1, e1).unwrap_or_else(|| panic!("{kernel}: {g1}:{e1}"));
+                let b = fixture(kernel, g2, e2).unwrap_or_else(|| panic!("{kernel}: {g2}:{e2}"));
+                assert!(same_layout(&a, &b), "{kernel}: {e1} vs {e2}");
+            }
+        }
+        let a = fixture("6.18-host", "oom", "wake_reaper").expect("fixture");
+        let b = fixture("6.18-host", "oom", "mark_victim").expect("fixture");
+        assert!(!same_layout(&a, &b), "different events differ");
+    }
+
+    /// Every layout oomlab declares resolves fully on the host kernel, at the offsets its
+    /// format file gives (the ones the probes read).
+    #[test]
+    fn every_layout_is_complete_on_6_18() {
+        fn check<const N: usize>(group: &str, event: &str, names: &[&str]) -> [common::Field; N] {
+            let f = fixture("6.18-host", group, event).expect("fixture");
+            let l: [common::Field; N] = f.layout(names);
+            for (i, field) in l.iter().enumerate() {
+                assert!(field.is_present(), "{event}: {} missing", names[i]);
+            }
+            l
+        }
+        let rb: [_; common::reclaim_begin::N] = check(
+            "vmscan",
+            "mm_vmscan_memcg_reclaim_begin",
+            common::reclaim_begin::FIELDS,
+        );
+        assert_eq!(
+            (
+                rb[common::reclaim_begin::ORDER].offset,
+                rb[common::reclaim_begin::GFP_FLAGS].offset
+            ),
+            (8, 16)
+        );
+        let re: [_; common::reclaim_end::N] = check(
+            "vmscan",
+            "mm_vmscan_memcg_reclaim_end",
+            common::reclaim_end::FIELDS,
+        );
+        assert_eq!(re[0].offset, 8);
+        let rz: [_; common::retry_zone::N] =
+            check("oom", "reclaim_retry_zone", common::retry_zone::FIELDS);
+        assert_eq!(rz[common::retry_zone::WMARK_CHECK].size, 1);
+        let _: [_; common::compact_retry::N] =
+            check("oom", "compact_retry", common::compact_retry::FIELDS);
+        let _: [_; common::reaper::N] = check("oom", "wake_reaper", common::reaper::FIELDS);
+        let _: [_; common::kswapd_wake::N] = check(
+            "vmscan",
+            "mm_vmscan_kswapd_wake",
+            common::kswapd_wake::FIELDS,
+        );
+        let cd: [_; common::cgroup_dir::N] =
+            check("cgroup", "cgroup_mkdir", common::cgroup_dir::FIELDS);
+        assert_eq!(cd[common::cgroup_dir::PATH].data_loc, 1);
+        let ca: [_; common::cgroup_attach::N] = check(
+            "cgroup",
+            "cgroup_attach_task",
+            common::cgroup_attach::FIELDS,
+        );
+        assert_eq!(
+            (
+                ca[common::cgroup_attach::PID].offset,
+                ca[common::cgroup_attach::DST_ID].offset
+            ),
+            (24, 16)
+        );
+    }
+
+    #[test]
+    fn hierarchy_id_from_proc_cgroups() {
+        let text = "#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpuset\t2\t1\t1\nmemory\t4\t120\t1\npids\t0\t1\t1\n";
+        assert_eq!(parse_hierarchy_id(text, "memory"), Some(4));
+        assert_eq!(parse_hierarchy_id(text, "pids"), Some(0));
+        assert_eq!(parse_hierarchy_id(text, "hugetlb"), None);
+    }
+
+    #[test]
+    fn event_classes_parse() {
+        let s = EventSet::parse("oom,reclaim").expect("parses");
+        assert!(s.oom && s.reclaim && !s.adj && !s.cgroup);
+        assert_eq!(EventSet::parse("all"), Ok(EventSet::ALL));
+        assert!(EventSet::parse("oom,bogus").unwrap_err().contains("bogus"));
+        assert!(EventSet::parse("").is_err());
+        assert!(TRACEPOINTS.iter().filter(|t| t.required).count() == 1);
     }
 }

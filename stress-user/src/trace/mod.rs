@@ -1,13 +1,15 @@
 //! The tracer: loads the eBPF programs with this kernel's tracepoint layouts, attaches them and
-//! turns the ring buffer into typed events.
+//! turns the ring buffer into typed, enriched events filtered to the target.
 
+pub mod enrich;
 pub mod event;
 pub mod format;
 mod loader;
 
 pub use event::{Event, EventKind};
 pub use loader::{
-    attach_tracepoint, build_config, ensure_tracefs, format_path, load, read_format, try_fentry,
-    try_kprobe, HookResult, Stats, TraceError, TraceOptions, Tracefs, TracepointSpec, Tracer,
-    EBPF_OBJECT, TRACEPOINTS, USED_TRACEPOINTS,
+    attach_tracepoint, build_config, ensure_tracefs, format_path, layout_mismatches, load,
+    memory_hierarchy_id, parse_hierarchy_id, read_format, same_layout, try_fentry, try_kprobe,
+    EventClass, EventSet, HookResult, ReclaimKey, ReclaimTotal, Stats, TraceError, TraceOptions,
+    Tracefs, TracepointSpec, Tracer, EBPF_OBJECT, SHARED_LAYOUTS, TRACEPOINTS, USED_TRACEPOINTS,
 };

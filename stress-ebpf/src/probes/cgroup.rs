@@ -1,0 +1,141 @@
+//! `cgroup:*` tracepoints (mkdir, rmdir, task moves) and the `sched` fork/exit hooks that keep
+//! the v1 pid filter in step with the target: a task moved into the target, or forked by a task
+//! already in it, joins the set; one moved out or exited leaves it.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
+use stress_common::{
+    cgroup_attach as ca, cgroup_dir as cd, cgroup_op, kind, process_exit, process_fork,
+    CgroupEvent, FILTER_PIDS,
+};
+
+use crate::emit::{
+    cgroup_in_filter, config, filtering, header, pid_in_filter, read_signed, read_str,
+    read_unsigned, reserve, FILTER_PID_SET,
+};
+
+#[tracepoint]
+pub fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
+    match dir(&ctx, cgroup_op::MKDIR) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[tracepoint]
+pub fn cgroup_rmdir(ctx: TracePointContext) -> u32 {
+    match dir(&ctx, cgroup_op::RMDIR) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// With a filter, only the memory controller's hierarchy passes: user space needs every mkdir
+/// there to grow the target set (the new cgroup's parent is only in its path), and filters the
+/// rest by path.
+#[inline(always)]
+fn dir(ctx: &TracePointContext, op: u32) -> Result<u32, u32> {
+    let l = config(|c| &c.cgroup_dir);
+    let root = read_signed(ctx, l[cd::ROOT]).ok_or(1u32)? as i32;
+    if filtering() && root != config(|c| &c.filter_root) {
+        return Ok(0);
+    }
+    let Some(mut entry) = reserve::<CgroupEvent>() else {
+        return Err(1);
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: reserved ring-buffer memory for one CgroupEvent, fully written before submit.
+    unsafe {
+        (*ev).hdr = header(kind::CGROUP);
+        (*ev).op = op;
+        (*ev).root = root;
+        (*ev).level = read_signed(ctx, l[cd::LEVEL]).unwrap_or(0) as i32;
+        (*ev).pid = 0;
+        (*ev).id = read_unsigned(ctx, l[cd::ID]).unwrap_or(0);
+        (*ev).comm[0] = 0;
+        read_str(ctx, l[cd::PATH], &mut (*ev).path);
+    }
+    entry.submit(0);
+    Ok(0)
+}
+
+#[tracepoint]
+pub fn cgroup_attach_task(ctx: TracePointContext) -> u32 {
+    match try_attach(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_attach(ctx: &TracePointContext) -> Result<u32, u32> {
+    let l = config(|c| &c.cgroup_attach);
+    let root = read_signed(ctx, l[ca::DST_ROOT]).ok_or(1u32)? as i32;
+    let id = read_unsigned(ctx, l[ca::DST_ID]).ok_or(1u32)?;
+    let pid = read_signed(ctx, l[ca::PID]).ok_or(1u32)? as i32;
+    if filtering() {
+        let into_target = cgroup_in_filter(root, id);
+        let mut out_of_target = false;
+        if config(|c| &c.filter_mode) == FILTER_PIDS && root == config(|c| &c.filter_root) {
+            if into_target {
+                let _ = FILTER_PID_SET.insert(pid as u32, 1u8, 0);
+            } else if pid_in_filter(pid as u32) {
+                out_of_target = true;
+                let _ = FILTER_PID_SET.remove(pid as u32);
+            }
+        }
+        if !into_target && !out_of_target {
+            return Ok(0);
+        }
+    }
+    let Some(mut entry) = reserve::<CgroupEvent>() else {
+        return Err(1);
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: as in `dir`.
+    unsafe {
+        (*ev).hdr = header(kind::CGROUP);
+        (*ev).op = cgroup_op::ATTACH;
+        (*ev).root = root;
+        (*ev).level = read_signed(ctx, l[ca::DST_LEVEL]).unwrap_or(0) as i32;
+        (*ev).pid = pid;
+        (*ev).id = id;
+        read_str(ctx, l[ca::COMM], &mut (*ev).comm);
+        read_str(ctx, l[ca::DST_PATH], &mut (*ev).path);
+    }
+    entry.submit(0);
+    Ok(0)
+}
+
+/// Attached only with a v1 pid filter: a child of a task in the target is in the target.
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    match try_fork(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_fork(ctx: &TracePointContext) -> Result<u32, u32> {
+    if config(|c| &c.filter_mode) != FILTER_PIDS {
+        return Ok(0);
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !pid_in_filter(tgid) {
+        return Ok(0);
+    }
+    let l = config(|c| &c.process_fork);
+    let child = read_signed(ctx, l[process_fork::CHILD_PID]).ok_or(1u32)? as u32;
+    // A new thread's tid goes in too: harmless, and cheaper than telling threads apart here.
+    FILTER_PID_SET.insert(child, 1u8, 0).map_err(|_| 1u32)?;
+    Ok(0)
+}
+
+/// Attached only with a v1 pid filter: keeps the set from filling with dead pids.
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    if config(|c| &c.filter_mode) != FILTER_PIDS {
+        return 0;
+    }
+    let l = config(|c| &c.process_exit);
+    if let Some(pid) = read_signed(&ctx, l[process_exit::PID]) {
+        let _ = FILTER_PID_SET.remove(pid as u32);
+    }
+    0
+}

@@ -1,0 +1,175 @@
+//! `vmscan:*` tracepoints: memcg and direct reclaim, paired begin/end per task into one event
+//! with its latency, and totals per cgroup kept in the kernel so summaries survive drops; kswapd
+//! wake-ups.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{map, tracepoint},
+    maps::{LruHashMap, PerCpuHashMap},
+    programs::TracePointContext,
+};
+use stress_common::{
+    kind, kswapd_wake as kw, reclaim_begin as rb, reclaim_end as re, reclaim_kind, KswapdWake,
+    Reclaim, ReclaimStats, RECLAIM_KEY_TGID,
+};
+
+use crate::emit::{config, current_wanted, header, read_signed, read_unsigned, reserve};
+
+/// A reclaim pass in progress, keyed by `tid | kind << 32`.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Start {
+    ts_ns: u64,
+    gfp_flags: u64,
+    order: i32,
+    _pad: u32,
+}
+
+/// LRU: a task killed in the middle of reclaim never reaches `_end`; its entry ages out.
+#[map]
+static RECLAIM_START: LruHashMap<u64, Start> = LruHashMap::with_max_entries(16384, 0);
+
+/// Totals per cgroup (or per tgid on v1, see `Config::reclaim_key`), per CPU: no atomics needed,
+/// user space sums the CPUs.
+#[map]
+static RECLAIM_STATS: PerCpuHashMap<u64, ReclaimStats> = PerCpuHashMap::with_max_entries(8192, 0);
+
+#[inline(always)]
+fn key(kind: u32) -> u64 {
+    (bpf_get_current_pid_tgid() & 0xffff_ffff) | (u64::from(kind) << 32)
+}
+
+#[inline(always)]
+fn begin(ctx: &TracePointContext, kind: u32) -> Result<u32, u32> {
+    // Filtered here: an unwanted task never gets a start entry, so its end is ignored too.
+    if !current_wanted() {
+        return Ok(0);
+    }
+    let layout = config(|c| &c.reclaim_begin);
+    let start = Start {
+        // SAFETY: no preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        gfp_flags: read_unsigned(ctx, layout[rb::GFP_FLAGS]).unwrap_or(0),
+        order: read_signed(ctx, layout[rb::ORDER]).unwrap_or(0) as i32,
+        _pad: 0,
+    };
+    RECLAIM_START
+        .insert(key(kind), start, 0)
+        .map_err(|_| 1u32)?;
+    Ok(0)
+}
+
+#[inline(always)]
+fn end(ctx: &TracePointContext, kind: u32) -> Result<u32, u32> {
+    let k = key(kind);
+    // SAFETY: copied out at once; the entry is ours (keyed by this task) until removed below.
+    let start = match unsafe { RECLAIM_START.get(k) } {
+        Some(s) => *s,
+        None => return Ok(0),
+    };
+    let _ = RECLAIM_START.remove(k);
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let latency_ns = now.saturating_sub(start.ts_ns);
+    let nr_reclaimed =
+        read_unsigned(ctx, config(|c| &c.reclaim_end)[re::NR_RECLAIMED]).unwrap_or(0);
+
+    let stats_key = if config(|c| &c.reclaim_key) == RECLAIM_KEY_TGID {
+        bpf_get_current_pid_tgid() >> 32
+    } else {
+        // SAFETY: no preconditions.
+        unsafe { bpf_get_current_cgroup_id() }
+    };
+    match RECLAIM_STATS.get_ptr_mut(stats_key) {
+        // SAFETY: this CPU's slot; nothing else writes it while the program runs.
+        Some(s) => unsafe {
+            (*s).count += 1;
+            (*s).nr_reclaimed += nr_reclaimed;
+            (*s).total_ns += latency_ns;
+            if latency_ns > (*s).max_ns {
+                (*s).max_ns = latency_ns;
+            }
+        },
+        None => {
+            let first = ReclaimStats {
+                count: 1,
+                nr_reclaimed,
+                total_ns: latency_ns,
+                max_ns: latency_ns,
+            };
+            // BPF_NOEXIST: another CPU may have created the key meanwhile; then this pass is
+            // counted in the event only, which is rare and visible as a small undercount.
+            let _ = RECLAIM_STATS.insert(stats_key, first, 1);
+        }
+    }
+
+    let Some(mut entry) = reserve::<Reclaim>() else {
+        return Err(1);
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: reserved ring-buffer memory for one Reclaim, fully written before submit.
+    unsafe {
+        (*ev).hdr = header(kind::RECLAIM);
+        (*ev).reclaim_kind = kind;
+        (*ev).order = start.order;
+        (*ev).gfp_flags = start.gfp_flags;
+        (*ev).nr_reclaimed = nr_reclaimed;
+        (*ev).latency_ns = latency_ns;
+    }
+    entry.submit(0);
+    Ok(0)
+}
+
+#[tracepoint]
+pub fn memcg_reclaim_begin(ctx: TracePointContext) -> u32 {
+    match begin(&ctx, reclaim_kind::MEMCG) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[tracepoint]
+pub fn memcg_reclaim_end(ctx: TracePointContext) -> u32 {
+    match end(&ctx, reclaim_kind::MEMCG) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[tracepoint]
+pub fn direct_reclaim_begin(ctx: TracePointContext) -> u32 {
+    match begin(&ctx, reclaim_kind::DIRECT) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[tracepoint]
+pub fn direct_reclaim_end(ctx: TracePointContext) -> u32 {
+    match end(&ctx, reclaim_kind::DIRECT) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// Not filtered: kswapd is a kernel thread working for the whole node.
+#[tracepoint]
+pub fn kswapd_wake(ctx: TracePointContext) -> u32 {
+    match try_kswapd_wake(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_kswapd_wake(ctx: &TracePointContext) -> Result<u32, u32> {
+    let layout = config(|c| &c.kswapd_wake);
+    let Some(mut entry) = reserve::<KswapdWake>() else {
+        return Err(1);
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: as in `end`.
+    unsafe {
+        (*ev).hdr = header(kind::KSWAPD_WAKE);
+        (*ev).nid = read_signed(ctx, layout[kw::NID]).unwrap_or(-1) as i32;
+        (*ev).zid = read_signed(ctx, layout[kw::ZID]).unwrap_or(-1) as i32;
+        (*ev).order = read_signed(ctx, layout[kw::ORDER]).unwrap_or(0) as i32;
+        (*ev)._pad = 0;
+    }
+    entry.submit(0);
+    Ok(0)
+}

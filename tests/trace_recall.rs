@@ -1,0 +1,174 @@
+//! Recall of `oomlab trace --cgroup`: every OOM kill the kernel counts in a scratch cgroup is
+//! reported — same number as `memory.oom_control` oom_kill, same pids as `/dev/kmsg` "Killed
+//! process" lines, none lost — with the victim's comm and adj, and nothing from other cgroups.
+//! `oom_score_adj` writes are reported with their writer, inside or outside the target.
+
+mod common;
+mod trace_support;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    os::unix::process::ExitStatusExt,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use stress_user::cgroup::{Hierarchy, ScratchCgroup};
+use trace_support::{of_type, TraceChild};
+
+const KILLS: usize = 60;
+
+#[test]
+fn every_oom_kill_in_the_target_is_reported_once() {
+    if !common::need_root("every_oom_kill_in_the_target_is_reported_once") {
+        return;
+    }
+    let hier = Hierarchy::detect().expect("a memory cgroup controller");
+    let scratch = ScratchCgroup::create(
+        &hier,
+        common::TEST_PARENT,
+        &common::unique("recall"),
+        Some(24 << 20),
+    )
+    .expect("scratch cgroup with a 24 MiB limit");
+    let cg = scratch.cgroup().clone();
+    let kills_before = cg.oom_kills().expect("oom_kill counter");
+    let mut kmsg = common::Kmsg::open_at_end();
+    let mut tracer = TraceChild::start(&["--cgroup", &cg.path(), "--events", "oom,adj"]);
+
+    // A long-lived process in the target whose adj the test (outside the target) changes.
+    let mut holder = Command::new(env!("CARGO_BIN_EXE_oomlab"))
+        .args(["app", "--size", "1MiB", "--duration", "60s", "--cgroup"])
+        .arg(cg.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the holder");
+    let holder_pid = holder.id() as i32;
+    let moved = tracer.wait_for(Duration::from_secs(10), |v| {
+        v["type"] == "cgroup" && v["op"] == "attach" && v["pid"] == holder_pid
+    });
+    assert!(
+        moved.is_none() || moved.as_ref().is_some_and(|v| v["path"] == cg.path()),
+        "attach of the holder names the target: {moved:?}"
+    );
+    // The holder may still be on its way into the cgroup: wait until the kernel says it is.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !cg.procs().expect("procs").contains(&holder_pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "holder never joined the cgroup"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(format!("/proc/{holder_pid}/oom_score_adj"), "123").expect("write adj");
+    let me = std::process::id() as i64;
+    let adj = tracer
+        .wait_for(Duration::from_secs(5), |v| {
+            v["type"] == "oom_score_adj" && v["pid"] == holder_pid && v["oom_score_adj"] == 123
+        })
+        .expect("the adj write from outside the target is reported");
+    assert_eq!(
+        adj["writer"]["tgid"], me,
+        "writer is this test process: {adj}"
+    );
+
+    // KILLS processes, one after the other, each allocating past the limit with its own adj.
+    let mut expected_adj = BTreeMap::new();
+    for i in 0..KILLS {
+        let adj = (i as i32 * 17) % 1000;
+        let status_child = Command::new(env!("CARGO_BIN_EXE_oomlab"))
+            .args([
+                "app",
+                "--size",
+                "48MiB",
+                "--oom-score-adj",
+                &adj.to_string(),
+                "--cgroup",
+            ])
+            .arg(cg.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start a victim");
+        let pid = status_child.id() as i32;
+        let status = status_child.wait_with_output().expect("wait").status;
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "victim {i} (pid {pid}) should be OOM-killed, got {status:?}"
+        );
+        expected_adj.insert(pid, adj);
+    }
+
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let kills = (cg.oom_kills().expect("oom_kill counter") - kills_before) as usize;
+
+    // The kernel log names every victim; others' OOMs on the node are told apart by pid.
+    let ours: BTreeSet<i32> = expected_adj.keys().copied().collect();
+    let mut kmsg_pids = BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while kmsg_pids.len() < kills && std::time::Instant::now() < deadline {
+        for line in kmsg.drain() {
+            if let Some(rest) = line.split("Killed process ").nth(1) {
+                if let Some(pid) = rest.split_whitespace().next().and_then(|p| p.parse().ok()) {
+                    if ours.contains(&pid) {
+                        kmsg_pids.insert(pid);
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Victim events reach the tracer within milliseconds; give it a moment, then stop it.
+    tracer.wait_for(Duration::from_secs(3), |v| {
+        v["type"] == "oom_victim" && v["pid"] == *expected_adj.keys().last().expect("pids")
+    });
+    let lines = tracer.stop();
+    let victims = of_type(&lines, "oom_victim");
+    let lost = of_type(&lines, "lost");
+    assert_eq!(lost[0]["lost"], 0, "no event may be lost: {}", lost[0]);
+
+    let reported: Vec<i32> = victims
+        .iter()
+        .map(|v| v["pid"].as_i64().expect("pid") as i32)
+        .collect();
+    let reported_set: BTreeSet<i32> = reported.iter().copied().collect();
+    assert_eq!(
+        kills, KILLS,
+        "the kernel counted one kill per victim process"
+    );
+    assert_eq!(
+        reported.len(),
+        kills,
+        "oomlab reports exactly as many victims as memory.oom_control oom_kill went up"
+    );
+    assert_eq!(
+        reported_set.len(),
+        reported.len(),
+        "no victim reported twice"
+    );
+    assert_eq!(reported_set, kmsg_pids, "same pids as the kernel log");
+    assert_eq!(
+        reported_set, ours,
+        "only our processes, none from other cgroups"
+    );
+    for v in victims {
+        let pid = v["pid"].as_i64().expect("pid") as i32;
+        assert_eq!(v["comm"], "oomlab", "victim comm: {v}");
+        assert_eq!(v["oom_score_adj"], expected_adj[&pid], "victim adj: {v}");
+        assert_eq!(v["cgroup"], cg.path(), "victim cgroup: {v}");
+        assert_eq!(v["oomlab_worker"], false, "{v}");
+        assert!(v["ts"].as_f64().is_some_and(|t| t > 0.0), "timestamp: {v}");
+    }
+    // Each victim set its own adj on the way in: reported with itself as the writer.
+    for (pid, adj) in &expected_adj {
+        let found = of_type(&lines, "oom_score_adj")
+            .into_iter()
+            .any(|a| a["pid"] == *pid && a["oom_score_adj"] == *adj && a["writer"]["tgid"] == *pid);
+        assert!(found || *adj == 0, "adj {adj} of pid {pid} with its writer");
+    }
+    drop(scratch);
+    assert!(!cg.exists(), "scratch cgroup removed");
+}
