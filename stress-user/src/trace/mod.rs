@@ -1,10 +1,14 @@
 //! The tracer: loads the eBPF programs with this kernel's tracepoint layouts, attaches them and
 //! turns the ring buffer into typed, enriched events filtered to the target.
 
+pub mod badness;
 pub mod enrich;
+pub mod episode;
 pub mod event;
 pub mod format;
+pub mod kmsg;
 mod loader;
+pub mod scoreboard;
 
 pub use event::{Event, EventKind};
 pub use loader::{

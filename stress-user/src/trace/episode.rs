@@ -1,0 +1,781 @@
+//! OOM episodes: one OOM's kernel-log report (trigger, domain, constraint, candidate table, every
+//! `Killed process`, the reaper) and its tracepoint events (`mark_victim`, reaper steps) grouped
+//! under one id, with the kernel's choice checked against oomlab's badness ranking.
+//!
+//! The kernel serialises OOM reports (`oom_lock`), so one report's lines arrive together; a
+//! report is complete after its `Killed process` line(s) and a short quiet period. Under a
+//! ratelimited storm the kernel prints only `Killed process`, and when a victim is already
+//! exiting it prints nothing: such kills still become episodes, from what is known.
+
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+use crate::trace::{
+    badness::{self, Ranking},
+    event::{ReaperStep, Task, Victim},
+    kmsg::{Killed, MemCounter, OomHeader, OomLine, OomParser, OomSummary, Reaped, Record, Scope},
+    scoreboard::{AdjChange, AdjTimeline},
+    Event, EventKind,
+};
+
+/// How long a report stays open after its last line (group-kill lines, the reaper).
+pub const QUIET: Duration = Duration::from_millis(300);
+/// How long a `mark_victim` event waits for its report before it becomes an episode alone.
+pub const VICTIM_GRACE: Duration = Duration::from_secs(1);
+/// A report that never reaches `Killed process` (no killable task, aborted) is closed after this.
+pub const STALE: Duration = Duration::from_secs(5);
+
+/// The OOM domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Domain {
+    /// `memcg` or `global`; `None` when neither the log nor the constraint said.
+    pub scope: Option<Scope>,
+    /// The memcg whose limit was hit (`oom_memcg=`), for a memcg OOM.
+    pub memcg: Option<String>,
+}
+
+/// The task whose allocation invoked the OOM killer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Trigger {
+    pub pid: Option<i32>,
+    pub comm: Option<String>,
+    pub gfp_mask: Option<String>,
+    pub order: Option<i32>,
+    pub oom_score_adj: Option<i32>,
+    /// From the `mark_victim` event's current task.
+    pub cgroup_id: Option<u64>,
+}
+
+/// One killed task of the episode.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EpisodeVictim {
+    pub pid: i32,
+    pub comm: Option<String>,
+    pub oom_score_adj: Option<i32>,
+    pub anon_rss_kb: Option<u64>,
+    pub file_rss_kb: Option<u64>,
+    pub shmem_rss_kb: Option<u64>,
+    pub pgtables_kb: Option<u64>,
+    /// The one `select_bad_process` chose (the others died with it in a group kill).
+    pub selected: bool,
+    /// Seen in the kernel log (`Killed process`).
+    pub logged: bool,
+    /// Seen by the `oom:mark_victim` tracepoint.
+    pub traced: bool,
+    /// Its memory cgroup (`task_memcg=` for the selected one, or the tracer's enrichment).
+    pub cgroup: Option<String>,
+    /// Its `oom_score_adj` changes seen during this trace, oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub adj_history: Vec<AdjChange>,
+}
+
+/// The OOM reaper's work on a victim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReaperNote {
+    pub pid: i32,
+    /// `wake`, `start`, `finish`, `skip` (tracepoints) or `reaped` (kernel log).
+    pub step: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anon_rss_kb: Option<u64>,
+}
+
+/// One OOM, as complete as the kernel's log and tracepoints allow.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Episode {
+    pub id: u64,
+    /// printk time of the report's first line, seconds since boot (None: tracepoint only).
+    pub kmsg_ts: Option<f64>,
+    /// Kernel time of the first `mark_victim` event (CLOCK_MONOTONIC seconds).
+    pub event_ts: Option<f64>,
+    pub trigger: Trigger,
+    pub domain: Domain,
+    pub constraint: Option<String>,
+    /// The memory counters of the OOM memcg (`memory:`, `swap:`…).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub memory: Vec<MemCounter>,
+    pub victims: Vec<EpisodeVictim>,
+    /// `memory.oom.group`: the cgroup whose tasks were all killed.
+    pub group_kill: Option<String>,
+    /// `Killed process` lines (a group kill logs the selected victim twice, and the cgroup's
+    /// `oom_kill` counter counts both).
+    pub kill_lines: usize,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reaper: Vec<ReaperNote>,
+    /// The candidate table with oomlab's ranking (None when the kernel printed no table:
+    /// `vm.oom_dump_tasks=0`, ratelimited, or no report at all).
+    pub selection: Option<Ranking>,
+}
+
+impl Episode {
+    /// The pid the kernel selected.
+    pub fn selected(&self) -> Option<i32> {
+        self.victims.iter().find(|v| v.selected).map(|v| v.pid)
+    }
+}
+
+/// A report being assembled from kernel-log lines.
+#[derive(Debug, Default)]
+struct Report {
+    first_ts: Option<Duration>,
+    header: Option<OomHeader>,
+    trigger_task: Option<(i32, String)>,
+    memory: Vec<MemCounter>,
+    stats_memcg: Option<String>,
+    rows: Vec<crate::trace::kmsg::TaskRow>,
+    summary: Option<OomSummary>,
+    group: Option<String>,
+    killed: Vec<Killed>,
+    reaped: Vec<Reaped>,
+    last: Option<Instant>,
+}
+
+impl Report {
+    fn has_kill(&self) -> bool {
+        !self.killed.is_empty()
+    }
+    fn victim_pids(&self) -> impl Iterator<Item = i32> + '_ {
+        self.killed.iter().map(|k| k.pid)
+    }
+}
+
+/// Groups kernel-log records and tracer events into episodes. Time is passed in (`now`) so the
+/// grouping is testable without sleeping.
+#[derive(Debug)]
+pub struct EpisodeBuilder {
+    next_id: u64,
+    parser: OomParser,
+    current: Option<Report>,
+    closed: VecDeque<Report>,
+    victims: Vec<(Instant, Event)>,
+    reaper: Vec<(Instant, i32, ReaperStep)>,
+    adj: AdjTimeline,
+    total_swap_pages: u64,
+    node_totalpages: Option<u64>,
+}
+
+impl EpisodeBuilder {
+    /// `total_swap_pages`: the node's swap (bounds a memcg's swap share in `totalpages`);
+    /// `node_totalpages`: RAM + swap pages, used for a global OOM whose report lacks `show_mem`.
+    pub fn new(total_swap_pages: u64, node_totalpages: Option<u64>) -> Self {
+        EpisodeBuilder {
+            next_id: 1,
+            parser: OomParser::new(),
+            current: None,
+            closed: VecDeque::new(),
+            victims: Vec::new(),
+            reaper: Vec::new(),
+            adj: AdjTimeline::default(),
+            total_swap_pages,
+            node_totalpages,
+        }
+    }
+
+    /// Reads the node's swap and RAM from `/proc/meminfo` (zeros when it cannot be read).
+    pub fn for_this_node() -> Self {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let kb = |key: &str| {
+            meminfo
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        };
+        let page_kb = badness::PAGE_SIZE / 1024;
+        let swap = kb("SwapTotal:").unwrap_or(0) / page_kb;
+        let ram = kb("MemTotal:").map(|m| m / page_kb + swap);
+        Self::new(swap, ram)
+    }
+
+    /// The `oom_score_adj` timeline fed by the events seen so far.
+    pub fn adj_timeline(&self) -> &AdjTimeline {
+        &self.adj
+    }
+
+    /// Feeds one `/dev/kmsg` record.
+    pub fn push_record(&mut self, rec: &Record, now: Instant) {
+        for line in rec.lines() {
+            if let Some(l) = self.parser.parse(line) {
+                self.push_line(l, rec.ts, now);
+            }
+        }
+    }
+
+    fn push_line(&mut self, line: OomLine, ts: Duration, now: Instant) {
+        match line {
+            OomLine::Header(h) => {
+                self.close_current();
+                self.current = Some(Report {
+                    first_ts: Some(ts),
+                    header: Some(h),
+                    last: Some(now),
+                    ..Report::default()
+                });
+            }
+            OomLine::Killed(k) => {
+                // A second kill without a group-kill line is the next (ratelimited, header-less)
+                // OOM; so is a kill with no report open.
+                let continues = self
+                    .current
+                    .as_ref()
+                    .is_some_and(|r| !r.has_kill() || r.group.is_some());
+                if !continues {
+                    self.close_current();
+                    self.current = Some(Report {
+                        first_ts: Some(ts),
+                        ..Report::default()
+                    });
+                }
+                let r = self.current.as_mut().expect("opened above");
+                r.killed.push(k);
+                r.last = Some(now);
+            }
+            OomLine::Reaped(p) => {
+                // The reaper runs after the report, possibly while the next one prints.
+                let owner = self
+                    .current
+                    .iter_mut()
+                    .chain(self.closed.iter_mut())
+                    .find(|r| r.victim_pids().any(|v| v == p.pid));
+                if let Some(r) = owner {
+                    r.reaped.push(p);
+                }
+            }
+            other => {
+                let Some(r) = self.current.as_mut() else {
+                    return;
+                };
+                // After the kill only group-kill and reaper lines belong to this report.
+                if r.has_kill() && !matches!(other, OomLine::GroupKill(_)) {
+                    return;
+                }
+                r.last = Some(now);
+                match other {
+                    OomLine::TriggerTask { pid, comm } => r.trigger_task = Some((pid, comm)),
+                    OomLine::Memory(m) => r.memory.push(m),
+                    OomLine::MemcgStats(p) => r.stats_memcg = Some(p),
+                    OomLine::Task(t) => r.rows.push(t),
+                    OomLine::Summary(s) => r.summary = Some(s),
+                    OomLine::GroupKill(g) => r.group = Some(g),
+                    OomLine::PagesRam(n) => r.memory.push(MemCounter {
+                        name: "pages_ram".into(),
+                        usage_kb: 0,
+                        limit_kb: n * (badness::PAGE_SIZE / 1024),
+                        failcnt: 0,
+                    }),
+                    OomLine::PagesReserved(n) => r.memory.push(MemCounter {
+                        name: "pages_reserved".into(),
+                        usage_kb: 0,
+                        limit_kb: n * (badness::PAGE_SIZE / 1024),
+                        failcnt: 0,
+                    }),
+                    OomLine::TotalSwapKb(kb) => r.memory.push(MemCounter {
+                        name: "total_swap".into(),
+                        usage_kb: 0,
+                        limit_kb: kb,
+                        failcnt: 0,
+                    }),
+                    OomLine::Header(_)
+                    | OomLine::Killed(_)
+                    | OomLine::Reaped(_)
+                    | OomLine::TasksHeader(_) => {}
+                }
+            }
+        }
+    }
+
+    fn close_current(&mut self) {
+        if let Some(r) = self.current.take() {
+            self.closed.push_back(r);
+        }
+    }
+
+    /// Feeds one tracer event; events other than victims, reaper steps and adj updates are
+    /// ignored.
+    pub fn push_event(&mut self, ev: &Event, now: Instant) {
+        match &ev.kind {
+            EventKind::Victim(_) => self.victims.push((now, ev.clone())),
+            EventKind::AdjUpdate(a) => self.adj.record(ev.ts, a),
+            EventKind::Reaper(r) => self.reaper.push((now, r.pid, r.step)),
+            _ => {}
+        }
+    }
+
+    /// Episodes complete at `now`.
+    pub fn poll(&mut self, now: Instant) -> Vec<Episode> {
+        let quiet =
+            |r: &Report, limit: Duration| r.last.is_none_or(|t| now.duration_since(t) >= limit);
+        if let Some(r) = &self.current {
+            if (r.has_kill() && quiet(r, QUIET)) || quiet(r, STALE) {
+                self.close_current();
+            }
+        }
+        let mut out = Vec::new();
+        // A closed report still collects reaper lines until its quiet period ends.
+        while self.closed.front().is_some_and(|r| quiet(r, QUIET)) {
+            let r = self.closed.pop_front().expect("checked");
+            out.push(self.finish(r));
+        }
+        // Victims no report claimed: the kernel printed nothing (victim already exiting) or the
+        // log is not readable.
+        let reported: Vec<i32> = self
+            .current
+            .iter()
+            .chain(self.closed.iter())
+            .flat_map(|r| r.victim_pids().collect::<Vec<_>>())
+            .collect();
+        let (old, young): (Vec<_>, Vec<_>) = std::mem::take(&mut self.victims)
+            .into_iter()
+            .partition(|(t, ev)| {
+                now.duration_since(*t) >= VICTIM_GRACE && !reported.contains(&victim_pid(ev))
+            });
+        self.victims = young;
+        for (_, ev) in old {
+            out.push(self.episode_of_event(&ev));
+        }
+        // Reaper steps of victims no episode claimed are dropped after a while.
+        self.reaper
+            .retain(|(t, _, _)| now.duration_since(*t) < STALE);
+        out
+    }
+
+    /// Everything still open, as episodes (at the end of a trace).
+    pub fn flush(&mut self) -> Vec<Episode> {
+        self.close_current();
+        let mut out = Vec::new();
+        while let Some(r) = self.closed.pop_front() {
+            out.push(self.finish(r));
+        }
+        for (_, ev) in std::mem::take(&mut self.victims) {
+            out.push(self.episode_of_event(&ev));
+        }
+        out
+    }
+
+    fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Builds the episode from a report and the events of its victims.
+    fn finish(&mut self, r: Report) -> Episode {
+        let id = self.next_id();
+        let mut ep = Episode {
+            id,
+            kmsg_ts: r.first_ts.map(|t| t.as_secs_f64()),
+            event_ts: None,
+            trigger: Trigger::default(),
+            domain: Domain {
+                scope: None,
+                memcg: None,
+            },
+            constraint: r.summary.as_ref().map(|s| s.constraint.clone()),
+            memory: r.memory.clone(),
+            victims: Vec::new(),
+            group_kill: r.group.clone(),
+            kill_lines: r.killed.len(),
+            reaper: Vec::new(),
+            selection: None,
+        };
+        if let Some(h) = &r.header {
+            ep.trigger.comm = Some(h.comm.clone());
+            ep.trigger.gfp_mask = Some(h.gfp_mask.clone());
+            ep.trigger.order = h.order;
+            ep.trigger.oom_score_adj = h.oom_score_adj;
+        }
+        if let Some((pid, comm)) = &r.trigger_task {
+            ep.trigger.pid = Some(*pid);
+            ep.trigger.comm.get_or_insert_with(|| comm.clone());
+        }
+        ep.domain.scope = r.killed.first().map(|k| k.scope).or_else(|| {
+            r.summary.as_ref().map(|s| {
+                if s.constraint == "CONSTRAINT_MEMCG" {
+                    Scope::Memcg
+                } else {
+                    Scope::Global
+                }
+            })
+        });
+        ep.domain.memcg = r
+            .summary
+            .as_ref()
+            .and_then(|s| s.oom_memcg.clone())
+            .or_else(|| r.stats_memcg.clone())
+            .or_else(|| r.group.clone());
+        for (i, k) in r.killed.iter().enumerate() {
+            if ep.victims.iter().any(|v| v.pid == k.pid) {
+                continue;
+            }
+            ep.victims.push(EpisodeVictim {
+                pid: k.pid,
+                comm: Some(k.comm.clone()),
+                oom_score_adj: k.oom_score_adj,
+                anon_rss_kb: k.anon_rss_kb,
+                file_rss_kb: k.file_rss_kb,
+                shmem_rss_kb: k.shmem_rss_kb,
+                pgtables_kb: k.pgtables_kb,
+                selected: i == 0,
+                logged: true,
+                traced: false,
+                cgroup: (i == 0)
+                    .then(|| r.summary.as_ref().and_then(|s| s.task_memcg.clone()))
+                    .flatten(),
+                adj_history: Vec::new(),
+            });
+        }
+        // The tracepoint side: claim this report's mark_victim events.
+        let pids: Vec<i32> = ep.victims.iter().map(|v| v.pid).collect();
+        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.victims)
+            .into_iter()
+            .partition(|(_, ev)| pids.contains(&victim_pid(ev)));
+        self.victims = rest;
+        for (_, ev) in mine {
+            self.merge_event(&mut ep, &ev);
+        }
+        self.attach_reaper(&mut ep);
+        for p in &r.reaped {
+            ep.reaper.push(ReaperNote {
+                pid: p.pid,
+                step: "reaped".into(),
+                anon_rss_kb: p.anon_rss_kb,
+            });
+        }
+        let selected = ep.selected();
+        if !r.rows.is_empty() {
+            let totalpages = match ep.domain.scope {
+                Some(Scope::Memcg) => badness::memcg_totalpages(&r.memory, self.total_swap_pages),
+                _ => global_totalpages(&r.memory).or(self.node_totalpages),
+            };
+            if let Some(total) = totalpages {
+                ep.selection = Some(badness::rank(
+                    &r.rows,
+                    total,
+                    selected.or(r.summary.as_ref().and_then(|s| s.pid)),
+                ));
+            }
+        }
+        self.fill_adj(&mut ep);
+        ep
+    }
+
+    /// An episode from a `mark_victim` event no report claimed.
+    fn episode_of_event(&mut self, ev: &Event) -> Episode {
+        let id = self.next_id();
+        let mut ep = Episode {
+            id,
+            kmsg_ts: None,
+            event_ts: None,
+            trigger: Trigger::default(),
+            domain: Domain {
+                scope: None,
+                memcg: None,
+            },
+            constraint: None,
+            memory: Vec::new(),
+            victims: Vec::new(),
+            group_kill: None,
+            kill_lines: 0,
+            reaper: Vec::new(),
+            selection: None,
+        };
+        self.merge_event(&mut ep, ev);
+        if let Some(v) = ep.victims.first_mut() {
+            v.selected = true;
+        }
+        self.attach_reaper(&mut ep);
+        self.fill_adj(&mut ep);
+        ep
+    }
+
+    fn merge_event(&self, ep: &mut Episode, ev: &Event) {
+        let EventKind::Victim(v) = &ev.kind else {
+            return;
+        };
+        if ep.event_ts.is_none() {
+            ep.event_ts = Some(ev.ts.as_secs_f64());
+        }
+        fill_trigger(&mut ep.trigger, &v.trigger);
+        match ep.victims.iter_mut().find(|e| e.pid == v.pid) {
+            Some(e) => {
+                e.traced = true;
+                e.comm = e.comm.take().or_else(|| v.comm.clone());
+                e.oom_score_adj = e.oom_score_adj.or(v.oom_score_adj);
+                if v.context.cgroup.is_some() {
+                    e.cgroup = e.cgroup.take().or_else(|| v.context.cgroup.clone());
+                }
+            }
+            None => ep.victims.push(victim_episode_of_event(v)),
+        }
+    }
+
+    fn attach_reaper(&mut self, ep: &mut Episode) {
+        let pids: Vec<i32> = ep.victims.iter().map(|v| v.pid).collect();
+        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reaper)
+            .into_iter()
+            .partition(|(_, pid, _)| pids.contains(pid));
+        self.reaper = rest;
+        for (_, pid, step) in mine {
+            let step = serde_json::to_value(step)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            ep.reaper.push(ReaperNote {
+                pid,
+                step,
+                anon_rss_kb: None,
+            });
+        }
+    }
+
+    fn fill_adj(&self, ep: &mut Episode) {
+        for v in &mut ep.victims {
+            v.adj_history = self.adj.history(v.pid).to_vec();
+        }
+    }
+}
+
+fn victim_pid(ev: &Event) -> i32 {
+    match &ev.kind {
+        EventKind::Victim(v) => v.pid,
+        _ => 0,
+    }
+}
+
+fn fill_trigger(t: &mut Trigger, task: &Task) {
+    t.pid.get_or_insert(i32::try_from(task.pid).unwrap_or(0));
+    t.comm.get_or_insert_with(|| task.comm.clone());
+    t.cgroup_id.get_or_insert(task.cgroup_id);
+}
+
+fn victim_episode_of_event(v: &Victim) -> EpisodeVictim {
+    EpisodeVictim {
+        pid: v.pid,
+        comm: v.comm.clone(),
+        oom_score_adj: v.oom_score_adj,
+        anon_rss_kb: v.anon_rss_kb,
+        file_rss_kb: v.file_rss_kb,
+        shmem_rss_kb: v.shmem_rss_kb,
+        pgtables_kb: v.pgtables_kb,
+        selected: false,
+        logged: false,
+        traced: true,
+        cgroup: v.context.cgroup.clone(),
+        adj_history: Vec::new(),
+    }
+}
+
+fn global_totalpages(memory: &[MemCounter]) -> Option<u64> {
+    let pages = |name: &str| {
+        memory
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.limit_kb * 1024 / badness::PAGE_SIZE)
+    };
+    Some(badness::global_totalpages(
+        pages("pages_ram")?,
+        pages("pages_reserved").unwrap_or(0),
+        pages("total_swap").unwrap_or(0),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::{
+        event::{AdjUpdate, Reaper, VictimContext},
+        kmsg::{parse_dump, tests::fixture},
+    };
+
+    fn task(pid: u32, comm: &str) -> Task {
+        Task {
+            tgid: pid,
+            pid,
+            comm: comm.into(),
+            cgroup_id: 77,
+        }
+    }
+
+    fn victim_event(pid: i32, trigger: u32) -> Event {
+        Event {
+            ts: Duration::from_secs(10),
+            cpu: 0,
+            kind: EventKind::Victim(Victim {
+                pid,
+                comm: Some("oomlab".into()),
+                uid: Some(0),
+                total_vm_kb: None,
+                anon_rss_kb: Some(8576),
+                file_rss_kb: None,
+                shmem_rss_kb: None,
+                pgtables_kb: None,
+                oom_score_adj: Some(500),
+                trigger: task(trigger, "oomlab"),
+                in_filter: false,
+                context: VictimContext::default(),
+            }),
+        }
+    }
+
+    fn feed(b: &mut EpisodeBuilder, name: &str, now: Instant) {
+        for rec in parse_dump(&fixture(name)) {
+            b.push_record(&rec, now);
+        }
+    }
+
+    #[test]
+    fn host_report_and_tracepoint_make_one_episode() {
+        let t0 = Instant::now();
+        let mut b = EpisodeBuilder::new(0, None);
+        b.push_event(
+            &Event {
+                ts: Duration::from_secs(9),
+                cpu: 0,
+                kind: EventKind::AdjUpdate(AdjUpdate {
+                    pid: 19495,
+                    comm: "oomlab".into(),
+                    oom_score_adj: 500,
+                    writer: task(19495, "oomlab"),
+                }),
+            },
+            t0,
+        );
+        b.push_event(&victim_event(19495, 19655), t0);
+        feed(&mut b, "6.18-host-memcg.txt", t0);
+        assert!(
+            b.poll(t0 + Duration::from_millis(100)).is_empty(),
+            "still in the quiet period"
+        );
+        b.push_event(
+            &Event {
+                ts: Duration::from_secs(10),
+                cpu: 0,
+                kind: EventKind::Reaper(Reaper {
+                    step: ReaperStep::Finish,
+                    pid: 19495,
+                    task: task(30, "oom_reaper"),
+                }),
+            },
+            t0 + Duration::from_millis(150),
+        );
+        let eps = b.poll(t0 + QUIET);
+        assert_eq!(eps.len(), 1, "{eps:#?}");
+        let ep = &eps[0];
+        assert_eq!(ep.id, 1);
+        assert_eq!(ep.domain.scope, Some(Scope::Memcg));
+        assert_eq!(
+            ep.domain.memcg.as_deref(),
+            Some("/oomlab-test/victims-fixture-18259")
+        );
+        assert_eq!(ep.constraint.as_deref(), Some("CONSTRAINT_MEMCG"));
+        assert_eq!(
+            (ep.trigger.pid, ep.trigger.comm.as_deref()),
+            (Some(19655), Some("oomlab"))
+        );
+        assert_eq!(ep.trigger.cgroup_id, Some(77), "from the tracepoint");
+        assert_eq!(ep.victims.len(), 1);
+        let v = &ep.victims[0];
+        assert_eq!(
+            (v.pid, v.selected, v.logged, v.traced),
+            (19495, true, true, true)
+        );
+        assert_eq!(
+            v.cgroup.as_deref(),
+            Some("/oomlab-test/victims-fixture-18259")
+        );
+        assert_eq!(v.adj_history.len(), 1);
+        assert_eq!(ep.reaper.len(), 1);
+        let sel = ep.selection.as_ref().expect("candidate table");
+        assert_eq!(
+            (sel.totalpages, sel.predicted_pid, sel.kernel_pid),
+            (8192, Some(19495), Some(19495))
+        );
+        assert_eq!(sel.candidates.len(), 4);
+        assert!(b.flush().is_empty(), "the event was claimed by the report");
+    }
+
+    #[test]
+    fn group_kill_is_one_episode_with_every_victim() {
+        let t0 = Instant::now();
+        let mut b = EpisodeBuilder::new(0, None);
+        feed(&mut b, "6.12-debian-memcg-group.txt", t0);
+        let eps = b.poll(t0 + QUIET);
+        assert_eq!(eps.len(), 1, "{eps:#?}");
+        let ep = &eps[0];
+        assert_eq!(ep.group_kill.as_deref(), Some("/lab"));
+        assert_eq!(
+            ep.kill_lines, 5,
+            "the kernel's oom_kill counter went up by 5"
+        );
+        let pids: Vec<i32> = ep.victims.iter().map(|v| v.pid).collect();
+        assert_eq!(pids, [137, 138, 136, 141]);
+        assert_eq!(ep.selected(), Some(137));
+        assert_eq!(ep.selection.as_ref().and_then(|s| s.agrees()), Some(true));
+    }
+
+    #[test]
+    fn consecutive_reports_and_ratelimited_kills_split() {
+        let t0 = Instant::now();
+        let mut b = EpisodeBuilder::new(0, None);
+        feed(&mut b, "6.1-debian-memcg.txt", t0);
+        feed(&mut b, "6.12-debian-memcg.txt", t0);
+        // Ratelimited: only the kill line is printed.
+        b.push_record(
+            &Record::parse("3,900,20000000,-;Memory cgroup out of memory: Killed process 500 (hog) total-vm:1kB, anon-rss:1kB, file-rss:0kB, shmem-rss:0kB, UID:0 pgtables:4kB oom_score_adj:0").expect("record"),
+            t0,
+        );
+        b.push_record(
+            &Record::parse("6,901,20000100,-;oom_reaper: reaped process 500 (hog), now anon-rss:0kB, file-rss:0kB, shmem-rss:0kB").expect("record"),
+            t0,
+        );
+        let eps = b.poll(t0 + QUIET);
+        let summary: Vec<(u64, Option<i32>, bool)> = eps
+            .iter()
+            .map(|e| (e.id, e.selected(), e.selection.is_some()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (1, Some(88), true),
+                (2, Some(139), true),
+                (3, Some(500), false)
+            ]
+        );
+        assert_eq!(eps[2].reaper[0].step, "reaped");
+        assert_eq!(eps[2].domain.scope, Some(Scope::Memcg));
+    }
+
+    #[test]
+    fn a_victim_without_report_becomes_an_episode_after_the_grace() {
+        let t0 = Instant::now();
+        let mut b = EpisodeBuilder::new(0, None);
+        b.push_event(&victim_event(4242, 99), t0);
+        assert!(b.poll(t0 + Duration::from_millis(500)).is_empty());
+        let eps = b.poll(t0 + VICTIM_GRACE);
+        assert_eq!(eps.len(), 1);
+        assert_eq!(eps[0].selected(), Some(4242));
+        assert!(eps[0].victims[0].traced && !eps[0].victims[0].logged);
+        assert_eq!(eps[0].trigger.pid, Some(99));
+        assert!(b.flush().is_empty());
+    }
+
+    #[test]
+    fn a_report_without_kill_is_closed_when_stale() {
+        let t0 = Instant::now();
+        let mut b = EpisodeBuilder::new(0, None);
+        b.push_record(
+            &Record::parse("4,1,1,-;bash invoked oom-killer: gfp_mask=0x140dca(GFP_HIGHUSER_MOVABLE|__GFP_COMP|__GFP_ZERO), order=0, oom_score_adj=0").expect("record"),
+            t0,
+        );
+        assert!(b.poll(t0 + QUIET).is_empty());
+        let eps = b.poll(t0 + STALE);
+        assert_eq!(eps.len(), 1);
+        assert!(eps[0].victims.is_empty());
+        assert_eq!(
+            eps[0].trigger.gfp_mask.as_deref(),
+            Some("0x140dca(GFP_HIGHUSER_MOVABLE|__GFP_COMP|__GFP_ZERO)")
+        );
+    }
+}

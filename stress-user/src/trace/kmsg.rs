@@ -1,0 +1,790 @@
+//! The kernel log side of an OOM: `/dev/kmsg` records and the lines of the OOM report
+//! (`dump_header`, `dump_tasks`, the `oom-kill:` summary, `Killed process`, `oom_reaper`).
+//! Formats seen on 6.1, 6.12 and 6.18 are parsed; anything else is ignored, never fatal.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::{self, Read},
+    os::unix::fs::OpenOptionsExt,
+    time::Duration,
+};
+
+use serde::Serialize;
+use tokio::{io::unix::AsyncFd, sync::mpsc};
+
+/// One `/dev/kmsg` record: `prio,seq,ts_us,flags[,…];message` plus optional ` KEY=value` lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Syslog level (0 emerg … 7 debug); the facility is dropped.
+    pub level: u8,
+    pub seq: u64,
+    /// The printk timestamp (local_clock, microseconds since boot).
+    pub ts: Duration,
+    /// The message with the kernel's `\xNN` escapes undone (`\x0a` inside one record is a
+    /// newline printed with `pr_cont`-less multi-line output, e.g. memory.stat on 6.1).
+    pub message: String,
+}
+
+impl Record {
+    /// Parses one record as read from `/dev/kmsg`; `None` for anything else (a comment line in a
+    /// fixture, a truncated read).
+    pub fn parse(raw: &str) -> Option<Record> {
+        let first = raw.lines().next()?;
+        let (prefix, message) = first.split_once(';')?;
+        let mut fields = prefix.split(',');
+        let prio: u32 = fields.next()?.trim().parse().ok()?;
+        let seq = fields.next()?.parse().ok()?;
+        let ts_us: u64 = fields.next()?.parse().ok()?;
+        Some(Record {
+            level: u8::try_from(prio & 7).expect("masked to 3 bits"),
+            seq,
+            ts: Duration::from_micros(ts_us),
+            message: unescape(message),
+        })
+    }
+
+    /// The message's lines (usually one).
+    pub fn lines(&self) -> impl Iterator<Item = &str> {
+        self.message.lines()
+    }
+}
+
+/// Undoes `/dev/kmsg`'s `\xNN` escaping of non-printable bytes.
+fn unescape(s: &str) -> String {
+    if !s.contains("\\x") {
+        return s.to_string();
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && bytes.get(i + 1) == Some(&b'x') {
+            let hex = s
+                .get(i + 2..i + 4)
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(b) = hex {
+                out.push(b);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses a whole kmsg dump (one record per line, as `cat /dev/kmsg` prints them). Lines that
+/// are not records (comments, continuation ` KEY=value` lines) are skipped.
+pub fn parse_dump(text: &str) -> Vec<Record> {
+    text.lines().filter_map(Record::parse).collect()
+}
+
+/// `<comm> invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, oom_score_adj=0`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OomHeader {
+    pub comm: String,
+    pub gfp_mask: String,
+    pub order: Option<i32>,
+    pub oom_score_adj: Option<i32>,
+}
+
+/// `memory: usage 32768kB, limit 32768kB, failcnt 70` (also `memory+swap:`, `swap:`, `kmem:`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemCounter {
+    pub name: String,
+    pub usage_kb: u64,
+    pub limit_kb: u64,
+    pub failcnt: u64,
+}
+
+/// A `dump_tasks` row, read by the names in the table's header (the columns differ between
+/// kernels: 6.1 has no `rss_anon rss_file rss_shmem`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TaskRow {
+    pub pid: i32,
+    pub uid: Option<u32>,
+    pub tgid: Option<i32>,
+    /// Pages.
+    pub total_vm: Option<u64>,
+    /// Pages (anon + file + shmem), what `oom_badness` counts.
+    pub rss: Option<u64>,
+    pub rss_anon: Option<u64>,
+    pub rss_file: Option<u64>,
+    pub rss_shmem: Option<u64>,
+    pub pgtables_bytes: Option<u64>,
+    pub swapents: Option<u64>,
+    pub oom_score_adj: Option<i32>,
+    pub name: String,
+    /// Columns this parser does not know, by header name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub other: BTreeMap<String, i64>,
+}
+
+/// `oom-kill:constraint=…,nodemask=…,cpuset=…,mems_allowed=…,oom_memcg=…,task_memcg=…,task=…,pid=…,uid=…`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct OomSummary {
+    pub constraint: String,
+    pub nodemask: Option<String>,
+    pub cpuset: Option<String>,
+    pub mems_allowed: Option<String>,
+    /// The OOM domain's memcg (only for a memcg OOM).
+    pub oom_memcg: Option<String>,
+    pub task_memcg: Option<String>,
+    pub task: Option<String>,
+    pub pid: Option<i32>,
+    pub uid: Option<u32>,
+}
+
+/// Where the OOM happened, as the `Killed process` line says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Memcg,
+    Global,
+}
+
+/// `Memory cgroup out of memory: Killed process N (comm) total-vm:…kB, anon-rss:…kB, …`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Killed {
+    pub scope: Scope,
+    pub pid: i32,
+    pub comm: String,
+    pub total_vm_kb: Option<u64>,
+    pub anon_rss_kb: Option<u64>,
+    pub file_rss_kb: Option<u64>,
+    pub shmem_rss_kb: Option<u64>,
+    pub uid: Option<u32>,
+    pub pgtables_kb: Option<u64>,
+    pub oom_score_adj: Option<i32>,
+}
+
+/// `oom_reaper: reaped process N (comm), now anon-rss:0kB, file-rss:0kB, shmem-rss:0kB`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reaped {
+    pub pid: i32,
+    pub comm: String,
+    pub anon_rss_kb: Option<u64>,
+    pub file_rss_kb: Option<u64>,
+    pub shmem_rss_kb: Option<u64>,
+}
+
+/// One line of an OOM report that matters for episodes and victim selection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OomLine {
+    Header(OomHeader),
+    /// `CPU: 1 UID: 0 PID: 19655 Comm: oomlab …` (the invoking task, from `dump_stack`).
+    TriggerTask {
+        pid: i32,
+        comm: String,
+    },
+    Memory(MemCounter),
+    /// `Memory cgroup stats for /path:`
+    MemcgStats(String),
+    /// `Tasks state (memory values in pages):` is followed by this header.
+    TasksHeader(Vec<String>),
+    Task(TaskRow),
+    Summary(OomSummary),
+    /// `Tasks in /path are going to be killed due to memory.oom.group set`
+    GroupKill(String),
+    Killed(Killed),
+    Reaped(Reaped),
+    /// Global OOMs (`show_mem`): `N pages RAM`, `N pages reserved`, `Total swap = NkB`.
+    PagesRam(u64),
+    PagesReserved(u64),
+    TotalSwapKb(u64),
+}
+
+/// Stateful line parser: the task table's columns come from its header line.
+#[derive(Debug, Default, Clone)]
+pub struct OomParser {
+    columns: Option<Vec<String>>,
+}
+
+impl OomParser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Parses one message line; `None` when the line is not part of an OOM report this parser
+    /// knows.
+    pub fn parse(&mut self, line: &str) -> Option<OomLine> {
+        let line = line.trim_end();
+        if let Some(h) = parse_header(line) {
+            self.columns = None;
+            return Some(OomLine::Header(h));
+        }
+        if let Some(header) = line.strip_prefix("[  pid  ]") {
+            let cols: Vec<String> = header.split_whitespace().map(str::to_string).collect();
+            self.columns = Some(cols.clone());
+            return Some(OomLine::TasksHeader(cols));
+        }
+        if line.starts_with('[') {
+            if let Some(cols) = &self.columns {
+                return parse_row(line, cols).map(OomLine::Task);
+            }
+            return None;
+        }
+        // Anything else ends the table (a global OOM's table can be followed by other output).
+        if let Some(rest) = line.strip_prefix("oom-kill:") {
+            self.columns = None;
+            return Some(OomLine::Summary(parse_summary(rest)));
+        }
+        if let Some(k) = parse_killed(line) {
+            self.columns = None;
+            return Some(OomLine::Killed(k));
+        }
+        if let Some(rest) = line.strip_prefix("oom_reaper: reaped process ") {
+            return parse_reaped(rest).map(OomLine::Reaped);
+        }
+        if let Some(rest) = line.strip_prefix("Tasks in ") {
+            if let Some(path) =
+                rest.strip_suffix(" are going to be killed due to memory.oom.group set")
+            {
+                return Some(OomLine::GroupKill(path.to_string()));
+            }
+        }
+        if let Some(path) = line
+            .strip_prefix("Memory cgroup stats for ")
+            .and_then(|r| r.strip_suffix(':'))
+        {
+            return Some(OomLine::MemcgStats(path.to_string()));
+        }
+        if let Some(m) = parse_counter(line) {
+            return Some(OomLine::Memory(m));
+        }
+        if let Some(t) = parse_trigger(line) {
+            return Some(t);
+        }
+        if let Some(n) = line.strip_suffix(" pages RAM") {
+            return n.trim().parse().ok().map(OomLine::PagesRam);
+        }
+        if let Some(n) = line.strip_suffix(" pages reserved") {
+            return n.trim().parse().ok().map(OomLine::PagesReserved);
+        }
+        if let Some(kb) = line
+            .strip_prefix("Total swap = ")
+            .and_then(|r| r.strip_suffix("kB"))
+        {
+            return kb.trim().parse().ok().map(OomLine::TotalSwapKb);
+        }
+        None
+    }
+}
+
+fn parse_header(line: &str) -> Option<OomHeader> {
+    let (comm, rest) = line.split_once(" invoked oom-killer: ")?;
+    let mut h = OomHeader {
+        comm: comm.to_string(),
+        gfp_mask: String::new(),
+        order: None,
+        oom_score_adj: None,
+    };
+    // `gfp_mask=0xcc0(GFP_KERNEL)`: the flag list can hold commas only inside the parentheses.
+    for part in split_top_level(rest) {
+        match part.trim().split_once('=') {
+            Some(("gfp_mask", v)) => h.gfp_mask = v.to_string(),
+            Some(("order", v)) => h.order = v.parse().ok(),
+            Some(("oom_score_adj", v)) => h.oom_score_adj = v.parse().ok(),
+            _ => {}
+        }
+    }
+    Some(h)
+}
+
+/// Splits on commas outside parentheses.
+fn split_top_level(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth <= 0 => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+fn parse_row(line: &str, cols: &[String]) -> Option<TaskRow> {
+    let (pid, rest) = line.strip_prefix('[')?.split_once(']')?;
+    let mut row = TaskRow {
+        pid: pid.trim().parse().ok()?,
+        ..TaskRow::default()
+    };
+    let Some((name_col, numeric)) = cols.split_last() else {
+        return Some(row);
+    };
+    let mut rest = rest.trim_start();
+    for col in numeric {
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        let value: i64 = rest[..end].parse().ok()?;
+        rest = rest[end..].trim_start();
+        let u = u64::try_from(value).ok();
+        match col.as_str() {
+            "uid" => row.uid = u32::try_from(value).ok(),
+            "tgid" => row.tgid = i32::try_from(value).ok(),
+            "total_vm" => row.total_vm = u,
+            "rss" => row.rss = u,
+            "rss_anon" => row.rss_anon = u,
+            "rss_file" => row.rss_file = u,
+            "rss_shmem" => row.rss_shmem = u,
+            "pgtables_bytes" => row.pgtables_bytes = u,
+            // Kernels before 4.15 printed page-table pages instead of bytes.
+            "nr_ptes" => row.pgtables_bytes = u.map(|p| p * crate::trace::badness::PAGE_SIZE),
+            "swapents" => row.swapents = u,
+            "oom_score_adj" => row.oom_score_adj = i32::try_from(value).ok(),
+            other => {
+                row.other.insert(other.to_string(), value);
+            }
+        }
+    }
+    if name_col == "name" {
+        row.name = rest.to_string();
+    }
+    if row.rss.is_none() {
+        if let (Some(a), Some(f), Some(s)) = (row.rss_anon, row.rss_file, row.rss_shmem) {
+            row.rss = Some(a + f + s);
+        }
+    }
+    Some(row)
+}
+
+fn parse_summary(rest: &str) -> OomSummary {
+    let mut s = OomSummary::default();
+    // `nodemask=(null)` and cpuset paths have no commas; split on every comma.
+    for kv in rest.split(',') {
+        let Some((k, v)) = kv.split_once('=') else {
+            continue;
+        };
+        let v = v.to_string();
+        match k {
+            "constraint" => s.constraint = v,
+            "nodemask" => s.nodemask = Some(v),
+            "cpuset" => s.cpuset = Some(v),
+            "mems_allowed" => s.mems_allowed = Some(v),
+            "oom_memcg" => s.oom_memcg = Some(v),
+            "task_memcg" => s.task_memcg = Some(v),
+            "task" => s.task = Some(v),
+            "pid" => s.pid = v.parse().ok(),
+            "uid" => s.uid = v.parse().ok(),
+            _ => {}
+        }
+    }
+    s
+}
+
+/// Splits `N (comm) rest`; the comm may hold spaces and parentheses, and the rest holds none,
+/// so the last `)` closes the comm.
+fn pid_comm(s: &str) -> Option<(i32, String, &str)> {
+    let (pid, rest) = s.split_once(" (")?;
+    let pid = pid.trim().parse().ok()?;
+    let i = rest.rfind(')')?;
+    Some((
+        pid,
+        rest[..i].to_string(),
+        rest[i + 1..].trim_start_matches([',', ' ']),
+    ))
+}
+
+/// `key:valuekB` pairs separated by `, ` or spaces.
+fn kv_colon(s: &str) -> BTreeMap<&str, &str> {
+    s.split([',', ' '])
+        .filter_map(|p| p.split_once(':'))
+        .collect()
+}
+
+fn kb(m: &BTreeMap<&str, &str>, key: &str) -> Option<u64> {
+    m.get(key)?.strip_suffix("kB")?.parse().ok()
+}
+
+fn parse_killed(line: &str) -> Option<Killed> {
+    let idx = line.find("Killed process ")?;
+    let prefix = &line[..idx];
+    let scope = if prefix.starts_with("Memory cgroup out of memory") {
+        Scope::Memcg
+    } else if prefix.starts_with("Out of memory") {
+        Scope::Global
+    } else {
+        return None;
+    };
+    let (pid, comm, tail) = pid_comm(&line[idx + "Killed process ".len()..])?;
+    let m = kv_colon(tail);
+    Some(Killed {
+        scope,
+        pid,
+        comm,
+        total_vm_kb: kb(&m, "total-vm"),
+        anon_rss_kb: kb(&m, "anon-rss"),
+        file_rss_kb: kb(&m, "file-rss"),
+        shmem_rss_kb: kb(&m, "shmem-rss"),
+        uid: m.get("UID").and_then(|v| v.parse().ok()),
+        pgtables_kb: kb(&m, "pgtables"),
+        oom_score_adj: m.get("oom_score_adj").and_then(|v| v.parse().ok()),
+    })
+}
+
+fn parse_reaped(rest: &str) -> Option<Reaped> {
+    let (pid, comm, tail) = pid_comm(rest)?;
+    let m = kv_colon(tail);
+    Some(Reaped {
+        pid,
+        comm,
+        anon_rss_kb: kb(&m, "anon-rss"),
+        file_rss_kb: kb(&m, "file-rss"),
+        shmem_rss_kb: kb(&m, "shmem-rss"),
+    })
+}
+
+fn parse_counter(line: &str) -> Option<MemCounter> {
+    let (name, rest) = line.split_once(": usage ")?;
+    if !matches!(name, "memory" | "memory+swap" | "swap" | "kmem") {
+        return None;
+    }
+    let mut it = rest.split(", ");
+    let usage_kb = it.next()?.strip_suffix("kB")?.parse().ok()?;
+    let limit_kb = it
+        .next()?
+        .strip_prefix("limit ")?
+        .strip_suffix("kB")?
+        .parse()
+        .ok()?;
+    let failcnt = it
+        .next()
+        .and_then(|f| f.strip_prefix("failcnt "))
+        .and_then(|f| f.trim().parse().ok())
+        .unwrap_or(0);
+    Some(MemCounter {
+        name: name.to_string(),
+        usage_kb,
+        limit_kb,
+        failcnt,
+    })
+}
+
+fn parse_trigger(line: &str) -> Option<OomLine> {
+    if !line.starts_with("CPU: ") {
+        return None;
+    }
+    let (_, rest) = line.split_once(" PID: ")?;
+    let (pid, rest) = rest.split_once(" Comm: ")?;
+    // The comm is followed by ` Not tainted` / ` Tainted:`; a comm with spaces is rare here.
+    let comm = rest
+        .split(" Not tainted")
+        .next()
+        .and_then(|c| c.split(" Tainted:").next())
+        .unwrap_or(rest);
+    Some(OomLine::TriggerTask {
+        pid: pid.trim().parse().ok()?,
+        comm: comm.trim().to_string(),
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KmsgError {
+    #[error("cannot open /dev/kmsg (root or CAP_SYSLOG needed, and kernel.dmesg_restrict may forbid it): {0}")]
+    Open(#[source] io::Error),
+    #[error("cannot watch /dev/kmsg with the async runtime: {0}")]
+    Register(#[source] io::Error),
+}
+
+/// Reads `/dev/kmsg` from its end (new records only) in a tokio task and sends each record.
+pub struct KmsgReader {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl KmsgReader {
+    /// Opens `/dev/kmsg` now (so records logged after this call are not missed) and starts the
+    /// reading task. Must be called inside a tokio runtime.
+    pub fn start() -> Result<(KmsgReader, mpsc::Receiver<Record>), KmsgError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open("/dev/kmsg")
+            .map_err(KmsgError::Open)?;
+        // SEEK_END on /dev/kmsg moves to the next record to be logged.
+        // SAFETY: lseek on a file descriptor we own; no memory is touched.
+        let r = unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(&file), 0, libc::SEEK_END) };
+        if r < 0 {
+            return Err(KmsgError::Open(io::Error::last_os_error()));
+        }
+        // SAFETY: the File is owned by the AsyncFd for its whole life, so the fd stays open and
+        // refers to /dev/kmsg until the AsyncFd is dropped.
+        let fd = unsafe { AsyncFd::register(file) }
+            .map_err(|e| KmsgError::Register(e.into_parts().1))?;
+        let (tx, rx) = mpsc::channel(4096);
+        let task = tokio::spawn(read_loop(fd, tx));
+        Ok((KmsgReader { task }, rx))
+    }
+}
+
+impl Drop for KmsgReader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn read_loop(fd: AsyncFd<File>, tx: mpsc::Sender<Record>) {
+    // One read returns one record; 8 KiB is the kernel's record limit (CONSOLE_EXT_LOG_MAX).
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let Ok(mut guard) = fd.readable().await else {
+            return;
+        };
+        loop {
+            match (&mut guard.get_inner()).read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if let Some(rec) = Record::parse(&String::from_utf8_lossy(&buf[..n])) {
+                        if tx.send(rec).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    guard.clear_ready();
+                    break;
+                }
+                // EPIPE: the ring overwrote records we had not read; carry on from the next.
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+                Err(e) => {
+                    log::warn!("reading /dev/kmsg stopped: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn fixture(name: &str) -> String {
+        let path = format!("{}/../tests/data/kmsg/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn oom_lines(name: &str) -> Vec<OomLine> {
+        let mut p = OomParser::new();
+        parse_dump(&fixture(name))
+            .iter()
+            .flat_map(|r| r.lines().map(str::to_string).collect::<Vec<_>>())
+            .filter_map(|l| p.parse(&l))
+            .collect()
+    }
+
+    fn rows(lines: &[OomLine]) -> Vec<&TaskRow> {
+        lines
+            .iter()
+            .filter_map(|l| match l {
+                OomLine::Task(t) => Some(t),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn record_prefix_and_escapes() {
+        let r = Record::parse("6,408,14754045,-;anon 1\\x0afile 0\n SUBSYSTEM=x").expect("record");
+        assert_eq!((r.level, r.seq), (6, 408));
+        assert_eq!(r.ts, Duration::from_micros(14_754_045));
+        assert_eq!(r.lines().collect::<Vec<_>>(), ["anon 1", "file 0"]);
+        // Facility bits are dropped; extra prefix fields (caller id) are tolerated.
+        let r = Record::parse("30,7,100,c,caller=T1;hi").expect("record");
+        assert_eq!((r.level, r.message.as_str()), (6, "hi"));
+        assert_eq!(Record::parse("# comment"), None);
+        assert_eq!(Record::parse("x,1,2,-;bad prio"), None);
+    }
+
+    #[test]
+    fn host_6_18_report() {
+        let lines = oom_lines("6.18-host-memcg.txt");
+        assert_eq!(
+            lines[0],
+            OomLine::Header(OomHeader {
+                comm: "oomlab".into(),
+                gfp_mask: "0xcc0(GFP_KERNEL)".into(),
+                order: Some(0),
+                oom_score_adj: Some(0),
+            })
+        );
+        assert!(lines.contains(&OomLine::TriggerTask {
+            pid: 19655,
+            comm: "oomlab".into()
+        }));
+        assert!(lines.contains(&OomLine::Memory(MemCounter {
+            name: "memory".into(),
+            usage_kb: 32768,
+            limit_kb: 32768,
+            failcnt: 70
+        })));
+        let rows = rows(&lines);
+        assert_eq!(rows.len(), 4);
+        assert_eq!(
+            *rows[1],
+            TaskRow {
+                pid: 19495,
+                uid: Some(0),
+                tgid: Some(19495),
+                total_vm: Some(4673),
+                rss: Some(3524),
+                rss_anon: Some(2144),
+                rss_file: Some(1380),
+                rss_shmem: Some(0),
+                pgtables_bytes: Some(81920),
+                swapents: Some(0),
+                oom_score_adj: Some(500),
+                name: "oomlab".into(),
+                other: BTreeMap::new(),
+            }
+        );
+        let summary = lines.iter().find_map(|l| match l {
+            OomLine::Summary(s) => Some(s.clone()),
+            _ => None,
+        });
+        let s = summary.expect("oom-kill: line");
+        assert_eq!(s.constraint, "CONSTRAINT_MEMCG");
+        assert_eq!(
+            s.oom_memcg.as_deref(),
+            Some("/oomlab-test/victims-fixture-18259")
+        );
+        assert_eq!(
+            (s.pid, s.task.as_deref(), s.uid),
+            (Some(19495), Some("oomlab"), Some(0))
+        );
+        assert_eq!(
+            lines.last(),
+            Some(&OomLine::Killed(Killed {
+                scope: Scope::Memcg,
+                pid: 19495,
+                comm: "oomlab".into(),
+                total_vm_kb: Some(18692),
+                anon_rss_kb: Some(8576),
+                file_rss_kb: Some(5520),
+                shmem_rss_kb: Some(0),
+                uid: Some(0),
+                pgtables_kb: Some(80),
+                oom_score_adj: Some(500),
+            }))
+        );
+    }
+
+    #[test]
+    fn debian_6_1_has_no_split_rss_columns() {
+        let lines = oom_lines("6.1-debian-memcg.txt");
+        let rows = rows(&lines);
+        assert_eq!(rows.len(), 4);
+        let r = rows[1];
+        assert_eq!((r.pid, r.rss, r.rss_anon), (88, Some(3425), None));
+        assert_eq!(
+            (r.pgtables_bytes, r.swapents, r.oom_score_adj),
+            (Some(81920), Some(0), Some(500))
+        );
+        assert!(lines.contains(&OomLine::TriggerTask {
+            pid: 92,
+            comm: "oomlab".into()
+        }));
+        // v2 prints `swap:` instead of v1's `memory+swap:`.
+        assert!(lines
+            .iter()
+            .any(|l| matches!(l, OomLine::Memory(m) if m.name == "swap" && m.limit_kb == 0)));
+        assert!(lines.iter().any(
+            |l| matches!(l, OomLine::Killed(k) if k.pid == 88 && k.shmem_rss_kb == Some(5188))
+        ));
+    }
+
+    #[test]
+    fn debian_6_12_has_split_rss_columns() {
+        let lines = oom_lines("6.12-debian-memcg.txt");
+        let rows = rows(&lines);
+        assert_eq!(rows.len(), 4);
+        let r = rows[0];
+        assert_eq!(
+            (r.pid, r.rss, r.rss_anon, r.rss_file, r.rss_shmem),
+            (140, Some(4000), Some(2685), Some(0), Some(1315))
+        );
+        assert!(lines
+            .iter()
+            .any(|l| matches!(l, OomLine::Summary(s) if s.oom_memcg.as_deref() == Some("/lab"))));
+    }
+
+    #[test]
+    fn unknown_columns_and_garbage_degrade() {
+        let mut p = OomParser::new();
+        assert_eq!(
+            p.parse("[ 1] 2 3"),
+            None,
+            "a row before any header is not guessed at"
+        );
+        p.parse("[  pid  ]   uid  tgid total_vm      rss nr_ptes future_col swapents oom_score_adj name");
+        let Some(OomLine::Task(r)) = p.parse("[  7]  0  7  100  50  2  -3  1  -1000 my worker")
+        else {
+            panic!("row parsed by header names")
+        };
+        assert_eq!(
+            (r.rss, r.pgtables_bytes, r.swapents, r.oom_score_adj),
+            (Some(50), Some(8192), Some(1), Some(-1000))
+        );
+        assert_eq!(r.other.get("future_col"), Some(&-3));
+        assert_eq!(r.name, "my worker");
+        assert_eq!(p.parse("[  8]  0  x"), None, "a malformed row is skipped");
+        for junk in [
+            "",
+            "oom-kill:",
+            "Killed process x",
+            "CPU: 1 PID: z Comm:",
+            "memory: usage kB",
+            "[",
+            "Out of memory: Killed process (",
+            "oom_reaper: reaped process",
+        ] {
+            let _ = p.parse(junk);
+        }
+    }
+
+    #[test]
+    fn global_kill_group_kill_and_reaper_lines() {
+        let mut p = OomParser::new();
+        assert_eq!(
+            p.parse("Out of memory: Killed process 4242 (my (odd) app) total-vm:100kB, anon-rss:60kB, file-rss:0kB, shmem-rss:0kB, UID:1000 pgtables:40kB oom_score_adj:0"),
+            Some(OomLine::Killed(Killed {
+                scope: Scope::Global,
+                pid: 4242,
+                comm: "my (odd) app".into(),
+                total_vm_kb: Some(100),
+                anon_rss_kb: Some(60),
+                file_rss_kb: Some(0),
+                shmem_rss_kb: Some(0),
+                uid: Some(1000),
+                pgtables_kb: Some(40),
+                oom_score_adj: Some(0),
+            }))
+        );
+        assert_eq!(
+            p.parse("oom_reaper: reaped process 4242 (stress), now anon-rss:0kB, file-rss:0kB, shmem-rss:0kB"),
+            Some(OomLine::Reaped(Reaped {
+                pid: 4242,
+                comm: "stress".into(),
+                anon_rss_kb: Some(0),
+                file_rss_kb: Some(0),
+                shmem_rss_kb: Some(0),
+            }))
+        );
+        assert_eq!(
+            p.parse("Tasks in /lab are going to be killed due to memory.oom.group set"),
+            Some(OomLine::GroupKill("/lab".into()))
+        );
+        assert_eq!(
+            p.parse("262014 pages RAM"),
+            Some(OomLine::PagesRam(262_014))
+        );
+        assert_eq!(p.parse("Total swap = 0kB"), Some(OomLine::TotalSwapKb(0)));
+    }
+}
