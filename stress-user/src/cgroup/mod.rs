@@ -11,7 +11,7 @@ use std::{
     path::{Component, Path, PathBuf},
 };
 
-pub use scratch::ScratchCgroup;
+pub use scratch::{find_leftovers, remove_leftover, Leftover, ScratchCgroup, RECORD_DIR};
 
 /// Default mount points, used when `/proc/self/mountinfo` cannot be read.
 const PROC_MOUNTINFO: &str = "/proc/self/mountinfo";

@@ -2,6 +2,8 @@
 //! killing only the processes inside them (which oomlab put there).
 
 use std::{
+    fs,
+    path::{Path, PathBuf},
     thread,
     time::{Duration, Instant},
 };
@@ -9,13 +11,15 @@ use std::{
 use cgroups_rs::{hierarchies::V1, Cgroup};
 use nix::{sys::signal, unistd::Pid};
 
-use super::{CgroupError, Hierarchy, MemCgroup, Version};
+use super::{CgroupError, Hierarchy, MemCgroup, Version, OWNED_PARENT};
 
 /// A cgroup made for one run. Dropping it kills what is left inside and removes it.
 #[derive(Debug)]
 pub struct ScratchCgroup {
     cgroup: MemCgroup,
     keep: bool,
+    /// The owner record of a cgroup under `oomlab/` (see `create_owned`), removed with it.
+    record: Option<PathBuf>,
 }
 
 impl ScratchCgroup {
@@ -54,6 +58,7 @@ impl ScratchCgroup {
         let scratch = ScratchCgroup {
             cgroup,
             keep: false,
+            record: None,
         };
         if let Some(limit) = limit {
             let file = match hier.memory_version {
@@ -145,11 +150,133 @@ fn subtree_has_memory(subtree_control: &str) -> bool {
 impl Drop for ScratchCgroup {
     fn drop(&mut self) {
         if !self.keep {
-            if let Err(e) = self.remove() {
-                log::warn!("leaving scratch cgroup behind: {e}");
+            match self.remove() {
+                Ok(()) => {
+                    if let Some(r) = &self.record {
+                        let _ = fs::remove_file(r);
+                    }
+                }
+                Err(e) => log::warn!("leaving scratch cgroup behind: {e}"),
             }
         }
     }
+}
+
+/// Where oomlab notes which process owns each scratch cgroup under `oomlab/`, so the next run can
+/// tell a leftover (its owner is gone: killed before it could clean up) from one in use.
+pub const RECORD_DIR: &str = "/run/oomlab/scratch";
+
+/// A process identity that survives pid reuse: pid plus its start time (field 22 of stat).
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // comm may hold spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn record_path(name: &str) -> PathBuf {
+    Path::new(RECORD_DIR).join(name)
+}
+
+impl ScratchCgroup {
+    /// Creates `oomlab/<name>` and records this process as its owner, so that if it dies
+    /// without cleaning up, the next run (or `oomlab cleanup`) removes the cgroup.
+    pub fn create_owned(
+        hier: &Hierarchy,
+        name: &str,
+        limit: Option<u64>,
+    ) -> Result<Self, CgroupError> {
+        let mut scratch = ScratchCgroup::create(hier, OWNED_PARENT, name, limit)?;
+        let pid = std::process::id() as i32;
+        let record = record_path(name);
+        let text = format!("{pid} {}\n", start_time(pid).unwrap_or(0));
+        fs::create_dir_all(RECORD_DIR)
+            .and_then(|()| fs::write(&record, text))
+            .map_err(|source| CgroupError::Write {
+                file: record.display().to_string(),
+                value: "owner record".into(),
+                source,
+            })?;
+        scratch.record = Some(record);
+        Ok(scratch)
+    }
+}
+
+/// A scratch cgroup under `oomlab/` whose owner is gone.
+#[derive(Debug, Clone)]
+pub struct Leftover {
+    pub cgroup: MemCgroup,
+    /// The agent that created it (from its record), `None` when there is no record.
+    pub owner: Option<i32>,
+    /// Processes still inside.
+    pub procs: usize,
+}
+
+/// Scratch cgroups under `oomlab/` whose recorded owner is no longer running. With `unowned`,
+/// also those without a record (made by something else, or by an older oomlab) that hold no
+/// process. Cgroups whose owner is alive are never listed.
+pub fn find_leftovers(hier: &Hierarchy, unowned: bool) -> Vec<Leftover> {
+    let parent = hier.memory_mount.join(OWNED_PARENT);
+    let Ok(entries) = fs::read_dir(&parent) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for name in names {
+        let cgroup = hier.cgroup(format!("{OWNED_PARENT}/{name}"));
+        let procs = cgroup.procs().map_or(0, |p| p.len());
+        let record = fs::read_to_string(record_path(&name)).ok();
+        let owner = record.as_deref().and_then(|r| {
+            let mut it = r.split_whitespace();
+            Some((
+                it.next()?.parse::<i32>().ok()?,
+                it.next()?.parse::<u64>().ok()?,
+            ))
+        });
+        match owner {
+            Some((pid, started)) => {
+                let alive = start_time(pid).is_some_and(|s| s == started || started == 0);
+                if !alive {
+                    out.push(Leftover {
+                        cgroup,
+                        owner: Some(pid),
+                        procs,
+                    });
+                }
+            }
+            None if unowned && procs == 0 => out.push(Leftover {
+                cgroup,
+                owner: None,
+                procs,
+            }),
+            None => {}
+        }
+    }
+    out
+}
+
+/// Kills what is left inside a leftover (only oomlab workers end up there) and removes it and
+/// its record.
+pub fn remove_leftover(leftover: &Leftover) -> Result<(), CgroupError> {
+    let name = leftover
+        .cgroup
+        .rel
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let scratch = ScratchCgroup {
+        cgroup: leftover.cgroup.clone(),
+        keep: true,
+        record: None,
+    };
+    scratch.remove()?;
+    let _ = fs::remove_file(record_path(&name));
+    Ok(())
 }
 
 #[cfg(test)]

@@ -26,6 +26,38 @@ pub struct Args {
     /// Hold for this long, then exit (default: until killed).
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
+    /// On SIGUSR1 allocate this much more, on SIGUSR2 free it again (an app whose working set
+    /// changes, for `oomlab inject --working-set`).
+    #[arg(long, value_name = "SIZE")]
+    grow: Option<SizeSpec>,
+}
+
+static GROW: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn on_grow_signal(sig: libc::c_int) {
+    GROW.store(sig, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Holds `extra` bytes more while SIGUSR1 was the last signal, frees them on SIGUSR2.
+fn hold_with_grow(extra: u64, duration: Option<Duration>) -> anyhow::Result<()> {
+    let end = duration.map(|d| std::time::Instant::now() + d);
+    let mut grown: Option<Region> = None;
+    while end.is_none_or(|e| std::time::Instant::now() < e) {
+        match GROW.swap(0, std::sync::atomic::Ordering::SeqCst) {
+            libc::SIGUSR1 if grown.is_none() => {
+                let len = usize::try_from(extra).context("size does not fit in memory")?;
+                grown = Some(Region::anon(len, AllocOptions::default())?);
+                println!("app {} grew by {}", std::process::id(), human(extra));
+            }
+            libc::SIGUSR2 if grown.is_some() => {
+                grown = None;
+                println!("app {} shrank by {}", std::process::id(), human(extra));
+            }
+            _ => {}
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
@@ -45,6 +77,13 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         fs::write("/proc/self/oom_score_adj", adj.to_string())
             .context("setting /proc/self/oom_score_adj")?;
     }
+    if args.grow.is_some() {
+        // Before "holding" is printed: a caller may signal as soon as it reads that line.
+        for sig in [libc::SIGUSR1, libc::SIGUSR2] {
+            // SAFETY: the handler only stores to an atomic.
+            unsafe { libc::signal(sig, on_grow_signal as *const () as libc::sighandler_t) };
+        }
+    }
     let region = Region::anon(
         usize::try_from(bytes).context("size does not fit in memory")?,
         AllocOptions::default(),
@@ -55,6 +94,18 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         std::process::id(),
         human(region.len() as u64)
     );
+    if let Some(grow) = args.grow {
+        let extra = match grow.resolve(None) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("oomlab app: --grow: {e}");
+                return Ok(exit::USAGE);
+            }
+        };
+        hold_with_grow(extra, args.duration)?;
+        drop(region);
+        return Ok(exit::OK);
+    }
     match args.duration {
         Some(d) => thread::sleep(d),
         None => loop {

@@ -1,7 +1,9 @@
 //! Command-line interface: one file per subcommand, as bpfman's CLI is laid out.
 
 mod app;
+mod cleanup;
 mod doctor;
+mod inject;
 mod serve;
 mod trace;
 
@@ -35,6 +37,13 @@ pub enum Command {
     Trace(trace::Args),
     /// A small service that allocates and holds memory (for experiments and tests).
     App(app::Args),
+    /// Hold exactly the requested memory inside a target cgroup, charged there.
+    Inject(inject::Args),
+    /// Remove scratch cgroups under `oomlab/` left behind by a killed `oomlab inject`.
+    Cleanup(cleanup::Args),
+    /// Internal: one `oomlab inject` worker (started by the agent, never by hand).
+    #[command(name = "__worker", hide = true)]
+    Worker(crate::inject::worker::WorkerArgs),
     /// Node-wide tracing as a daemon: Prometheus /metrics, live /events (NDJSON), /healthz.
     Serve(serve::Args),
 }
@@ -45,6 +54,9 @@ pub fn run(cli: Cli) -> i32 {
         Command::Doctor(a) => doctor::run(a),
         Command::Trace(a) => trace::run(a),
         Command::App(a) => app::run(a),
+        Command::Inject(a) => inject::run(a),
+        Command::Cleanup(a) => cleanup::run(a),
+        Command::Worker(a) => Ok(crate::inject::worker::worker_main(a)),
         Command::Serve(a) => serve::run(a),
     };
     match result {

@@ -1,4 +1,8 @@
-//! Memory injection: regions of memory that are really charged (populated and dirtied), and the
-//! processes that hold them.
+//! Memory injection: regions of memory that are really charged (populated and dirtied), the
+//! worker processes that hold them inside the target cgroup, and the agent that steers them.
 
+pub mod agent;
 pub mod alloc;
+pub mod control;
+pub mod plan;
+pub mod worker;

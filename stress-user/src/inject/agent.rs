@@ -1,0 +1,627 @@
+//! The agent: starts the workers in the target, steers them towards the goal (size, pace or
+//! working set), watches them die and applies the OOM policy, samples the cgroup's own counters,
+//! and releases everything at the end. It runs on the main thread only (PR_SET_PDEATHSIG fires
+//! when the thread that forked a worker exits) and never joins the target itself.
+
+use std::{
+    io::Write,
+    os::unix::process::ExitStatusExt,
+    path::PathBuf,
+    process::ExitStatus,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+use super::{
+    alloc::Kind,
+    control::{split, working_set_step},
+    plan::{Goal, InjectError, OnOom, Plan, Where},
+    worker::{Report, Worker, WorkerArgs, WorkerSpec},
+};
+use crate::{
+    cgroup::{Hierarchy, MemCgroup, ScratchCgroup},
+    report::{json_line, OutputFormat},
+    size::human,
+};
+
+/// How often the agent re-evaluates targets and the working set (the issue asks ≤ 100 ms).
+const TICK: Duration = Duration::from_millis(50);
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Rounds of "measure the cgroup, adjust the workers" before the target counts as reached.
+const MAX_CORRECTIONS: u32 = 4;
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// SIGINT/SIGTERM/SIGHUP end the run in order; without SA_RESTART so `poll` wakes at once.
+fn install_stop_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_stop_signal as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Sample {
+    elapsed_s: f64,
+    requested_bytes: u64,
+    charged_bytes: u64,
+    held_bytes: u64,
+    working_set_bytes: u64,
+    usage_bytes: u64,
+    limit_bytes: Option<u64>,
+    workers_alive: usize,
+    workers: usize,
+    oom_kills: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct WorkerStarted {
+    worker: usize,
+    pid: i32,
+    respawn: bool,
+    elapsed_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct WorkerKilled {
+    worker: usize,
+    pid: i32,
+    /// The signal that ended it (`SIGKILL` for the OOM killer), if a signal did.
+    signal: Option<String>,
+    exit_code: Option<i32>,
+    /// The target's oom_kill counter went up when it died.
+    oom_kill: bool,
+    held_bytes: u64,
+    elapsed_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct TargetReached {
+    seconds: f64,
+    requested_bytes: u64,
+    charged_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct WorkerError<'a> {
+    worker: usize,
+    pid: i32,
+    message: &'a str,
+}
+
+/// The end of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub cgroup: String,
+    pub kind: Kind,
+    pub workers: usize,
+    pub requested_bytes: u64,
+    /// The peak of the cgroup's usage minus its usage before the run (--working-set: the
+    /// working set at the end).
+    pub charged_bytes: u64,
+    /// charged / requested.
+    pub accuracy: f64,
+    pub seconds_to_target: Option<f64>,
+    pub worker_kills: u64,
+    pub respawns: u64,
+    /// The target's oom_kill counter, increase during the run.
+    pub oom_kills: u64,
+    pub duration_s: f64,
+    /// `duration`, `signal`, `worker_died` (--on-oom stop) or `no_workers_left`.
+    pub stopped_by: &'static str,
+    pub exit_code: i32,
+}
+
+pub const EXIT_OOM: i32 = 3;
+
+/// Receives every record the agent emits (`worker_started`, `worker_killed`, `sample`,
+/// `target_reached`, `worker_error`, `summary`) as the JSON object `--output json` prints, the
+/// moment it is emitted: how `oomlab run` puts the injector on its timeline.
+pub type Observer = Box<dyn FnMut(&str, &serde_json::Value) + Send>;
+
+struct Out {
+    format: OutputFormat,
+    out: std::io::Stdout,
+    /// With an observer, nothing is printed: records go to it only.
+    observer: Option<Observer>,
+}
+
+impl Out {
+    fn emit<T: Serialize>(&mut self, kind: &str, value: &T, human: impl FnOnce() -> String) {
+        if let Some(obs) = &mut self.observer {
+            if let Ok(v) = serde_json::to_value(value) {
+                obs(kind, &v);
+            }
+            return;
+        }
+        let mut out = self.out.lock();
+        let _ = match self.format {
+            OutputFormat::Json => json_line(&mut out, kind, value),
+            OutputFormat::Human => writeln!(out, "{}", human()).and_then(|()| out.flush()),
+        };
+    }
+}
+
+struct Slot {
+    worker: Option<Worker>,
+    respawn_at: Option<Instant>,
+    backoff: Duration,
+    /// No more workers in this slot (--on-oom continue).
+    retired: bool,
+}
+
+fn signal_name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig)
+        .map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_string())
+}
+
+/// True once SIGINT/SIGTERM/SIGHUP asked the agent to stop (so a caller running several plans
+/// in a row stops too).
+pub fn stop_requested() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+/// Runs a checked plan to its end, handing every record to `observer` instead of printing it.
+pub fn run_observed(
+    hier: &Hierarchy,
+    plan: &Plan,
+    observer: Observer,
+) -> Result<Summary, InjectError> {
+    run_with(
+        hier,
+        plan,
+        Out {
+            format: OutputFormat::Json,
+            out: std::io::stdout(),
+            observer: Some(observer),
+        },
+    )
+}
+
+/// Runs a checked plan to its end.
+pub fn run(hier: &Hierarchy, plan: &Plan, format: OutputFormat) -> Result<Summary, InjectError> {
+    let out = Out {
+        format,
+        out: std::io::stdout(),
+        observer: None,
+    };
+    run_with(hier, plan, out)
+}
+
+fn run_with(hier: &Hierarchy, plan: &Plan, mut out: Out) -> Result<Summary, InjectError> {
+    install_stop_handlers();
+    // Held until the end: dropping it kills whatever is left inside and removes the cgroup.
+    let scratch = match &plan.target {
+        Where::New { name, limit } => Some(ScratchCgroup::create_owned(hier, name, Some(*limit))?),
+        Where::Existing(_) => None,
+    };
+    let cg: MemCgroup = match (&plan.target, &scratch) {
+        (Where::Existing(cg), _) => cg.clone(),
+        (Where::New { .. }, Some(s)) => s.cgroup().clone(),
+        (Where::New { .. }, None) => unreachable!("created above"),
+    };
+    let result = drive(&cg, plan, &mut out);
+    drop(scratch);
+    result
+}
+
+fn drive(cg: &MemCgroup, plan: &Plan, out: &mut Out) -> Result<Summary, InjectError> {
+    let start = Instant::now();
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    let chunk: usize = match plan.goal {
+        Goal::Size(_) => 64 << 20,
+        Goal::WorkingSet(_) => 8 << 20,
+    };
+    let spec = WorkerSpec {
+        exe,
+        args: WorkerArgs {
+            kind: plan.kind,
+            fill: plan.alloc.fill,
+            thp: plan.alloc.thp,
+            mlock: plan.alloc.mlock,
+            redirty_ms: plan.redirty.map(|d| d.as_millis().max(1) as u64),
+            chunk,
+            file_dir: plan.file_dir.clone(),
+        },
+        cgroup_procs: cg.dir().join("cgroup.procs"),
+        oom_score_adj: plan.oom_score_adj,
+    };
+    let baseline = cg.usage()?;
+    let oom_base = cg.oom_kills()?;
+    let limit = cg.limit()?;
+    let mut oom_seen = oom_base;
+    let mut slots: Vec<Slot> = Vec::with_capacity(plan.workers);
+    let mut worker_kills = 0u64;
+    let mut respawns = 0u64;
+    let stopped_by;
+    let mut exit_code = 0;
+
+    let start_worker = |i: usize, respawn: bool, out: &mut Out| -> Result<Worker, InjectError> {
+        let w = spec.spawn().map_err(|e| InjectError::Host {
+            file: "/proc/self/exe",
+            reason: format!("starting worker {i} in {}: {e}", cg.path()),
+        })?;
+        let ev = WorkerStarted {
+            worker: i,
+            pid: w.pid,
+            respawn,
+            elapsed_s: start.elapsed().as_secs_f64(),
+        };
+        out.emit("worker_started", &ev, || {
+            format!(
+                "worker {i} started: pid {}{} in {}",
+                w.pid,
+                if respawn { " (respawn)" } else { "" },
+                cg.path()
+            )
+        });
+        Ok(w)
+    };
+
+    for i in 0..plan.workers {
+        match start_worker(i, false, out) {
+            Ok(w) => slots.push(Slot {
+                worker: Some(w),
+                respawn_at: None,
+                backoff: BACKOFF_MIN,
+                retired: false,
+            }),
+            Err(e) => {
+                for s in &mut slots {
+                    if let Some(w) = &mut s.worker {
+                        w.kill();
+                    }
+                }
+                return Err(e);
+            }
+        }
+    }
+    // Wait until every worker has exec'd and is in place, then count what the worker processes
+    // themselves cost (binary, stack, page tables): the goal is what oomlab adds in total.
+    let ready_by = Instant::now() + READY_TIMEOUT;
+    while Instant::now() < ready_by && !STOP.load(Ordering::SeqCst) {
+        if slots
+            .iter()
+            .all(|s| s.worker.as_ref().is_none_or(|w| w.ready || w.eof))
+        {
+            break;
+        }
+        poll_workers(&slots, TICK);
+        for s in &mut slots {
+            if let Some(w) = &mut s.worker {
+                w.read_reports();
+            }
+        }
+    }
+    let overhead = cg.usage()?.saturating_sub(baseline);
+    let mut effective = match plan.goal {
+        // Aim 3% short first: what the kernel charges on top of the pages (up to ~3% for
+        // --kind file on ext4) is measured there, and the corrections below close the gap
+        // from under the goal rather than overshooting it.
+        Goal::Size(b) => b.saturating_sub(overhead.min(b / 10)) / 100 * 97,
+        Goal::WorkingSet(b) => b,
+    };
+    let effective_goal = plan.goal.bytes();
+    let mut corrections = 0;
+    let requested = plan.goal.bytes();
+    let inject_start = Instant::now();
+    let mut peak = 0u64;
+    let mut last_ws = 0u64;
+    let mut reached_at: Option<f64> = None;
+    let mut next_sample = Instant::now();
+    let deadband = (requested / 200).max(1 << 20);
+
+    loop {
+        if STOP.load(Ordering::SeqCst) {
+            stopped_by = "signal";
+            break;
+        }
+        if plan.duration.is_some_and(|d| start.elapsed() >= d) {
+            stopped_by = "duration";
+            break;
+        }
+        // Deaths first: they change what the survivors must hold.
+        let mut stop_now = false;
+        for (i, s) in slots.iter_mut().enumerate() {
+            let Some(w) = &mut s.worker else { continue };
+            w.read_reports();
+            let status = if w.eof {
+                w.child.wait().ok()
+            } else {
+                w.child.try_wait().ok().flatten()
+            };
+            let Some(status) = status else { continue };
+            let oom_now = cg.oom_kills().unwrap_or(oom_seen);
+            let oom_kill = oom_now > oom_seen;
+            oom_seen = oom_now;
+            worker_kills += 1;
+            report_death(out, i, w, status, oom_kill, start);
+            s.worker = None;
+            match plan.on_oom {
+                OnOom::Stop => stop_now = true,
+                OnOom::Respawn => {
+                    s.respawn_at = Some(Instant::now() + s.backoff);
+                    s.backoff = (s.backoff * 2).min(BACKOFF_MAX);
+                }
+                OnOom::Continue => s.retired = true,
+            }
+        }
+        if stop_now {
+            stopped_by = "worker_died";
+            exit_code = EXIT_OOM;
+            break;
+        }
+        if slots.iter().all(|s| s.retired) {
+            stopped_by = "no_workers_left";
+            exit_code = EXIT_OOM;
+            break;
+        }
+        for (i, s) in slots.iter_mut().enumerate() {
+            if s.worker.is_none() && s.respawn_at.is_some_and(|t| Instant::now() >= t) {
+                s.respawn_at = None;
+                s.worker = Some(start_worker(i, true, out)?);
+                respawns += 1;
+            }
+        }
+
+        let snap = cg.snapshot()?;
+        let charged = snap.usage_bytes.saturating_sub(baseline);
+        peak = peak.max(charged);
+        last_ws = snap.working_set_bytes;
+        let held: u64 = slots
+            .iter()
+            .filter_map(|s| s.worker.as_ref())
+            .map(|w| w.held)
+            .sum();
+        let alive = slots.iter().filter(|s| s.worker.is_some()).count();
+
+        match plan.goal {
+            Goal::Size(_) => {
+                let allowed = plan.pace.allowed(effective, inject_start.elapsed());
+                let shares = split(allowed, slots.len());
+                for (s, share) in slots.iter_mut().zip(shares) {
+                    if let Some(w) = &mut s.worker {
+                        if w.ready {
+                            w.set_target(share);
+                        }
+                    }
+                }
+                let all_done = slots
+                    .iter()
+                    .filter_map(|s| s.worker.as_ref())
+                    .all(|w| w.done);
+                let settled = reached_at.is_none()
+                    && allowed == effective
+                    && all_done
+                    && alive == slots.len();
+                // Kernel memory that comes with the pages (page tables, a filesystem's own
+                // metadata for --kind file) is charged too: correct for it a few times, so what
+                // the cgroup's counter says matches what was asked for.
+                let error = charged as i64 - effective_goal as i64;
+                if settled
+                    && worker_kills == 0
+                    && corrections < MAX_CORRECTIONS
+                    && error.unsigned_abs() > effective_goal / 400
+                {
+                    corrections += 1;
+                    effective = (effective as i64 - error).max(0) as u64;
+                } else if settled {
+                    let secs = inject_start.elapsed().as_secs_f64();
+                    reached_at = Some(secs);
+                    let ev = TargetReached {
+                        seconds: secs,
+                        requested_bytes: requested,
+                        charged_bytes: charged,
+                    };
+                    out.emit("target_reached", &ev, || {
+                        format!(
+                            "target reached in {secs:.2} s: requested {}, charged {}",
+                            human(requested),
+                            human(charged)
+                        )
+                    });
+                }
+            }
+            Goal::WorkingSet(goal) => {
+                let settled = slots
+                    .iter()
+                    .filter_map(|s| s.worker.as_ref())
+                    .all(|w| w.done || w.target.is_none());
+                if alive > 0 && settled {
+                    let goal_now = plan.pace.allowed(goal, inject_start.elapsed());
+                    let want = working_set_step(goal_now, snap.working_set_bytes, held, deadband);
+                    let mut shares = split(want, alive).into_iter();
+                    for s in &mut slots {
+                        if let Some(w) = &mut s.worker {
+                            if w.ready {
+                                w.set_target(shares.next().unwrap_or(0));
+                            }
+                        }
+                    }
+                    if reached_at.is_none() && snap.working_set_bytes.abs_diff(goal) <= deadband * 2
+                    {
+                        let secs = inject_start.elapsed().as_secs_f64();
+                        reached_at = Some(secs);
+                        let ev = TargetReached {
+                            seconds: secs,
+                            requested_bytes: requested,
+                            charged_bytes: charged,
+                        };
+                        out.emit("target_reached", &ev, || {
+                            format!(
+                                "working set reached {} in {secs:.2} s",
+                                human(snap.working_set_bytes)
+                            )
+                        });
+                    }
+                }
+            }
+        }
+
+        if Instant::now() >= next_sample {
+            next_sample += SAMPLE_EVERY;
+            let sample = Sample {
+                elapsed_s: start.elapsed().as_secs_f64(),
+                requested_bytes: requested,
+                charged_bytes: charged,
+                held_bytes: held,
+                working_set_bytes: snap.working_set_bytes,
+                usage_bytes: snap.usage_bytes,
+                limit_bytes: snap.limit_bytes,
+                workers_alive: alive,
+                workers: slots.len(),
+                oom_kills: snap.oom_kills.saturating_sub(oom_base),
+            };
+            out.emit("sample", &sample, || {
+                format!(
+                    "{:>6.1}s  requested {}  charged {}  working set {}  usage {} / {}  workers {}/{}  oom kills {}",
+                    sample.elapsed_s,
+                    human(requested),
+                    human(charged),
+                    human(sample.working_set_bytes),
+                    human(sample.usage_bytes),
+                    limit.map_or("unlimited".into(), human),
+                    alive,
+                    slots.len(),
+                    sample.oom_kills
+                )
+            });
+        }
+
+        poll_workers(&slots, TICK);
+        for (i, s) in slots.iter_mut().enumerate() {
+            if let Some(w) = &mut s.worker {
+                for r in w.read_reports() {
+                    if let Report::Error(msg) = r {
+                        let ev = WorkerError {
+                            worker: i,
+                            pid: w.pid,
+                            message: &msg,
+                        };
+                        out.emit("worker_error", &ev, || {
+                            format!("worker {i} (pid {}): {msg}", w.pid)
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    // One last reading before letting go, so a short run still has its peak.
+    if let Ok(u) = cg.usage() {
+        peak = peak.max(u.saturating_sub(baseline));
+    }
+    for s in &mut slots {
+        if let Some(w) = &mut s.worker {
+            w.kill();
+        }
+    }
+    let oom_kills = cg.oom_kills().unwrap_or(oom_seen).saturating_sub(oom_base);
+    // --working-set: what counts is where the working set was held, not a peak of usage.
+    let charged = match plan.goal {
+        Goal::Size(_) => peak,
+        Goal::WorkingSet(_) => last_ws,
+    };
+    let summary = Summary {
+        cgroup: cg.path(),
+        kind: plan.kind,
+        workers: plan.workers,
+        requested_bytes: requested,
+        charged_bytes: charged,
+        accuracy: if requested > 0 {
+            charged as f64 / requested as f64
+        } else {
+            0.0
+        },
+        seconds_to_target: reached_at,
+        worker_kills,
+        respawns,
+        oom_kills,
+        duration_s: start.elapsed().as_secs_f64(),
+        stopped_by,
+        exit_code,
+    };
+    out.emit("summary", &summary, || {
+        format!(
+            "summary: requested {}, charged {} ({:.1}%), target {}, worker kills {}, respawns {}, oom kills {}, stopped by {}",
+            human(summary.requested_bytes),
+            human(summary.charged_bytes),
+            summary.accuracy * 100.0,
+            summary
+                .seconds_to_target
+                .map_or("not reached".into(), |s| format!("reached in {s:.2} s")),
+            summary.worker_kills,
+            summary.respawns,
+            summary.oom_kills,
+            summary.stopped_by
+        )
+    });
+    Ok(summary)
+}
+
+fn report_death(
+    out: &mut Out,
+    i: usize,
+    w: &Worker,
+    status: ExitStatus,
+    oom_kill: bool,
+    start: Instant,
+) {
+    let ev = WorkerKilled {
+        worker: i,
+        pid: w.pid,
+        signal: status.signal().map(signal_name),
+        exit_code: status.code(),
+        oom_kill,
+        held_bytes: w.held,
+        elapsed_s: start.elapsed().as_secs_f64(),
+    };
+    out.emit("worker_killed", &ev, || {
+        format!(
+            "worker {i} (pid {}) {}{}, it held {}",
+            w.pid,
+            ev.signal.as_deref().map_or_else(
+                || format!("exited with {:?}", ev.exit_code),
+                |s| format!("killed by {s}")
+            ),
+            if oom_kill { " (OOM kill)" } else { "" },
+            human(w.held)
+        )
+    });
+}
+
+/// Sleeps until a worker writes (or exits) or `timeout` passes; a stop signal ends it early.
+fn poll_workers(slots: &[Slot], timeout: Duration) {
+    let mut fds: Vec<libc::pollfd> = slots
+        .iter()
+        .filter_map(|s| s.worker.as_ref())
+        .filter(|w| !w.eof)
+        .map(|w| libc::pollfd {
+            fd: w.stdout_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: a valid array of pollfds (possibly empty, which just sleeps).
+    unsafe {
+        libc::poll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            timeout.as_millis() as i32,
+        )
+    };
+}

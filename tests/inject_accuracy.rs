@@ -1,0 +1,192 @@
+//! `oomlab inject` charges what it is asked to, as the kernel counts it: the cgroup's own
+//! `memory.usage_in_bytes`, read by the test, within ±2% of the request for each kind of memory
+//! and several worker counts; the seed case (4 workers, 200 MiB in a 500 MiB cgroup); `%` of the
+//! limit; pacing; and everything released at SIGTERM with exit 0.
+
+mod common;
+#[path = "inject_support.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{hierarchy, ratio, test_cgroup, usage, Injector, MIB};
+
+/// Injects `size` with `workers` workers of `kind` into a fresh 2 GiB cgroup and compares with
+/// the kernel's counter; then SIGTERM must release everything.
+fn charge_and_check(kind: &str, size: u64, workers: usize) {
+    let hier = hierarchy();
+    let scratch = test_cgroup(&hier, &format!("acc-{kind}-{workers}"), 2048 * MIB);
+    let cg = scratch.cgroup().clone();
+    let base = usage(&cg);
+    let mut inj = Injector::start(&[
+        "--cgroup",
+        &cg.path(),
+        "--size",
+        &size.to_string(),
+        "--workers",
+        &workers.to_string(),
+        "--kind",
+        kind,
+    ]);
+    let reached = inj.wait_for("target_reached", Duration::from_secs(90));
+    let charged = usage(&cg).saturating_sub(base);
+    let r = ratio(charged, size);
+    assert!(
+        (r - 1.0).abs() <= 0.02,
+        "{kind} {} MiB × {workers} workers: the cgroup was charged {} MiB ({:.2}%), want ±2%; event {reached}",
+        size / MIB,
+        charged / MIB,
+        r * 100.0
+    );
+    // Every process in the cgroup is one of the workers, and each worker is there.
+    let mut procs = cg.procs().expect("cgroup.procs");
+    let mut workers_seen = inj.worker_pids();
+    procs.sort_unstable();
+    workers_seen.sort_unstable();
+    assert_eq!(procs, workers_seen, "the target holds exactly the workers");
+    assert_eq!(workers_seen.len(), workers);
+    let (status, summary) = inj.terminate();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM ends the run with exit 0: {summary}"
+    );
+    assert_eq!(summary["requested_bytes"].as_u64(), Some(size));
+    let acc = summary["accuracy"].as_f64().expect("accuracy");
+    assert!(
+        (acc - 1.0).abs() <= 0.02,
+        "summary accuracy {acc}: {summary}"
+    );
+    assert!(summary["seconds_to_target"].as_f64().is_some(), "{summary}");
+    // Released: no worker left, usage back near where it was.
+    assert!(
+        cg.procs().expect("cgroup.procs").is_empty(),
+        "workers left behind"
+    );
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while usage(&cg) > base + size / 50 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        usage(&cg) <= base + size / 50,
+        "{kind}: {} MiB still charged after the run (baseline {} MiB)",
+        usage(&cg) / MIB,
+        base / MIB
+    );
+}
+
+const MATRIX: [(u64, usize); 3] = [(64 * MIB, 1), (256 * MIB, 2), (1024 * MIB, 4)];
+
+#[test]
+fn anon_is_charged_within_2_percent() {
+    if !common::need_root("anon_is_charged_within_2_percent") {
+        return;
+    }
+    for (size, workers) in MATRIX {
+        charge_and_check("anon", size, workers);
+    }
+}
+
+#[test]
+fn shmem_is_charged_within_2_percent() {
+    if !common::need_root("shmem_is_charged_within_2_percent") {
+        return;
+    }
+    for (size, workers) in MATRIX {
+        charge_and_check("shmem", size, workers);
+    }
+}
+
+#[test]
+fn file_is_charged_within_2_percent() {
+    if !common::need_root("file_is_charged_within_2_percent") {
+        return;
+    }
+    for (size, workers) in [(64 * MIB, 4), (256 * MIB, 1), (1024 * MIB, 2)] {
+        charge_and_check("file", size, workers);
+    }
+}
+
+/// The story oomlab starts from: stress-ng gave 51 MiB for "4 × 50 MiB". Here the size is the
+/// total: 200 MiB across 4 workers, each holding a quarter.
+#[test]
+fn seed_case_four_workers_200mib_in_500mib() {
+    if !common::need_root("seed_case_four_workers_200mib_in_500mib") {
+        return;
+    }
+    let hier = hierarchy();
+    let scratch = test_cgroup(&hier, "seed", 500 * MIB);
+    let cg = scratch.cgroup().clone();
+    let base = usage(&cg);
+    let mut inj = Injector::start(&["--cgroup", &cg.path(), "--workers", "4", "--size", "200MiB"]);
+    inj.wait_for("target_reached", Duration::from_secs(30));
+    let charged = usage(&cg) - base;
+    assert!(
+        (ratio(charged, 200 * MIB) - 1.0).abs() <= 0.02,
+        "charged {} MiB for 4 workers × --size 200MiB (total)",
+        charged / MIB
+    );
+    let sample = inj.wait_for("sample", Duration::from_secs(3));
+    assert_eq!(sample["workers_alive"], 4);
+    let held = sample["held_bytes"].as_u64().expect("held");
+    assert!(
+        held < 200 * MIB && held > 190 * MIB,
+        "the workers hold the pages: {sample}"
+    );
+    assert_eq!(sample["limit_bytes"].as_u64(), Some(500 * MIB));
+    let (status, summary) = inj.terminate();
+    assert!(status.success(), "{summary}");
+}
+
+#[test]
+fn percent_is_of_the_target_limit() {
+    if !common::need_root("percent_is_of_the_target_limit") {
+        return;
+    }
+    let hier = hierarchy();
+    let scratch = test_cgroup(&hier, "pct", 400 * MIB);
+    let cg = scratch.cgroup().clone();
+    let base = usage(&cg);
+    let mut inj = Injector::start(&["--cgroup", &cg.path(), "--workers", "2", "--size", "25%"]);
+    inj.wait_for("target_reached", Duration::from_secs(30));
+    let charged = usage(&cg) - base;
+    assert!(
+        (ratio(charged, 100 * MIB) - 1.0).abs() <= 0.02,
+        "25% of a 400 MiB limit is 100 MiB, charged {} MiB",
+        charged / MIB
+    );
+    let (_, summary) = inj.terminate();
+    assert_eq!(summary["requested_bytes"].as_u64(), Some(100 * MIB));
+}
+
+/// --ramp and --rate spread the growth out: half-way through, about half is charged.
+#[test]
+fn ramp_and_rate_pace_the_growth() {
+    if !common::need_root("ramp_and_rate_pace_the_growth") {
+        return;
+    }
+    let hier = hierarchy();
+    let scratch = test_cgroup(&hier, "pace", 1024 * MIB);
+    let cg = scratch.cgroup().clone();
+    for pace in [["--ramp", "2s"], ["--rate", "100MiB/s"]] {
+        let base = usage(&cg);
+        let mut inj =
+            Injector::start(&["--cgroup", &cg.path(), "--size", "200MiB", pace[0], pace[1]]);
+        inj.wait_for("worker_started", Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(1000));
+        let mid = usage(&cg) - base;
+        assert!(
+            mid > 50 * MIB && mid < 150 * MIB,
+            "{pace:?}: after 1 s of 2 s, {} MiB of 200 MiB charged",
+            mid / MIB
+        );
+        let reached = inj.wait_for("target_reached", Duration::from_secs(10));
+        let secs = reached["seconds"].as_f64().expect("seconds");
+        assert!(
+            secs >= 1.8,
+            "{pace:?}: reached in {secs} s, should take about 2 s"
+        );
+        let (status, _) = inj.terminate();
+        assert!(status.success());
+    }
+}

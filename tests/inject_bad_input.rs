@@ -1,0 +1,247 @@
+//! Bad input to `oomlab inject`: a clear message naming the problem and what to do, exit 2, and
+//! nothing created — no cgroup under `oomlab/` or `oomlab-test/`, no process in the target.
+
+mod common;
+#[path = "inject_support.rs"]
+mod support;
+
+use std::{collections::BTreeSet, os::unix::process::CommandExt, process::Command};
+
+use stress_user::cgroup::{Hierarchy, MemCgroup, ScratchCgroup, OWNED_PARENT};
+use support::{hierarchy, oomlab, test_cgroup, MIB};
+
+/// Every cgroup directory under the two parents oomlab and its tests create in.
+fn cgroups(hier: &Hierarchy) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for parent in [OWNED_PARENT, common::TEST_PARENT] {
+        if let Ok(rd) = std::fs::read_dir(hier.memory_mount.join(parent)) {
+            for e in rd.filter_map(Result::ok) {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.insert(format!("{parent}/{}", e.file_name().to_string_lossy()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Runs `cmd`, expects exit 2 and every `needles` in stderr, and that nothing was created.
+fn refused(hier: &Hierarchy, target: &MemCgroup, mut cmd: Command, needles: &[&str]) {
+    let before = cgroups(hier);
+    let out = cmd.output().expect("run oomlab inject");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{cmd:?}: want exit 2, stderr: {err}"
+    );
+    for n in needles {
+        assert!(
+            err.contains(n),
+            "{cmd:?}: stderr should mention {n:?}: {err}"
+        );
+    }
+    assert_eq!(cgroups(hier), before, "{cmd:?} created a cgroup");
+    assert!(
+        target.procs().expect("procs").is_empty(),
+        "{cmd:?} left a process in the target"
+    );
+}
+
+fn inject(args: &[&str]) -> Command {
+    let mut c = oomlab();
+    c.arg("inject").args(args).args(["--duration", "1s"]);
+    c
+}
+
+#[test]
+fn every_bad_input_is_refused_before_anything_is_created() {
+    if !common::need_root("every_bad_input_is_refused_before_anything_is_created") {
+        return;
+    }
+    let hier = hierarchy();
+    let limited = test_cgroup(&hier, "bad-limited", 100 * MIB);
+    let unlimited = ScratchCgroup::create(
+        &hier,
+        common::TEST_PARENT,
+        &common::unique("bad-unlimited"),
+        None,
+    )
+    .expect("unlimited test cgroup");
+    let lim = limited.cgroup().path();
+    let unl = unlimited.cgroup().path();
+    let t = limited.cgroup();
+    let taken = ScratchCgroup::create(&hier, OWNED_PARENT, &common::unique("taken"), None)
+        .expect("a cgroup under oomlab/ whose name is taken");
+    let taken_name = common::unique("taken");
+
+    refused(
+        &hier,
+        t,
+        inject(&["--cgroup", &lim, "--size", "0"]),
+        &["\"0\" is zero", "positive"],
+    );
+    refused(
+        &hier,
+        t,
+        inject(&["--cgroup", &lim, "--size", "-5MiB"]),
+        &["\"-5MiB\""],
+    );
+    refused(
+        &hier,
+        t,
+        inject(&["--cgroup", &lim, "--size", "lots"]),
+        &["invalid size \"lots\"", "200MiB"],
+    );
+    refused(
+        &hier,
+        t,
+        inject(&["--cgroup", &unl, "--size", "50%"]),
+        &["no memory limit", "absolute size"],
+    );
+    refused(
+        &hier,
+        t,
+        inject(&[
+            "--cgroup",
+            &lim,
+            "--size",
+            "10MiB",
+            "--oom-score-adj",
+            "1001",
+        ]),
+        &["1001", "--oom-score-adj"],
+    );
+    refused(
+        &hier,
+        t,
+        inject(&[
+            "--cgroup",
+            &lim,
+            "--size",
+            "10MiB",
+            "--oom-score-adj",
+            "-1001",
+        ]),
+        &["-1001"],
+    );
+    refused(
+        &hier,
+        t,
+        inject(&["--new", &taken_name, "--limit", "100MiB", "--size", "10MiB"]),
+        &["already exists", "oomlab cleanup"],
+    );
+    refused(
+        &hier,
+        t,
+        inject(&["--cgroup", &lim, "--size", "200MiB"]),
+        &["will OOM", "--allow-oom"],
+    );
+    refused(
+        &hier,
+        t,
+        inject(&[
+            "--new",
+            &common::unique("over"),
+            "--limit",
+            "100MiB",
+            "--size",
+            "101MiB",
+        ]),
+        &["will OOM"],
+    );
+    refused(
+        &hier,
+        t,
+        inject(&["--cgroup", &unl, "--size", "100TiB"]),
+        &["MemAvailable", "5%", "--force"],
+    );
+    refused(
+        &hier,
+        t,
+        inject(&["--cgroup", "/oomlab-test/does-not-exist", "--size", "10MiB"]),
+        &["does not exist"],
+    );
+    refused(
+        &hier,
+        t,
+        inject(&["--cgroup", "../..", "--size", "10MiB"]),
+        &["leaves the memory controller's mount"],
+    );
+    refused(
+        &hier,
+        t,
+        inject(&["--cgroup", "/", "--size", "10MiB"]),
+        &["refusing", "--force"],
+    );
+    refused(&hier, t, inject(&["--size", "10MiB"]), &["no target"]);
+    refused(
+        &hier,
+        t,
+        inject(&[
+            "--cgroup",
+            &lim,
+            "--size",
+            "10MiB",
+            "--working-set",
+            "10MiB",
+        ]),
+        &["--working-set"],
+    );
+    refused(
+        &hier,
+        t,
+        inject(&[
+            "--cgroup",
+            &lim,
+            "--size",
+            "10MiB",
+            "--kind",
+            "file",
+            "--file-dir",
+            "/dev/shm",
+        ]),
+        &["tmpfs", "--file-dir"],
+    );
+    refused(
+        &hier,
+        t,
+        inject(&["--cgroup", &lim, "--size", "10MiB", "--redirty", "0s"]),
+        &["--redirty must be above zero"],
+    );
+
+    // Not root.
+    let mut nobody = inject(&["--cgroup", &lim, "--size", "10MiB"]);
+    nobody.uid(65534).gid(65534);
+    refused(&hier, t, nobody, &["must run as root", "euid is 65534"]);
+
+    // Root without CAP_SYS_RESOURCE cannot lower oom_score_adj: dropped from the bounding set
+    // before exec, so the new image never has it.
+    let cap = caps::Capability::CAP_SYS_RESOURCE.index();
+    let cap_sys_resource = libc::c_ulong::from(cap);
+    let mut no_cap = inject(&[
+        "--cgroup",
+        &lim,
+        "--size",
+        "10MiB",
+        "--oom-score-adj",
+        "-500",
+    ]);
+    // SAFETY: prctl only, between fork and exec.
+    unsafe {
+        no_cap.pre_exec(move || {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap_sys_resource, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    refused(
+        &hier,
+        t,
+        no_cap,
+        &["CAP_SYS_RESOURCE", "--oom-score-adj -500"],
+    );
+
+    drop(taken);
+}

@@ -1,0 +1,146 @@
+//! `--on-oom stop|respawn|continue` with a size over the target's limit and `--allow-oom`: the
+//! OOM kill of a worker is reported with its pid and signal, in agreement with the cgroup's
+//! `oom_kill` counter and the kernel log; `stop` exits 3; respawns are counted.
+
+mod common;
+#[path = "inject_support.rs"]
+mod support;
+
+use std::time::Duration;
+
+use support::{hierarchy, test_cgroup, Injector, MIB};
+
+#[test]
+fn stop_reports_the_kill_and_exits_3() {
+    if !common::need_root("stop_reports_the_kill_and_exits_3") {
+        return;
+    }
+    let hier = hierarchy();
+    let scratch = test_cgroup(&hier, "oom-stop", 128 * MIB);
+    let cg = scratch.cgroup().clone();
+    let kills_before = cg.oom_kills().expect("oom_kill");
+    let mut kmsg = common::Kmsg::open_at_end();
+    let mut inj = Injector::start(&[
+        "--cgroup",
+        &cg.path(),
+        "--size",
+        "256MiB",
+        "--workers",
+        "2",
+        "--allow-oom",
+        "--on-oom",
+        "stop",
+        "--oom-score-adj",
+        "900",
+    ]);
+    let killed = inj.wait_for("worker_killed", Duration::from_secs(30));
+    let pid = killed["pid"].as_i64().expect("pid");
+    assert_eq!(killed["signal"], "SIGKILL", "{killed}");
+    assert_eq!(killed["oom_kill"], true, "{killed}");
+    assert!(
+        inj.worker_pids().contains(&(pid as i32)),
+        "the killed pid is one of ours"
+    );
+    let line = kmsg
+        .wait_for(&format!("Killed process {pid} "), Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("/dev/kmsg has no 'Killed process {pid}' line"));
+    assert!(
+        line.contains("oom_score_adj:900"),
+        "adj set before allocating: {line}"
+    );
+    let (status, summary) = inj.finish();
+    assert_eq!(status.code(), Some(3), "--on-oom stop exits 3: {summary}");
+    assert_eq!(summary["stopped_by"], "worker_died");
+    assert!(summary["worker_kills"].as_u64() >= Some(1));
+    let kills = cg.oom_kills().expect("oom_kill") - kills_before;
+    assert_eq!(
+        summary["oom_kills"].as_u64(),
+        Some(kills),
+        "summary agrees with memory.oom_control"
+    );
+    assert!(cg.procs().expect("procs").is_empty(), "no worker left");
+}
+
+#[test]
+fn respawn_counts_respawns() {
+    if !common::need_root("respawn_counts_respawns") {
+        return;
+    }
+    let hier = hierarchy();
+    let scratch = test_cgroup(&hier, "oom-respawn", 128 * MIB);
+    let cg = scratch.cgroup().clone();
+    let kills_before = cg.oom_kills().expect("oom_kill");
+    let mut inj = Injector::start(&[
+        "--cgroup",
+        &cg.path(),
+        "--size",
+        "256MiB",
+        "--workers",
+        "2",
+        "--allow-oom",
+        "--on-oom",
+        "respawn",
+        "--duration",
+        "4s",
+    ]);
+    inj.wait_for("worker_killed", Duration::from_secs(30));
+    let (status, summary) = inj.finish();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "respawn runs to --duration: {summary}"
+    );
+    let respawns = summary["respawns"].as_u64().expect("respawns");
+    assert!(respawns >= 1, "{summary}");
+    let respawned = inj
+        .all("worker_started")
+        .iter()
+        .filter(|e| e["respawn"] == true)
+        .count() as u64;
+    assert_eq!(respawned, respawns, "one worker_started per respawn");
+    assert_eq!(
+        inj.all("worker_killed").len() as u64,
+        summary["worker_kills"].as_u64().expect("kills"),
+        "one worker_killed per kill"
+    );
+    let kills = cg.oom_kills().expect("oom_kill") - kills_before;
+    assert_eq!(summary["oom_kills"].as_u64(), Some(kills), "{summary}");
+    assert!(
+        summary["worker_kills"].as_u64() >= Some(respawns),
+        "{summary}"
+    );
+}
+
+#[test]
+fn continue_carries_on_with_the_survivor() {
+    if !common::need_root("continue_carries_on_with_the_survivor") {
+        return;
+    }
+    let hier = hierarchy();
+    let scratch = test_cgroup(&hier, "oom-continue", 128 * MIB);
+    let cg = scratch.cgroup().clone();
+    // Two workers of 100 MiB do not fit in 128 MiB; one does.
+    let mut inj = Injector::start(&[
+        "--cgroup",
+        &cg.path(),
+        "--size",
+        "200MiB",
+        "--workers",
+        "2",
+        "--allow-oom",
+        "--on-oom",
+        "continue",
+        "--duration",
+        "4s",
+    ]);
+    let killed = inj.wait_for("worker_killed", Duration::from_secs(30));
+    assert_eq!(killed["signal"], "SIGKILL", "{killed}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let survivors = cg.procs().expect("procs");
+    assert_eq!(survivors.len(), 1, "one worker carries on: {survivors:?}");
+    let (status, summary) = inj.finish();
+    assert_eq!(status.code(), Some(0), "{summary}");
+    assert_eq!(summary["stopped_by"], "duration");
+    assert_eq!(summary["worker_kills"], 1, "{summary}");
+    assert_eq!(summary["respawns"], 0, "{summary}");
+}
