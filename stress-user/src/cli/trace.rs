@@ -44,6 +44,17 @@ pub struct Args {
     /// kernel-to-output latency against `ts`).
     #[arg(long, hide = true)]
     write_stamps: bool,
+    /// Print the current oom_score and oom_score_adj of every process in the target (or on the
+    /// node), highest first, and exit without tracing.
+    #[arg(long)]
+    scoreboard: bool,
+}
+
+#[derive(Serialize)]
+struct Scoreboard<'a> {
+    ts: f64,
+    target: Option<String>,
+    processes: &'a [crate::trace::scoreboard::Entry],
 }
 
 #[derive(Serialize)]
@@ -189,6 +200,13 @@ impl<W: Write> Sink<W> {
         self.out.flush()
     }
 
+    fn episode(&mut self, ep: &crate::trace::episode::Episode) -> std::io::Result<()> {
+        match self.fmt {
+            OutputFormat::Json => json_line(&mut self.out, "oom_episode", ep),
+            OutputFormat::Human => ep.render_human(&mut self.out),
+        }
+    }
+
     fn lost(&mut self, stats: Stats) -> std::io::Result<()> {
         let ts = monotonic().as_secs_f64();
         match self.fmt {
@@ -226,6 +244,28 @@ async fn run_async(args: Args) -> anyhow::Result<i32> {
             }
         }
     };
+    if args.scoreboard {
+        let board = crate::trace::scoreboard::for_target(target.as_ref())?;
+        let mut out = std::io::stdout().lock();
+        match args.output {
+            OutputFormat::Json => json_line(
+                &mut out,
+                "scoreboard",
+                &Scoreboard {
+                    ts: monotonic().as_secs_f64(),
+                    target: target.as_ref().map(|t| t.path()),
+                    processes: &board,
+                },
+            )?,
+            OutputFormat::Human => crate::trace::scoreboard::render(&board, &mut out)?,
+        }
+        return Ok(exit::OK);
+    }
+    // Opened before the tracer attaches, so no OOM report after `ready` is missed.
+    let mut episodes = args
+        .events
+        .oom
+        .then(|| crate::trace::episode::Episodes::start(target.as_ref().map(|t| t.path())));
     let opts = TraceOptions {
         hooks: true,
         events: args.events,
@@ -273,7 +313,14 @@ async fn run_async(args: Args) -> anyhow::Result<i32> {
     let mut tick = tokio::time::interval(args.summary_interval);
     tick.tick().await;
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut episode_tick = tokio::time::interval(Duration::from_millis(100));
     loop {
+        let kmsg_record = async {
+            match &mut episodes {
+                Some(e) => e.record().await,
+                None => std::future::pending().await,
+            }
+        };
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
@@ -282,9 +329,26 @@ async fn run_async(args: Args) -> anyhow::Result<i32> {
         };
         tokio::select! {
             ev = rx.recv() => match ev {
-                Some(ev) => sink.event(&ev)?,
+                Some(ev) => {
+                    if let Some(e) = &mut episodes {
+                        e.push_event(&ev);
+                    }
+                    sink.event(&ev)?
+                }
                 None => break,
             },
+            Some(rec) = kmsg_record => {
+                if let Some(e) = &mut episodes {
+                    e.push_record(&rec);
+                }
+            }
+            _ = episode_tick.tick() => {
+                if let Some(e) = &mut episodes {
+                    for ep in e.poll() {
+                        sink.episode(&ep)?;
+                    }
+                }
+            }
             _ = tick.tick() => sink.summary(&tracer)?,
             _ = sleep => break,
             _ = &mut ctrl_c => break,
@@ -294,7 +358,15 @@ async fn run_async(args: Args) -> anyhow::Result<i32> {
     // Whatever is already in the channel was produced before the end: report it, then the
     // last summary and the drop count.
     while let Ok(ev) = rx.try_recv() {
+        if let Some(e) = &mut episodes {
+            e.push_event(&ev);
+        }
         sink.event(&ev)?;
+    }
+    if let Some(e) = &mut episodes {
+        for ep in e.flush() {
+            sink.episode(&ep)?;
+        }
     }
     sink.summary(&tracer)?;
     let stats = tracer.stats();

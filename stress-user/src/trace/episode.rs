@@ -9,15 +9,20 @@
 
 use std::{
     collections::VecDeque,
+    io::{self, Write},
     time::{Duration, Instant},
 };
 
 use serde::Serialize;
+use tokio::sync::mpsc;
 
 use crate::trace::{
     badness::{self, Ranking},
     event::{ReaperStep, Task, Victim},
-    kmsg::{Killed, MemCounter, OomHeader, OomLine, OomParser, OomSummary, Reaped, Record, Scope},
+    kmsg::{
+        Killed, KmsgReader, MemCounter, OomHeader, OomLine, OomParser, OomSummary, Reaped, Record,
+        Scope,
+    },
     scoreboard::{AdjChange, AdjTimeline},
     Event, EventKind,
 };
@@ -87,6 +92,8 @@ pub struct ReaperNote {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Episode {
     pub id: u64,
+    /// Kernel time of the episode: the `mark_victim` event's, else the report's printk time.
+    pub ts: f64,
     /// printk time of the report's first line, seconds since boot (None: tracepoint only).
     pub kmsg_ts: Option<f64>,
     /// Kernel time of the first `mark_victim` event (CLOCK_MONOTONIC seconds).
@@ -114,6 +121,193 @@ impl Episode {
     /// The pid the kernel selected.
     pub fn selected(&self) -> Option<i32> {
         self.victims.iter().find(|v| v.selected).map(|v| v.pid)
+    }
+
+    /// Whether the episode concerns `target` (a cgroup path relative to the controller's
+    /// mount) or its descendants: a victim the (target-filtered) tracer saw, the OOM domain,
+    /// or a victim's cgroup.
+    pub fn in_target(&self, target: &str) -> bool {
+        let t = target.trim_matches('/');
+        let inside = |p: &str| {
+            let p = p.trim_matches('/');
+            t.is_empty() || p == t || p.strip_prefix(t).is_some_and(|r| r.starts_with('/'))
+        };
+        self.victims.iter().any(|v| v.traced)
+            || self.domain.memcg.as_deref().is_some_and(inside)
+            || self
+                .victims
+                .iter()
+                .any(|v| v.cgroup.as_deref().is_some_and(inside))
+    }
+
+    /// A human block: one headline, the victims, the ranked candidate table.
+    pub fn render_human(&self, out: &mut impl Write) -> io::Result<()> {
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "?".into());
+        let scope = match self.domain.scope {
+            Some(Scope::Memcg) => "memcg",
+            Some(Scope::Global) => "global",
+            None => "?",
+        };
+        writeln!(
+            out,
+            "{:>14.6}  OOM-EPISODE #{} {scope} {}  {}  trigger {} ({}) gfp {} order {}",
+            self.ts,
+            self.id,
+            self.domain.memcg.as_deref().unwrap_or("-"),
+            self.constraint.as_deref().unwrap_or("-"),
+            opt(self.trigger.pid.map(|p| p.to_string())),
+            self.trigger.comm.as_deref().unwrap_or("?"),
+            self.trigger.gfp_mask.as_deref().unwrap_or("?"),
+            opt(self.trigger.order.map(|o| o.to_string())),
+        )?;
+        let pad = " ".repeat(16);
+        if let Some(g) = &self.group_kill {
+            writeln!(out, "{pad}memory.oom.group: every task of {g} killed")?;
+        }
+        for v in &self.victims {
+            let how: Vec<&str> = [
+                (v.selected, "selected"),
+                (v.logged, "logged"),
+                (v.traced, "traced"),
+            ]
+            .into_iter()
+            .filter_map(|(on, n)| on.then_some(n))
+            .collect();
+            writeln!(
+                out,
+                "{pad}killed {} ({}) adj {}  anon {} KiB  cgroup {}  [{}]",
+                v.pid,
+                v.comm.as_deref().unwrap_or("?"),
+                opt(v.oom_score_adj.map(|a| a.to_string())),
+                opt(v.anon_rss_kb.map(|a| a.to_string())),
+                v.cgroup.as_deref().unwrap_or("?"),
+                how.join(",")
+            )?;
+            for c in &v.adj_history {
+                writeln!(
+                    out,
+                    "{pad}  adj {} at {:.6} by {} ({})",
+                    c.oom_score_adj, c.ts, c.writer_pid, c.writer_comm
+                )?;
+            }
+        }
+        for r in &self.reaper {
+            writeln!(out, "{pad}reaper {} {}", r.step, r.pid)?;
+        }
+        match &self.selection {
+            None => writeln!(
+                out,
+                "{pad}no candidate table (vm.oom_dump_tasks=0, ratelimited, or no report)"
+            )?,
+            Some(sel) => {
+                writeln!(
+                    out,
+                    "{pad}candidates (totalpages {}, badness = rss + swap + pgtables + adj * (totalpages / 1000)):",
+                    sel.totalpages
+                )?;
+                writeln!(
+                    out,
+                    "{pad}  {:>4} {:>8} {:>9} {:>8} {:>6} {:>6} {:>6}  name",
+                    "rank", "pid", "points", "rss", "swap", "pgtbl", "adj"
+                )?;
+                for c in &sel.candidates {
+                    writeln!(
+                        out,
+                        "{pad}{} {:>4} {:>8} {:>9} {:>8} {:>6} {:>6} {:>6}  {}",
+                        if c.chosen { "=>" } else { "  " },
+                        opt(c.rank.map(|r| r.to_string())),
+                        c.pid,
+                        c.points.map_or("never".into(), |p| p.to_string()),
+                        opt(c.rss_pages.map(|r| r.to_string())),
+                        opt(c.swapents.map(|r| r.to_string())),
+                        opt(c
+                            .pgtables_bytes
+                            .map(|b| (b / badness::PAGE_SIZE).to_string())),
+                        opt(c.oom_score_adj.map(|r| r.to_string())),
+                        c.name
+                    )?;
+                }
+                match (&sel.disagreement, sel.agrees()) {
+                    (Some(d), _) => writeln!(out, "{pad}DISAGREEMENT: {d}")?,
+                    (None, Some(true)) => {
+                        writeln!(out, "{pad}oomlab's ranking agrees with the kernel's choice")?
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out.flush()
+    }
+}
+
+/// The live side for `oomlab trace`: `/dev/kmsg` records and tracer events in, complete episodes
+/// (of the target, if any) out.
+pub struct Episodes {
+    builder: EpisodeBuilder,
+    kmsg: Option<(KmsgReader, mpsc::Receiver<Record>)>,
+    target: Option<String>,
+}
+
+impl Episodes {
+    /// Opens `/dev/kmsg` from its end. Without it (no permission) episodes come from the
+    /// tracepoints alone, without a candidate table; the reason is logged.
+    pub fn start(target: Option<String>) -> Episodes {
+        let kmsg = match KmsgReader::start() {
+            Ok(k) => Some(k),
+            Err(e) => {
+                log::warn!("OOM episodes without the kernel's candidate table: {e}");
+                None
+            }
+        };
+        Episodes {
+            builder: EpisodeBuilder::for_this_node(),
+            kmsg,
+            target,
+        }
+    }
+
+    pub fn has_kmsg(&self) -> bool {
+        self.kmsg.is_some()
+    }
+
+    /// The next kernel-log record (pending forever without `/dev/kmsg`).
+    pub async fn record(&mut self) -> Option<Record> {
+        match &mut self.kmsg {
+            Some((_, rx)) => rx.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    pub fn push_record(&mut self, rec: &Record) {
+        self.builder.push_record(rec, Instant::now());
+    }
+
+    pub fn push_event(&mut self, ev: &Event) {
+        self.builder.push_event(ev, Instant::now());
+    }
+
+    pub fn poll(&mut self) -> Vec<Episode> {
+        let eps = self.builder.poll(Instant::now());
+        self.keep_target(eps)
+    }
+
+    /// At the end of the trace: reads what the kernel log still holds, then closes everything.
+    pub fn flush(&mut self) -> Vec<Episode> {
+        let now = Instant::now();
+        if let Some((_, rx)) = &mut self.kmsg {
+            while let Ok(rec) = rx.try_recv() {
+                self.builder.push_record(&rec, now);
+            }
+        }
+        let eps = self.builder.flush();
+        self.keep_target(eps)
+    }
+
+    fn keep_target(&self, eps: Vec<Episode>) -> Vec<Episode> {
+        match &self.target {
+            Some(t) => eps.into_iter().filter(|e| e.in_target(t)).collect(),
+            None => eps,
+        }
     }
 }
 
@@ -365,6 +559,7 @@ impl EpisodeBuilder {
         let id = self.next_id();
         let mut ep = Episode {
             id,
+            ts: 0.0,
             kmsg_ts: r.first_ts.map(|t| t.as_secs_f64()),
             event_ts: None,
             trigger: Trigger::default(),
@@ -466,6 +661,7 @@ impl EpisodeBuilder {
         let id = self.next_id();
         let mut ep = Episode {
             id,
+            ts: 0.0,
             kmsg_ts: None,
             event_ts: None,
             trigger: Trigger::default(),
@@ -531,6 +727,7 @@ impl EpisodeBuilder {
     }
 
     fn fill_adj(&self, ep: &mut Episode) {
+        ep.ts = ep.event_ts.or(ep.kmsg_ts).unwrap_or(0.0);
         for v in &mut ep.victims {
             v.adj_history = self.adj.history(v.pid).to_vec();
         }
@@ -777,5 +974,36 @@ mod tests {
             eps[0].trigger.gfp_mask.as_deref(),
             Some("0x140dca(GFP_HIGHUSER_MOVABLE|__GFP_COMP|__GFP_ZERO)")
         );
+    }
+
+    #[test]
+    fn target_filter_and_human_block() {
+        let t0 = Instant::now();
+        let mut b = EpisodeBuilder::new(0, None);
+        feed(&mut b, "6.18-host-memcg.txt", t0);
+        let ep = b.poll(t0 + QUIET).pop().expect("episode");
+        assert!(ep.in_target("/oomlab-test"));
+        assert!(ep.in_target("oomlab-test/victims-fixture-18259/"));
+        assert!(ep.in_target("/"));
+        assert!(
+            !ep.in_target("/oomlab-test/victims-fixture-1825"),
+            "a sibling prefix is not a parent"
+        );
+        assert!(!ep.in_target("/other"));
+        let mut text = Vec::new();
+        ep.render_human(&mut text).expect("render");
+        let text = String::from_utf8(text).expect("utf8");
+        let chosen = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("=>"))
+            .expect("marked row");
+        assert!(
+            chosen.contains("19495") && chosen.contains("7544"),
+            "{text}"
+        );
+        assert!(text.contains("agrees with the kernel"), "{text}");
+        let v = serde_json::to_value(&ep).expect("json");
+        assert_eq!(v["selection"]["candidates"][0]["pid"], 19495);
+        assert_eq!(v["domain"]["scope"], "memcg");
     }
 }

@@ -162,6 +162,17 @@ pub fn for_cgroup(
     Ok(out)
 }
 
+/// The scoreboard of a target cgroup (and descendants), or of the node when `None`.
+pub fn for_target(
+    target: Option<&crate::cgroup::MemCgroup>,
+) -> Result<Vec<Entry>, ScoreboardError> {
+    let proc_root = Path::new("/proc");
+    match target {
+        Some(cg) => for_cgroup(proc_root, &cg.mount, &cg.dir()),
+        None => for_node(proc_root),
+    }
+}
+
 /// Every user process on the node.
 pub fn for_node(proc_root: &Path) -> Result<Vec<Entry>, ScoreboardError> {
     let dir = fs::read_dir(proc_root).map_err(|e| ScoreboardError::Procs {
