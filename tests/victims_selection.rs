@@ -1,0 +1,284 @@
+//! Victim selection on the real kernel: three `oomlab app` processes of different sizes and
+//! `oom_score_adj` share a 32 MiB cgroup, a fourth pushes it over. `oomlab trace --output json`
+//! must report an `oom_episode` naming the kernel's victim (checked against `/dev/kmsg` and the
+//! cgroup's `oom_kill` counter) with oomlab's badness ranking putting that pid first — and the
+//! victim is chosen by its adj, not by being the largest.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    os::unix::process::ExitStatusExt,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use stress_user::cgroup::{Hierarchy, ScratchCgroup};
+
+/// Kills the child (by its pid, which this test started) when the test ends, however it ends.
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `oomlab app` in `cg` and waits until it holds its memory.
+fn app(cg: &str, size: &str, adj: i32, duration: &str) -> Reap {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_oomlab"))
+        .args(["app", "--size", size, "--oom-score-adj", &adj.to_string()])
+        .args(["--cgroup", cg, "--duration", duration])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn oomlab app");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("read app's first line");
+    assert!(
+        line.contains("holding"),
+        "oomlab app {size} adj {adj} did not start: {line:?}"
+    );
+    Reap(child)
+}
+
+fn pid(c: &Reap) -> i64 {
+    i64::from(c.0.id())
+}
+
+/// `oomlab trace` with its JSON lines read on a thread.
+fn trace(args: &[&str]) -> (Reap, mpsc::Receiver<Value>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_oomlab"))
+        .arg("trace")
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn oomlab trace");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("trace printed a non-JSON line {line:?}: {e}"));
+            if tx.send(v).is_err() {
+                return;
+            }
+        }
+    });
+    (Reap(child), rx)
+}
+
+fn wait_for(
+    rx: &mpsc::Receiver<Value>,
+    what: &str,
+    timeout: Duration,
+    f: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(v) if f(&v) => return v,
+            Ok(_) => {}
+            Err(e) => panic!("no {what} from oomlab trace within {timeout:?}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn episode_names_the_kernels_victim_and_ranks_it_first() {
+    if !common::need_root("episode_names_the_kernels_victim_and_ranks_it_first") {
+        return;
+    }
+    let hier = Hierarchy::detect().expect("a memory cgroup controller");
+    let scratch = ScratchCgroup::create(
+        &hier,
+        common::TEST_PARENT,
+        &common::unique("victims"),
+        Some(32 << 20),
+    )
+    .expect("scratch cgroup with a 32 MiB limit");
+    let cg = scratch.cgroup().clone();
+    let path = cg.path();
+
+    // 8 MiB with adj 500 outscores 10 MiB with adj 0 by ~4000 pages (500 × 8192/1000) — a
+    // margin no binary/library rss noise can close. Negative adj needs CAP_SYS_RESOURCE, which
+    // the test machines' root lacks, so the "protected" one is simply adj 0.
+    let small = app(&path, "6MiB", 0, "60s");
+    let favoured = app(&path, "8MiB", 500, "60s");
+    let large = app(&path, "10MiB", 0, "60s");
+    let ours = [pid(&small), pid(&favoured), pid(&large)];
+
+    // The scoreboard sees the three, the adj-500 one first.
+    let out = Command::new(env!("CARGO_BIN_EXE_oomlab"))
+        .args([
+            "trace",
+            "--scoreboard",
+            "--output",
+            "json",
+            "--cgroup",
+            &path,
+        ])
+        .output()
+        .expect("run oomlab trace --scoreboard");
+    assert!(out.status.success(), "scoreboard failed: {out:?}");
+    let board: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(board["type"], "scoreboard");
+    let procs = board["processes"].as_array().expect("processes");
+    let listed: Vec<i64> = procs
+        .iter()
+        .map(|p| p["pid"].as_i64().expect("pid"))
+        .collect();
+    let mut sorted = listed.clone();
+    sorted.sort_unstable();
+    let mut expected = ours.to_vec();
+    expected.sort_unstable();
+    assert_eq!(
+        sorted, expected,
+        "scoreboard lists exactly the cgroup's processes"
+    );
+    assert_eq!(
+        listed[0],
+        pid(&favoured),
+        "highest oom_score first: {board}"
+    );
+    assert_eq!(procs[0]["oom_score_adj"], 500);
+    // Its oom_score is the kernel's own, read back from /proc.
+    let kernel_score: i64 = std::fs::read_to_string(format!("/proc/{}/oom_score", pid(&favoured)))
+        .expect("oom_score")
+        .trim()
+        .parse()
+        .expect("number");
+    let shown = procs[0]["oom_score"].as_i64().expect("oom_score");
+    assert!(
+        (shown - kernel_score).abs() <= 5,
+        "scoreboard {shown} vs /proc {kernel_score}"
+    );
+
+    let kills_before = cg.oom_kills().expect("oom_kill counter");
+    let (_trace, rx) = trace(&[
+        "--output",
+        "json",
+        "--events",
+        "oom",
+        "--cgroup",
+        &path,
+        "--duration",
+        "60s",
+    ]);
+    wait_for(&rx, "ready line", Duration::from_secs(10), |v| {
+        v["type"] == "ready"
+    });
+    let mut kmsg = common::Kmsg::open_at_end();
+
+    let pusher = Command::new(env!("CARGO_BIN_EXE_oomlab"))
+        .args([
+            "app",
+            "--size",
+            "12MiB",
+            "--cgroup",
+            &path,
+            "--duration",
+            "1s",
+        ])
+        .status()
+        .expect("run the pushing oomlab app");
+    assert!(
+        pusher.success(),
+        "the pusher should survive (adj 500 outranks it): {pusher:?}"
+    );
+
+    let episode = wait_for(
+        &rx,
+        "oom_episode for our cgroup",
+        Duration::from_secs(15),
+        |v| v["type"] == "oom_episode" && v["domain"]["memcg"] == path.as_str(),
+    );
+    let kernel_line = kmsg
+        .wait_for(
+            &format!("Killed process {} ", pid(&favoured)),
+            Duration::from_secs(5),
+        )
+        .unwrap_or_else(|| {
+            panic!(
+                "/dev/kmsg has no 'Killed process {}' line; episode: {episode:#}",
+                pid(&favoured)
+            )
+        });
+    assert!(kernel_line.contains("oom_score_adj:500"), "{kernel_line}");
+
+    let victims = episode["victims"].as_array().expect("victims");
+    assert_eq!(victims.len(), 1, "one victim: {episode:#}");
+    assert_eq!(
+        victims[0]["pid"].as_i64(),
+        Some(pid(&favoured)),
+        "{episode:#}"
+    );
+    assert_eq!(victims[0]["selected"], true);
+    assert_eq!(victims[0]["logged"], true);
+    assert_eq!(
+        victims[0]["traced"], true,
+        "mark_victim matched the report: {episode:#}"
+    );
+    assert_eq!(episode["constraint"], "CONSTRAINT_MEMCG");
+    assert_eq!(episode["domain"]["scope"], "memcg");
+
+    let sel = &episode["selection"];
+    assert_eq!(sel["totalpages"], 8192, "32 MiB limit, no swap: {sel:#}");
+    assert_eq!(sel["kernel_pid"].as_i64(), Some(pid(&favoured)));
+    assert_eq!(
+        sel["predicted_pid"].as_i64(),
+        Some(pid(&favoured)),
+        "{sel:#}"
+    );
+    assert!(sel["disagreement"].is_null(), "{sel:#}");
+    let cands = sel["candidates"].as_array().expect("candidates");
+    assert_eq!(cands[0]["pid"].as_i64(), Some(pid(&favoured)));
+    assert_eq!(cands[0]["chosen"], true);
+    assert_eq!(cands[0]["rank"], 1);
+    let table: Vec<i64> = cands
+        .iter()
+        .map(|c| c["pid"].as_i64().expect("pid"))
+        .collect();
+    for p in ours {
+        assert!(table.contains(&p), "candidate table lacks {p}: {table:?}");
+    }
+    assert_eq!(table.len(), 4, "our three plus the pusher: {table:?}");
+    // The scenario is meaningful only if the victim was not simply the largest.
+    let rss = |p: i64| {
+        cands
+            .iter()
+            .find(|c| c["pid"].as_i64() == Some(p))
+            .and_then(|c| c["rss_pages"].as_i64())
+            .expect("rss")
+    };
+    assert!(rss(pid(&large)) > rss(pid(&favoured)), "{sel:#}");
+    // Badness by hand from the table, as the kernel computes it.
+    let c0 = &cands[0];
+    let by_hand = c0["rss_pages"].as_i64().expect("rss")
+        + c0["swapents"].as_i64().expect("swap")
+        + c0["pgtables_bytes"].as_i64().expect("pgtables") / 4096
+        + 500 * (8192 / 1000);
+    assert_eq!(c0["points"].as_i64(), Some(by_hand));
+
+    let mut favoured = favoured;
+    let status = favoured.0.wait().expect("wait for the victim");
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "the adj-500 app was OOM-killed"
+    );
+    assert_eq!(
+        cg.oom_kills().expect("oom_kill counter"),
+        kills_before + 1,
+        "exactly one OOM kill in the cgroup"
+    );
+    drop((small, large));
+    drop(scratch);
+    assert!(!cg.exists(), "scratch cgroup removed");
+}
