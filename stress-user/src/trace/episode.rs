@@ -1006,4 +1006,31 @@ mod tests {
         assert_eq!(v["selection"]["candidates"][0]["pid"], 19495);
         assert_eq!(v["domain"]["scope"], "memcg");
     }
+
+    #[test]
+    fn global_oom_uses_ram_minus_reserved_and_ignores_the_later_show_mem() {
+        let t0 = Instant::now();
+        let mut b = EpisodeBuilder::new(0, None);
+        feed(&mut b, "6.12-debian-global.txt", t0);
+        let eps = b.poll(t0 + STALE);
+        assert_eq!(
+            eps.len(),
+            1,
+            "the allocation-failure warning is no episode: {eps:#?}"
+        );
+        let ep = &eps[0];
+        assert_eq!(ep.domain.scope, Some(Scope::Global));
+        assert_eq!(
+            (ep.domain.memcg.as_deref(), ep.constraint.as_deref()),
+            (None, Some("CONSTRAINT_NONE"))
+        );
+        let sel = ep.selection.as_ref().expect("table");
+        // 130942 pages RAM − 12186 reserved = 118756 = the VM's MemTotal (475024 kB) / 4.
+        assert_eq!(sel.totalpages, 118_756);
+        // 138: 72240 + 638976/4096 (156) = 72396; 134: 9082 + 28 + 500 × 118 = 68110.
+        let pts: Vec<(i32, Option<i64>)> =
+            sel.candidates.iter().map(|c| (c.pid, c.points)).collect();
+        assert_eq!(pts[..2], [(138, Some(72_396)), (134, Some(68_110))]);
+        assert_eq!((sel.kernel_pid, sel.agrees()), (Some(138), Some(true)));
+    }
 }
