@@ -22,7 +22,21 @@ const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
+    // `systemd-analyze verify` checks packaging/oomlab.service (tests/serve_packaging.rs).
+    "systemd",
 ];
+
+/// PyPI tools the tests run, as (console script, pip package): the script is looked up on PATH,
+/// so the all-present path spawns nothing.
+const PIP_PACKAGES: &[(&str, &str)] = &[
+    // Validates deploy/kubernetes/ against the API schemas (tests/serve_packaging.rs).
+    ("kubernetes-validate", "kubernetes-validate"),
+];
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
@@ -120,7 +134,20 @@ pub fn run() -> Result<()> {
         did.push(format!("installed {}", missing.join(", ")));
     }
 
-    // 3. bpf-linker built against LLVM 22.
+    // 3. Python tools from PyPI, for the python3 the tests run.
+    let missing: Vec<&str> = PIP_PACKAGES
+        .iter()
+        .filter(|(script, _)| !on_path(script))
+        .map(|(_, package)| *package)
+        .collect();
+    if !missing.is_empty() {
+        let mut args = vec!["-m", "pip", "install", "--quiet"];
+        args.extend(&missing);
+        sh("python3", &args, &[])?;
+        did.push(format!("installed {} (pip)", missing.join(", ")));
+    }
+
+    // 4. bpf-linker built against LLVM 22.
     let linker = output("bpf-linker", &["--version"]).unwrap_or_default();
     if !linker.contains(BPF_LINKER_VERSION) {
         let path = format!(

@@ -27,9 +27,9 @@ use self::{
     metrics::{Kill, Limits, Metrics},
 };
 use crate::{
-    cgroup::{kube, CgroupError, Hierarchy},
+    cgroup::{CgroupError, Hierarchy},
     report,
-    trace::{Event, EventKind, TraceError, TraceOptions, Tracer},
+    trace::{Event, EventKind, EventSet, TraceError, TraceOptions, Tracer},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -158,28 +158,33 @@ struct Daemon {
     metrics: Metrics,
     limits: Limits,
     events: broadcast::Sender<Bytes>,
+    /// kprobe/fentry on oom_kill_process attached: one hook event is one episode.
+    hooks: bool,
+    /// Without the hooks, victims marked by the same task within [`EPISODE_GAP`] are one
+    /// episode (a `memory.oom.group` kill marks its victims in one loop).
+    last_victim: Option<(u32, Duration)>,
 }
 
-/// The victim's memory cgroup, pod and container, read the moment the event arrives.
-fn victim_labels(hier: &Hierarchy, pid: i32, comm: Option<String>) -> Kill {
-    let cgroup = hier.of_pid(pid).ok().map(|cg| cg.path());
-    let kube = cgroup.as_deref().and_then(kube::parse_path);
-    Kill {
-        pod_uid: kube.as_ref().map(|k| k.pod_uid.clone()),
-        container_id: kube.and_then(|k| k.container_id),
-        cgroup,
-        comm,
-        constraint: None,
-    }
-}
+const EPISODE_GAP: Duration = Duration::from_millis(100);
 
 impl Daemon {
     fn handle(&mut self, ev: &Event) {
         let mut line: Option<Vec<u8>> = None;
-        let class = if matches!(ev.kind, EventKind::Victim(_) | EventKind::OomKillHook(_)) {
+        let class = if matches!(
+            ev.kind,
+            EventKind::Victim(_)
+                | EventKind::OomKillHook(_)
+                | EventKind::Reaper(_)
+                | EventKind::ReclaimRetry(_)
+                | EventKind::CompactRetry(_)
+        ) {
             Some(EventClass::Oom)
         } else if matches!(ev.kind, EventKind::AdjUpdate(_)) {
             Some(EventClass::Adj)
+        } else if matches!(ev.kind, EventKind::Reclaim(_) | EventKind::KswapdWake(_)) {
+            Some(EventClass::Reclaim)
+        } else if matches!(ev.kind, EventKind::Cgroup(_)) {
+            Some(EventClass::Cgroup)
         } else {
             // A kind this loop does not know yet: classify it by its JSON type.
             let l = json(ev);
@@ -190,15 +195,40 @@ impl Daemon {
         if class.is_some_and(|c| !self.cfg.traces(c)) {
             return;
         }
+        let hier = &self.hier;
+        let gone = |cg: &str| !hier.cgroup(cg).exists();
         if let EventKind::Victim(v) = &ev.kind {
-            let kill = victim_labels(&self.hier, v.pid, v.comm.clone());
-            let gone = |cg: &str| !self.hier.cgroup(cg).exists();
+            let c = &v.context;
+            let kill = Kill {
+                cgroup: c.cgroup.clone(),
+                pod_uid: c.pod_uid.clone(),
+                container_id: c.container_id.clone(),
+                comm: v.comm.clone(),
+                constraint: None,
+            };
             self.metrics.kill(&mut self.limits, kill, &gone);
+            if !self.hooks {
+                let same = self.last_victim.is_some_and(|(pid, ts)| {
+                    pid == v.trigger.pid && ev.ts.saturating_sub(ts) < EPISODE_GAP
+                });
+                if !same {
+                    self.metrics.episode();
+                }
+                self.last_victim = Some((v.trigger.pid, ev.ts));
+            }
         } else if let EventKind::AdjUpdate(_) = &ev.kind {
             self.metrics.adj_update();
         } else if let EventKind::OomKillHook(_) = &ev.kind {
             // One call of oom_kill_process is one OOM episode, however many victims it kills.
             self.metrics.episode();
+        } else if let EventKind::Reclaim(r) = &ev.kind {
+            self.metrics.reclaim(
+                &mut self.limits,
+                r.cgroup.as_deref(),
+                Duration::from_nanos(r.latency_ns),
+                r.nr_reclaimed,
+                &gone,
+            );
         }
         // Serialize only when someone listens.
         if self.events.receiver_count() > 0 {
@@ -211,6 +241,9 @@ impl Daemon {
         self.limits.set(cfg.top_n, cfg.max_comms_per_cgroup);
         if cfg.stream_buffer != self.cfg.stream_buffer {
             log::warn!("stream_buffer changes take effect at the next restart");
+        }
+        if cfg.events.difference(&self.cfg.events).next().is_some() {
+            log::warn!("event classes added to `events` are attached at the next restart");
         }
         self.cfg = cfg;
     }
@@ -265,7 +298,19 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
     let listener = bind(cfg.listen).await?;
     let hier = Hierarchy::detect()?;
 
-    let (tracer, mut rx) = Tracer::start(&TraceOptions::default())?;
+    // Programs for classes the config leaves out are not attached at all. A reload that adds a
+    // class needs a restart; one that removes a class filters here.
+    let trace_opts = TraceOptions {
+        events: EventSet {
+            oom: cfg.traces(EventClass::Oom),
+            adj: cfg.traces(EventClass::Adj),
+            reclaim: cfg.traces(EventClass::Reclaim),
+            cgroup: cfg.traces(EventClass::Cgroup),
+        },
+        ..TraceOptions::default()
+    };
+    let (tracer, mut rx) = Tracer::start(&trace_opts)?;
+    let hooks = tracer.hooks.iter().any(|h| h.attached);
     let metrics = Metrics::new(&kernel_release());
     let (events, _) = broadcast::channel(cfg.stream_buffer);
     let shared = Arc::new(Shared {
@@ -281,6 +326,8 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
         hier,
         metrics,
         events,
+        hooks,
+        last_victim: None,
     };
     log::info!(
         "serving /metrics, /events and /healthz on http://{}",

@@ -2,6 +2,7 @@
 //! same run (never timed assertions in tests).
 
 mod inject;
+mod serve;
 mod trace;
 
 use anyhow::Result;
@@ -12,11 +13,14 @@ pub enum Bench {
     Inject,
     /// Time to ready, RSS, overhead, OOM-storm recall and latency vs bpftrace.
     Trace,
+    /// `oomlab serve` soak (OOMLAB_SOAK_SECS, default 600): RSS growth, recall, SIGTERM time.
+    Serve,
 }
 
 pub fn run(which: Bench) -> Result<()> {
     match which {
         Bench::Inject => inject::run(),
         Bench::Trace => trace::run(),
+        Bench::Serve => serve::run(),
     }
 }

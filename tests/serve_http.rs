@@ -1,0 +1,181 @@
+//! `oomlab serve`'s HTTP side under abuse, on loopback: unknown paths, writes, oversized
+//! headers, a client that never reads `/events` during an event flood, idle connections beyond
+//! the cap, and a config reload that moves the port — the daemon answers throughout and
+//! exits cleanly on SIGTERM.
+
+mod common;
+mod serve_common;
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use serve_common::{free_port, get, is_type, try_get, Lines, Serve};
+
+/// Writes to our own oom_score_adj: each one is an `oom:oom_score_adj_update` event.
+fn adj_flood(n: u32) {
+    for i in 0..n {
+        std::fs::write("/proc/self/oom_score_adj", (i % 50).to_string())
+            .expect("write /proc/self/oom_score_adj");
+    }
+    std::fs::write("/proc/self/oom_score_adj", "0").expect("reset oom_score_adj");
+}
+
+#[test]
+fn http_edges_slow_clients_and_reload() {
+    if !common::need_root("http_edges_slow_clients_and_reload") {
+        return;
+    }
+    let mut serve = Serve::start("max_connections = 8\nstream_buffer = 64\n");
+    let port = serve.port;
+
+    // Unknown paths, writes, oversized and too many headers.
+    assert_eq!(serve.get("/nope").0, 404);
+    assert_eq!(serve.get("/metrics/../etc/passwd").0, 404);
+    let (status, _) = {
+        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        write!(
+            s,
+            "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        (out.split_whitespace().nth(1).map(str::to_owned), out)
+    };
+    assert_eq!(status.as_deref(), Some("405"), "POST is refused");
+    let big = format!("X-Big: {}\r\n", "a".repeat(20 << 10));
+    // hyper answers 431 and closes; with the rest of the request unread the kernel may turn
+    // the close into a reset that drops the answer: either way the request is refused.
+    let status = try_get(port, "/metrics", &big).map(|r| r.0);
+    assert!(
+        matches!(status, Ok(431) | Ok(400)) || status.is_err(),
+        "20 KiB of headers (cap 16 KiB): {status:?}"
+    );
+    let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let status = try_get(port, "/metrics", &many).map(|r| r.0);
+    assert!(
+        matches!(status, Ok(431) | Ok(400)) || status.is_err(),
+        "200 headers: {status:?}"
+    );
+    assert_eq!(serve.get("/healthz"), (200, "ok\n".into()));
+
+    // A client that asks for /events and never reads, while events flood in.
+    let mut stalled = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect");
+    write!(stalled, "GET /events HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    let mut live = Lines::events(port);
+    live.wait_for(Duration::from_secs(5), |v| is_type(v, "ready"))
+        .expect("ready line on /events");
+    let before = serve.metric("oomlab_oom_score_adj_updates_total");
+    // Enough lines (~25 MB) to overflow the loopback socket buffers of the stalled client.
+    const WRITES: u32 = 100_000;
+    let flood = std::thread::spawn(|| adj_flood(WRITES));
+    // The daemon keeps answering during the flood.
+    while !flood.is_finished() {
+        assert_eq!(serve.get("/healthz").0, 200, "healthz during the flood");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    flood.join().expect("flood thread");
+    let me = i64::from(std::process::id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (counted, lost) = loop {
+        let counted = serve.metric("oomlab_oom_score_adj_updates_total") - before;
+        let lost = serve.metric("oomlab_events_lost_total");
+        if counted + lost >= f64::from(WRITES) || Instant::now() > deadline {
+            break (counted, lost);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        counted + lost >= f64::from(WRITES),
+        "every adj write is counted or reported lost: counted {counted}, lost {lost}"
+    );
+    // The live client saw our writes (the last one at least).
+    live.wait_for(Duration::from_secs(10), |v| {
+        is_type(v, "oom_score_adj") && v["pid"].as_i64() == Some(me) && v["oom_score_adj"] == 0
+    })
+    .expect("the live /events client sees the flood's last write");
+    // The stalled client has fallen behind: it is told it skipped events, the daemon is not.
+    let skipped = serve.metric("oomlab_events_stream_skipped_total");
+    assert!(
+        skipped > 0.0,
+        "a client that never reads must skip events (stream_buffer = 64)"
+    );
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut head = vec![0u8; 64 << 10];
+    let n = stalled
+        .read(&mut head)
+        .expect("the stalled client can still read");
+    assert!(n > 0, "stalled stream still open");
+    drop(stalled);
+
+    // Idle connections beyond max_connections are closed at once; the daemon still serves
+    // once they go.
+    let idle: Vec<TcpStream> = (0..12)
+        .map(|_| TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect idle"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect extra");
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let _ = write!(extra, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut buf = [0u8; 64];
+    let n = extra.read(&mut buf).unwrap_or(0);
+    assert_eq!(
+        n, 0,
+        "a connection beyond max_connections = 8 is closed without an answer"
+    );
+    drop(idle);
+    drop(live);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while try_get(port, "/healthz", "").map(|r| r.0).ok() != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "serves again once the idle connections are gone"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    assert!(serve.metric("oomlab_http_connections_refused_total") >= 1.0);
+
+    // SIGHUP: a bad key keeps the running config, a new port moves the listener.
+    let config = serve.config.clone().expect("config path");
+    std::fs::write(
+        &config,
+        format!("listen = \"127.0.0.1:{port}\"\ntop_m = 1\n"),
+    )
+    .expect("write config");
+    let pid = nix::unistd::Pid::from_raw(serve.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(serve.get("/healthz").0, 200, "a bad config is refused");
+    let new_port = free_port();
+    std::fs::write(&config, format!("listen = \"127.0.0.1:{new_port}\"\n")).expect("write");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while try_get(new_port, "/healthz", "").map(|r| r.0).ok() != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "the reload moves to port {new_port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err(),
+        "the old port is closed"
+    );
+    serve.port = new_port;
+    assert!(get(new_port, "/metrics", "")
+        .1
+        .contains("oomlab_build_info{"));
+
+    let took = serve.stop();
+    eprintln!("SIGTERM to exit: {took:?}");
+}

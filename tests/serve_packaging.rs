@@ -1,0 +1,236 @@
+//! The service files are checked by the tools their consumers use: `systemd-analyze verify`
+//! (and `security --offline`) on packaging/oomlab.service, kubernetes-validate (PyPI, installed
+//! by `cargo xtask setup`) on deploy/kubernetes/. Each check also runs on a broken copy, so a
+//! validator that accepts anything fails the test. No root needed.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("stress-user sits in the workspace root")
+        .to_path_buf()
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("oomlab-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a scratch dir");
+    dir
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn analyze(args: &[&str], unit: &Path) -> Output {
+    Command::new("systemd-analyze")
+        .args(args)
+        .arg(unit)
+        .output()
+        .expect("run systemd-analyze")
+}
+
+#[test]
+fn systemd_unit_verifies_and_is_hardened() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!(
+            "skipped: systemd-analyze is not installed (Debian package `systemd`; `cargo xtask setup` installs it)"
+        );
+        return;
+    }
+    let text = std::fs::read_to_string(repo().join("packaging/oomlab.service"))
+        .expect("read packaging/oomlab.service");
+    for key in [
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "OOMScoreAdjust=-1000",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=CAP_BPF CAP_PERFMON",
+        "ExecStart=/usr/local/bin/oomlab serve",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(key)),
+            "oomlab.service lacks {key}"
+        );
+    }
+    // verify checks that ExecStart is executable: point it at the binary just built.
+    let dir = scratch_dir("unit");
+    let _guard = RemoveOnDrop(dir.clone());
+    let unit = dir.join("oomlab.service");
+    std::fs::write(
+        &unit,
+        text.replace("/usr/local/bin/oomlab", env!("CARGO_BIN_EXE_oomlab")),
+    )
+    .expect("write the unit copy");
+    let out = analyze(&["verify"], &unit);
+    let err = stderr(&out);
+    // verify exits 0 on unknown keys and bad values and only warns: any line about our file
+    // is a failure.
+    assert!(
+        out.status.success() && !err.contains("oomlab.service"),
+        "systemd-analyze verify: {}\n{err}",
+        out.status
+    );
+
+    let broken = dir.join("broken.service");
+    std::fs::write(
+        &broken,
+        text.replace("/usr/local/bin/oomlab", env!("CARGO_BIN_EXE_oomlab"))
+            .replace("ProtectHome=yes", "ProtectHomes=yes"),
+    )
+    .expect("write the broken copy");
+    let err = stderr(&analyze(&["verify"], &broken));
+    assert!(
+        err.contains("ProtectHomes"),
+        "verify should flag an unknown key: {err}"
+    );
+
+    // The offline security review scores the hardening; 10 is an unhardened root service.
+    let out = analyze(&["security", "--offline=true", "--no-pager"], &unit);
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    match all
+        .lines()
+        .find_map(|l| l.split_once("Overall exposure level for oomlab.service:"))
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse::<f64>().ok())
+    {
+        Some(score) => assert!(
+            score <= 5.0,
+            "systemd-analyze security rates the unit {score} (want ≤ 5.0):\n{all}"
+        ),
+        None => eprintln!("note: this systemd-analyze has no offline security review: {all}"),
+    }
+}
+
+fn validate(files: &[PathBuf]) -> Output {
+    Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--strict", "--quiet"])
+        .args(files)
+        .output()
+        .expect("run python3 -m kubernetes_validate")
+}
+
+/// A manifest as JSON, through the PyYAML that kubernetes-validate depends on.
+fn yaml(path: &Path) -> serde_json::Value {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+        ])
+        .arg(path)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "parse {}: {}",
+        path.display(),
+        stderr(&out)
+    );
+    serde_json::from_slice(&out.stdout).expect("PyYAML output is JSON")
+}
+
+#[test]
+fn kubernetes_manifests_validate() {
+    let probe = Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--version"])
+        .output()
+        .expect("run python3");
+    assert!(
+        probe.status.success(),
+        "kubernetes-validate is missing: run `cargo xtask setup` (pip install kubernetes-validate): {}",
+        stderr(&probe)
+    );
+    let dir = repo().join("deploy/kubernetes");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("read deploy/kubernetes")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 2,
+        "DaemonSet and Service expected: {files:?}"
+    );
+    let out = validate(&files);
+    assert!(
+        out.status.success(),
+        "kubernetes-validate --strict: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+
+    let ds_path = dir.join("daemonset.yaml");
+    let ds = yaml(&ds_path);
+    assert_eq!(ds["kind"], "DaemonSet");
+    let pod = &ds["spec"]["template"];
+    let ann = &pod["metadata"]["annotations"];
+    assert_eq!(ann["prometheus.io/scrape"], "true");
+    assert_eq!(ann["prometheus.io/port"], "9464");
+    let spec = &pod["spec"];
+    assert_eq!(spec["hostPID"], true);
+    let c = &spec["containers"][0];
+    assert_eq!(c["securityContext"]["privileged"], true);
+    assert_eq!(c["args"][0], "serve");
+    let mounts = c["volumeMounts"].as_array().expect("volumeMounts");
+    for path in [
+        "/sys/fs/cgroup",
+        "/sys/kernel/tracing",
+        "/sys/kernel/btf",
+        "/dev/kmsg",
+    ] {
+        let m = mounts
+            .iter()
+            .find(|m| m["mountPath"] == path)
+            .unwrap_or_else(|| panic!("no mount of {path}"));
+        assert_eq!(m["readOnly"], true, "{path} must be mounted read-only");
+        let vol = spec["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["name"] == m["name"])
+            .unwrap_or_else(|| panic!("no volume for {path}"));
+        assert_eq!(vol["hostPath"]["path"], path, "{path} comes from the host");
+    }
+    let svc = yaml(&dir.join("service.yaml"));
+    assert_eq!(svc["kind"], "Service");
+    assert_eq!(
+        svc["spec"]["selector"],
+        pod["metadata"]["labels"]["app.kubernetes.io/name"]
+            .as_str()
+            .map(|n| serde_json::json!({ "app.kubernetes.io/name": n }))
+            .expect("pod name label"),
+        "the Service selects the DaemonSet's pods"
+    );
+
+    // A misspelt field must be refused, or the check above proves nothing.
+    let scratch = scratch_dir("k8s");
+    let _guard = RemoveOnDrop(scratch.clone());
+    let broken = scratch.join("daemonset.yaml");
+    let text = std::fs::read_to_string(&ds_path).expect("read daemonset.yaml");
+    assert!(text.contains("hostPID: true"));
+    std::fs::write(&broken, text.replace("hostPID: true", "hostPid: true"))
+        .expect("write the broken copy");
+    assert!(
+        !validate(&[broken]).status.success(),
+        "kubernetes-validate --strict accepted an unknown field"
+    );
+}

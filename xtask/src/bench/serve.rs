@@ -1,0 +1,331 @@
+//! `cargo xtask bench serve`: the daemon's soak. `oomlab serve` runs for OOMLAB_SOAK_SECS
+//! (default 600) under a steady load — an OOM kill every second in a scratch cgroup, a stream
+//! of oom_score_adj writes, file-cache churn in a small cgroup (reclaim), a scrape of /metrics
+//! every second, one /events reader and one /events client that never reads. Printed: RSS after
+//! warm-up and at the end (target: growth < 5 %), kills counted vs the kernel's counter, events
+//! lost, and how long SIGTERM takes to exit (target: < 1 s).
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{Ipv4Addr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{run as sh, workspace_root};
+
+const MEMCG: &str = "/sys/fs/cgroup/memory";
+
+/// A memory cgroup under oomlab-test/, removed on drop (its processes killed first).
+struct Cgroup(PathBuf);
+
+impl Cgroup {
+    fn create(name: &str, limit: u64) -> Result<Cgroup> {
+        let dir = Path::new(MEMCG).join("oomlab-test").join(name);
+        if !Path::new(MEMCG).join("memory.limit_in_bytes").exists() {
+            bail!("bench serve needs the cgroup v1 memory controller at {MEMCG}");
+        }
+        fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+        fs::write(dir.join("memory.limit_in_bytes"), limit.to_string())?;
+        Ok(Cgroup(dir))
+    }
+
+    fn oom_kills(&self) -> u64 {
+        fs::read_to_string(self.0.join("memory.oom_control"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn rel(&self) -> String {
+        format!(
+            "/{}",
+            self.0
+                .strip_prefix(MEMCG)
+                .expect("under the mount")
+                .display()
+        )
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            let procs = fs::read_to_string(self.0.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
+                // SAFETY: kill has no memory preconditions; these are our own workers.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            if fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("bench serve: could not remove {}", self.0.display());
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+fn get(port: u16, path: &str) -> Result<String> {
+    let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+fn metric_sum(text: &str, family: &str, needle: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(family) && l.contains(needle))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn run() -> Result<()> {
+    let secs: u64 = std::env::var("OOMLAB_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("bench serve needs root (eBPF, cgroups, OOM kills)");
+    }
+    sh(
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "--package",
+            "stress-user",
+            "--bin",
+            "oomlab",
+        ],
+    )?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let oomlab = target.join("release/oomlab");
+
+    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port();
+    let mut daemon = Daemon(
+        Command::new(&oomlab)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting oomlab serve")?,
+    );
+    let pid = daemon.0.id();
+    let start = Instant::now();
+    while get(port, "/healthz").is_err() {
+        if start.elapsed() > Duration::from_secs(20) {
+            bail!("oomlab serve did not answer within 20 s");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let ready = start.elapsed();
+
+    let me = std::process::id();
+    let oom = Cgroup::create(&format!("soak-oom-{me}"), 32 << 20)?;
+    let cache = Cgroup::create(&format!("soak-cache-{me}"), 64 << 20)?;
+    let kills_before = oom.oom_kills();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+
+    // OOM kills: one `oomlab app` over the limit every second.
+    {
+        let (stop, oomlab, cg) = (stop.clone(), oomlab.clone(), oom.rel());
+        threads.push(thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let _ = Command::new(&oomlab)
+                    .args(["app", "--size", "64MiB", "--cgroup", &cg])
+                    .stdout(Stdio::null())
+                    .status();
+                thread::sleep(Duration::from_secs(1).saturating_sub(t.elapsed()));
+            }
+        }));
+    }
+    // oom_score_adj writes: ~200 events a second.
+    let adj_writes = Arc::new(AtomicU64::new(0));
+    {
+        let (stop, n) = (stop.clone(), adj_writes.clone());
+        threads.push(thread::spawn(move || {
+            let mut v = 0;
+            while !stop.load(Ordering::Relaxed) {
+                v = (v + 1) % 100;
+                if fs::write("/proc/self/oom_score_adj", v.to_string()).is_ok() {
+                    n.fetch_add(1, Ordering::Relaxed);
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+            let _ = fs::write("/proc/self/oom_score_adj", "0");
+        }));
+    }
+    // File-cache churn over a 64 MiB limit: memcg reclaim.
+    let churn_file = std::env::temp_dir().join(format!("oomlab-soak-{me}.dat"));
+    {
+        let (stop, procs, file) = (
+            stop.clone(),
+            cache.0.join("cgroup.procs"),
+            churn_file.clone(),
+        );
+        threads.push(thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let script = format!(
+                    "echo $$ > {} && exec dd if=/dev/zero of={} bs=1M count=256 status=none",
+                    procs.display(),
+                    file.display()
+                );
+                let _ = Command::new("sh").args(["-c", &script]).status();
+                thread::sleep(Duration::from_millis(500));
+            }
+        }));
+    }
+    // A reader of /events, and a client that never reads.
+    let streamed = Arc::new(AtomicU64::new(0));
+    {
+        let (stop, n) = (stop.clone(), streamed.clone());
+        let s = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+        threads.push(thread::spawn(move || {
+            let mut w = s.try_clone().expect("clone the socket");
+            let _ = write!(w, "GET /events HTTP/1.1\r\nHost: x\r\n\r\n");
+            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+            let mut r = BufReader::new(s);
+            let mut line = String::new();
+            while !stop.load(Ordering::Relaxed) {
+                line.clear();
+                if let Ok(k) = r.read_line(&mut line) {
+                    if k > 0 && line.starts_with('{') {
+                        n.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let mut stalled = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+    write!(stalled, "GET /events HTTP/1.1\r\nHost: x\r\n\r\n")?;
+
+    // Scrape every second; RSS after a tenth of the run (warm) and at the end.
+    let warm_at = Duration::from_secs((secs / 10).max(5));
+    let (mut rss_warm, mut rss_max, mut scrapes, mut slow_scrape) = (0, 0, 0u64, Duration::ZERO);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(secs) {
+        let t = Instant::now();
+        get(port, "/metrics").context("scrape /metrics")?;
+        slow_scrape = slow_scrape.max(t.elapsed());
+        scrapes += 1;
+        let rss = rss_kib(pid);
+        rss_max = rss_max.max(rss);
+        if rss_warm == 0 && t0.elapsed() >= warm_at {
+            rss_warm = rss;
+        }
+        if let Some(status) = daemon.0.try_wait()? {
+            bail!("oomlab serve died during the soak: {status}");
+        }
+        thread::sleep(Duration::from_secs(1).saturating_sub(t.elapsed()));
+    }
+    let rss_end = rss_kib(pid);
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    drop(stalled);
+    let _ = fs::remove_file(&churn_file);
+    thread::sleep(Duration::from_millis(500));
+    let kills = oom.oom_kills() - kills_before;
+    let text = get(port, "/metrics")?;
+    let counted = metric_sum(
+        &text,
+        "oomlab_oom_kills_total{",
+        &format!("cgroup=\"{}\"", oom.rel()),
+    );
+    let lost = metric_sum(&text, "oomlab_events_lost_total", "");
+    let skipped = metric_sum(&text, "oomlab_events_stream_skipped_total", "");
+    let adj = metric_sum(&text, "oomlab_oom_score_adj_updates_total", "");
+    let reclaim = metric_sum(
+        &text,
+        "oomlab_memcg_reclaim_seconds_count{",
+        &format!("cgroup=\"{}\"", cache.rel()),
+    );
+
+    let t = Instant::now();
+    // SAFETY: kill has no memory preconditions; pid is our child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let status = daemon.0.wait()?;
+    let exit_time = t.elapsed();
+
+    let growth = (rss_end as f64 - rss_warm as f64) / rss_warm.max(1) as f64 * 100.0;
+    println!(
+        "\n=== bench serve: {secs} s soak, kernel {} ===",
+        fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+    );
+    println!(
+        "ready (port answering, programs attached) {:>8.0} ms",
+        ready.as_secs_f64() * 1e3
+    );
+    println!(
+        "RSS after warm-up ({:>3} s)          {rss_warm:>8} KiB",
+        warm_at.as_secs()
+    );
+    println!("RSS at the end                      {rss_end:>8} KiB   (max {rss_max} KiB)");
+    println!("RSS growth warm → end               {growth:>8.2} %   (target < 5 %)");
+    println!(
+        "OOM kills: kernel {kills}, /metrics {counted}   recall {:.1} %",
+        counted / kills.max(1) as f64 * 100.0
+    );
+    println!(
+        "adj writes by the load {}, counted by oomlab {adj} (node-wide, includes others)",
+        adj_writes.load(Ordering::Relaxed)
+    );
+    println!("reclaim passes counted for the churn cgroup {reclaim}");
+    println!("events lost (ring buffer) {lost}, skipped for the stalled /events client {skipped}, lines read by the live client {}", streamed.load(Ordering::Relaxed));
+    println!(
+        "scrapes {scrapes}, slowest {:.1} ms",
+        slow_scrape.as_secs_f64() * 1e3
+    );
+    println!(
+        "SIGTERM → exit {:.0} ms ({status}) (target < 1000 ms)",
+        exit_time.as_secs_f64() * 1e3
+    );
+    Ok(())
+}
