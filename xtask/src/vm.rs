@@ -25,6 +25,8 @@ const MARK: &str = "@@OOMLAB-VM ";
 /// 1 GiB, one vCPU: the recipe checked on these machines; emulated memory is slow, so the tests
 /// keep their VM sizes to tens of MiB.
 const GUEST_MEM_MIB: u32 = 1024;
+/// The guest's /tmp and /var/tmp (sparse on the host).
+const SCRATCH_DISK_BYTES: u64 = 1 << 30;
 /// Time for the kernel to boot and /init to reach the first test.
 const BOOT_GRACE: Duration = Duration::from_secs(120);
 /// README section the kernel matrix is written between.
@@ -677,6 +679,7 @@ fn boot(
 ) -> Result<VmRun> {
     fs::create_dir_all(out)?;
     let tag = format!("[{series}]");
+    let disk = scratch_disk(out)?;
     eprintln!("xtask vm-test: {tag} booting {}", image.display());
     let mut child = Command::new("qemu-system-x86_64")
         .args([
@@ -694,6 +697,12 @@ fn boot(
         .arg(image)
         .arg("-initrd")
         .arg(initrd)
+        .arg("-drive")
+        .arg(format!(
+            "file={},if=none,id=scratch,format=raw",
+            disk.display()
+        ))
+        .args(["-device", "nvme,serial=oomlab-scratch,drive=scratch"])
         .args([
             "-append",
             &format!("console=ttyS0 panic=-1 quiet loglevel=3 oomlab.kernel={series}"),
@@ -885,6 +894,23 @@ fn boot(
         kernel_release,
         results,
     })
+}
+
+/// A fresh, sparse ext4 image per guest for /tmp and /var/tmp (each guest gets its own: they run
+/// side by side).
+fn scratch_disk(out: &Path) -> Result<PathBuf> {
+    let disk = out.join("scratch-disk.img");
+    let _ = fs::remove_file(&disk);
+    fs::File::create(&disk)?.set_len(SCRATCH_DISK_BYTES)?;
+    let status = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "oomlab-scratch"])
+        .arg(&disk)
+        .status()
+        .context("starting mkfs.ext4 (apt-get install e2fsprogs)")?;
+    if !status.success() {
+        bail!("mkfs.ext4 {} failed: {status}", disk.display());
+    }
+    Ok(disk)
 }
 
 /// Serial output arrives with `\r\n` and, under a panic, possibly invalid UTF-8.
