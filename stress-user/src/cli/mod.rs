@@ -4,6 +4,7 @@ mod app;
 mod cleanup;
 mod doctor;
 mod inject;
+mod run;
 mod serve;
 mod trace;
 
@@ -35,6 +36,9 @@ pub enum Command {
     Doctor(doctor::Args),
     /// Trace OOM kills and oom_score_adj changes in real time.
     Trace(trace::Args),
+    /// Run an experiment (a TOML file, or the built-in demo): inject and trace together,
+    /// check expectations, write a report with a timeline plot.
+    Run(run::Args),
     /// A small service that allocates and holds memory (for experiments and tests).
     App(app::Args),
     /// Hold exactly the requested memory inside a target cgroup, charged there.
@@ -53,6 +57,7 @@ pub fn run(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Doctor(a) => doctor::run(a),
         Command::Trace(a) => trace::run(a),
+        Command::Run(a) => run::run(a),
         Command::App(a) => app::run(a),
         Command::Inject(a) => inject::run(a),
         Command::Cleanup(a) => cleanup::run(a),

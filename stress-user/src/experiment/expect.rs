@@ -76,37 +76,30 @@ pub fn evaluate(e: &Expectations, o: &Observed) -> Vec<Verdict> {
     };
     let victims = count_roles(&o.victims);
     if let Some(role) = &e.victim {
-        let untraced = o.oom_kills > o.victims.len() as u64;
-        let (passed, why) = match role {
-            VictimRole::None => (
-                o.oom_kills == 0 && o.victims.is_empty(),
-                format!("{} OOM kill(s); {victims}", o.oom_kills),
-            ),
-            VictimRole::Worker => (
-                !o.victims.is_empty() && o.victims.iter().all(|v| v == "worker") && !untraced,
-                format!("{} OOM kill(s); {victims}", o.oom_kills),
-            ),
-            VictimRole::App => (
-                !o.victims.is_empty()
-                    && o.victims.iter().all(|v| v.starts_with("app:"))
-                    && !untraced,
-                format!("{} OOM kill(s); {victims}", o.oom_kills),
-            ),
-            VictimRole::Named(n) => (
-                !o.victims.is_empty()
-                    && o.victims.iter().all(|v| v.strip_prefix("app:") == Some(n))
-                    && !untraced,
-                format!("{} OOM kill(s); {victims}", o.oom_kills),
-            ),
+        // The OOM killer's first pick in the scope: what happens once pressure comes. Later
+        // kills (after the first victim freed its memory) are listed but do not decide.
+        let first = o.victims.first().map(String::as_str);
+        let passed = match role {
+            VictimRole::None => o.oom_kills == 0 && o.victims.is_empty(),
+            VictimRole::Worker => first == Some("worker"),
+            VictimRole::App => first.is_some_and(|v| v.starts_with("app:")),
+            VictimRole::Named(n) => first.and_then(|v| v.strip_prefix("app:")) == Some(n.as_str()),
         };
-        let why = if untraced && !matches!(role, VictimRole::None) {
-            format!(
-                "{why} ({} kill(s) the tracer did not see)",
+        let mut why = match first {
+            Some(f) => format!(
+                "first victim: {}; {} OOM kill(s), {victims}",
+                f.strip_prefix("app:")
+                    .map_or(f.to_string(), |a| format!("app {a}")),
+                o.oom_kills
+            ),
+            None => format!("{} OOM kill(s); {victims}", o.oom_kills),
+        };
+        if o.oom_kills > o.victims.len() as u64 {
+            why.push_str(&format!(
+                " ({} kill(s) the tracer did not see)",
                 o.oom_kills - o.victims.len() as u64
-            )
-        } else {
-            why
-        };
+            ));
+        }
         push("victim", role.to_string(), why, passed);
     }
     if let Some(max) = e.max_oom_kills {
@@ -211,28 +204,40 @@ mod tests {
     }
 
     #[test]
-    fn victim_roles() {
+    fn victim_is_the_first_pick() {
         let o = obs();
         let worker = Expectations {
             victim: Some(VictimRole::Worker),
             ..Default::default()
         };
         assert!(one(worker.clone(), &o).passed);
+        // The app died after three workers: the first pick was still a worker.
         let mut mixed = o.clone();
         mixed.victims.push("app:node".into());
         mixed.oom_kills = 4;
         let v = one(worker.clone(), &mixed);
-        assert!(!v.passed);
+        assert!(v.passed);
         assert!(v.observed.contains("3 workers, app node"), "{}", v.observed);
         let app = Expectations {
             victim: Some(VictimRole::Named("node".into())),
             ..Default::default()
         };
-        assert!(!one(app.clone(), &o).passed);
-        let mut only_app = o.clone();
-        only_app.victims = vec!["app:node".into()];
-        only_app.oom_kills = 1;
-        assert!(one(app, &only_app).passed);
+        let v = one(app.clone(), &o);
+        assert!(!v.passed);
+        assert!(
+            v.observed.starts_with("first victim: worker"),
+            "{}",
+            v.observed
+        );
+        let mut app_first = o.clone();
+        app_first.victims.insert(0, "app:node".into());
+        assert!(one(app.clone(), &app_first).passed);
+        let any_app = Expectations {
+            victim: Some(VictimRole::App),
+            ..Default::default()
+        };
+        assert!(one(any_app.clone(), &app_first).passed);
+        assert!(!one(any_app, &o).passed);
         let none = Expectations {
             victim: Some(VictimRole::None),
             ..Default::default()
@@ -242,7 +247,7 @@ mod tests {
     }
 
     #[test]
-    fn untraced_kills_fail_a_victim_expectation() {
+    fn untraced_kills_are_named() {
         let mut o = obs();
         o.oom_kills = 5;
         let v = one(
@@ -252,12 +257,23 @@ mod tests {
             },
             &o,
         );
-        assert!(!v.passed);
         assert!(
             v.observed.contains("2 kill(s) the tracer did not see"),
             "{}",
             v.observed
         );
+        let silent = Observed {
+            oom_kills: 1,
+            ..Default::default()
+        };
+        let v = one(
+            Expectations {
+                victim: Some(VictimRole::Worker),
+                ..Default::default()
+            },
+            &silent,
+        );
+        assert!(!v.passed, "a kill nobody saw proves nothing");
     }
 
     #[test]

@@ -94,8 +94,16 @@ struct RawInject {
     ramp: Option<Spanned<String>>,
     rate: Option<Spanned<String>>,
     kind: Option<Spanned<String>>,
-    oom_score_adj: Option<Spanned<i32>>,
+    oom_score_adj: Option<Spanned<RawAdj>>,
     on_oom: Option<Spanned<String>>,
+}
+
+/// A number, or `"lowest"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawAdj {
+    Value(i32),
+    Word(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,13 +166,22 @@ pub enum Amount {
     WorkingSet(SizeSpec),
 }
 
+/// The workers' `oom_score_adj`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adj {
+    Value(i32),
+    /// -1000 where oomlab holds CAP_SYS_RESOURCE (needed to lower an adj), otherwise its own
+    /// adj: the lowest the host lets it give.
+    Lowest,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Inject {
     pub amount: Amount,
     pub workers: usize,
     pub pace: Pace,
     pub kind: Kind,
-    pub oom_score_adj: Option<i32>,
+    pub oom_score_adj: Option<Adj>,
     pub on_oom: OnOom,
 }
 
@@ -179,8 +196,8 @@ pub struct Stage {
     pub expect: Expectations,
 }
 
-/// Who the OOM killer must pick: every victim in scope is of this kind (and, except for
-/// `None`, there is at least one).
+/// Who the OOM killer must pick first in the scope (`None`: nobody is killed). Later kills,
+/// after the first victim's memory is freed, do not decide.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VictimRole {
@@ -660,11 +677,21 @@ fn check_inject(cx: &Ctx<'_>, inj: &Spanned<RawInject>) -> Result<Inject, SpecEr
         },
         None => OnOom::Stop,
     };
-    let oom_score_adj = r
-        .oom_score_adj
-        .as_ref()
-        .map(|a| cx.adj("oom_score_adj", a))
-        .transpose()?;
+    let oom_score_adj = match &r.oom_score_adj {
+        None => None,
+        Some(a) => Some(match a.get_ref() {
+            RawAdj::Value(v) => Adj::Value(cx.adj("oom_score_adj", &Spanned::new(a.span(), *v))?),
+            RawAdj::Word(w) if w == "lowest" => Adj::Lowest,
+            RawAdj::Word(w) => {
+                return Err(cx.err(
+                    a.span(),
+                    format!(
+                    "`oom_score_adj` = {w:?}: expected a number from -1000 to 1000, or \"lowest\""
+                ),
+                ))
+            }
+        }),
+    };
     Ok(Inject {
         amount,
         workers,
@@ -931,7 +958,7 @@ mod tests {
         assert_eq!(s2.on_oom, OnOom::Respawn);
         assert_eq!(x.stages[1].expect.victim, Some(VictimRole::Worker));
         let s3 = x.stages[2].inject.as_ref().expect("stage 3 injects");
-        assert_eq!(s3.oom_score_adj, Some(-1000));
+        assert_eq!(s3.oom_score_adj, Some(Adj::Lowest));
         assert_eq!(x.stages[2].expect.victim, Some(VictimRole::App));
         assert!(x.conclusion.is_some());
     }

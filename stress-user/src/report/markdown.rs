@@ -151,11 +151,11 @@ fn write_report(md: &mut String, r: &RunReport) -> std::fmt::Result {
                 "| rank | pid | name | role | rss | swap | page tables | oom_score_adj | badness | |"
             )?;
             writeln!(md, "|---|---|---|---|---|---|---|---|---|---|")?;
-            for (rank, c) in e.candidates.iter().enumerate() {
+            for c in &e.candidates {
                 writeln!(
                     md,
                     "| {} | {} | `{}` | {} | {} | {} | {} | {} | {} | {} |",
-                    rank + 1,
+                    opt(c.rank),
                     c.pid,
                     c.name,
                     c.role,
@@ -163,7 +163,8 @@ fn write_report(md: &mut String, r: &RunReport) -> std::fmt::Result {
                     human(c.swap_kb * 1024),
                     human(c.pgtables_kb * 1024),
                     c.oom_score_adj,
-                    c.badness,
+                    c.badness
+                        .map_or_else(|| "never (-1000)".into(), |b| b.to_string()),
                     if c.chosen { "**killed**" } else { "" }
                 )?;
             }

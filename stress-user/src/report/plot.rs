@@ -24,6 +24,7 @@ const INJECTED: RGBColor = RGBColor(255, 127, 14);
 const LIMIT: RGBColor = RGBColor(214, 39, 40);
 const RECLAIM: RGBColor = RGBColor(148, 103, 189);
 const APP_KILL: RGBColor = RGBColor(0, 0, 0);
+const PASSES: RGBColor = RGBColor(140, 86, 75);
 
 /// The timeline as an SVG document.
 pub fn timeline_svg(r: &RunReport) -> Result<String, PlotError> {
@@ -63,7 +64,8 @@ where
         .max()
         .unwrap_or(1 << 20) as f64
         / MIB;
-    let ymax = (top * 1.22).max(1.0);
+    // Headroom above the limit for the legend and the stage names.
+    let ymax = (top * 1.4).max(1.0);
     let title = format!(
         "oomlab run {}: cgroup {} ({}), kernel {}",
         r.experiment, r.cgroup, r.cgroup_version, r.kernel
@@ -114,11 +116,11 @@ where
     chart
         .draw_series(LineSeries::new(
             series(|s| s.usage_bytes),
-            USAGE.stroke_width(2),
+            USAGE.stroke_width(4),
         ))
         .map_err(err)?
         .label("usage")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], USAGE.stroke_width(2)));
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], USAGE.stroke_width(4)));
     chart
         .draw_series(LineSeries::new(
             series(|s| s.working_set_bytes),
@@ -148,8 +150,8 @@ where
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], LIMIT.stroke_width(2)));
     }
 
-    // OOM kills: a cross on the usage line at that moment, labelled; labels step down in a
-    // cycle so neighbours in a sawtooth do not print over each other.
+    // OOM kills: a cross on the usage line at that moment. App kills are labelled, and so is
+    // the first worker kill of each stage: a sawtooth of labels would hide the lines.
     let kills: Vec<&Mark> = r.marks.iter().filter(|m| m.kind == "oom_kill").collect();
     let usage_at = |t: f64| {
         r.samples
@@ -157,20 +159,35 @@ where
             .min_by(|a, b| (a.t - t).abs().total_cmp(&(b.t - t).abs()))
             .map_or(0.0, |s| s.usage_bytes as f64 / MIB)
     };
-    for (i, k) in kills.iter().enumerate() {
+    let mut labelled_stages = Vec::new();
+    for k in &kills {
         let is_app = k.role.as_deref().is_some_and(|r| r.starts_with("app"));
         let color = if is_app { APP_KILL } else { LIMIT };
         let y = usage_at(k.t);
-        let dy = -14 - 13 * (i % 4) as i32;
+        let label = is_app || !labelled_stages.contains(&k.stage);
+        if !is_app {
+            labelled_stages.push(k.stage);
+        }
+        let text = if label {
+            let n = kills
+                .iter()
+                .filter(|o| o.stage == k.stage && o.role == k.role)
+                .count();
+            let more = if !is_app && n > 1 {
+                format!(" (1st of {n} in this stage)")
+            } else {
+                String::new()
+            };
+            format!("OOM kill: {}{more}", k.label)
+        } else {
+            String::new()
+        };
+        let dy = if is_app { 20 } else { -18 };
         chart
             .draw_series(std::iter::once(
                 EmptyElement::at((k.t, y))
                     + Cross::new((0, 0), 6, color.stroke_width(3))
-                    + Text::new(
-                        format!("OOM kill: {}", k.label),
-                        (4, dy),
-                        ("sans-serif", 11).into_font().color(&color),
-                    ),
+                    + Text::new(text, (8, dy), ("sans-serif", 13).into_font().color(&color)),
             ))
             .map_err(err)?;
     }
@@ -184,8 +201,7 @@ where
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .margin(22)
+        .position(SeriesLabelPosition::Coordinate(8, 24))
         .background_style(WHITE.mix(0.9))
         .border_style(BLACK.mix(0.4))
         .label_font(("sans-serif", 13))
@@ -207,40 +223,69 @@ where
         .iter()
         .filter_map(|s| s.reclaim_pages_per_s.map(|p| (s.t, p * 4096.0 / MIB)))
         .collect();
-    let top = points.iter().map(|p| p.1).fold(0.0, f64::max);
-    let ymax = (top * 1.15).max(1.0);
-    let caption = if points.is_empty() {
-        "reclaim rate: not available (no reclaim events from this kernel, cgroup v1 keeps no pgsteal)"
+    let passes: Vec<(f64, f64)> = r
+        .samples
+        .iter()
+        .filter_map(|s| s.reclaim_passes_per_s.map(|p| (s.t, p)))
+        .collect();
+    let top = |v: &[(f64, f64)]| (v.iter().map(|p| p.1).fold(0.0, f64::max) * 1.15).max(1.0);
+    let (ymax, pmax) = (top(&points), top(&passes));
+    let caption = if points.is_empty() && passes.is_empty() {
+        "reclaim: not available (no reclaim events from this kernel, cgroup v1 keeps no pgsteal)"
     } else {
-        "reclaim rate in the target (MiB/s reclaimed)"
+        "reclaim in the target: MiB/s reclaimed (left), reclaim passes/s, the kernel trying (right)"
     };
     let mut chart = ChartBuilder::on(area)
         .caption(caption, ("sans-serif", 15))
         .margin(12)
         .x_label_area_size(34)
         .y_label_area_size(64)
+        .right_y_label_area_size(64)
         .build_cartesian_2d(0f64..xmax, 0f64..ymax)
-        .map_err(err)?;
+        .map_err(err)?
+        .set_secondary_coord(0f64..xmax, 0f64..pmax);
     chart
         .configure_mesh()
         .x_desc("seconds")
-        .y_desc("MiB/s")
+        .y_desc("MiB/s reclaimed")
         .light_line_style(WHITE.mix(0.0))
         .draw()
         .map_err(err)?;
-    if !points.is_empty() {
-        chart
-            .draw_series(LineSeries::new(points, RECLAIM.stroke_width(2)))
-            .map_err(err)?
-            .label("reclaimed")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RECLAIM.stroke_width(2)));
-    }
+    chart
+        .configure_secondary_axes()
+        .y_desc("reclaim passes/s")
+        .draw()
+        .map_err(err)?;
     for k in r.marks.iter().filter(|m| m.kind == "oom_kill") {
         chart
             .draw_series(std::iter::once(PathElement::new(
                 vec![(k.t, 0.0), (k.t, ymax)],
-                LIMIT.mix(0.25),
+                LIMIT.mix(0.2),
             )))
+            .map_err(err)?;
+    }
+    if !passes.is_empty() {
+        chart
+            .draw_secondary_series(LineSeries::new(passes, PASSES.mix(0.6).stroke_width(1)))
+            .map_err(err)?
+            .label("reclaim passes/s (right axis)")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], PASSES.stroke_width(2)));
+    }
+    if !points.is_empty() {
+        chart
+            .draw_series(LineSeries::new(points, RECLAIM.stroke_width(2)))
+            .map_err(err)?
+            .label("MiB/s reclaimed")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RECLAIM.stroke_width(2)));
+    }
+    if !r.samples.is_empty() {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK.mix(0.4))
+            .label_font(("sans-serif", 12))
+            .draw()
             .map_err(err)?;
     }
     Ok(())
@@ -262,7 +307,8 @@ mod tests {
             "limit",
             "OOM kill: worker 443160",
             "OOM kill: node 441060",
-            "reclaim rate",
+            "MiB/s reclaimed",
+            "reclaim passes/s (right axis)",
             "1: 4 workers, 200 MiB in total",
         ] {
             assert!(

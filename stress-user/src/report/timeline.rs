@@ -20,6 +20,9 @@ pub struct Sample {
     /// Pages reclaimed per second in the target since the last sample, when known (the tracer's
     /// memcg reclaim events, or v2 `memory.stat` pgsteal).
     pub reclaim_pages_per_s: Option<f64>,
+    /// Reclaim passes per second in the target (the kernel trying, whatever it got back).
+    #[serde(default)]
+    pub reclaim_passes_per_s: Option<f64>,
 }
 
 /// Something that happened at one moment.
@@ -48,8 +51,12 @@ pub struct Candidate {
     pub swap_kb: u64,
     pub pgtables_kb: u64,
     pub oom_score_adj: i32,
-    /// The kernel's badness (pages, adj scaled by the domain's total pages).
-    pub badness: i64,
+    /// The kernel's badness (pages, adj scaled by the domain's total pages); `None` for a task
+    /// that can never be chosen (adj -1000) or could not be scored.
+    pub badness: Option<i64>,
+    /// 1 = the one oomlab's ranking says the kernel picks.
+    pub rank: Option<usize>,
+    /// The kernel killed this one.
     pub chosen: bool,
 }
 
@@ -207,6 +214,7 @@ pub(crate) mod fixture {
                 limit_bytes: Some(limit),
                 oom_kills: if t >= 8.0 { 2 } else { u64::from(t >= 7.9) },
                 reclaim_pages_per_s: Some(if t > 7.5 { 5000.0 } else { 0.0 }),
+                reclaim_passes_per_s: Some(if t > 7.5 { 40.0 } else { 0.0 }),
             });
         }
         let candidates = vec![
@@ -218,7 +226,8 @@ pub(crate) mod fixture {
                 swap_kb: 0,
                 pgtables_kb: 400,
                 oom_score_adj: 1000,
-                badness: 166_276,
+                badness: Some(166_276),
+                rank: Some(1),
                 chosen: true,
             },
             Candidate {
@@ -229,7 +238,8 @@ pub(crate) mod fixture {
                 swap_kb: 0,
                 pgtables_kb: 120,
                 oom_score_adj: 988,
-                badness: 136_724,
+                badness: Some(136_724),
+                rank: Some(2),
                 chosen: false,
             },
         ];
