@@ -120,18 +120,8 @@ fn http_edges_slow_clients_and_reload() {
     let idle: Vec<TcpStream> = (0..12)
         .map(|_| TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect idle"))
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
-    let mut extra = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect extra");
-    extra
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    let _ = write!(extra, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-    let mut buf = [0u8; 64];
-    let n = extra.read(&mut buf).unwrap_or(0);
-    assert_eq!(
-        n, 0,
-        "a connection beyond max_connections = 8 is closed without an answer"
-    );
+    // Let the accept loop see them all: those beyond the cap are closed and counted.
+    std::thread::sleep(Duration::from_millis(300));
     drop(idle);
     drop(live);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -143,7 +133,11 @@ fn http_edges_slow_clients_and_reload() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    assert!(serve.metric("oomlab_http_connections_refused_total") >= 1.0);
+    let refused = serve.metric("oomlab_http_connections_refused_total");
+    assert!(
+        refused >= 4.0,
+        "12 idle connections with max_connections = 8: {refused} refused"
+    );
 
     // SIGHUP: a bad key keeps the running config, a new port moves the listener.
     let config = serve.config.clone().expect("config path");

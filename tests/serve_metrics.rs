@@ -100,6 +100,25 @@ fn metrics_and_events_match_the_kernel_and_trace() {
         counted.1
     );
 
+    // The constraint comes from the kernel's report of each episode (unknown only when the
+    // kernel ratelimited its report away).
+    for line in counted
+        .1
+        .lines()
+        .filter(|l| l.starts_with("oomlab_oom_kills_total{") && l.contains(&needle))
+    {
+        assert!(
+            line.contains("constraint=\"CONSTRAINT_MEMCG\"")
+                || line.contains("constraint=\"unknown\""),
+            "a memcg OOM: {line}"
+        );
+    }
+    assert!(
+        counted.1.contains("oomlab_oom_episodes_total "),
+        "{}",
+        counted.1
+    );
+
     for child in &victims {
         let pid = i64::from(child.id());
         let is_victim = |v: &serde_json::Value| {

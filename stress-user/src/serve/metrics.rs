@@ -91,7 +91,7 @@ impl Metrics {
         let oom_episodes = Counter::default();
         reg.register(
             "oom_episodes",
-            "OOM killer invocations: oom_kill_process calls where kprobe/fentry attach, else victims marked by one task within 100 ms (a group kill has several victims)",
+            "OOM episodes: one OOM killer invocation, from the kernel log report and the tracepoints (a group kill has several victims)",
             oom_episodes.clone(),
         );
         let adj_updates = Counter::default();

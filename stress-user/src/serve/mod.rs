@@ -7,10 +7,11 @@ pub mod http;
 pub mod metrics;
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     path::PathBuf,
     sync::{atomic::Ordering, Arc},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -29,7 +30,10 @@ use self::{
 use crate::{
     cgroup::{CgroupError, Hierarchy},
     report,
-    trace::{Event, EventKind, EventSet, TraceError, TraceOptions, Tracer},
+    trace::{
+        episode::{Episode, Episodes},
+        Event, EventKind, EventSet, TraceError, TraceOptions, Tracer,
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -158,14 +162,12 @@ struct Daemon {
     metrics: Metrics,
     limits: Limits,
     events: broadcast::Sender<Bytes>,
-    /// kprobe/fentry on oom_kill_process attached: one hook event is one episode.
-    hooks: bool,
-    /// Without the hooks, victims marked by the same task within [`EPISODE_GAP`] are one
-    /// episode (a `memory.oom.group` kill marks its victims in one loop).
-    last_victim: Option<(u32, Duration)>,
+    /// Victims waiting for their episode (which brings the constraint), by pid.
+    pending: HashMap<i32, (Kill, Instant)>,
 }
 
-const EPISODE_GAP: Duration = Duration::from_millis(100);
+/// How long a victim waits for its episode before it is counted without a constraint.
+const EPISODE_WAIT: Duration = Duration::from_secs(5);
 
 impl Daemon {
     fn handle(&mut self, ev: &Event) {
@@ -206,21 +208,11 @@ impl Daemon {
                 comm: v.comm.clone(),
                 constraint: None,
             };
-            self.metrics.kill(&mut self.limits, kill, &gone);
-            if !self.hooks {
-                let same = self.last_victim.is_some_and(|(pid, ts)| {
-                    pid == v.trigger.pid && ev.ts.saturating_sub(ts) < EPISODE_GAP
-                });
-                if !same {
-                    self.metrics.episode();
-                }
-                self.last_victim = Some((v.trigger.pid, ev.ts));
-            }
+            // Counted when its episode (kernel log + tracepoints) is complete, with the
+            // constraint the kernel logged; see `episode()` and `expire()`.
+            self.pending.insert(v.pid, (kill, Instant::now()));
         } else if let EventKind::AdjUpdate(_) = &ev.kind {
             self.metrics.adj_update();
-        } else if let EventKind::OomKillHook(_) = &ev.kind {
-            // One call of oom_kill_process is one OOM episode, however many victims it kills.
-            self.metrics.episode();
         } else if let EventKind::Reclaim(r) = &ev.kind {
             self.metrics.reclaim(
                 &mut self.limits,
@@ -234,6 +226,48 @@ impl Daemon {
         if self.events.receiver_count() > 0 {
             let line = line.unwrap_or_else(|| json(ev));
             let _ = self.events.send(Bytes::from(line));
+        }
+    }
+
+    /// One complete OOM episode: counted, its victims counted with its constraint, and
+    /// streamed as `oom_episode` (what `trace --output json` prints).
+    fn episode(&mut self, ep: &Episode) {
+        if !self.cfg.traces(EventClass::Oom) {
+            return;
+        }
+        self.metrics.episode();
+        let hier = &self.hier;
+        let gone = |cg: &str| !hier.cgroup(cg).exists();
+        for v in ep.victims.iter().filter(|v| v.traced) {
+            if let Some((mut kill, _)) = self.pending.remove(&v.pid) {
+                kill.constraint = ep.constraint.clone();
+                if kill.cgroup.is_none() {
+                    kill.cgroup = v.cgroup.clone();
+                }
+                self.metrics.kill(&mut self.limits, kill, &gone);
+            }
+        }
+        if self.events.receiver_count() > 0 {
+            let mut out = Vec::with_capacity(1024);
+            report::json_line(&mut out, "oom_episode", ep).expect("JSON to a Vec");
+            let _ = self.events.send(Bytes::from(out));
+        }
+    }
+
+    /// Victims whose episode never came (no kernel log, or it was lost) are counted anyway.
+    fn expire(&mut self, all: bool) {
+        let hier = &self.hier;
+        let gone = |cg: &str| !hier.cgroup(cg).exists();
+        let late: Vec<i32> = self
+            .pending
+            .iter()
+            .filter(|(_, (_, at))| all || at.elapsed() >= EPISODE_WAIT)
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in late {
+            if let Some((kill, _)) = self.pending.remove(&pid) {
+                self.metrics.kill(&mut self.limits, kill, &gone);
+            }
         }
     }
 
@@ -309,8 +343,9 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
         },
         ..TraceOptions::default()
     };
+    // Opened before the tracer attaches, so no OOM report after READY is missed.
+    let mut episodes = cfg.traces(EventClass::Oom).then(|| Episodes::start(None));
     let (tracer, mut rx) = Tracer::start(&trace_opts)?;
-    let hooks = tracer.hooks.iter().any(|h| h.attached);
     let metrics = Metrics::new(&kernel_release());
     let (events, _) = broadcast::channel(cfg.stream_buffer);
     let shared = Arc::new(Shared {
@@ -326,8 +361,7 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
         hier,
         metrics,
         events,
-        hooks,
-        last_victim: None,
+        pending: HashMap::new(),
     };
     log::info!(
         "serving /metrics, /events and /healthz on http://{}",
@@ -344,15 +378,40 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
         .unwrap_or(TICK);
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut episode_tick = tokio::time::interval(Duration::from_millis(100));
     let result = loop {
+        let kmsg_record = async {
+            match &mut episodes {
+                Some(e) => e.record().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             ev = rx.recv() => match ev {
-                Some(ev) => daemon.handle(&ev),
+                Some(ev) => {
+                    if let Some(e) = &mut episodes {
+                        e.push_event(&ev);
+                    }
+                    daemon.handle(&ev);
+                }
                 None => {
                     shared.healthy.store(false, Ordering::Relaxed);
                     break Err(ServeError::TracerEnded);
                 }
             },
+            Some(rec) = kmsg_record => {
+                if let Some(e) = &mut episodes {
+                    e.push_record(&rec);
+                }
+            }
+            _ = episode_tick.tick() => {
+                if let Some(e) = &mut episodes {
+                    for ep in e.poll() {
+                        daemon.episode(&ep);
+                    }
+                }
+                daemon.expire(false);
+            }
             _ = ticker.tick() => {
                 daemon.metrics.set_lost(tracer.stats().lost);
                 // Pinged from the event loop itself, so a wedged loop gets restarted.
@@ -378,6 +437,12 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
             _ = sigint.recv() => break Ok(()),
         }
     };
+    if let Some(e) = &mut episodes {
+        for ep in e.flush() {
+            daemon.episode(&ep);
+        }
+    }
+    daemon.expire(true);
     notify(&[sd_notify::NotifyState::Stopping]);
     drop(server);
     // Detaches every program.
