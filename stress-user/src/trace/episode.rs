@@ -346,6 +346,9 @@ pub struct EpisodeBuilder {
     closed: VecDeque<Report>,
     victims: Vec<(Instant, Event)>,
     reaper: Vec<(Instant, i32, ReaperStep)>,
+    /// Victims of episodes already emitted: a `mark_victim` event arriving after its report
+    /// closed is dropped instead of becoming a second episode.
+    emitted: VecDeque<(Instant, i32)>,
     adj: AdjTimeline,
     total_swap_pages: u64,
     node_totalpages: Option<u64>,
@@ -362,6 +365,7 @@ impl EpisodeBuilder {
             closed: VecDeque::new(),
             victims: Vec::new(),
             reaper: Vec::new(),
+            emitted: VecDeque::new(),
             adj: AdjTimeline::default(),
             total_swap_pages,
             node_totalpages,
@@ -526,8 +530,25 @@ impl EpisodeBuilder {
                 now.duration_since(*t) >= VICTIM_GRACE && !reported.contains(&victim_pid(ev))
             });
         self.victims = young;
+        for ep in &out {
+            self.emitted.extend(ep.victims.iter().map(|v| (now, v.pid)));
+        }
         for (_, ev) in old {
-            out.push(self.episode_of_event(&ev));
+            let pid = victim_pid(&ev);
+            if self.emitted.iter().any(|(_, p)| *p == pid) {
+                log::debug!("mark_victim for {pid} arrived after its episode was emitted");
+                continue;
+            }
+            let ep = self.episode_of_event(&ev);
+            self.emitted.push_back((now, pid));
+            out.push(ep);
+        }
+        while self
+            .emitted
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) >= STALE)
+        {
+            self.emitted.pop_front();
         }
         // Reaper steps of victims no episode claimed are dropped after a while.
         self.reaper
@@ -1032,5 +1053,18 @@ mod tests {
             sel.candidates.iter().map(|c| (c.pid, c.points)).collect();
         assert_eq!(pts[..2], [(138, Some(72_396)), (134, Some(68_110))]);
         assert_eq!((sel.kernel_pid, sel.agrees()), (Some(138), Some(true)));
+    }
+
+    #[test]
+    fn a_late_mark_victim_does_not_make_a_second_episode() {
+        let t0 = Instant::now();
+        let mut b = EpisodeBuilder::new(0, None);
+        feed(&mut b, "6.18-host-memcg.txt", t0);
+        assert_eq!(b.poll(t0 + QUIET).len(), 1);
+        b.push_event(&victim_event(19495, 19655), t0 + QUIET);
+        assert!(b.poll(t0 + QUIET + VICTIM_GRACE).is_empty());
+        // Long after, the same pid (reused) is a new victim again.
+        b.push_event(&victim_event(19495, 1), t0 + QUIET * 2 + STALE);
+        assert_eq!(b.poll(t0 + QUIET * 2 + STALE + VICTIM_GRACE).len(), 1);
     }
 }
