@@ -533,6 +533,13 @@ impl EpisodeBuilder {
         for ep in &out {
             self.emitted.extend(ep.victims.iter().map(|v| (now, v.pid)));
         }
+        while self
+            .emitted
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) >= STALE)
+        {
+            self.emitted.pop_front();
+        }
         for (_, ev) in old {
             let pid = victim_pid(&ev);
             if self.emitted.iter().any(|(_, p)| *p == pid) {
@@ -542,13 +549,6 @@ impl EpisodeBuilder {
             let ep = self.episode_of_event(&ev);
             self.emitted.push_back((now, pid));
             out.push(ep);
-        }
-        while self
-            .emitted
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) >= STALE)
-        {
-            self.emitted.pop_front();
         }
         // Reaper steps of victims no episode claimed are dropped after a while.
         self.reaper
