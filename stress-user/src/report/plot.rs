@@ -183,13 +183,16 @@ where
             String::new()
         };
         let dy = if is_app { 20 } else { -18 };
-        chart
-            .draw_series(std::iter::once(
-                EmptyElement::at((k.t, y))
-                    + Cross::new((0, 0), 6, color.stroke_width(3))
-                    + Text::new(text, (8, dy), ("sans-serif", 13).into_font().color(&color)),
-            ))
-            .map_err(err)?;
+        let marker = EmptyElement::at((k.t, y)) + Cross::new((0, 0), 6, color.stroke_width(3));
+        if text.is_empty() {
+            chart.draw_series(std::iter::once(marker)).map_err(err)?;
+        } else {
+            chart
+                .draw_series(std::iter::once(
+                    marker + Text::new(text, (8, dy), ("sans-serif", 13).into_font().color(&color)),
+                ))
+                .map_err(err)?;
+        }
     }
     if !kills.is_empty() {
         // A legend entry for the markers.
