@@ -9,13 +9,14 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{hierarchy, ratio, test_cgroup, usage, Injector, MIB};
+use stress_user::cgroup::Version;
+use support::{hierarchy, mib, ratio, test_cgroup, usage, Injector, MIB};
 
 /// Injects `size` with `workers` workers of `kind` into a fresh 2 GiB cgroup and compares with
 /// the kernel's counter; then SIGTERM must release everything.
 fn charge_and_check(kind: &str, size: u64, workers: usize) {
     let hier = hierarchy();
-    let scratch = test_cgroup(&hier, &format!("acc-{kind}-{workers}"), 2048 * MIB);
+    let scratch = test_cgroup(&hier, &format!("acc-{kind}-{workers}"), 2 * mib(1024));
     let cg = scratch.cgroup().clone();
     let base = usage(&cg);
     let mut inj = Injector::start(&[
@@ -45,6 +46,14 @@ fn charge_and_check(kind: &str, size: u64, workers: usize) {
     workers_seen.sort_unstable();
     assert_eq!(procs, workers_seen, "the target holds exactly the workers");
     assert_eq!(workers_seen.len(), workers);
+    // v2: created inside the target by clone3(CLONE_INTO_CGROUP); v1: joined it before exec.
+    let born = match hier.memory_version {
+        Version::V2 => "clone3",
+        Version::V1 => "join",
+    };
+    for ev in inj.all("worker_started") {
+        assert_eq!(ev["born"], born, "{ev}");
+    }
     let (status, summary) = inj.terminate();
     assert_eq!(
         status.code(),
@@ -75,14 +84,16 @@ fn charge_and_check(kind: &str, size: u64, workers: usize) {
     );
 }
 
-const MATRIX: [(u64, usize); 3] = [(64 * MIB, 1), (256 * MIB, 2), (1024 * MIB, 4)];
+fn matrix() -> [(u64, usize); 3] {
+    [(mib(64), 1), (mib(256), 2), (mib(1024), 4)]
+}
 
 #[test]
 fn anon_is_charged_within_2_percent() {
     if !common::need_root("anon_is_charged_within_2_percent") {
         return;
     }
-    for (size, workers) in MATRIX {
+    for (size, workers) in matrix() {
         charge_and_check("anon", size, workers);
     }
 }
@@ -92,7 +103,7 @@ fn shmem_is_charged_within_2_percent() {
     if !common::need_root("shmem_is_charged_within_2_percent") {
         return;
     }
-    for (size, workers) in MATRIX {
+    for (size, workers) in matrix() {
         charge_and_check("shmem", size, workers);
     }
 }
@@ -102,7 +113,7 @@ fn file_is_charged_within_2_percent() {
     if !common::need_root("file_is_charged_within_2_percent") {
         return;
     }
-    for (size, workers) in [(64 * MIB, 4), (256 * MIB, 1), (1024 * MIB, 2)] {
+    for (size, workers) in [(mib(64), 4), (mib(256), 1), (mib(1024), 2)] {
         charge_and_check("file", size, workers);
     }
 }

@@ -14,7 +14,7 @@ use std::{
 };
 
 use stress_user::cgroup::{MemCgroup, OWNED_PARENT};
-use support::{alive, hierarchy, oomlab, signal, test_cgroup, usage, Injector, MIB};
+use support::{alive, hierarchy, mib, oomlab, signal, test_cgroup, usage, Injector, MIB};
 
 fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -55,7 +55,8 @@ fn agent_sigkilled_ten_times_leaves_nothing_running() {
         };
         let base = if round % 2 == 0 { usage(&cg) } else { 0 };
         let mut argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        argv.extend(["--size", "400MiB", "--workers", "2", "--rate", "400MiB/s"]);
+        let (size, rate) = (mib(400).to_string(), format!("{}/s", mib(400)));
+        argv.extend(["--size", &size, "--workers", "2", "--rate", &rate]);
         let mut inj = Injector::start(&argv);
         inj.wait_for("worker_started", Duration::from_secs(10));
         inj.wait_for("worker_started", Duration::from_secs(10));
@@ -68,7 +69,7 @@ fn agent_sigkilled_ten_times_leaves_nothing_running() {
             );
         }
         assert!(
-            wait_until(Duration::from_secs(5), || usage(&cg) > base + 50 * MIB),
+            wait_until(Duration::from_secs(5), || usage(&cg) > base + mib(50)),
             "round {round}: injection did not start"
         );
         let workers = inj.worker_pids();
@@ -83,7 +84,7 @@ fn agent_sigkilled_ten_times_leaves_nothing_running() {
         }
         let now = usage(&cg);
         assert!(
-            now <= base + 20 * MIB,
+            now <= base + mib(20),
             "round {round}: {} MiB still charged to {} 1 s after the agent died (baseline {} MiB)",
             now / MIB,
             cg.path(),
@@ -212,7 +213,8 @@ fn workers_sleep_while_holding() {
     let hier = hierarchy();
     let scratch = test_cgroup(&hier, "idle", 1024 * MIB);
     let cg = scratch.cgroup().clone();
-    let mut inj = Injector::start(&["--cgroup", &cg.path(), "--size", "256MiB", "--workers", "2"]);
+    let size = mib(256).to_string();
+    let mut inj = Injector::start(&["--cgroup", &cg.path(), "--size", &size, "--workers", "2"]);
     inj.wait_for("target_reached", Duration::from_secs(10));
     let pids = inj.worker_pids();
     let before: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p)).collect();

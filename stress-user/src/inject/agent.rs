@@ -18,7 +18,7 @@ use super::{
     alloc::Kind,
     control::{split, working_set_step},
     plan::{Goal, InjectError, OnOom, Plan, Where},
-    worker::{Report, Worker, WorkerArgs, WorkerSpec},
+    worker::{Birth, Report, Worker, WorkerArgs, WorkerSpec},
 };
 use crate::{
     cgroup::{Hierarchy, MemCgroup, ScratchCgroup},
@@ -72,6 +72,8 @@ struct Sample {
 struct WorkerStarted {
     worker: usize,
     pid: i32,
+    /// `clone3` (created inside the target, v2) or `join` (joined it before exec).
+    born: Birth,
     respawn: bool,
     elapsed_s: f64,
 }
@@ -237,7 +239,8 @@ fn drive(cg: &MemCgroup, plan: &Plan, out: &mut Out) -> Result<Summary, InjectEr
             chunk,
             file_dir: plan.file_dir.clone(),
         },
-        cgroup_procs: cg.dir().join("cgroup.procs"),
+        cgroup_dir: cg.dir(),
+        clone_into_cgroup: cg.version == crate::cgroup::Version::V2,
         oom_score_adj: plan.oom_score_adj,
     };
     let baseline = cg.usage()?;
@@ -258,6 +261,7 @@ fn drive(cg: &MemCgroup, plan: &Plan, out: &mut Out) -> Result<Summary, InjectEr
         let ev = WorkerStarted {
             worker: i,
             pid: w.pid,
+            born: w.birth,
             respawn,
             elapsed_s: start.elapsed().as_secs_f64(),
         };
@@ -339,11 +343,7 @@ fn drive(cg: &MemCgroup, plan: &Plan, out: &mut Out) -> Result<Summary, InjectEr
         for (i, s) in slots.iter_mut().enumerate() {
             let Some(w) = &mut s.worker else { continue };
             w.read_reports();
-            let status = if w.eof {
-                w.child.wait().ok()
-            } else {
-                w.child.try_wait().ok().flatten()
-            };
+            let status = if w.eof { w.wait() } else { w.try_wait() };
             let Some(status) = status else { continue };
             let oom_now = cg.oom_kills().unwrap_or(oom_seen);
             let oom_kill = oom_now > oom_seen;
