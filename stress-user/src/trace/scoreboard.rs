@@ -11,7 +11,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::trace::event::AdjUpdate;
+use crate::trace::{badness, event::AdjUpdate, kmsg::TaskRow};
 
 /// One `oom_score_adj` write.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -74,10 +74,16 @@ impl AdjTimeline {
 pub struct Entry {
     pub pid: i32,
     pub comm: String,
-    /// `/proc/PID/oom_score` (0…2000 on kernels since 5.9; 1000 + badness × 1000 / totalpages).
+    /// `/proc/PID/oom_score`: `(1000 + badness × 1000 / totalpages) × 2 / 3` with the node's
+    /// RAM + swap as totalpages — coarse inside a small cgroup, where most tasks tie.
     pub oom_score: i64,
     pub oom_score_adj: i32,
     pub rss_kb: u64,
+    pub swap_kb: u64,
+    pub pgtables_kb: u64,
+    /// `oom_badness` in pages with the target's limit as totalpages (the node's RAM + swap
+    /// node-wide): what decides the victim when this target runs out. `None` for adj −1000.
+    pub points: Option<i64>,
     /// The memory cgroup it was found in (relative to the controller's mount); None node-wide.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
@@ -98,21 +104,27 @@ pub fn entry(proc_root: &Path, pid: i32) -> Option<Entry> {
     let dir = proc_root.join(pid.to_string());
     let read = |f: &str| fs::read_to_string(dir.join(f)).ok();
     let status = read("status")?;
+    let kb = |key: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
     // Kernel threads have no VmRSS line: they are never OOM candidates.
-    let rss_kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
+    let rss_kb = kb("VmRSS:")?;
     Some(Entry {
         pid,
         comm: read("comm")?.trim_end().to_string(),
         oom_score: read("oom_score")?.trim().parse().ok()?,
         oom_score_adj: read("oom_score_adj")?.trim().parse().ok()?,
         rss_kb,
+        swap_kb: kb("VmSwap:").unwrap_or(0),
+        pgtables_kb: kb("VmPTE:").unwrap_or(0),
+        points: None,
         cgroup: None,
     })
 }
@@ -123,6 +135,7 @@ pub fn for_cgroup(
     proc_root: &Path,
     mount: &Path,
     dir: &Path,
+    totalpages: u64,
 ) -> Result<Vec<Entry>, ScoreboardError> {
     let mut out = Vec::new();
     let mut stack: Vec<PathBuf> = vec![dir.to_path_buf()];
@@ -158,7 +171,7 @@ pub fn for_cgroup(
             }
         }
     }
-    sort(&mut out);
+    score_and_sort(&mut out, totalpages);
     Ok(out)
 }
 
@@ -167,14 +180,19 @@ pub fn for_target(
     target: Option<&crate::cgroup::MemCgroup>,
 ) -> Result<Vec<Entry>, ScoreboardError> {
     let proc_root = Path::new("/proc");
+    let node = node_totalpages();
     match target {
-        Some(cg) => for_cgroup(proc_root, &cg.mount, &cg.dir()),
-        None => for_node(proc_root),
+        // The target's own limit; an ancestor's lower limit or swap are not looked at.
+        Some(cg) => {
+            let limit = cg.limit().ok().flatten().map(|b| b / badness::PAGE_SIZE);
+            for_cgroup(proc_root, &cg.mount, &cg.dir(), limit.unwrap_or(node))
+        }
+        None => for_node(proc_root, node),
     }
 }
 
 /// Every user process on the node.
-pub fn for_node(proc_root: &Path) -> Result<Vec<Entry>, ScoreboardError> {
+pub fn for_node(proc_root: &Path, totalpages: u64) -> Result<Vec<Entry>, ScoreboardError> {
     let dir = fs::read_dir(proc_root).map_err(|e| ScoreboardError::Procs {
         dir: proc_root.display().to_string(),
         source: e,
@@ -184,33 +202,61 @@ pub fn for_node(proc_root: &Path) -> Result<Vec<Entry>, ScoreboardError> {
         .filter_map(|d| d.file_name().to_str()?.parse().ok())
         .filter_map(|pid| entry(proc_root, pid))
         .collect();
-    sort(&mut out);
+    score_and_sort(&mut out, totalpages);
     Ok(out)
 }
 
-fn sort(entries: &mut [Entry]) {
+/// Fills `points` (the kernel's `oom_badness` for `totalpages`) and sorts: highest `oom_score`
+/// first, ties (common in a small cgroup) broken by `points`, then pid.
+fn score_and_sort(entries: &mut [Entry], totalpages: u64) {
+    let page_kb = badness::PAGE_SIZE / 1024;
+    for e in entries.iter_mut() {
+        let row = TaskRow {
+            pid: e.pid,
+            rss: Some(e.rss_kb / page_kb),
+            swapents: Some(e.swap_kb / page_kb),
+            pgtables_bytes: Some(e.pgtables_kb * 1024),
+            oom_score_adj: Some(e.oom_score_adj),
+            ..TaskRow::default()
+        };
+        e.points = badness::badness(&row, totalpages);
+    }
     entries.sort_by(|a, b| {
         b.oom_score
             .cmp(&a.oom_score)
-            .then(b.rss_kb.cmp(&a.rss_kb))
+            .then(b.points.cmp(&a.points))
             .then(a.pid.cmp(&b.pid))
     });
+}
+
+/// The node's RAM + swap in pages (`totalram_pages() + total_swap_pages`).
+pub fn node_totalpages() -> u64 {
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kb = |key: &str| {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (kb("MemTotal:") + kb("SwapTotal:")) / (badness::PAGE_SIZE / 1024)
 }
 
 /// The aligned human table.
 pub fn render(entries: &[Entry], out: &mut impl io::Write) -> io::Result<()> {
     writeln!(
         out,
-        "{:>8} {:>9} {:>6} {:>10}  {:<16} cgroup",
-        "pid", "oom_score", "adj", "rss_kib", "comm"
+        "{:>8} {:>9} {:>6} {:>9} {:>10}  {:<16} cgroup",
+        "pid", "oom_score", "adj", "points", "rss_kib", "comm"
     )?;
     for e in entries {
         writeln!(
             out,
-            "{:>8} {:>9} {:>6} {:>10}  {:<16} {}",
+            "{:>8} {:>9} {:>6} {:>9} {:>10}  {:<16} {}",
             e.pid,
             e.oom_score,
             e.oom_score_adj,
+            e.points.map_or("never".into(), |p| p.to_string()),
             e.rss_kb,
             e.comm,
             e.cgroup.as_deref().unwrap_or("-")
@@ -230,7 +276,9 @@ mod tests {
         fs::write(d.join("comm"), format!("{comm}\n")).expect("comm");
         fs::write(d.join("oom_score"), format!("{score}\n")).expect("score");
         fs::write(d.join("oom_score_adj"), format!("{adj}\n")).expect("adj");
-        let rss = rss.map_or(String::new(), |r| format!("VmRSS:\t  {r} kB\n"));
+        let rss = rss.map_or(String::new(), |r| {
+            format!("VmRSS:\t  {r} kB\nVmPTE:\t      8 kB\nVmSwap:\t       4 kB\n")
+        });
         fs::write(
             d.join("status"),
             format!("Name:\t{comm}\n{rss}Threads:\t1\n"),
@@ -253,14 +301,16 @@ mod tests {
         let mount = root.join("memory");
         let cg = mount.join("lab");
         fs::create_dir_all(cg.join("child")).expect("cgroups");
-        fs::write(cg.join("cgroup.procs"), "10\n11\n99\n").expect("procs");
+        fs::write(cg.join("cgroup.procs"), "10\n11\n14\n99\n").expect("procs");
         fs::write(cg.join("child/cgroup.procs"), "12\n").expect("procs");
         fake_proc(&proc_root, 10, "small", 1010, 0, Some(4000));
         fake_proc(&proc_root, 11, "favoured", 1900, 900, Some(2000));
         fake_proc(&proc_root, 12, "protected", 500, -500, Some(9000));
         fake_proc(&proc_root, 13, "elsewhere", 2000, 1000, Some(1));
+        // Same oom_score as 10 (node-scale rounding) but larger: its points break the tie.
+        fake_proc(&proc_root, 14, "bigger", 1010, 0, Some(8000));
         // 99 exited between cgroup.procs and /proc: skipped.
-        let board = for_cgroup(&proc_root, &mount, &cg).expect("scoreboard");
+        let board = for_cgroup(&proc_root, &mount, &cg, 8192).expect("scoreboard");
         let got: Vec<(i32, i64, Option<&str>)> = board
             .iter()
             .map(|e| (e.pid, e.oom_score, e.cgroup.as_deref()))
@@ -269,6 +319,7 @@ mod tests {
             got,
             [
                 (11, 1900, Some("/lab")),
+                (14, 1010, Some("/lab")),
                 (10, 1010, Some("/lab")),
                 (12, 500, Some("/lab/child"))
             ]
@@ -280,7 +331,18 @@ mod tests {
             text.lines().nth(1).expect("row").contains("favoured"),
             "{text}"
         );
-        assert!(for_cgroup(&proc_root, &mount, &mount.join("missing")).is_err());
+        assert!(for_cgroup(&proc_root, &mount, &mount.join("missing"), 8192).is_err());
+        // Points by hand: 2000 kB = 500 pages + 4 kB swap = 1 + 8 kB PTEs = 2, + 900 × 8.
+        let points: Vec<(i32, Option<i64>)> = board.iter().map(|e| (e.pid, e.points)).collect();
+        assert_eq!(
+            points,
+            [
+                (11, Some(7703)),
+                (14, Some(2003)),
+                (10, Some(1003)),
+                (12, Some(-1747))
+            ]
+        );
         fs::remove_dir_all(&root).expect("cleanup");
     }
 
@@ -290,7 +352,7 @@ mod tests {
         fake_proc(&root, 1, "init", 1000, 0, Some(10));
         fake_proc(&root, 2, "kthreadd", 0, 0, None);
         fs::create_dir_all(root.join("self")).expect("self");
-        let board = for_node(&root).expect("scoreboard");
+        let board = for_node(&root, 1 << 20).expect("scoreboard");
         assert_eq!(board.iter().map(|e| e.pid).collect::<Vec<_>>(), [1]);
         fs::remove_dir_all(&root).expect("cleanup");
     }
