@@ -29,8 +29,10 @@ use crate::trace::{
 
 /// How long a report stays open after its last line (group-kill lines, the reaper).
 pub const QUIET: Duration = Duration::from_millis(300);
-/// How long a `mark_victim` event waits for its report before it becomes an episode alone.
-pub const VICTIM_GRACE: Duration = Duration::from_secs(1);
+/// How long a `mark_victim` event waits for its report before it becomes an episode alone
+/// (while a report is being printed, events wait for it: on a slow console the `Killed
+/// process` line can follow `mark_victim` by more than a second).
+pub const VICTIM_GRACE: Duration = Duration::from_secs(2);
 /// A report that never reaches `Killed process` (no killable task, aborted) is closed after this.
 pub const STALE: Duration = Duration::from_secs(5);
 
@@ -524,10 +526,15 @@ impl EpisodeBuilder {
             .chain(self.closed.iter())
             .flat_map(|r| r.victim_pids().collect::<Vec<_>>())
             .collect();
+        // The kernel prints the header and table before marking the victim and the kill line
+        // after: a report still being printed is the one these events belong to.
+        let printing = self.current.as_ref().is_some_and(|r| !r.has_kill());
         let (old, young): (Vec<_>, Vec<_>) = std::mem::take(&mut self.victims)
             .into_iter()
             .partition(|(t, ev)| {
-                now.duration_since(*t) >= VICTIM_GRACE && !reported.contains(&victim_pid(ev))
+                !printing
+                    && now.duration_since(*t) >= VICTIM_GRACE
+                    && !reported.contains(&victim_pid(ev))
             });
         self.victims = young;
         for ep in &out {
@@ -1066,5 +1073,24 @@ mod tests {
         // Long after, the same pid (reused) is a new victim again.
         b.push_event(&victim_event(19495, 1), t0 + QUIET * 2 + STALE);
         assert_eq!(b.poll(t0 + QUIET * 2 + STALE + VICTIM_GRACE).len(), 1);
+    }
+
+    #[test]
+    fn a_victim_waits_for_the_report_being_printed() {
+        let t0 = Instant::now();
+        let mut b = EpisodeBuilder::new(0, None);
+        let recs = parse_dump(&fixture("6.18-host-memcg.txt"));
+        let (head, kill) = recs.split_at(recs.len() - 1);
+        for r in head {
+            b.push_record(r, t0);
+        }
+        b.push_event(&victim_event(19495, 19655), t0);
+        // A slow console: the kill line comes 3 s after mark_victim.
+        assert!(b.poll(t0 + VICTIM_GRACE + QUIET).is_empty());
+        b.push_record(&kill[0], t0 + Duration::from_secs(3));
+        let eps = b.poll(t0 + Duration::from_secs(3) + QUIET);
+        assert_eq!(eps.len(), 1, "{eps:#?}");
+        let v = &eps[0].victims[0];
+        assert_eq!((v.pid, v.logged, v.traced), (19495, true, true));
     }
 }
