@@ -822,6 +822,26 @@ fn run_stage(
     {
         let mut s = lock(shared);
         s.mark("stage_end", None, None, stage.name.clone());
+        #[derive(Serialize)]
+        struct StageEnd<'a> {
+            index: usize,
+            name: &'a str,
+            t: f64,
+            oom_kills: u64,
+            requested_bytes: Option<u64>,
+            charged_bytes: Option<u64>,
+        }
+        s.json(
+            "stage_end",
+            &StageEnd {
+                index: i,
+                name: &stage.name,
+                t: end,
+                oom_kills: oom_end - oom_base,
+                requested_bytes: requested,
+                charged_bytes: summary.as_ref().map(|x| x.charged_bytes),
+            },
+        );
         let (host_used, host_total) = s.host_peak.get(i).copied().unwrap_or((0, 0));
         let peak_usage = s
             .samples
@@ -907,6 +927,12 @@ fn resolve_adj(a: Adj) -> i32 {
 fn on_agent(sh: &Mutex<Shared>, kind: &str, v: &serde_json::Value) {
     let pid = v.get("pid").and_then(|p| p.as_i64()).map(|p| p as i32);
     let mut s = lock(sh);
+    // On the run's clock, beside the agent's own `elapsed_s`.
+    let mut v = v.clone();
+    if let serde_json::Value::Object(m) = &mut v {
+        m.insert("t".into(), s.t().into());
+    }
+    let v = &v;
     match kind {
         "worker_started" => {
             let Some(pid) = pid else { return };
