@@ -246,6 +246,7 @@ pub fn run() -> Result<()> {
     // Scrape every second; RSS after a tenth of the run (warm) and at the end.
     let warm_at = Duration::from_secs((secs / 10).max(5));
     let (mut rss_warm, mut rss_max, mut scrapes, mut slow_scrape) = (0, 0, 0u64, Duration::ZERO);
+    let mut samples = Vec::new();
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(secs) {
         let t = Instant::now();
@@ -256,6 +257,10 @@ pub fn run() -> Result<()> {
         rss_max = rss_max.max(rss);
         if rss_warm == 0 && t0.elapsed() >= warm_at {
             rss_warm = rss;
+        }
+        // The trajectory, ten points over the run: a leak climbs, a burst steps once.
+        if scrapes % (secs / 10).max(1) == 0 {
+            samples.push(format!("{}s:{}", t0.elapsed().as_secs(), rss));
         }
         if let Some(status) = daemon.0.try_wait()? {
             bail!("oomlab serve died during the soak: {status}");
@@ -308,6 +313,7 @@ pub fn run() -> Result<()> {
         warm_at.as_secs()
     );
     println!("RSS at the end                      {rss_end:>8} KiB   (max {rss_max} KiB)");
+    println!("RSS samples (KiB)                   {}", samples.join(" "));
     println!("RSS growth warm → end               {growth:>8.2} %   (target < 5 %)");
     println!(
         "OOM kills: kernel {kills}, /metrics {counted}   recall {:.1} %",
