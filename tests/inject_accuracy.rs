@@ -84,8 +84,14 @@ fn charge_and_check(kind: &str, size: u64, workers: usize) {
     );
 }
 
+/// 64 MiB–1 GiB; on the small VMs 64–128 MiB (below 64 MiB the memcg's per-CPU charge batches
+/// alone are more than 2 %).
+fn sized(n: u64) -> u64 {
+    mib(n).max(64 * MIB)
+}
+
 fn matrix() -> [(u64, usize); 3] {
-    [(mib(64), 1), (mib(256), 2), (mib(1024), 4)]
+    [(sized(64), 1), (sized(256), 2), (sized(1024), 4)]
 }
 
 #[test]
@@ -113,7 +119,7 @@ fn file_is_charged_within_2_percent() {
     if !common::need_root("file_is_charged_within_2_percent") {
         return;
     }
-    for (size, workers) in [(mib(64), 4), (mib(256), 1), (mib(1024), 2)] {
+    for (size, workers) in [(sized(64), 4), (sized(256), 1), (sized(1024), 2)] {
         charge_and_check("file", size, workers);
     }
 }

@@ -21,13 +21,16 @@ use super::{
     worker::{Birth, Report, Worker, WorkerArgs, WorkerSpec},
 };
 use crate::{
-    cgroup::{Hierarchy, MemCgroup, ScratchCgroup},
+    cgroup::{Hierarchy, MemCgroup, MemSnapshot, ScratchCgroup},
     report::{json_line, OutputFormat},
     size::human,
 };
 
 /// How often the agent re-evaluates targets and the working set (the issue asks ≤ 100 ms).
 const TICK: Duration = Duration::from_millis(50);
+/// Once a fixed size is reached nothing needs steering: a dead worker still wakes the agent at
+/// once (its pipe closes), so the loop can sleep longer and cost next to no CPU.
+const HOLD_TICK: Duration = Duration::from_millis(250);
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -324,6 +327,7 @@ fn drive(cg: &MemCgroup, plan: &Plan, out: &mut Out) -> Result<Summary, InjectEr
     let requested = plan.goal.bytes();
     let inject_start = Instant::now();
     let mut peak = 0u64;
+    let mut last_snap = MemSnapshot::default();
     let mut last_ws = 0u64;
     let mut reached_at: Option<f64> = None;
     let mut next_sample = Instant::now();
@@ -378,7 +382,17 @@ fn drive(cg: &MemCgroup, plan: &Plan, out: &mut Out) -> Result<Summary, InjectEr
             }
         }
 
-        let snap = cg.snapshot()?;
+        // memory.stat is long (and slow to read on v2): only when the working set is needed.
+        let sample_due = Instant::now() >= next_sample;
+        let snap = if sample_due || matches!(plan.goal, Goal::WorkingSet(_)) {
+            cg.snapshot()?
+        } else {
+            MemSnapshot {
+                usage_bytes: cg.usage()?,
+                ..last_snap
+            }
+        };
+        last_snap = snap;
         let charged = snap.usage_bytes.saturating_sub(baseline);
         peak = peak.max(charged);
         last_ws = snap.working_set_bytes;
@@ -472,7 +486,7 @@ fn drive(cg: &MemCgroup, plan: &Plan, out: &mut Out) -> Result<Summary, InjectEr
             }
         }
 
-        if Instant::now() >= next_sample {
+        if sample_due {
             next_sample += SAMPLE_EVERY;
             let sample = Sample {
                 elapsed_s: start.elapsed().as_secs_f64(),
@@ -502,7 +516,10 @@ fn drive(cg: &MemCgroup, plan: &Plan, out: &mut Out) -> Result<Summary, InjectEr
             });
         }
 
-        poll_workers(&slots, TICK);
+        let holding = matches!(plan.goal, Goal::Size(_))
+            && reached_at.is_some()
+            && slots.iter().all(|s| s.respawn_at.is_none());
+        poll_workers(&slots, if holding { HOLD_TICK } else { TICK });
         for (i, s) in slots.iter_mut().enumerate() {
             if let Some(w) = &mut s.worker {
                 for r in w.read_reports() {

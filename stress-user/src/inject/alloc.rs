@@ -142,7 +142,8 @@ impl Region {
     /// SIGKILL), written with `write(2)` and read back, then mapped for mlock and redirty.
     pub fn file(len: usize, opts: AllocOptions, dir: &Path) -> io::Result<Region> {
         let file = tmpfile(dir)?;
-        let mut buf = vec![0u8; 1 << 20];
+        // Small: the buffer is charged too, and a transient MiB per worker would show in the peak.
+        let mut buf = vec![0u8; 64 << 10];
         let mut rng = Xorshift::new(len as u64 ^ buf.as_ptr() as u64);
         let mut off = 0usize;
         while off < len {
