@@ -207,3 +207,62 @@ fn ramp_and_rate_pace_the_growth() {
         assert!(status.success());
     }
 }
+
+/// `--thp --fill random --mlock --redirty`: still exactly the size, and the kernel shows the
+/// pages locked (unevictable) and backed by huge pages.
+#[test]
+fn thp_random_mlock_redirty_are_what_the_kernel_sees() {
+    if !common::need_root("thp_random_mlock_redirty_are_what_the_kernel_sees") {
+        return;
+    }
+    let hier = hierarchy();
+    let size = sized(256);
+    let scratch = test_cgroup(&hier, "opts", 2 * size);
+    let cg = scratch.cgroup().clone();
+    let base = usage(&cg);
+    let size_arg = size.to_string();
+    let mut inj = Injector::start(&[
+        "--cgroup",
+        &cg.path(),
+        "--size",
+        &size_arg,
+        "--workers",
+        "2",
+        "--thp",
+        "--fill",
+        "random",
+        "--mlock",
+        "--redirty",
+        "200ms",
+    ]);
+    inj.wait_for("target_reached", Duration::from_secs(60));
+    // A few redirty rounds: touching the pages again must not change the charge.
+    std::thread::sleep(Duration::from_millis(700));
+    let charged = usage(&cg) - base;
+    assert!(
+        (ratio(charged, size) - 1.0).abs() <= 0.02,
+        "charged {} MiB for {} MiB with --thp --fill random --mlock --redirty",
+        charged / MIB,
+        size / MIB
+    );
+    let stat = cg.stat().expect("memory.stat");
+    let (unevictable, huge) = match hier.memory_version {
+        Version::V1 => ("total_unevictable", "total_rss_huge"),
+        Version::V2 => ("unevictable", "anon_thp"),
+    };
+    let locked = stat.get(unevictable).copied().unwrap_or(0);
+    assert!(
+        locked >= size / 100 * 95,
+        "--mlock: {unevictable} is {} MiB of {} MiB",
+        locked / MIB,
+        size / MIB
+    );
+    let thp = stat.get(huge).copied().unwrap_or(0);
+    assert!(
+        thp > 0,
+        "--thp: {huge} is 0 (THP mode: {:?})",
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+    );
+    let (status, _) = inj.terminate();
+    assert!(status.success());
+}
