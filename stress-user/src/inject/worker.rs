@@ -473,6 +473,14 @@ impl Worker {
     }
 }
 
+/// A worker never outlives its handle: whatever path the agent leaves by (an error included),
+/// the memory is released.
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 pub fn parse_report(line: &str) -> Option<Report> {
     let (tag, rest) = line.split_once(' ').unwrap_or((line, ""));
     match tag {
