@@ -97,8 +97,10 @@ fn run_example(name: &str, text_toml: &str) -> (Value, TempDir) {
     );
     assert_eq!(json["summary"]["lost_events"], 0, "{name}: events lost");
     assert_eq!(
-        json["summary"]["oom_kills"], json["summary"]["traced_victims"],
-        "{name}: every OOM kill the kernel counted must be traced"
+        json["summary"]["oom_kills"],
+        json["summary"]["traced_victims"],
+        "{name}: every OOM kill the kernel counted must be seen\n{}",
+        text(&out)
     );
     assert_cleaned_up(&json);
     (json, dir)
@@ -156,8 +158,14 @@ fn demo_tells_the_seed_story_and_writes_a_report() {
         s1["requested_bytes"].as_f64().expect("requested"),
         s1["charged_bytes"].as_f64().expect("charged"),
     );
+    // In the test VMs sizes are divided by 8 but each worker process still costs ~1 MiB.
+    let allowance = if std::env::var("OOMLAB_VM").as_deref() == Ok("1") {
+        4.0 * 1048576.0
+    } else {
+        0.0
+    };
     assert!(
-        (got - req).abs() / req <= 0.02,
+        (got - req).abs() <= req * 0.02 + allowance,
         "stage 1 charged {got} for {req}"
     );
     assert!(s1["host_total_bytes"].as_u64() > json["limit_bytes"].as_u64());

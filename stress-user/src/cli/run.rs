@@ -99,12 +99,17 @@ fn print_end(r: &RunReport, dir: Option<&std::path::Path>) {
     println!();
     println!("== summary");
     println!(
-        "   {:.1} s; OOM kills {} (kernel counter), {} traced ({} worker, {} app), {} lost; {} respawn(s); peak usage {}",
+        "   {:.1} s; OOM kills {} (kernel counter), {} seen ({} worker, {} app{}), {} lost; {} respawn(s); peak usage {}",
         s.duration_s,
         s.oom_kills,
         s.traced_victims,
         s.worker_kills,
         s.app_kills,
+        if s.victims_from_kmsg > 0 {
+            format!("; {} from the kernel log only", s.victims_from_kmsg)
+        } else {
+            String::new()
+        },
         s.lost_events,
         s.respawns,
         human(s.peak_usage_bytes)

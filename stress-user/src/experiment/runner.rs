@@ -120,6 +120,9 @@ struct VictimSeen {
     trigger_pid: u32,
     trigger_comm: String,
     stage: Option<usize>,
+    /// Known from the kernel log only: the tracer did not deliver its `mark_victim` (a victim
+    /// gone before its cgroup could be read is dropped by the tracer's target filter on v2).
+    from_kmsg: bool,
 }
 
 /// State shared by the collector task, the sampler thread and the main thread.
@@ -1008,6 +1011,7 @@ fn on_event(sh: &Mutex<Shared>, ev: &crate::trace::Event) {
                 trigger_pid: v.trigger.pid,
                 trigger_comm: v.trigger.comm.clone(),
                 stage: s.stage,
+                from_kmsg: false,
             };
             s.say(&format!(
                 "{t:>8.2}s  OOM kill  pid {:<7} {:<10} adj {:>5}  anon {:>9}  (charge by pid {})",
@@ -1048,6 +1052,48 @@ fn on_episode(sh: &Mutex<Shared>, ep: TraceEpisode, cg_path: &str) {
         || ep.domain.memcg.as_deref() == Some(cg_path);
     if !ours {
         return;
+    }
+    for v in &ep.victims {
+        if s.victims.iter().any(|x| x.pid == v.pid)
+            || !(s.roles.contains_key(&v.pid) || ep.domain.memcg.as_deref() == Some(cg_path))
+        {
+            continue;
+        }
+        // The kernel log's clock (local_clock, since boot) is CLOCK_MONOTONIC to within
+        // milliseconds on these machines.
+        let t = ep.kmsg_ts.map_or_else(|| s.t(), |k| k - s.t0 as f64 / 1e9);
+        let role = role_of(&s.roles, v.pid);
+        s.say(&format!(
+            "{t:>8.2}s  OOM kill  pid {:<7} {:<10} adj {:>5}  anon {:>9}  (from the kernel log)",
+            v.pid,
+            role_label(&role),
+            v.oom_score_adj.map_or("?".into(), |a| a.to_string()),
+            v.anon_rss_kb.map_or("?".into(), |k| human(k * 1024)),
+        ));
+        let label = match role.strip_prefix("app:") {
+            Some(name) => format!("{name} {}", v.pid),
+            None => format!("{role} {}", v.pid),
+        };
+        s.marks.push(Mark {
+            t,
+            kind: "oom_kill".into(),
+            pid: Some(v.pid),
+            role: Some(role.clone()),
+            label,
+            stage: None,
+        });
+        s.victims.push(VictimSeen {
+            t,
+            pid: v.pid,
+            comm: v.comm.clone(),
+            role,
+            oom_score_adj: v.oom_score_adj,
+            anon_rss_kb: v.anon_rss_kb,
+            trigger_pid: ep.trigger.pid.map_or(0, |p| p as u32),
+            trigger_comm: ep.trigger.comm.clone().unwrap_or_default(),
+            stage: None,
+            from_kmsg: true,
+        });
     }
     let victim = ep.selected().or_else(|| ep.victims.first().map(|v| v.pid));
     let stage = victim
@@ -1209,7 +1255,27 @@ fn build_report(
     lost: u64,
     oom_kills_total: u64,
 ) -> RunReport {
-    let s = lock(shared);
+    let mut s = lock(shared);
+    // Victims known from the kernel log only get their stage from their time.
+    let span = |t: f64| {
+        runs.iter()
+            .find(|r| t >= r.start && t <= r.end)
+            .map(|r| r.index)
+    };
+    for i in 0..s.victims.len() {
+        if s.victims[i].stage.is_none() {
+            let t = s.victims[i].t;
+            s.victims[i].stage = span(t);
+        }
+    }
+    for m in &mut s.marks {
+        if m.kind == "oom_kill" && m.stage.is_none() {
+            m.stage = span(m.t);
+        }
+    }
+    s.victims.sort_by(|a, b| a.t.total_cmp(&b.t));
+    s.marks.sort_by(|a, b| a.t.total_cmp(&b.t));
+    let s = s;
     let oom_base = runs.first().map_or(oom_kills_total, |r| r.oom_base);
     let mut stages = Vec::new();
     let mut verdicts: Vec<Verdict> = Vec::new();
@@ -1363,6 +1429,7 @@ fn build_report(
             duration_s: s.samples.last().map_or(0.0, |x| x.t),
             oom_kills: oom_kills_total.saturating_sub(oom_base),
             traced_victims: s.victims.len() as u64,
+            victims_from_kmsg: s.victims.iter().filter(|v| v.from_kmsg).count() as u64,
             lost_events: lost,
             worker_kills,
             app_kills,

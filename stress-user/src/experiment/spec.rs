@@ -229,6 +229,9 @@ pub struct Expectations {
     pub charged_within: Option<f64>,
     pub working_set_below: Option<u64>,
     pub app_survives: Option<bool>,
+    /// Bytes `charged_within` also allows: with `OOMLAB_VM` sizes are scaled down but each
+    /// worker process's own cost (binary, stack, page tables, ~1 MiB) is not.
+    pub charged_allowance: u64,
     /// Line of the table, for reports.
     pub line: usize,
 }
@@ -846,7 +849,13 @@ fn check_expect(
         }
         None => None,
     };
+    let charged_allowance = if cx.scale > 1 && charged_within.is_some() {
+        injects.iter().map(|i| i.workers as u64).max().unwrap_or(1) << 20
+    } else {
+        0
+    };
     Ok(Expectations {
+        charged_allowance,
         victim,
         max_oom_kills: max,
         min_oom_kills: min,
@@ -970,6 +979,9 @@ mod tests {
             matches!(x.target, Target::Scratch { limit: Some(l), .. } if l == 500 * MIB / VM_SCALE)
         );
         assert_eq!(x.apps[0].kind, AppKind::Builtin { size: 5 * MIB });
+        // The per-process cost of the 4 workers does not scale: charged_within allows it.
+        assert_eq!(x.stages[0].expect.charged_allowance, 4 * MIB);
+        assert_eq!(ok(SEED).stages[0].expect.charged_allowance, 0);
     }
 
     const MIN: &str = "[target]\nscratch = true\nmemory_limit = \"100MiB\"\n\n[[stages]]\ninject = { size = \"10MiB\" }\nhold = \"1s\"\n";

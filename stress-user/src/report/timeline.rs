@@ -129,8 +129,12 @@ pub struct Summary {
     pub duration_s: f64,
     /// From the kernel's own counter.
     pub oom_kills: u64,
-    /// Victims seen by the tracer in this target.
+    /// Victims seen in this target: by the tracer, or by the kernel log where the tracer's
+    /// event did not arrive.
     pub traced_victims: u64,
+    /// Of those, the ones only the kernel log named.
+    #[serde(default)]
+    pub victims_from_kmsg: u64,
     /// Events the kernel could not hand over (ring buffer full).
     pub lost_events: u64,
     pub worker_kills: u64,
@@ -345,6 +349,7 @@ pub(crate) mod fixture {
                 duration_s: 12.0,
                 oom_kills: 2,
                 traced_victims: 2,
+                victims_from_kmsg: 0,
                 lost_events: 0,
                 worker_kills: 1,
                 app_kills: 1,
