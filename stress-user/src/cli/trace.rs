@@ -21,7 +21,8 @@ use crate::{
         OutputFormat,
     },
     trace::{
-        enrich::cgroup_of_pid, Event, EventKind, EventSet, ReclaimKey, Stats, TraceOptions, Tracer,
+        enrich::cgroup_of_pid, monotonic, Event, EventKind, EventSet, ReclaimKey, Stats,
+        TraceOptions, Tracer,
     },
 };
 
@@ -64,6 +65,11 @@ struct Ready<'a> {
     target: Option<String>,
     events: Vec<&'static str>,
     attached: &'a [String],
+}
+
+#[derive(Serialize)]
+struct Hooks<'a> {
+    ts: f64,
     hooks: &'a [crate::trace::HookResult],
 }
 
@@ -79,19 +85,6 @@ struct Summary<'a> {
     ts: f64,
     #[serde(flatten)]
     row: &'a crate::report::trace::ReclaimRow,
-}
-
-/// CLOCK_MONOTONIC, the clock of the kernel's event timestamps.
-pub fn monotonic() -> Duration {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is a valid timespec to write into; CLOCK_MONOTONIC always exists.
-    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) } != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 fn class_names(set: &EventSet) -> Vec<&'static str> {
@@ -266,12 +259,15 @@ async fn run_async(args: Args) -> anyhow::Result<i32> {
         .events
         .oom
         .then(|| crate::trace::episode::Episodes::start(target.as_ref().map(|t| t.path())));
+    // The optional hooks are tried right after `ready`: on kernels that refuse them (this
+    // project's hosts) finding out costs a parse of the kernel's BTF, which `ready` need not wait
+    // for — every tracepoint is attached by then.
     let opts = TraceOptions {
-        hooks: true,
+        hooks: false,
         events: args.events,
         target: target.clone(),
     };
-    let (tracer, mut rx) = Tracer::start(&opts)?;
+    let (mut tracer, mut rx) = Tracer::start(&opts)?;
     let mut sink = Sink {
         out: BufWriter::new(std::io::stdout().lock()),
         fmt: args.output,
@@ -291,7 +287,6 @@ async fn run_async(args: Args) -> anyhow::Result<i32> {
                 target: target_path.clone(),
                 events: class_names(&args.events),
                 attached: &tracer.attached,
-                hooks: &tracer.hooks,
             },
         )?,
         OutputFormat::Human => {
@@ -306,6 +301,30 @@ async fn run_async(args: Args) -> anyhow::Result<i32> {
                 tracer.attached.len()
             )?;
             sink.out.flush()?;
+        }
+    }
+    if args.events.oom {
+        let hooks = tracer.try_hooks();
+        match args.output {
+            OutputFormat::Json => json_line(
+                &mut sink.out,
+                "hooks",
+                &Hooks {
+                    ts: monotonic().as_secs_f64(),
+                    hooks,
+                },
+            )?,
+            OutputFormat::Human => {
+                for h in hooks {
+                    let state = if h.attached {
+                        "attached"
+                    } else {
+                        "unavailable"
+                    };
+                    writeln!(sink.out, "hook: {} {state}", h.hook)?;
+                }
+                sink.out.flush()?;
+            }
         }
     }
     let deadline = args.duration.map(|d| Instant::now() + d);

@@ -20,16 +20,41 @@ pub fn cgroup_of_pid(pid: u32, version: Version) -> Option<String> {
     cgroup::cgroup_of(&text, version)
 }
 
-/// True when `pid` runs `oomlab __worker` (an `oomlab inject` worker): the hidden subcommand is
-/// one of its arguments.
+/// True when `pid` is an `oomlab inject` worker: a child of an `oomlab inject` process running
+/// the same executable (workers are that binary re-executed as `oomlab __worker`).
+///
+/// The victim's own /proc/PID/cmdline would say `__worker` directly, but reading it takes the
+/// victim's mmap lock, which its exit is holding: tens of milliseconds of delay on the event.
+/// `stat`, `exe` and the parent's cmdline do not touch the dying mm.
 pub fn is_oomlab_worker(pid: u32) -> bool {
-    fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|raw| cmdline_is_worker(&raw))
-        .unwrap_or(false)
+    let Some(ppid) = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| parent_of_stat(&s))
+    else {
+        return false;
+    };
+    let exe = |p: u32| fs::read_link(format!("/proc/{p}/exe")).ok();
+    let same_exe = matches!((exe(pid), exe(ppid)), (Some(a), Some(b)) if a == b);
+    same_exe
+        && fs::read(format!("/proc/{ppid}/cmdline"))
+            .map(|raw| cmdline_is_injector(&raw))
+            .unwrap_or(false)
 }
 
-/// The NUL-separated argv of `/proc/PID/cmdline`: the program name is not enough (the binary
-/// can be renamed), the `__worker` subcommand is.
+/// The ppid in a `/proc/PID/stat` line (`pid (comm) state ppid …`; comm may hold spaces and
+/// parentheses, so split after the last `)`).
+pub fn parent_of_stat(stat: &str) -> Option<u32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The NUL-separated argv of `/proc/PID/cmdline` of `oomlab inject …` (the subcommand, not the
+/// program name: the binary can be renamed).
+pub fn cmdline_is_injector(raw: &[u8]) -> bool {
+    raw.split(|&b| b == 0).nth(1) == Some(b"inject")
+}
+
+/// `oomlab __worker …`, for callers that can afford to read the process's own cmdline.
 pub fn cmdline_is_worker(raw: &[u8]) -> bool {
     raw.split(|&b| b == 0).skip(1).any(|arg| arg == b"__worker")
 }
@@ -234,6 +259,23 @@ mod tests {
         assert!(!path_under("/ab", "/a"));
         assert!(!path_under("/", "/a"));
         assert!(path_under("/anything", "/"));
+    }
+
+    #[test]
+    fn injector_and_parent() {
+        assert!(cmdline_is_injector(
+            b"/usr/bin/oomlab\0inject\0--cgroup\0/x\0"
+        ));
+        assert!(!cmdline_is_injector(b"oomlab\0trace\0inject\0"));
+        assert_eq!(parent_of_stat("42 (a (b) c) S 7 42 42 0"), Some(7));
+        assert_eq!(parent_of_stat("garbage"), None);
+        let me = std::process::id();
+        let stat = fs::read_to_string(format!("/proc/{me}/stat")).expect("own stat");
+        assert_eq!(
+            parent_of_stat(&stat),
+            Some(std::os::unix::process::parent_id())
+        );
+        assert!(!is_oomlab_worker(me), "the test runner is no worker");
     }
 
     #[test]

@@ -444,8 +444,13 @@ pub fn parse_hierarchy_id(proc_cgroups: &str, controller: &str) -> Option<i32> {
 }
 
 /// Loads the embedded object with `cfg` as its `CONFIG` global. Nothing is attached yet.
+///
+/// Without the kernel's BTF: the programs read tracepoint fields at offsets from `format` files
+/// and need no CO-RE relocation, and parsing `/sys/kernel/btf/vmlinux` would cost most of the
+/// start-up time and memory (only the optional fentry hook needs it, and loads it itself).
 pub fn load(cfg: &Config) -> Result<Ebpf, TraceError> {
     Ok(EbpfLoader::new()
+        .btf(None)
         .override_global("CONFIG", cfg, true)
         .load(EBPF_OBJECT)?)
 }
@@ -498,6 +503,36 @@ pub fn try_fentry(bpf: &mut Ebpf) -> HookResult {
         attached: result.is_ok(),
         error: result.err(),
     }
+}
+
+/// CLOCK_MONOTONIC, the clock of the kernel's event timestamps (`bpf_ktime_get_ns`).
+pub fn monotonic() -> std::time::Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec to write into; CLOCK_MONOTONIC always exists.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) } != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// fentry, else kprobe, on `oom_kill_process`: both on one function would double every event.
+pub fn try_hooks(bpf: &mut Ebpf) -> Vec<HookResult> {
+    let fentry = try_fentry(bpf);
+    let fentry_ok = fentry.attached;
+    let mut hooks = vec![fentry];
+    if !fentry_ok {
+        hooks.push(try_kprobe(bpf));
+    }
+    for h in &hooks {
+        match &h.error {
+            None => log::info!("{} attached", h.hook),
+            Some(e) => log::info!("{} unavailable: {e}", h.hook),
+        }
+    }
+    hooks
 }
 
 /// Loads and attaches one tracepoint program.
@@ -605,6 +640,7 @@ impl Tracer {
     pub fn start(
         opts: &TraceOptions,
     ) -> Result<(Tracer, mpsc::UnboundedReceiver<Event>), TraceError> {
+        let t0 = std::time::Instant::now();
         let tracefs = ensure_tracefs()?;
         let mut cfg = build_config(&tracefs.path)?;
         let hierarchy = Hierarchy::detect().ok();
@@ -629,6 +665,7 @@ impl Tracer {
             };
         }
         let mut bpf = load(&cfg)?;
+        log::debug!("formats read and object loaded after {:?}", t0.elapsed());
 
         // The logger owns the AYA_LOGS map; it must live (and be driven) as long as programs
         // that log are loaded.
@@ -736,23 +773,16 @@ impl Tracer {
             }
         }
 
+        log::debug!(
+            "{} tracepoints attached after {:?}",
+            attached.len(),
+            t0.elapsed()
+        );
         let mut hooks = Vec::new();
         if opts.hooks && opts.events.oom {
-            let fentry = try_fentry(&mut bpf);
-            // kprobe only when fentry failed: both on one function would double every event.
-            let fentry_ok = fentry.attached;
-            hooks.push(fentry);
-            if !fentry_ok {
-                hooks.push(try_kprobe(&mut bpf));
-            }
-            for h in &hooks {
-                match &h.error {
-                    None => log::info!("{} attached", h.hook),
-                    Some(e) => log::info!("{} unavailable: {e}", h.hook),
-                }
-            }
+            hooks = try_hooks(&mut bpf);
         }
-
+        log::debug!("optional hooks tried after {:?}", t0.elapsed());
         let stats = take(&mut bpf, "STATS", PerCpuArray::try_from)?;
         let reclaim = if opts.events.reclaim {
             Some(take(&mut bpf, "RECLAIM_STATS", PerCpuHashMap::try_from)?)
@@ -774,6 +804,13 @@ impl Tracer {
                 while let Some(item) = ring.next() {
                     match Event::decode(&item) {
                         Ok(mut ev) => {
+                            if log::log_enabled!(log::Level::Trace) {
+                                log::trace!(
+                                    "event {:?} read {:?} after the kernel stamped it",
+                                    std::mem::discriminant(&ev.kind),
+                                    monotonic().saturating_sub(ev.ts)
+                                );
+                            }
                             if enricher.process(&mut ev) && tx.send(ev).is_err() {
                                 return;
                             }
@@ -799,6 +836,16 @@ impl Tracer {
             },
             rx,
         ))
+    }
+
+    /// Tries the optional kprobe/fentry hooks now (for callers that started with `hooks: false`
+    /// to be ready sooner: finding `oom_kill_process` for fentry parses the kernel's BTF). The
+    /// results are also kept in `self.hooks`.
+    pub fn try_hooks(&mut self) -> &[HookResult] {
+        if self.hooks.is_empty() {
+            self.hooks = try_hooks(&mut self.bpf);
+        }
+        &self.hooks
     }
 
     /// The kernel's reclaim totals per key since start (empty without the reclaim class).

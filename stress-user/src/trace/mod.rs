@@ -13,7 +13,8 @@ pub mod scoreboard;
 pub use event::{Event, EventKind};
 pub use loader::{
     attach_tracepoint, build_config, ensure_tracefs, format_path, layout_mismatches, load,
-    memory_hierarchy_id, parse_hierarchy_id, read_format, same_layout, try_fentry, try_kprobe,
-    EventClass, EventSet, HookResult, ReclaimKey, ReclaimTotal, Stats, TraceError, TraceOptions,
-    Tracefs, TracepointSpec, Tracer, EBPF_OBJECT, SHARED_LAYOUTS, TRACEPOINTS, USED_TRACEPOINTS,
+    memory_hierarchy_id, monotonic, parse_hierarchy_id, read_format, same_layout, try_fentry,
+    try_hooks, try_kprobe, EventClass, EventSet, HookResult, ReclaimKey, ReclaimTotal, Stats,
+    TraceError, TraceOptions, Tracefs, TracepointSpec, Tracer, EBPF_OBJECT, SHARED_LAYOUTS,
+    TRACEPOINTS, USED_TRACEPOINTS,
 };
