@@ -20,7 +20,7 @@ async fn oom_kill_process_hooks_attach_and_fire_once_per_kill() {
     if !common::need_root(test) {
         return;
     }
-    let in_vm = std::env::var_os("OOMLAB_VM").is_some();
+    let in_vm = common::in_vm();
     let (tracer, mut rx) = Tracer::start(&TraceOptions::default()).expect("tracer starts");
     let attached: Vec<&str> = tracer
         .hooks

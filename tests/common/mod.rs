@@ -25,6 +25,22 @@ pub fn need_root(test: &str) -> bool {
     true
 }
 
+/// True inside `cargo xtask vm-test`'s guests (QEMU TCG, 1 GiB, one vCPU; its /init sets
+/// `OOMLAB_VM=1`): emulated memory is ~20x slower, so sizes there should be tens of MiB.
+pub fn in_vm() -> bool {
+    std::env::var("OOMLAB_VM").is_ok_and(|v| v == "1")
+}
+
+/// In the VM matrix, says why the test does not run there and returns true; for tests whose
+/// sizes or load do not fit a 1 GiB emulated guest. The host still runs them in full.
+pub fn skip_in_vm(test: &str, why: &str) -> bool {
+    if in_vm() {
+        eprintln!("skipped: {test} does not run in the VM matrix: {why}");
+        return true;
+    }
+    false
+}
+
 pub fn unique(name: &str) -> String {
     format!("{name}-{}", std::process::id())
 }
