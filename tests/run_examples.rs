@@ -72,7 +72,7 @@ fn assert_cleaned_up(report: &Value) {
 }
 
 /// Runs an example (compiled in) and checks its expectations held.
-fn run_example(name: &str, text_toml: &str) -> (Value, TempDir) {
+fn run_example(name: &str, text_toml: &str, group_kill: bool) -> (Value, TempDir) {
     let dir = TempDir::new(name);
     let file = dir.0.join(format!("{name}.toml"));
     fs::write(&file, text_toml).expect("write example");
@@ -96,12 +96,28 @@ fn run_example(name: &str, text_toml: &str) -> (Value, TempDir) {
         "{name}: no expectation was checked"
     );
     assert_eq!(json["summary"]["lost_events"], 0, "{name}: events lost");
-    assert_eq!(
-        json["summary"]["oom_kills"],
-        json["summary"]["traced_victims"],
-        "{name}: every OOM kill the kernel counted must be seen\n{}",
-        text(&out)
+    let (kills, seen) = (
+        json["summary"]["oom_kills"].as_u64().expect("oom_kills"),
+        json["summary"]["traced_victims"]
+            .as_u64()
+            .expect("traced_victims"),
     );
+    if group_kill {
+        // A memory.oom.group kill may count its first victim twice (seen on 6.1: 4 in
+        // memory.events for 3 processes killed); every process killed must still be seen.
+        assert!(
+            seen >= 1 && seen <= kills,
+            "{name}: {seen} victims seen, {kills} counted\n{}",
+            text(&out)
+        );
+    } else {
+        assert_eq!(
+            kills,
+            seen,
+            "{name}: every OOM kill the kernel counted must be seen\n{}",
+            text(&out)
+        );
+    }
     assert_cleaned_up(&json);
     (json, dir)
 }
@@ -240,7 +256,11 @@ fn page_cache_is_reclaimed_not_killed() {
     if !common::need_root("page_cache_is_reclaimed_not_killed") {
         return;
     }
-    let (json, _dir) = run_example("page-cache", include_str!("../examples/page-cache.toml"));
+    let (json, _dir) = run_example(
+        "page-cache",
+        include_str!("../examples/page-cache.toml"),
+        false,
+    );
     assert_eq!(json["summary"]["oom_kills"], 0);
     // The cache went past the limit and came back down: reclaim happened in the target.
     let peak = json["summary"]["peak_usage_bytes"].as_u64().expect("peak");
@@ -255,6 +275,7 @@ fn working_set_is_held() {
     run_example(
         "working-set-hold",
         include_str!("../examples/working-set-hold.toml"),
+        false,
     );
 }
 
@@ -263,7 +284,11 @@ fn score_adj_outweighs_size() {
     if !common::need_root("score_adj_outweighs_size") {
         return;
     }
-    let (json, _dir) = run_example("score-adj", include_str!("../examples/score-adj.toml"));
+    let (json, _dir) = run_example(
+        "score-adj",
+        include_str!("../examples/score-adj.toml"),
+        false,
+    );
     let first = &json["episodes"][0];
     assert_eq!(first["victim_role"], "app:small", "{json:#}");
 }
@@ -294,8 +319,10 @@ fn oom_group_kills_the_whole_cgroup_on_v2() {
         eprintln!("skipped: memory.oom.group needs cgroup v2 (this host's memory controller is v1); the kernel-matrix VMs run it");
         return;
     }
-    let (json, _dir) = run_example("oom-group", example);
-    assert!(json["summary"]["app_kills"].as_u64() >= Some(1), "{json:#}");
+    let (json, _dir) = run_example("oom-group", example, true);
+    // The whole cgroup went: the app and both workers, each seen once.
+    assert_eq!(json["summary"]["app_kills"], 1, "{json:#}");
+    assert_eq!(json["summary"]["worker_kills"], 2, "{json:#}");
 }
 
 #[test]

@@ -1505,3 +1505,67 @@ pub fn write_report(dir: &Path, report: &RunReport) -> Result<(), String> {
     write("report.md", &crate::report::markdown::render(report))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(
+        pid: i32,
+        role: &str,
+        rss_mib: u64,
+        adj: i32,
+        badness: Option<i64>,
+        chosen: bool,
+    ) -> Candidate {
+        Candidate {
+            pid,
+            name: "oomlab".into(),
+            role: role.into(),
+            rss_kb: rss_mib * 1024,
+            swap_kb: 0,
+            pgtables_kb: 0,
+            oom_score_adj: adj,
+            badness,
+            rank: None,
+            chosen,
+        }
+    }
+
+    #[test]
+    fn why_names_the_winner_and_the_runner_up() {
+        // The seed story's stage 3: the app at 988 against workers at 0, limit 500 MiB.
+        let c = vec![
+            cand(10, "app:node", 45, 988, Some(138_054), true),
+            cand(11, "worker", 128, 0, Some(33_071), false),
+            cand(12, "worker", 100, -1000, None, false),
+        ];
+        let w = why(&c, 128_000, "app:node");
+        assert!(
+            w.starts_with("the app node had the highest badness: 138054 = 11520 pages"),
+            "{w}"
+        );
+        assert!(w.contains("adj 988 × 128"), "{w}");
+        assert!(
+            w.contains("the next, the worker (pid 11, adj 0), had 33071"),
+            "{w}"
+        );
+        assert!(
+            w.contains("1 candidate(s) at adj -1000 could never be chosen"),
+            "{w}"
+        );
+        let none = why(&[], 0, "worker");
+        assert!(none.contains("no candidate table"), "{none}");
+    }
+
+    #[test]
+    fn roles() {
+        let mut r = HashMap::new();
+        r.insert(5, "app:node".to_string());
+        r.insert(6, "worker".to_string());
+        assert_eq!(role_of(&r, 5), "app:node");
+        assert_eq!(role_of(&r, 7), "other");
+        assert_eq!(role_label("app:node"), "app node");
+        assert_eq!(role_label("worker"), "worker");
+    }
+}
