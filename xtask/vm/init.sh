@@ -22,6 +22,9 @@ for _ in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/nvme0n1 ] && break; sleep 0.5; done
 if mount -t ext4 /dev/nvme0n1 /mnt/disk; then
     mkdir -p /mnt/disk/tmp /mnt/disk/var-tmp
     chmod 1777 /mnt/disk/tmp /mnt/disk/var-tmp
+    # The payload sits at its host paths, which are under /tmp when the workspace is (a CI
+    # clone may be): carry it over, or the bind mount would hide the test binaries.
+    cp -a /tmp/. /mnt/disk/tmp/ || fail_setup "cannot copy /tmp onto the scratch disk"
     mount --bind /mnt/disk/tmp /tmp
     mount --bind /mnt/disk/var-tmp /var/tmp
 else
