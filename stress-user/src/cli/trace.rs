@@ -41,6 +41,10 @@ pub struct Args {
     /// How often the per-cgroup reclaim summary is printed.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     summary_interval: Duration,
+    /// Do not try the optional kprobe/fentry hooks on `oom_kill_process` (trying fentry parses
+    /// the kernel's BTF: ~10 MiB of peak memory on kernels that then refuse it anyway).
+    #[arg(long)]
+    no_hooks: bool,
     /// JSON only: add `wts`, CLOCK_MONOTONIC seconds when the line was written (to measure
     /// kernel-to-output latency against `ts`).
     #[arg(long, hide = true)]
@@ -303,7 +307,7 @@ async fn run_async(args: Args) -> anyhow::Result<i32> {
             sink.out.flush()?;
         }
     }
-    if args.events.oom {
+    if args.events.oom && !args.no_hooks {
         let hooks = tracer.try_hooks();
         match args.output {
             OutputFormat::Json => json_line(
