@@ -6,8 +6,7 @@ use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 use stress_common::{
-    cgroup_attach as ca, cgroup_dir as cd, cgroup_op, kind, process_exit, process_fork,
-    CgroupEvent, FILTER_PIDS,
+    cgroup_attach as ca, cgroup_dir as cd, cgroup_op, kind, process_exit, process_fork, CgroupEvent,
 };
 
 use crate::emit::{
@@ -73,7 +72,7 @@ fn try_attach(ctx: &TracePointContext) -> Result<u32, u32> {
     if filtering() {
         let into_target = cgroup_in_filter(root, id);
         let mut out_of_target = false;
-        if config(|c| &c.filter_mode) == FILTER_PIDS && root == config(|c| &c.filter_root) {
+        if root == config(|c| &c.filter_root) {
             if into_target {
                 let _ = FILTER_PID_SET.insert(pid as u32, 1u8, 0);
             } else if pid_in_filter(pid as u32) {
@@ -104,7 +103,7 @@ fn try_attach(ctx: &TracePointContext) -> Result<u32, u32> {
     Ok(0)
 }
 
-/// Attached only with a v1 pid filter: a child of a task in the target is in the target.
+/// Attached only with a target filter: a child of a task in the target is in the target.
 #[tracepoint]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     match try_fork(&ctx) {
@@ -113,7 +112,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
 }
 
 fn try_fork(ctx: &TracePointContext) -> Result<u32, u32> {
-    if config(|c| &c.filter_mode) != FILTER_PIDS {
+    if !filtering() {
         return Ok(0);
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -127,10 +126,10 @@ fn try_fork(ctx: &TracePointContext) -> Result<u32, u32> {
     Ok(0)
 }
 
-/// Attached only with a v1 pid filter: keeps the set from filling with dead pids.
+/// Attached only with a target filter: keeps the set from filling with dead pids.
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
-    if config(|c| &c.filter_mode) != FILTER_PIDS {
+    if !filtering() {
         return 0;
     }
     let l = config(|c| &c.process_exit);

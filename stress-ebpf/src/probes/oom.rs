@@ -5,11 +5,12 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use aya_log_ebpf::warn;
 use stress_common::{
     adj_update, compact_retry as cr, kind, mark_victim as mv, reaper_step, retry_zone as rz,
-    victim_fields, AdjUpdate, CompactRetry, MarkVictim, Reaper, RetryZone, FILTER_PIDS,
+    victim_fields, AdjUpdate, CompactRetry, MarkVictim, Reaper, RetryZone,
 };
 
 use crate::emit::{
-    config, current_wanted, header, pid_in_filter, read_signed, read_str, read_unsigned, reserve,
+    config, current_wanted, filtering, header, pid_in_filter, read_signed, read_str, read_unsigned,
+    reserve,
 };
 
 /// Not filtered in the kernel: the victim can live in another cgroup than the task that
@@ -64,7 +65,7 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<u32, u32> {
     }
     // Recorded, not filtered on: user space decides with the victim's own cgroup, and this bit
     // still answers after the victim has exited and /proc no longer knows it.
-    if config(|c| &c.filter_mode) == FILTER_PIDS && pid_in_filter(pid as u32) {
+    if filtering() && pid_in_filter(pid as u32) {
         present |= victim_fields::IN_FILTER;
     }
     // SAFETY: `ev` points at reserved ring-buffer memory large enough for one MarkVictim; every
@@ -97,10 +98,9 @@ fn try_oom_score_adj_update(ctx: &TracePointContext) -> Result<u32, u32> {
     let layout = config(|c| &c.adj_update);
     let pid = read_signed(ctx, layout[adj_update::PID]).ok_or(1u32)? as i32;
     // Kept when the writer is in the target (a process changing its own or a child's adj, the
-    // injector setting its workers') or, on v1, when the process whose adj changed is.
-    if !current_wanted()
-        && !(config(|c| &c.filter_mode) == FILTER_PIDS && pid_in_filter(pid as u32))
-    {
+    // injector setting its workers') or when the process whose adj changed is (its pid is
+    // tracked in both filter modes: the writer's cgroup says nothing about the target task's).
+    if !current_wanted() && !(filtering() && pid_in_filter(pid as u32)) {
         return Ok(0);
     }
     let adj = read_signed(ctx, layout[adj_update::OOM_SCORE_ADJ]).ok_or(1u32)? as i32;

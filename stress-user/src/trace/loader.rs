@@ -697,15 +697,13 @@ impl Tracer {
         let mut target_state = None;
         if let Some(target) = &opts.target {
             let cgroups = take(&mut bpf, "FILTER_CGROUP_SET", aya::maps::HashMap::try_from)?;
-            let pids = if target.version == Version::V1 {
-                Some(take(
-                    &mut bpf,
-                    "FILTER_PID_SET",
-                    aya::maps::HashMap::try_from,
-                )?)
-            } else {
-                None
-            };
+            // Pids are tracked on v2 too: the cgroup id of `current` cannot tell whether the
+            // task an adj write changes is in the target.
+            let pids = Some(take(
+                &mut bpf,
+                "FILTER_PID_SET",
+                aya::maps::HashMap::try_from,
+            )?);
             let mut st = TargetState {
                 path: target.path(),
                 mount: target.mount.clone(),
@@ -726,11 +724,7 @@ impl Tracer {
         for spec in TRACEPOINTS {
             let wanted = opts.events.wants(spec.class)
                 || (opts.target.is_some() && spec.class == EventClass::Cgroup)
-                || (spec.class == EventClass::Filter
-                    && opts
-                        .target
-                        .as_ref()
-                        .is_some_and(|t| t.version == Version::V1));
+                || (spec.class == EventClass::Filter && opts.target.is_some());
             if !wanted && !spec.required {
                 continue;
             }
