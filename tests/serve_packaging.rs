@@ -150,6 +150,11 @@ fn yaml(path: &Path) -> serde_json::Value {
 
 #[test]
 fn kubernetes_manifests_validate() {
+    // The manifests do not depend on the kernel: the VM matrix's guest carries no Python.
+    if std::env::var("OOMLAB_VM").is_ok_and(|v| v == "1") {
+        eprintln!("skipped: kubernetes_manifests_validate does not run in the VM matrix: the guest has no python3; the host run validates the same files");
+        return;
+    }
     let probe = Command::new("python3")
         .args(["-m", "kubernetes_validate", "--version"])
         .output()

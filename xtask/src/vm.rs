@@ -717,8 +717,10 @@ fn boot(
         .args([
             "-append",
             // no_timer_check: the IO-APIC timer check fails on TCG when the host is busy.
+            // log_buf_len: an OOM storm test compares pids with /dev/kmsg; the default buffer
+            // wraps before it is read.
             &format!(
-                "console=ttyS0 panic=-1 quiet loglevel=3 no_timer_check oomlab.kernel={series}"
+                "console=ttyS0 panic=-1 quiet loglevel=3 no_timer_check log_buf_len=8M oomlab.kernel={series}"
             ),
         ])
         .stdin(Stdio::null())
