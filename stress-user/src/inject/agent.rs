@@ -425,14 +425,25 @@ fn drive(cg: &MemCgroup, plan: &Plan, out: &mut Out) -> Result<Summary, InjectEr
                 // Kernel memory that comes with the pages (page tables, a filesystem's own
                 // metadata for --kind file) is charged too: correct for it a few times, so what
                 // the cgroup's counter says matches what was asked for.
+                // Only our own overhead is corrected: after any OOM kill in the target (an app's
+                // too, not just a worker's) the baseline is gone and a "shortfall" would make the
+                // workers grow past the request; and the correction stays within the few percent
+                // that overhead can explain.
                 let error = charged as i64 - effective_goal as i64;
+                let slack = effective_goal / 20 + (8 << 20);
                 if settled
                     && worker_kills == 0
                     && corrections < MAX_CORRECTIONS
                     && error.unsigned_abs() > effective_goal / 400
+                    && cg.oom_kills().is_ok_and(|k| k == oom_base)
                 {
                     corrections += 1;
-                    effective = (effective as i64 - error).max(0) as u64;
+                    effective = (effective as i64 - error)
+                        .clamp(
+                            effective_goal.saturating_sub(slack) as i64,
+                            (effective_goal + slack) as i64,
+                        )
+                        .max(0) as u64;
                 } else if settled {
                     let secs = inject_start.elapsed().as_secs_f64();
                     reached_at = Some(secs);
