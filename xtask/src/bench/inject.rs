@@ -18,6 +18,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
+use super::cgroup::BenchCgroup;
 use crate::{run as sh, workspace_root};
 
 const GIB: u64 = 1 << 30;
@@ -42,63 +43,6 @@ impl Tool {
             Tool::StressNg => "stress-ng --vm-keep",
             Tool::StressNgPopulate => "stress-ng --vm-keep --vm-populate",
         }
-    }
-}
-
-/// A fresh cgroup under the test parent, removed on drop (whatever is inside is killed first).
-struct BenchCgroup {
-    dir: PathBuf,
-    rel: String,
-}
-
-impl BenchCgroup {
-    fn create(name: &str, limit: u64) -> Result<Self> {
-        let mount = Path::new("/sys/fs/cgroup/memory");
-        if !mount.join("memory.usage_in_bytes").exists() {
-            bail!(
-                "bench inject needs the cgroup v1 memory controller at {}",
-                mount.display()
-            );
-        }
-        let rel = format!("oomlab-test/bench-{}-{name}", std::process::id());
-        let dir = mount.join(&rel);
-        fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
-        fs::write(dir.join("memory.limit_in_bytes"), limit.to_string())?;
-        Ok(BenchCgroup {
-            dir,
-            rel: format!("/{rel}"),
-        })
-    }
-
-    fn usage(&self) -> u64 {
-        fs::read_to_string(self.dir.join("memory.usage_in_bytes"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0)
-    }
-
-    fn procs(&self) -> Vec<i32> {
-        fs::read_to_string(self.dir.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
-    }
-}
-
-impl Drop for BenchCgroup {
-    fn drop(&mut self) {
-        for _ in 0..250 {
-            for pid in self.procs() {
-                // SAFETY: only processes this bench put in its own cgroup.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            if fs::remove_dir(&self.dir).is_ok() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("bench inject: could not remove {}", self.dir.display());
     }
 }
 
@@ -136,7 +80,7 @@ fn spawn(tool: Tool, oomlab: &Path, cg: &BenchCgroup, size: u64) -> Result<Child
     let mut cmd = match tool {
         Tool::Oomlab => {
             let mut c = Command::new(oomlab);
-            c.args(["inject", "--cgroup", &cg.rel, "--size", &size.to_string()])
+            c.args(["inject", "--cgroup", &cg.rel(), "--size", &size.to_string()])
                 .args(["--output", "json"]);
             c
         }
@@ -150,7 +94,7 @@ fn spawn(tool: Tool, oomlab: &Path, cg: &BenchCgroup, size: u64) -> Result<Child
             let mut c = Command::new("sh");
             c.arg("-c").arg(format!(
                 "echo $$ > {}/cgroup.procs && exec stress-ng --vm 1 --vm-bytes {size} --vm-keep{populate} --timeout 0 --quiet",
-                cg.dir.display()
+                cg.0.display()
             ));
             c
         }
@@ -179,7 +123,11 @@ fn stop(child: &mut Child) {
 }
 
 fn measure(tool: Tool, oomlab: &Path, size: u64, run: usize, hold: bool) -> Result<Measured> {
-    let cg = BenchCgroup::create(&format!("{}-{run}", size / GIB), size * 2)?;
+    let cg = BenchCgroup::create(
+        "inject",
+        &format!("bench-{}-{}-{run}", std::process::id(), size / GIB),
+        size * 2,
+    )?;
     let base = cg.usage();
     let goal = base + size / 100 * 99;
     let start = Instant::now();

@@ -1,6 +1,7 @@
 //! `cargo xtask bench <name>`: figures printed as ratios against a peer tool measured in the
 //! same run (never timed assertions in tests).
 
+mod cgroup;
 mod inject;
 mod serve;
 mod trace;

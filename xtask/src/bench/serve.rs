@@ -9,7 +9,7 @@ use std::{
     fs,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{Ipv4Addr, TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -21,59 +21,8 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
+use super::cgroup::BenchCgroup;
 use crate::{run as sh, workspace_root};
-
-const MEMCG: &str = "/sys/fs/cgroup/memory";
-
-/// A memory cgroup under oomlab-test/, removed on drop (its processes killed first).
-struct Cgroup(PathBuf);
-
-impl Cgroup {
-    fn create(name: &str, limit: u64) -> Result<Cgroup> {
-        let dir = Path::new(MEMCG).join("oomlab-test").join(name);
-        if !Path::new(MEMCG).join("memory.limit_in_bytes").exists() {
-            bail!("bench serve needs the cgroup v1 memory controller at {MEMCG}");
-        }
-        fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
-        fs::write(dir.join("memory.limit_in_bytes"), limit.to_string())?;
-        Ok(Cgroup(dir))
-    }
-
-    fn oom_kills(&self) -> u64 {
-        fs::read_to_string(self.0.join("memory.oom_control"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
-            .unwrap_or(0)
-    }
-
-    fn rel(&self) -> String {
-        format!(
-            "/{}",
-            self.0
-                .strip_prefix(MEMCG)
-                .expect("under the mount")
-                .display()
-        )
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        for _ in 0..50 {
-            let procs = fs::read_to_string(self.0.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
-                // SAFETY: kill has no memory preconditions; these are our own workers.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            if fs::remove_dir(&self.0).is_ok() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        eprintln!("bench serve: could not remove {}", self.0.display());
-    }
-}
 
 fn rss_kib(pid: u32) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/status"))
@@ -163,8 +112,8 @@ pub fn run() -> Result<()> {
     let ready = start.elapsed();
 
     let me = std::process::id();
-    let oom = Cgroup::create(&format!("soak-oom-{me}"), 32 << 20)?;
-    let cache = Cgroup::create(&format!("soak-cache-{me}"), 64 << 20)?;
+    let oom = BenchCgroup::create("serve", &format!("soak-oom-{me}"), 32 << 20)?;
+    let cache = BenchCgroup::create("serve", &format!("soak-cache-{me}"), 64 << 20)?;
     let kills_before = oom.oom_kills();
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
@@ -202,11 +151,7 @@ pub fn run() -> Result<()> {
     // File-cache churn over a 64 MiB limit: memcg reclaim.
     let churn_file = std::env::temp_dir().join(format!("oomlab-soak-{me}.dat"));
     {
-        let (stop, procs, file) = (
-            stop.clone(),
-            cache.0.join("cgroup.procs"),
-            churn_file.clone(),
-        );
+        let (stop, procs, file) = (stop.clone(), cache.procs_file(), churn_file.clone());
         threads.push(thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 let script = format!(

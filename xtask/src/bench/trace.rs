@@ -12,7 +12,7 @@
 use std::{
     fs,
     io::{BufRead as _, BufReader},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -25,64 +25,11 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
+use super::cgroup::BenchCgroup;
 use crate::{run as sh, workspace_root};
 
-const MEMCG: &str = "/sys/fs/cgroup/memory";
 const BPFTRACE_SCRIPT: &str = r#"BEGIN { printf("ready\n"); } tracepoint:oom:mark_victim { printf("%d %s %d\n", args->pid, str(args->comm), args->oom_score_adj); }"#;
 const RUNS: usize = 5;
-
-/// A memory cgroup under oomlab-test/, removed on drop (its processes killed first).
-struct Cgroup(PathBuf);
-
-impl Cgroup {
-    fn create(name: &str, limit: u64) -> Result<Cgroup> {
-        if !Path::new(MEMCG).join("memory.limit_in_bytes").exists() {
-            bail!("bench trace needs the cgroup v1 memory controller at {MEMCG}");
-        }
-        let dir = Path::new(MEMCG).join("oomlab-test").join(name);
-        fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
-        fs::write(dir.join("memory.limit_in_bytes"), limit.to_string())?;
-        Ok(Cgroup(dir))
-    }
-
-    fn oom_kills(&self) -> u64 {
-        fs::read_to_string(self.0.join("memory.oom_control"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
-            .unwrap_or(0)
-    }
-
-    fn rel(&self) -> String {
-        format!(
-            "/{}",
-            self.0
-                .strip_prefix(MEMCG)
-                .expect("under the mount")
-                .display()
-        )
-    }
-
-    fn procs(&self) -> String {
-        self.0.join("cgroup.procs").display().to_string()
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        for _ in 0..250 {
-            let procs = fs::read_to_string(self.0.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                // SAFETY: kill(2) on a pid we put in our own cgroup.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            if fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
 
 fn oomlab_bin() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -241,11 +188,15 @@ pub fn run() -> Result<()> {
     println!("{}", report.join("\n"));
 
     // (b) reclaim-heavy workload with and without the tracer (node-wide, every class).
-    let churn = Cgroup::create(&format!("bench-churn-{}", std::process::id()), 32 << 20)?;
+    let churn = BenchCgroup::create(
+        "trace",
+        &format!("bench-churn-{}", std::process::id()),
+        32 << 20,
+    )?;
     let file = format!("/var/tmp/oomlab-bench-{}", std::process::id());
     let workload = format!(
         "echo $$ > {procs} && dd if=/dev/zero of={file} bs=1M count=256 2>/dev/null && for i in 1 2 3 4; do cat {file} > /dev/null; done",
-        procs = churn.procs()
+        procs = churn.procs_file().display()
     );
     let time_workload = || -> Result<f64> {
         let t = Instant::now();
@@ -291,7 +242,11 @@ pub fn run() -> Result<()> {
     report.push(line);
 
     // (c) + (d): an OOM storm in a scratch cgroup, traced with write stamps.
-    let storm = Cgroup::create(&format!("bench-storm-{}", std::process::id()), 24 << 20)?;
+    let storm = BenchCgroup::create(
+        "trace",
+        &format!("bench-storm-{}", std::process::id()),
+        24 << 20,
+    )?;
     let before = storm.oom_kills();
     let o = Traced::start(&format!(
         "{bin} trace --output json --events oom --write-stamps --cgroup {}",
