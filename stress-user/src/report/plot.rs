@@ -113,30 +113,28 @@ where
             .map(move |s| (s.t, f(s) as f64 / MIB))
             .collect::<Vec<_>>()
     };
-    chart
-        .draw_series(LineSeries::new(
-            series(|s| s.usage_bytes),
-            USAGE.stroke_width(4),
-        ))
-        .map_err(err)?
-        .label("usage")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], USAGE.stroke_width(4)));
-    chart
-        .draw_series(LineSeries::new(
-            series(|s| s.working_set_bytes),
-            WORKING_SET.stroke_width(1),
-        ))
-        .map_err(err)?
-        .label("working set")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], WORKING_SET.stroke_width(2)));
-    chart
-        .draw_series(LineSeries::new(
-            series(|s| s.injected_bytes),
-            INJECTED.stroke_width(2),
-        ))
-        .map_err(err)?
-        .label("injected (workers' RSS)")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], INJECTED.stroke_width(2)));
+    // (value, colour, line width, legend width, label) of the byte series in the top panel.
+    type Value = fn(&super::timeline::Sample) -> u64;
+    let lines: [(Value, _, u32, u32, &str); 3] = [
+        (|s| s.usage_bytes, USAGE, 4, 4, "usage"),
+        (|s| s.working_set_bytes, WORKING_SET, 1, 2, "working set"),
+        (
+            |s| s.injected_bytes,
+            INJECTED,
+            2,
+            2,
+            "injected (workers' RSS)",
+        ),
+    ];
+    for (value, colour, width, legend_width, label) in lines {
+        chart
+            .draw_series(LineSeries::new(series(value), colour.stroke_width(width)))
+            .map_err(err)?
+            .label(label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(legend_width))
+            });
+    }
     let limit: Vec<(f64, f64)> = r
         .samples
         .iter()
