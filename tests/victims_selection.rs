@@ -127,14 +127,17 @@ fn episode_names_the_kernels_victim_and_ranks_it_first() {
     std::thread::sleep(Duration::from_secs(6));
     const ATTEMPTS: usize = 4;
     for attempt in 1..=ATTEMPTS {
-        // 8 MiB with adj 500 outscores 10 MiB with adj 0 by ~4000 pages (500 × 8192/1000) — a
-        // margin no binary/library rss noise can close. Negative adj needs CAP_SYS_RESOURCE, which
-        // the test machines' root lacks, so the "protected" one is simply adj 0. 4 + 8 + 10 + the
-        // 10 MiB pusher exceed 32 MiB; without the victim, 24 MiB leave room for every process's own
-        // overhead (THP rounding included, as on 6.1), so exactly one kill is expected.
-        let small = app(&path, "4MiB", 0, "60s");
-        let favoured = app(&path, "8MiB", 500, "60s");
-        let large = app(&path, "10MiB", 0, "60s");
+        // 10 MiB with adj 500 outscores 12 MiB with adj 0 by ~3600 pages (500 × 8192/1000 − 512)
+        // — a margin no binary/library rss noise can close. Negative adj needs CAP_SYS_RESOURCE,
+        // which the test machines' root lacks, so the "protected" one is simply adj 0. The three
+        // hold 24 MiB plus ~1.2 MiB each of their own, which fits 32 MiB; the 8 MiB pusher
+        // overflows it. Once the victim is gone 22 MiB (+ overheads) remain: the ~6 MiB of headroom
+        // is what keeps the pusher from needing a second kill while the victim's pages are still
+        // being uncharged (with 4 + 10 + 10 MiB held, usage 30.6 of 32 MiB, that race cost a
+        // second kill in 2 of 5 runs on 6.18).
+        let small = app(&path, "2MiB", 0, "60s");
+        let favoured = app(&path, "10MiB", 500, "60s");
+        let large = app(&path, "12MiB", 0, "60s");
         let ours = [pid(&small), pid(&favoured), pid(&large)];
         let fav = pid(&favoured);
 
@@ -188,22 +191,24 @@ fn episode_names_the_kernels_victim_and_ranks_it_first() {
         let kills_before = cg.oom_kills().expect("oom_kill counter");
         let mut kmsg = common::Kmsg::open_at_end();
 
-        let pusher = Command::new(env!("CARGO_BIN_EXE_oomlab"))
+        let mut pusher = Command::new(env!("CARGO_BIN_EXE_oomlab"))
             .args([
                 "app",
                 "--size",
-                "10MiB",
+                "8MiB",
                 "--cgroup",
                 &path,
                 "--duration",
                 "1s",
             ])
             .stdout(Stdio::null())
-            .status()
-            .expect("run the pushing oomlab app");
+            .spawn()
+            .expect("start the pushing oomlab app");
+        let pusher_pid = i64::from(pusher.id());
+        let pushed = pusher.wait().expect("wait for the pusher");
         assert!(
-            pusher.success(),
-            "the pusher should survive (adj 500 outranks it): {pusher:?}"
+            pushed.success(),
+            "the pusher should survive (adj 500 outranks it): {pushed:?}"
         );
 
         let episode = wait_for(
@@ -217,17 +222,17 @@ fn episode_names_the_kernels_victim_and_ranks_it_first() {
                         .is_some_and(|vs| vs.iter().any(|x| x["pid"].as_i64() == Some(fav)))
             },
         );
+        // The first kill after the pusher started is the kernel's pick; it must be the adj-500 app.
         let kernel_line = kmsg
-            .wait_for(
-                &format!("Killed process {} ", pid(&favoured)),
-                Duration::from_secs(5),
-            )
+            .collect("Killed process ", 1, Duration::from_secs(5))
+            .pop()
             .unwrap_or_else(|| {
-                panic!(
-                    "/dev/kmsg has no 'Killed process {}' line; episode: {episode:#}",
-                    pid(&favoured)
-                )
+                panic!("/dev/kmsg has no 'Killed process' line; episode: {episode:#}")
             });
+        assert!(
+            kernel_line.contains(&format!("Killed process {fav} ")),
+            "the kernel's first victim is not the adj-500 app {fav}: {kernel_line}"
+        );
         assert!(kernel_line.contains("oom_score_adj:500"), "{kernel_line}");
 
         let victims = episode["victims"].as_array().expect("victims");
@@ -250,26 +255,52 @@ fn episode_names_the_kernels_victim_and_ranks_it_first() {
             Some(libc::SIGKILL),
             "the adj-500 app was OOM-killed"
         );
-        let kills = cg.oom_kills().expect("oom_kill counter");
-        // The 32 MiB budget leaves ~3 MiB once the victim is gone; on the emulated 6.12 guest a
-        // second kill (not the pusher) was seen once. The first kill is what is checked below;
-        // the host keeps the strict count.
-        let extra_kills_tolerated = common::in_vm() && kills > kills_before + 1;
-        if extra_kills_tolerated {
-            eprintln!(
-                "note: {} OOM kills in the VM guest (first one checked)",
-                kills - kills_before
+        // The pusher has exited, so nothing allocates in the cgroup any more: the counter is final.
+        let kills = cg.oom_kills().expect("oom_kill counter") - kills_before;
+        assert!(kills >= 1, "the cgroup's oom_kill counter did not move");
+        // One kill is what the sizes aim for, but the kernel can kill again: the pusher's next
+        // charge fails while the victim's pages are still being uncharged (seen in ~2 of 10 runs
+        // on 6.18 with 6 MiB of headroom, ~5 ms after the first kill, and on the 6.12 guest).
+        // Such a kill is legitimate kernel behaviour, so instead of a count the test demands that
+        // oomlab reports every one of them, each with the victim /dev/kmsg names.
+        if kills > 1 {
+            let later = kmsg.collect(
+                "Killed process ",
+                (kills - 1) as usize,
+                Duration::from_secs(5),
             );
-        }
-        if kills != kills_before + 1 && !extra_kills_tolerated {
-            let later: Vec<String> = kmsg
-                .drain()
-                .into_iter()
-                .filter(|l| l.contains("Killed process"))
-                .collect();
-            panic!(
-            "expected exactly one OOM kill in the cgroup, the counter went {kills_before} -> {kills}; later kills in /dev/kmsg: {later:#?}"
-        );
+            assert_eq!(
+                later.len() as u64,
+                kills - 1,
+                "oom_kill counter moved by {kills}, /dev/kmsg has {} later kill(s): {later:#?}",
+                later.len()
+            );
+            for line in &later {
+                let victim: i64 = line
+                    .split("Killed process ")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or_else(|| panic!("no pid in {line:?}"));
+                assert!(
+                    [pid(&small), pid(&large), pusher_pid].contains(&victim),
+                    "a later kill hit {victim}, which is not one of the test's processes: {line}"
+                );
+                wait_for(
+                    &rx,
+                    "oom_episode for the later kill",
+                    Duration::from_secs(15),
+                    |v| {
+                        v["type"] == "oom_episode"
+                            && v["victims"].as_array().is_some_and(|vs| {
+                                vs.iter().any(|x| x["pid"].as_i64() == Some(victim))
+                            })
+                    },
+                );
+            }
+            eprintln!(
+                "note: attempt {attempt}: {kills} OOM kills, each reported; later: {later:#?}"
+            );
         }
         if episode["selection"].is_null() {
             // The report (header, table, oom-kill: line) is ratelimited node-wide, 10 per 5 s:

@@ -48,6 +48,8 @@ pub fn unique(name: &str) -> String {
 /// Reads new `/dev/kmsg` records from the moment it was opened.
 pub struct Kmsg {
     file: File,
+    /// Messages read by `collect` beyond the ones it returned, handed out first next time.
+    held: Vec<String>,
 }
 
 impl Kmsg {
@@ -59,12 +61,15 @@ impl Kmsg {
             .expect("open /dev/kmsg");
         file.seek(SeekFrom::End(0))
             .expect("seek /dev/kmsg to its end");
-        Kmsg { file }
+        Kmsg {
+            file,
+            held: Vec::new(),
+        }
     }
 
     /// The messages (text after `;`) logged since open or the last call.
     pub fn drain(&mut self) -> Vec<String> {
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.held);
         let mut buf = vec![0u8; 8192];
         loop {
             match self.file.read(&mut buf) {
@@ -82,6 +87,29 @@ impl Kmsg {
             }
         }
         out
+    }
+
+    /// The first `n` messages containing `needle`, in order, waiting up to `timeout` for them;
+    /// fewer if the deadline passes. Messages not looked at are kept for the next call.
+    pub fn collect(&mut self, needle: &str, n: usize, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut found = Vec::new();
+        loop {
+            let mut msgs = self.drain().into_iter();
+            for m in msgs.by_ref() {
+                if m.contains(needle) {
+                    found.push(m);
+                    if found.len() == n {
+                        break;
+                    }
+                }
+            }
+            self.held = msgs.collect();
+            if found.len() >= n || Instant::now() >= deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits up to `timeout` for a message containing `needle`.
