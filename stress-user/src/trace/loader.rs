@@ -9,7 +9,7 @@ use std::{
 use aya::{
     maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{FEntry, KProbe, TracePoint},
-    Btf, Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader,
 };
 use stress_common::{self as common, stat, Config, ReclaimStats};
 use tokio::{io::unix::AsyncFd, sync::mpsc, task::JoinHandle};
@@ -484,16 +484,18 @@ pub fn try_kprobe(bpf: &mut Ebpf) -> HookResult {
     }
 }
 
-/// Tries fentry on `oom_kill_process` (needs BTF and the BPF trampoline).
+/// Tries fentry on `oom_kill_process` (needs BTF and the BPF trampoline). The function's BTF id
+/// is found by streaming the kernel's BTF (`trace::btf`), not by parsing all of it.
 pub fn try_fentry(bpf: &mut Ebpf) -> HookResult {
     let result = (|| -> Result<(), String> {
-        let btf = Btf::from_sys_fs().map_err(|e| format!("BTF: {e:?}"))?;
+        let id = super::btf::func_id(Path::new(super::btf::VMLINUX), "oom_kill_process")
+            .map_err(|e| format!("BTF: {e}"))?;
         let prog: &mut FEntry = bpf
             .program_mut("fentry_oom_kill_process")
             .ok_or("program missing from the object")?
             .try_into()
             .map_err(|e| format!("{e:?}"))?;
-        prog.load("oom_kill_process", &btf)
+        prog.load_with_btf_id(id)
             .map_err(|e| format!("load: {e:?}"))?;
         prog.attach().map_err(|e| format!("attach: {e:?}"))?;
         Ok(())

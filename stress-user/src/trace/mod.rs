@@ -2,6 +2,7 @@
 //! turns the ring buffer into typed, enriched events filtered to the target.
 
 pub mod badness;
+pub mod btf;
 pub mod enrich;
 pub mod episode;
 pub mod event;
