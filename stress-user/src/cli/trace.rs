@@ -45,6 +45,11 @@ pub struct Args {
     /// the kernel's BTF: ~10 MiB of peak memory on kernels that then refuse it anyway).
     #[arg(long)]
     no_hooks: bool,
+    /// Size of the kernel→user ring buffer (a power of two, ≥ one page). Its pages are mapped
+    /// twice into oomlab, so it counts double in RSS; when it overflows the kernel drops events
+    /// and oomlab reports how many (`lost`). 1 MiB holds ~13 000 adj or ~7 000 OOM events.
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_ring)]
+    ring_buffer: u32,
     /// JSON only: add `wts`, CLOCK_MONOTONIC seconds when the line was written (to measure
     /// kernel-to-output latency against `ts`).
     #[arg(long, hide = true)]
@@ -53,6 +58,18 @@ pub struct Args {
     /// node), highest first, and exit without tracing.
     #[arg(long)]
     scoreboard: bool,
+}
+
+/// Shutdown: how long the ring buffer and /dev/kmsg must be quiet before the last flush, and
+/// the most the drain may take.
+const DRAIN_QUIET: Duration = Duration::from_millis(100);
+const DRAIN_MAX: Duration = Duration::from_secs(1);
+
+fn parse_ring(text: &str) -> Result<u32, String> {
+    let bytes = crate::size::SizeSpec::parse(text)
+        .and_then(|s| s.resolve(None))
+        .map_err(|e| e.to_string())?;
+    crate::trace::ring_bytes(bytes).map_err(|e| e.to_string())
 }
 
 #[derive(Serialize)]
@@ -270,6 +287,7 @@ async fn run_async(args: Args) -> anyhow::Result<i32> {
         hooks: false,
         events: args.events,
         target: target.clone(),
+        ring_bytes: args.ring_buffer,
     };
     let (mut tracer, mut rx) = Tracer::start(&opts)?;
     let mut sink = Sink {
@@ -378,13 +396,36 @@ async fn run_async(args: Args) -> anyhow::Result<i32> {
             _ = sigterm.recv() => break,
         }
     }
-    // Whatever is already in the channel was produced before the end: report it, then the
-    // last summary and the drop count.
-    while let Ok(ev) = rx.try_recv() {
-        if let Some(e) = &mut episodes {
-            e.push_event(&ev);
+    // What the kernel produced before the end may still be in the ring buffer, the channel or
+    // /dev/kmsg (a victim's `Killed process` line lands a little after its mark_victim event):
+    // read on until both have been quiet for DRAIN_QUIET (at most DRAIN_MAX), then flush the
+    // open episodes, the last summary and the drop count.
+    let drain_end = tokio::time::Instant::now() + DRAIN_MAX;
+    loop {
+        let kmsg_record = async {
+            match &mut episodes {
+                Some(e) => e.record().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => {
+                    if let Some(e) = &mut episodes {
+                        e.push_event(&ev);
+                    }
+                    sink.event(&ev)?
+                }
+                None => break,
+            },
+            Some(rec) = kmsg_record => {
+                if let Some(e) = &mut episodes {
+                    e.push_record(&rec);
+                }
+            }
+            _ = tokio::time::sleep(DRAIN_QUIET) => break,
+            _ = tokio::time::sleep_until(drain_end) => break,
         }
-        sink.event(&ev)?;
     }
     if let Some(e) = &mut episodes {
         for ep in e.flush() {

@@ -53,6 +53,8 @@ pub enum TraceError {
     },
     #[error("eBPF map {0}: {1}")]
     Map(&'static str, aya::maps::MapError),
+    #[error("ring buffer size {bytes} bytes: it must be a power of two between one page ({page} bytes) and 1 GiB, e.g. 1MiB or 4MiB")]
+    RingSize { bytes: u64, page: u64 },
     #[error("ring buffer polling: {0}")]
     Io(#[from] io::Error),
     #[error("listing the target's cgroups: {0}")]
@@ -449,8 +451,28 @@ pub fn parse_hierarchy_id(proc_cgroups: &str, controller: &str) -> Option<i32> {
 /// and need no CO-RE relocation, and parsing `/sys/kernel/btf/vmlinux` would cost most of the
 /// start-up time and memory (only the optional fentry hook needs it, and loads it itself).
 pub fn load(cfg: &Config) -> Result<Ebpf, TraceError> {
+    load_with_ring(cfg, DEFAULT_RING_BYTES)
+}
+
+/// The kernel→user ring buffer for library users and `oomlab serve`: a daemon on a busy node
+/// favours never dropping over 6 MiB of RSS (its pages are mapped twice into the process).
+pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
+
+/// Checks a ring buffer size: the kernel wants a power of two and a whole number of pages.
+pub fn ring_bytes(bytes: u64) -> Result<u32, TraceError> {
+    let page = crate::inject::alloc::page_size() as u64;
+    // A power of two no smaller than the (power-of-two) page is a whole number of pages.
+    if bytes < page || bytes > 1 << 30 || !bytes.is_power_of_two() {
+        return Err(TraceError::RingSize { bytes, page });
+    }
+    Ok(bytes as u32)
+}
+
+/// Loads the object with an `EVENTS` ring buffer of `ring_bytes` (see [`ring_bytes`]).
+pub fn load_with_ring(cfg: &Config, ring_bytes: u32) -> Result<Ebpf, TraceError> {
     Ok(EbpfLoader::new()
         .btf(None)
+        .map_max_entries("EVENTS", ring_bytes)
         .override_global("CONFIG", cfg, true)
         .load(EBPF_OBJECT)?)
 }
@@ -568,6 +590,9 @@ pub struct TraceOptions {
     pub events: EventSet,
     /// Only this cgroup and its descendants (node-wide when `None`).
     pub target: Option<MemCgroup>,
+    /// Size of the kernel→user ring buffer (checked by [`ring_bytes`]); a full buffer drops
+    /// events in the kernel, counted and reported as `lost`.
+    pub ring_bytes: u32,
 }
 
 impl Default for TraceOptions {
@@ -576,9 +601,13 @@ impl Default for TraceOptions {
             hooks: true,
             events: EventSet::ALL,
             target: None,
+            ring_bytes: DEFAULT_RING_BYTES,
         }
     }
 }
+
+/// Decoded events queued between the ring buffer reader and the consumer.
+const CHANNEL_EVENTS: usize = 4096;
 
 /// A running tracer. Dropping it detaches every program.
 pub struct Tracer {
@@ -639,9 +668,7 @@ fn take<T>(
 impl Tracer {
     /// Loads, attaches and starts reading; events arrive on the returned channel, enriched and
     /// filtered to the target. Must run inside a tokio runtime.
-    pub fn start(
-        opts: &TraceOptions,
-    ) -> Result<(Tracer, mpsc::UnboundedReceiver<Event>), TraceError> {
+    pub fn start(opts: &TraceOptions) -> Result<(Tracer, mpsc::Receiver<Event>), TraceError> {
         let t0 = std::time::Instant::now();
         let tracefs = ensure_tracefs()?;
         let mut cfg = build_config(&tracefs.path)?;
@@ -666,7 +693,7 @@ impl Tracer {
                 Version::V2 => common::FILTER_CGROUP_V2,
             };
         }
-        let mut bpf = load(&cfg)?;
+        let mut bpf = load_with_ring(&cfg, opts.ring_bytes)?;
         log::debug!("formats read and object loaded after {:?}", t0.elapsed());
 
         // The logger owns the AYA_LOGS map; it must live (and be driven) as long as programs
@@ -789,7 +816,10 @@ impl Tracer {
         // SAFETY: the RingBuf owns the map fd and is moved into the AsyncFd, which never outlives it.
         let mut fd =
             unsafe { AsyncFd::register(ring) }.map_err(|e| TraceError::Io(e.into_parts().1))?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        // Bounded: a consumer that falls behind (a slow stdout pipe, a stalled client) makes the
+        // reader wait, the ring buffer fill and the kernel count the drops as `lost` — memory
+        // stays bounded instead of queueing events here without limit.
+        let (tx, rx) = mpsc::channel(CHANNEL_EVENTS);
         let mut enricher = Enricher::new(memory_version, target_state);
         let reader = tokio::spawn(async move {
             loop {
@@ -807,7 +837,7 @@ impl Tracer {
                                     monotonic().saturating_sub(ev.ts)
                                 );
                             }
-                            if enricher.process(&mut ev) && tx.send(ev).is_err() {
+                            if enricher.process(&mut ev) && tx.send(ev).await.is_err() {
                                 return;
                             }
                         }
@@ -995,6 +1025,16 @@ mod tests {
         assert_eq!(parse_hierarchy_id(text, "memory"), Some(4));
         assert_eq!(parse_hierarchy_id(text, "pids"), Some(0));
         assert_eq!(parse_hierarchy_id(text, "hugetlb"), None);
+    }
+
+    #[test]
+    fn ring_sizes_are_powers_of_two_in_whole_pages() {
+        assert_eq!(ring_bytes(1 << 20).expect("1 MiB"), 1 << 20);
+        assert_eq!(ring_bytes(4096).expect("one page"), 4096);
+        for bad in [0, 2048, 3 << 20, (1 << 20) + 4096, 2 << 30] {
+            let err = ring_bytes(bad).expect_err("refused").to_string();
+            assert!(err.contains("power of two"), "{bad}: {err}");
+        }
     }
 
     #[test]
