@@ -41,8 +41,8 @@ pub struct Args {
     /// How often the per-cgroup reclaim summary is printed.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     summary_interval: Duration,
-    /// Do not try the optional kprobe/fentry hooks on `oom_kill_process` (trying fentry parses
-    /// the kernel's BTF: ~10 MiB of peak memory on kernels that then refuse it anyway).
+    /// Do not try the optional kprobe/fentry hooks on `oom_kill_process` (tried right after
+    /// `ready`; kernels that refuse them say why in the `hooks` line).
     #[arg(long)]
     no_hooks: bool,
     /// Size of the kernel→user ring buffer (a power of two, ≥ one page). Its pages are mapped
@@ -50,8 +50,8 @@ pub struct Args {
     /// and oomlab reports how many (`lost`). 1 MiB holds ~13 000 adj or ~7 000 OOM events.
     #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_ring)]
     ring_buffer: u32,
-    /// JSON only: add `wts`, CLOCK_MONOTONIC seconds when the line was written (to measure
-    /// kernel-to-output latency against `ts`).
+    /// JSON only: add `wts`, CLOCK_MONOTONIC seconds when the line was written, and `rts`, when
+    /// the event was read from the ring buffer (to measure kernel-to-output latency against `ts`).
     #[arg(long, hide = true)]
     write_stamps: bool,
     /// Print the current oom_score and oom_score_adj of every process in the target (or on the
@@ -169,6 +169,7 @@ impl<W: Write> Sink<W> {
                 if self.write_stamps {
                     let mut v = serde_json::to_value(ev).map_err(std::io::Error::other)?;
                     v["wts"] = monotonic().as_secs_f64().into();
+                    v["rts"] = ev.read_at.as_secs_f64().into();
                     let tag = v["event"].as_str().unwrap_or("event").to_owned();
                     json_line(&mut self.out, crate::report::event_type(&tag), &v)
                 } else {

@@ -826,6 +826,7 @@ mod tests {
     fn victim_event(pid: i32, trigger: u32) -> Event {
         Event {
             ts: Duration::from_secs(10),
+            read_at: Duration::ZERO,
             cpu: 0,
             kind: EventKind::Victim(Victim {
                 pid,
@@ -857,6 +858,7 @@ mod tests {
         b.push_event(
             &Event {
                 ts: Duration::from_secs(9),
+                read_at: Duration::ZERO,
                 cpu: 0,
                 kind: EventKind::AdjUpdate(AdjUpdate {
                     pid: 19495,
@@ -876,6 +878,7 @@ mod tests {
         b.push_event(
             &Event {
                 ts: Duration::from_secs(10),
+                read_at: Duration::ZERO,
                 cpu: 0,
                 kind: EventKind::Reaper(Reaper {
                     step: ReaperStep::Finish,

@@ -197,6 +197,10 @@ pub enum EventKind {
 pub struct Event {
     #[serde(serialize_with = "ser_ts")]
     pub ts: Duration,
+    /// CLOCK_MONOTONIC when user space took it from the ring buffer (zero until then); with `ts`
+    /// it splits the event's latency into the kernel's part and oomlab's.
+    #[serde(skip)]
+    pub read_at: Duration,
     pub cpu: u32,
     #[serde(flatten)]
     pub kind: EventKind,
@@ -396,6 +400,7 @@ impl Event {
         };
         Ok(Event {
             ts: Duration::from_nanos(hdr.ts_ns),
+            read_at: Duration::ZERO,
             cpu: hdr.cpu,
             kind,
         })

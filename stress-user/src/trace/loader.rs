@@ -830,6 +830,7 @@ impl Tracer {
                 while let Some(item) = ring.next() {
                     match Event::decode(&item) {
                         Ok(mut ev) => {
+                            ev.read_at = monotonic();
                             if log::log_enabled!(log::Level::Trace) {
                                 log::trace!(
                                     "event {:?} read {:?} after the kernel stamped it",
