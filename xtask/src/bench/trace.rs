@@ -89,6 +89,26 @@ impl Traced {
             .map_or(f64::NAN, |kb| kb / 1024.0)
     }
 
+    /// CPU seconds (user + system) the process has used so far (/proc/PID/stat fields 14, 15).
+    fn cpu_secs(&self) -> f64 {
+        let stat =
+            fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let f: Vec<f64> = after_comm
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        if f.len() == 2 && hz > 0.0 {
+            (f[0] + f[1]) / hz
+        } else {
+            f64::NAN
+        }
+    }
+
     /// SIGTERM, wait, then every remaining line.
     fn stop(mut self) -> Vec<String> {
         // SAFETY: kill(2) on our own child.
@@ -198,23 +218,42 @@ pub fn run() -> Result<()> {
         "echo $$ > {procs} && dd if=/dev/zero of={file} bs=1M count=256 2>/dev/null && for i in 1 2 3 4; do cat {file} > /dev/null; done",
         procs = churn.procs_file().display()
     );
-    let time_workload = || -> Result<f64> {
-        let t = Instant::now();
+    // Wall time, and the CPU time the workload's processes used (RUSAGE_CHILDREN of this
+    // process: the eBPF programs run in their context, so their cost shows up there).
+    let children_cpu = || {
+        // SAFETY: an all-zero rusage is valid, and getrusage only writes into the one we own.
+        let ru = unsafe {
+            let mut ru: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+            ru
+        };
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        secs(ru.ru_utime) + secs(ru.ru_stime)
+    };
+    let time_workload = || -> Result<(f64, f64)> {
+        let (t, cpu0) = (Instant::now(), children_cpu());
         let st = Command::new("sh").arg("-c").arg(&workload).status()?;
         if !st.success() {
             bail!("churn workload failed: {st}");
         }
-        Ok(t.elapsed().as_secs_f64())
+        Ok((t.elapsed().as_secs_f64(), children_cpu() - cpu0))
     };
     time_workload()?; // warm-up: the first run pays for block allocation
     let (mut base, mut traced) = (vec![], vec![]);
+    let (mut base_cpu, mut traced_cpu, mut own_cpu) = (vec![], vec![], vec![]);
     let mut reclaim_events = 0usize;
     for _ in 0..RUNS {
-        base.push(time_workload()?);
+        let (wall, cpu) = time_workload()?;
+        base.push(wall);
+        base_cpu.push(cpu);
         // The default human output: reclaim summarised per cgroup every 2 s.
         let o = Traced::start(&format!("{bin} trace"))?;
         o.until("ready", Instant::now())?;
-        traced.push(time_workload()?);
+        let before = o.cpu_secs();
+        let (wall, cpu) = time_workload()?;
+        own_cpu.push((o.cpu_secs() - before) / wall * 100.0);
+        traced.push(wall);
+        traced_cpu.push(cpu);
         let rest = o.stop();
         // "(since start: N passes, …)" of the final summary: the kernel's own totals.
         reclaim_events = rest
@@ -237,6 +276,17 @@ pub fn run() -> Result<()> {
         mb,
         mt,
         (mt / mb - 1.0) * 100.0
+    );
+    println!("{line}");
+    report.push(line);
+    let (cb, ct, own) = (
+        median(&mut base_cpu),
+        median(&mut traced_cpu),
+        median(&mut own_cpu),
+    );
+    let line = format!(
+        "    CPU: the workload used {cb:.3} s without, {ct:.3} s with the programs attached ({:+.1} %, the in-kernel cost); oomlab's own process used {own:.2} % of a core during it",
+        (ct / cb - 1.0) * 100.0
     );
     println!("{line}");
     report.push(line);
