@@ -6,6 +6,8 @@
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     fs,
+    path::Path,
+    time::{Duration, Instant},
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
@@ -146,10 +148,21 @@ pub struct Enricher {
     /// Victims reported recently (for the reaper events, which the kernel does not filter).
     victims: VecDeque<i32>,
     victim_set: HashSet<i32>,
+    /// When `tgid_cgroup` and `moved` were last cleared of processes that exited.
+    last_sweep: Instant,
 }
 
+/// Hard cap of the per-pid tables (a fork storm between two sweeps).
 const TGID_CACHE_MAX: usize = 8192;
 const RECENT_VICTIMS: usize = 1024;
+/// How often at most the per-pid tables drop the pids that no longer exist: a node starts
+/// processes all day, and a daemon that keeps every dead one grows without end.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// Whether a process with this pid exists now.
+pub fn pid_alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}
 
 impl Enricher {
     pub fn new(version: Option<Version>, target: Option<TargetState>) -> Self {
@@ -161,18 +174,44 @@ impl Enricher {
             memory_root: super::memory_hierarchy_id(),
             victims: VecDeque::new(),
             victim_set: HashSet::new(),
+            last_sweep: Instant::now(),
         }
     }
 
     fn cgroup_of_tgid(&mut self, tgid: u32) -> Option<String> {
         let version = self.version?;
+        if let Some(cg) = self.tgid_cgroup.get(&tgid) {
+            return cg.clone();
+        }
+        self.make_room();
         if self.tgid_cgroup.len() > TGID_CACHE_MAX {
             self.tgid_cgroup.clear();
         }
-        self.tgid_cgroup
-            .entry(tgid)
-            .or_insert_with(|| cgroup_of_pid(tgid, version))
-            .clone()
+        let cg = cgroup_of_pid(tgid, version);
+        self.tgid_cgroup.insert(tgid, cg.clone());
+        cg
+    }
+
+    /// Before a table grows: drops the pids that exited, every [`SWEEP_EVERY`] at most.
+    fn make_room(&mut self) {
+        if self.last_sweep.elapsed() >= SWEEP_EVERY {
+            self.last_sweep = Instant::now();
+            self.forget_dead(pid_alive);
+        }
+    }
+
+    /// Drops what is kept for pids `alive` says are gone. A victim's attach record goes too:
+    /// it is read when `mark_victim` arrives, while the victim still exists.
+    fn forget_dead(&mut self, alive: impl Fn(u32) -> bool) {
+        self.tgid_cgroup.retain(|pid, _| alive(*pid));
+        self.moved.retain(|pid, _| alive(*pid));
+        // A table that emptied gives its memory back instead of keeping its largest size.
+        if self.tgid_cgroup.len() < self.tgid_cgroup.capacity() / 4 {
+            self.tgid_cgroup.shrink_to_fit();
+        }
+        if self.moved.len() < self.moved.capacity() / 4 {
+            self.moved.shrink_to_fit();
+        }
     }
 
     fn remember_victim(&mut self, pid: i32) {
@@ -213,8 +252,13 @@ impl Enricher {
             EventKind::Cgroup(c) => {
                 if let (CgroupOp::Attach, Some(pid)) = (c.op, c.pid) {
                     if Some(c.root) == self.memory_root {
-                        if self.moved.len() > TGID_CACHE_MAX {
-                            self.moved.clear();
+                        // A task that moved is in another memory cgroup now (node-wide too).
+                        self.tgid_cgroup.remove(&(pid as u32));
+                        if !self.moved.contains_key(&(pid as u32)) {
+                            self.make_room();
+                            if self.moved.len() > TGID_CACHE_MAX {
+                                self.moved.clear();
+                            }
                         }
                         self.moved.insert(pid as u32, c.path.clone());
                     }
@@ -287,6 +331,63 @@ mod tests {
         assert!(!cmdline_is_worker(b"__worker\0"));
         assert!(!cmdline_is_worker(b"oomlab\0app\0--size\0__workerx\0"));
         assert!(!cmdline_is_worker(b""));
+    }
+
+    fn attach(pid: u32, path: &str, root: i32) -> Event {
+        Event {
+            ts: Duration::ZERO,
+            read_at: Duration::ZERO,
+            cpu: 0,
+            kind: EventKind::Cgroup(super::super::event::CgroupChange {
+                op: CgroupOp::Attach,
+                root,
+                level: 1,
+                id: 7,
+                path: path.into(),
+                pid: Some(i32::try_from(pid).expect("pid fits")),
+                comm: Some("sh".into()),
+                task: super::super::event::Task {
+                    tgid: 1,
+                    pid: 1,
+                    comm: "systemd".into(),
+                    cgroup_id: 1,
+                },
+            }),
+        }
+    }
+
+    #[test]
+    fn state_of_exited_pids_is_dropped() {
+        let me = std::process::id();
+        // Above pid_max (4194304 at most): no process has it.
+        let gone = i32::MAX as u32 - 1;
+        assert!(pid_alive(me) && !pid_alive(gone));
+        let mut e = Enricher::new(Some(Version::V1), None);
+        e.memory_root = Some(4);
+        for pid in [me, gone] {
+            e.tgid_cgroup.insert(pid, Some("/cached".into()));
+            assert!(e.process(&mut attach(pid, "/moved", 4)));
+            // Moving drops the cached cgroup of the old place, node-wide too.
+            assert!(!e.tgid_cgroup.contains_key(&pid));
+            e.tgid_cgroup.insert(pid, Some("/cached".into()));
+        }
+        // No sweep before SWEEP_EVERY has passed.
+        assert_eq!((e.tgid_cgroup.len(), e.moved.len()), (2, 2));
+        // The next new pid after SWEEP_EVERY sweeps: the gone pid's records leave.
+        e.last_sweep = Instant::now()
+            .checked_sub(SWEEP_EVERY)
+            .expect("monotonic clock past 10 s");
+        let parent = std::os::unix::process::parent_id();
+        assert!(e.process(&mut attach(parent, "/other", 4)));
+        let mut moved: Vec<u32> = e.moved.keys().copied().collect();
+        moved.sort_unstable();
+        let mut want = vec![me, parent];
+        want.sort_unstable();
+        assert_eq!(moved, want);
+        assert_eq!(e.tgid_cgroup.keys().copied().collect::<Vec<_>>(), [me]);
+        // Attach events of other hierarchies are not the memory cgroup's moves.
+        assert!(e.process(&mut attach(gone, "/cpu", 2)));
+        assert!(!e.moved.contains_key(&gone));
     }
 
     #[test]

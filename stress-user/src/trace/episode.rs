@@ -8,7 +8,7 @@
 //! exiting it prints nothing: such kills still become episodes, from what is known.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashSet, VecDeque},
     io::{self, Write},
     time::{Duration, Instant},
 };
@@ -35,6 +35,9 @@ pub const QUIET: Duration = Duration::from_millis(300);
 pub const VICTIM_GRACE: Duration = Duration::from_secs(2);
 /// A report that never reaches `Killed process` (no killable task, aborted) is closed after this.
 pub const STALE: Duration = Duration::from_secs(5);
+/// How often the `oom_score_adj` timeline drops the processes that exited. A pid found gone at
+/// two looks in a row goes, so a victim's history outlives it long enough for its episode.
+pub const ADJ_PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 /// The OOM domain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -352,8 +355,17 @@ pub struct EpisodeBuilder {
     /// closed is dropped instead of becoming a second episode.
     emitted: VecDeque<(Instant, i32)>,
     adj: AdjTimeline,
+    /// Pids of `adj` found gone at the last prune.
+    adj_gone: HashSet<i32>,
+    last_adj_prune: Option<Instant>,
+    /// Whether a pid exists (`/proc`; replaced in tests).
+    alive: fn(i32) -> bool,
     total_swap_pages: u64,
     node_totalpages: Option<u64>,
+}
+
+fn pid_alive(pid: i32) -> bool {
+    u32::try_from(pid).is_ok_and(crate::trace::enrich::pid_alive)
 }
 
 impl EpisodeBuilder {
@@ -369,6 +381,9 @@ impl EpisodeBuilder {
             reaper: Vec::new(),
             emitted: VecDeque::new(),
             adj: AdjTimeline::default(),
+            adj_gone: HashSet::new(),
+            last_adj_prune: None,
+            alive: pid_alive,
             total_swap_pages,
             node_totalpages,
         }
@@ -560,7 +575,46 @@ impl EpisodeBuilder {
         // Reaper steps of victims no episode claimed are dropped after a while.
         self.reaper
             .retain(|(t, _, _)| now.duration_since(*t) < STALE);
+        match self.last_adj_prune {
+            Some(t) if now.duration_since(t) < ADJ_PRUNE_EVERY => {}
+            Some(_) => {
+                self.last_adj_prune = Some(now);
+                self.prune_adj();
+            }
+            None => self.last_adj_prune = Some(now),
+        }
         out
+    }
+
+    /// Drops the `oom_score_adj` history of processes that exited (found gone at this prune and
+    /// the one before), except victims still waiting for their episode: a node starts processes
+    /// all day, and most set their `oom_score_adj`.
+    fn prune_adj(&mut self) {
+        let waiting: HashSet<i32> = self
+            .victims
+            .iter()
+            .map(|(_, ev)| victim_pid(ev))
+            .chain(
+                self.current
+                    .iter()
+                    .chain(self.closed.iter())
+                    .flat_map(Report::victim_pids),
+            )
+            .collect();
+        let alive = self.alive;
+        let before = std::mem::take(&mut self.adj_gone);
+        let mut gone = HashSet::new();
+        self.adj.retain(|pid| {
+            if waiting.contains(&pid) || alive(pid) {
+                true
+            } else if before.contains(&pid) {
+                false
+            } else {
+                gone.insert(pid);
+                true
+            }
+        });
+        self.adj_gone = gone;
     }
 
     /// Everything still open, as episodes (at the end of a trace).
@@ -849,6 +903,55 @@ mod tests {
         for rec in parse_dump(&fixture(name)) {
             b.push_record(&rec, now);
         }
+    }
+
+    fn adj_event(pid: i32, adj: i32) -> Event {
+        Event {
+            ts: Duration::from_secs(9),
+            read_at: Duration::ZERO,
+            cpu: 0,
+            kind: EventKind::AdjUpdate(AdjUpdate {
+                pid,
+                comm: "app".into(),
+                oom_score_adj: adj,
+                writer: task(1, "systemd"),
+            }),
+        }
+    }
+
+    #[test]
+    fn adj_history_of_exited_processes_is_dropped() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut b = EpisodeBuilder::new(0, None);
+        // 1 runs on; 7 and 9 have exited.
+        b.alive = |pid| pid == 1;
+        for pid in [1, 7, 9] {
+            b.push_event(&adj_event(pid, 300), t0);
+        }
+        let kept = |b: &EpisodeBuilder| {
+            [1, 7, 9]
+                .into_iter()
+                .filter(|p| !b.adj_timeline().history(*p).is_empty())
+                .collect::<Vec<_>>()
+        };
+        assert!(b.poll(t0).is_empty());
+        // First look: 7 and 9 found gone, kept for now.
+        assert!(b.poll(at(10)).is_empty());
+        assert_eq!(kept(&b), [1, 7, 9]);
+        // 9 was killed: its mark_victim waits for its report; the second look drops 7 only.
+        b.push_event(&victim_event(9, 1), at(19));
+        assert!(b.poll(at(20)).is_empty());
+        assert_eq!(kept(&b), [1, 9]);
+        let eps = b.poll(at(22));
+        assert_eq!(eps.len(), 1, "{eps:#?}");
+        assert_eq!(eps[0].victims[0].pid, 9);
+        assert_eq!(eps[0].victims[0].adj_history.len(), 1, "{eps:#?}");
+        // Its episode is out: two looks later 9 is gone too.
+        b.poll(at(30));
+        b.poll(at(40));
+        assert_eq!(kept(&b), [1]);
+        assert_eq!(b.adj_timeline().len(), 1);
     }
 
     #[test]

@@ -56,6 +56,13 @@ impl AdjTimeline {
         }
     }
 
+    /// Keeps the pids `keep` accepts (the others exited: their changes go with them).
+    pub fn retain(&mut self, mut keep: impl FnMut(i32) -> bool) {
+        self.by_pid.retain(|pid, _| keep(*pid));
+        let by_pid = &self.by_pid;
+        self.order.retain(|pid| by_pid.contains_key(pid));
+    }
+
     pub fn history(&self, pid: i32) -> &[AdjChange] {
         self.by_pid.get(&pid).map_or(&[], Vec::as_slice)
     }
@@ -407,5 +414,24 @@ mod tests {
         }
         assert_eq!(t.history(7).len(), AdjTimeline::PER_PID);
         assert_eq!(t.history(7).last().map(|c| c.oom_score_adj), Some(99));
+        let adj8 = AdjUpdate {
+            pid: 8,
+            comm: "other".into(),
+            oom_score_adj: 1,
+            writer,
+        };
+        t.record(Duration::ZERO, &adj8);
+        t.retain(|pid| pid != 7);
+        assert!(t.history(7).is_empty());
+        assert_eq!((t.len(), t.order.len()), (1, 1));
+        // A pid that comes back starts a new history.
+        t.record(
+            Duration::ZERO,
+            &AdjUpdate {
+                pid: 7,
+                ..adj8.clone()
+            },
+        );
+        assert_eq!((t.history(7).len(), t.order.len()), (1, 2));
     }
 }
