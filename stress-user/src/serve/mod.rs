@@ -321,6 +321,27 @@ fn kernel_release() -> String {
 
 /// How often the loop wakes without events: kernel drop counters, systemd watchdog.
 const TICK: Duration = Duration::from_secs(1);
+/// How often at most the heap's free memory is handed back to the kernel.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
+/// Free heap worth handing back.
+const TRIM_ABOVE: usize = 1 << 20;
+
+/// Hands the heap's free pages back to the kernel once there is enough of them. glibc keeps
+/// what a burst freed (a backlog of events behind a slow loop, a large scrape) in its arenas,
+/// pinned behind a few chunks still in use, so without this RSS stays at every burst's peak.
+#[cfg(target_env = "gnu")]
+fn trim_heap() {
+    // SAFETY: mallinfo2 only reads the allocator's counters.
+    let free = unsafe { libc::mallinfo2() }.fordblks;
+    if free >= TRIM_ABOVE {
+        // SAFETY: malloc_trim only releases free pages; no allocation is moved or touched.
+        let released = unsafe { libc::malloc_trim(0) } == 1;
+        log::debug!("heap: {free} bytes free, released to the kernel: {released}");
+    }
+}
+
+#[cfg(not(target_env = "gnu"))]
+fn trim_heap() {}
 
 /// Runs until SIGTERM/SIGINT. Binds first (a taken port fails fast), then attaches, then tells
 /// systemd it is ready.
@@ -379,6 +400,7 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut episode_tick = tokio::time::interval(Duration::from_millis(100));
+    let mut last_trim = Instant::now();
     let result = loop {
         let kmsg_record = async {
             match &mut episodes {
@@ -414,6 +436,10 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
             }
             _ = ticker.tick() => {
                 daemon.metrics.set_lost(tracer.stats().lost);
+                if last_trim.elapsed() >= TRIM_EVERY {
+                    last_trim = Instant::now();
+                    trim_heap();
+                }
                 // Pinged from the event loop itself, so a wedged loop gets restarted.
                 notify(&[sd_notify::NotifyState::Watchdog]);
             }
