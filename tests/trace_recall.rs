@@ -172,3 +172,124 @@ fn every_oom_kill_in_the_target_is_reported_once() {
     drop(scratch);
     assert!(!cg.exists(), "scratch cgroup removed");
 }
+
+/// OOM events have a ring of their own: an adj flood that overflows the (here one-page) event
+/// ring loses adj events — counted — but not one OOM kill.
+#[test]
+fn a_flood_that_overflows_the_event_ring_loses_no_oom_kill() {
+    if !common::need_root("a_flood_that_overflows_the_event_ring_loses_no_oom_kill") {
+        return;
+    }
+    const VICTIMS: usize = 10;
+    let hier = Hierarchy::detect().expect("a memory cgroup controller");
+    let scratch = ScratchCgroup::create(
+        &hier,
+        common::TEST_PARENT,
+        &common::unique("flood"),
+        Some(24 << 20),
+    )
+    .expect("scratch cgroup with a 24 MiB limit");
+    let cg = scratch.cgroup().clone();
+    let kills_before = cg.oom_kills().expect("oom_kill counter");
+    let mut kmsg = common::Kmsg::open_at_end();
+    let tracer = TraceChild::start(&[
+        "--cgroup",
+        &cg.path(),
+        "--events",
+        "oom,adj",
+        "--ring-buffer",
+        "4KiB",
+    ]);
+    // The flood: this test (outside the target) rewrites the adj of a process inside it; such
+    // writes are traced.
+    let mut holder = Command::new(env!("CARGO_BIN_EXE_oomlab"))
+        .args(["app", "--size", "1MiB", "--duration", "120s", "--cgroup"])
+        .arg(cg.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the holder");
+    let holder_pid = holder.id() as i32;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !cg.procs().expect("procs").contains(&holder_pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "holder never joined the cgroup"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            use std::io::{Seek, Write};
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(format!("/proc/{holder_pid}/oom_score_adj"))
+                .expect("open the holder's oom_score_adj");
+            let mut writes = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || writes < 50_000 {
+                f.rewind().expect("rewind");
+                f.write_all(if writes.is_multiple_of(2) {
+                    b"200"
+                } else {
+                    b"201"
+                })
+                .expect("write adj");
+                writes += 1;
+            }
+            writes
+        })
+    };
+    let mut victims = BTreeSet::new();
+    for _ in 0..VICTIMS {
+        let child = Command::new(env!("CARGO_BIN_EXE_oomlab"))
+            .args(["app", "--size", "48MiB", "--cgroup"])
+            .arg(cg.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start a victim");
+        let pid = child.id() as i32;
+        let status = child.wait_with_output().expect("wait").status;
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "victim {pid}: {status:?}"
+        );
+        victims.insert(pid);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = flood.join().expect("flood thread");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let kills = (cg.oom_kills().expect("oom_kill counter") - kills_before) as usize;
+    assert_eq!(kills, VICTIMS, "one kill per victim");
+    let logged: BTreeSet<i32> = kmsg
+        .collect("Killed process ", usize::MAX, Duration::from_secs(2))
+        .iter()
+        .filter_map(|l| {
+            l.split("Killed process ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .filter(|p| victims.contains(p))
+        .collect();
+
+    let lines = tracer.stop();
+    let lost = &of_type(&lines, "lost")[0];
+    assert!(
+        lost["lost"].as_u64().is_some_and(|l| l > 0),
+        "{writes} adj writes did not overflow a 4 KiB ring, so this test proved nothing: {lost}"
+    );
+    assert_eq!(lost["lost_oom"], 0, "OOM events were lost: {lost}");
+    let reported: BTreeSet<i32> = of_type(&lines, "oom_victim")
+        .iter()
+        .map(|v| v["pid"].as_i64().expect("pid") as i32)
+        .collect();
+    assert_eq!(reported, victims, "every victim reported despite {lost}");
+    assert_eq!(logged, victims, "and they are the kernel's");
+    drop(scratch);
+}

@@ -384,7 +384,9 @@ pub mod stat {
     pub const PRODUCED: u32 = 0;
     /// Events lost because the ring buffer was full.
     pub const DROPPED: u32 = 1;
-    pub const N: u32 = 2;
+    /// Of those, OOM events (victims, reaper, kill hooks) lost because their own ring was full.
+    pub const OOM_DROPPED: u32 = 2;
+    pub const N: u32 = 3;
 }
 
 #[cfg(feature = "user")]

@@ -18,9 +18,14 @@ use stress_common::{stat, Config, EventHeader, Field, FILTER_CGROUP_V2, FILTER_P
 #[unsafe(no_mangle)]
 static CONFIG: Config = Config::zeroed();
 
-/// 4 MiB: an OOM storm of thousands of kills fits even if user space stalls for a moment.
+/// Everything but the OOM events below. User space sizes it at load (`--ring-buffer`).
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Victims, reaper steps and kill hooks get a ring of their own, so a flood of adj updates or
+/// reclaim passes that fills `EVENTS` cannot crowd out an OOM kill. 256 KiB holds ~2000 victims.
+#[map]
+static OOM_EVENTS: RingBuf = RingBuf::with_byte_size(256 << 10, 0);
 
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::N, 0);
@@ -103,6 +108,22 @@ pub fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
         }
         None => {
             bump(stat::DROPPED);
+            None
+        }
+    }
+}
+
+/// Like [`reserve`], in the OOM events' own ring.
+#[inline(always)]
+pub fn reserve_oom<T: 'static>() -> Option<RingBufEntry<T>> {
+    match OOM_EVENTS.reserve::<T>(0) {
+        Some(entry) => {
+            bump(stat::PRODUCED);
+            Some(entry)
+        }
+        None => {
+            bump(stat::DROPPED);
+            bump(stat::OOM_DROPPED);
             None
         }
     }

@@ -8,13 +8,13 @@ use aya_ebpf::{
 };
 use stress_common::{kind, OomKillProcess};
 
-use crate::emit::{header, reserve};
+use crate::emit::{header, reserve_oom};
 
 const HOOK_FENTRY: u32 = 1;
 const HOOK_KPROBE: u32 = 2;
 
 fn emit(hook: u32) -> Result<u32, u32> {
-    let Some(mut entry) = reserve::<OomKillProcess>() else {
+    let Some(mut entry) = reserve_oom::<OomKillProcess>() else {
         return Err(1);
     };
     let ev = entry.as_mut_ptr();

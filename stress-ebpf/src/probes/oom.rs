@@ -10,7 +10,7 @@ use stress_common::{
 
 use crate::emit::{
     config, current_wanted, filtering, header, pid_in_filter, read_signed, read_str, read_unsigned,
-    reserve,
+    reserve, reserve_oom,
 };
 
 /// Not filtered in the kernel: the victim can live in another cgroup than the task that
@@ -35,7 +35,7 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<u32, u32> {
             return Err(1);
         }
     };
-    let Some(mut entry) = reserve::<MarkVictim>() else {
+    let Some(mut entry) = reserve_oom::<MarkVictim>() else {
         return Err(1);
     };
     let ev = entry.as_mut_ptr();
@@ -194,7 +194,7 @@ fn try_compact_retry(ctx: &TracePointContext) -> Result<u32, u32> {
 fn reaper(ctx: &TracePointContext, step: u32) -> Result<u32, u32> {
     let pid =
         read_signed(ctx, config(|c| &c.reaper)[stress_common::reaper::PID]).ok_or(1u32)? as i32;
-    let Some(mut entry) = reserve::<Reaper>() else {
+    let Some(mut entry) = reserve_oom::<Reaper>() else {
         return Err(1);
     };
     let ev = entry.as_mut_ptr();

@@ -99,6 +99,8 @@ struct Lost {
     ts: f64,
     produced: u64,
     lost: u64,
+    /// Of `lost`, OOM events (their ring is separate, so only an OOM storm itself can fill it).
+    lost_oom: u64,
 }
 
 #[derive(Serialize)]
@@ -232,13 +234,14 @@ impl<W: Write> Sink<W> {
                     ts,
                     produced: stats.produced,
                     lost: stats.lost,
+                    lost_oom: stats.lost_oom,
                 },
             ),
             OutputFormat::Human => {
                 writeln!(
                     self.out,
-                    "{ts:>14.6}  END       {} events from the kernel, {} lost (ring buffer full)",
-                    stats.produced, stats.lost
+                    "{ts:>14.6}  END       {} events from the kernel, {} lost (ring buffer full), {} of them OOM events",
+                    stats.produced, stats.lost, stats.lost_oom
                 )?;
                 self.out.flush()
             }

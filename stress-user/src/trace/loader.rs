@@ -3,7 +3,12 @@
 
 use std::{
     io,
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
 };
 
 use aya::{
@@ -609,12 +614,19 @@ impl Default for TraceOptions {
 /// Decoded events queued between the ring buffer reader and the consumer.
 const CHANNEL_EVENTS: usize = 4096;
 
+/// How long the reader thread waits in poll(2) before checking whether to stop.
+const READER_POLL_MS: i32 = 100;
+
+/// Records of `EVENTS` read between two looks at `OOM_EVENTS`.
+const READER_BATCH: usize = 256;
+
 /// A running tracer. Dropping it detaches every program.
 pub struct Tracer {
     bpf: Ebpf,
     stats: PerCpuArray<MapData, u64>,
     reclaim: Option<PerCpuHashMap<MapData, u64, ReclaimStats>>,
-    reader: JoinHandle<()>,
+    /// Tells the reader thread to end (it notices within READER_POLL_MS).
+    stop: Arc<AtomicBool>,
     logger: Option<JoinHandle<()>>,
     pub tracefs: Tracefs,
     pub hooks: Vec<HookResult>,
@@ -631,6 +643,8 @@ pub struct Tracer {
 pub struct Stats {
     pub produced: u64,
     pub lost: u64,
+    /// Of `lost`, OOM events (victims, reaper steps, kill hooks), which have a ring of their own.
+    pub lost_oom: u64,
 }
 
 /// What the keys of the kernel's reclaim totals are.
@@ -812,48 +826,87 @@ impl Tracer {
         } else {
             None
         };
-        let ring = take(&mut bpf, "EVENTS", RingBuf::try_from)?;
-        // SAFETY: the RingBuf owns the map fd and is moved into the AsyncFd, which never outlives it.
-        let mut fd =
-            unsafe { AsyncFd::register(ring) }.map_err(|e| TraceError::Io(e.into_parts().1))?;
+        let mut ring = take(&mut bpf, "EVENTS", RingBuf::try_from)?;
+        let mut oom_ring = take(&mut bpf, "OOM_EVENTS", RingBuf::try_from)?;
         // Bounded: a consumer that falls behind (a slow stdout pipe, a stalled client) makes the
-        // reader wait, the ring buffer fill and the kernel count the drops as `lost` — memory
+        // reader wait, the ring buffers fill and the kernel count the drops as `lost` — memory
         // stays bounded instead of queueing events here without limit.
         let (tx, rx) = mpsc::channel(CHANNEL_EVENTS);
         let mut enricher = Enricher::new(memory_version, target_state);
-        let reader = tokio::spawn(async move {
-            loop {
-                let Ok(mut guard) = fd.readable_mut().await else {
-                    break;
-                };
-                let ring = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
-                    match Event::decode(&item) {
+        // The reader is an OS thread, not a tokio task: enrichment reads /proc/PID of victims,
+        // and the kernel holds a victim's task_lock while it prints `Killed process` to the
+        // console (milliseconds on a serial console); on a runtime worker those waits can hold
+        // up the consumer's task too.
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        std::thread::Builder::new()
+            .name("oomlab-ring".into())
+            .spawn(move || {
+                // Decodes, enriches and forwards one ring's record; false once the consumer is gone.
+                let mut forward = |item: &[u8]| -> bool {
+                    match Event::decode(item) {
                         Ok(mut ev) => {
                             ev.read_at = monotonic();
                             if log::log_enabled!(log::Level::Trace) {
                                 log::trace!(
                                     "event {:?} read {:?} after the kernel stamped it",
                                     std::mem::discriminant(&ev.kind),
-                                    monotonic().saturating_sub(ev.ts)
+                                    ev.read_at.saturating_sub(ev.ts)
                                 );
                             }
-                            if enricher.process(&mut ev) && tx.send(ev).await.is_err() {
-                                return;
-                            }
+                            !enricher.process(&mut ev) || tx.blocking_send(ev).is_ok()
                         }
-                        Err(e) => log::warn!("dropping undecodable event: {e}"),
+                        Err(e) => {
+                            log::warn!("dropping undecodable event: {e}");
+                            true
+                        }
+                    }
+                };
+                loop {
+                    // OOM events first, and again between batches of the others, so a flood
+                    // in `EVENTS` does not delay a victim either.
+                    let mut busy = false;
+                    while let Some(item) = oom_ring.next() {
+                        if !forward(&item) {
+                            return;
+                        }
+                    }
+                    for _ in 0..READER_BATCH {
+                        let Some(item) = ring.next() else { break };
+                        busy = true;
+                        if !forward(&item) {
+                            return;
+                        }
+                    }
+                    if busy {
+                        continue;
+                    }
+                    if stopping.load(Ordering::Relaxed) || tx.is_closed() {
+                        return;
+                    }
+                    let mut pfds =
+                        [ring.as_raw_fd(), oom_ring.as_raw_fd()].map(|fd| libc::pollfd {
+                            fd,
+                            events: libc::POLLIN,
+                            revents: 0,
+                        });
+                    // SAFETY: two valid pollfds; the rings' fds stay open while they live. The
+                    // timeout bounds how long a stop request waits; EINTR simply loops.
+                    if unsafe { libc::poll(pfds.as_mut_ptr(), 2, READER_POLL_MS) } < 0
+                        && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted
+                    {
+                        log::warn!("ring buffer poll: {}", io::Error::last_os_error());
+                        return;
                     }
                 }
-                guard.clear_ready();
-            }
-        });
+            })
+            .map_err(TraceError::Io)?;
         Ok((
             Tracer {
                 bpf,
                 stats,
                 reclaim,
-                reader,
+                stop,
                 logger,
                 tracefs,
                 hooks,
@@ -912,6 +965,7 @@ impl Tracer {
         Stats {
             produced: sum(stat::PRODUCED),
             lost: sum(stat::DROPPED),
+            lost_oom: sum(stat::OOM_DROPPED),
         }
     }
 
@@ -923,7 +977,7 @@ impl Tracer {
 
 impl Drop for Tracer {
     fn drop(&mut self) {
-        self.reader.abort();
+        self.stop.store(true, Ordering::Relaxed);
         if let Some(l) = &self.logger {
             l.abort();
         }
