@@ -418,16 +418,37 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunReport, RunError> {
                         }
                     }
                     _ = tick.tick() => {
-                        let done = lock(&sh).stop;
-                        let eps = if done { builder.flush() } else { builder.poll(Instant::now()) };
-                        for ep in eps {
-                            on_episode(&sh, ep, &cg_path);
-                        }
-                        if done {
+                        if lock(&sh).stop {
                             break;
+                        }
+                        for ep in builder.poll(Instant::now()) {
+                            on_episode(&sh, ep, &cg_path);
                         }
                     }
                 }
+            }
+            // A kill just before the end may still be on its way (ring buffer, /dev/kmsg): read
+            // until both are quiet for 100 ms (at most 1 s), then close the open episodes.
+            let end = tokio::time::Instant::now() + Duration::from_secs(1);
+            loop {
+                tokio::select! {
+                    ev = rx.recv() => {
+                        let Some(ev) = ev else { break };
+                        builder.push_event(&ev, Instant::now());
+                        on_event(&sh, &ev);
+                    }
+                    Some(rec) = async {
+                        match krx.as_mut() {
+                            Some(r) => r.recv().await,
+                            None => std::future::pending().await,
+                        }
+                    } => builder.push_record(&rec, Instant::now()),
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => break,
+                    _ = tokio::time::sleep_until(end) => break,
+                }
+            }
+            for ep in builder.flush() {
+                on_episode(&sh, ep, &cg_path);
             }
         });
         (tracer, kmsg_ok, collector)
