@@ -192,7 +192,7 @@ fn a_flood_that_overflows_the_event_ring_loses_no_oom_kill() {
     let cg = scratch.cgroup().clone();
     let kills_before = cg.oom_kills().expect("oom_kill counter");
     let mut kmsg = common::Kmsg::open_at_end();
-    let tracer = TraceChild::start(&[
+    let mut tracer = TraceChild::start(&[
         "--cgroup",
         &cg.path(),
         "--events",
@@ -278,6 +278,14 @@ fn a_flood_that_overflows_the_event_ring_loses_no_oom_kill() {
         .filter(|p| victims.contains(p))
         .collect();
 
+    // The victims' events were never at risk in the kernel, but behind the flood they can reach
+    // a slow reader late (the TCG guests parse the flood's JSON at a few hundred lines a second):
+    // wait for each before ending the trace.
+    for pid in &victims {
+        tracer.wait_for(Duration::from_secs(120), |v| {
+            v["type"] == "oom_victim" && v["pid"] == *pid
+        });
+    }
     let lines = tracer.stop();
     let lost = &of_type(&lines, "lost")[0];
     assert!(
