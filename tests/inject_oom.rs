@@ -119,6 +119,7 @@ fn continue_carries_on_with_the_survivor() {
     let hier = hierarchy();
     let scratch = test_cgroup(&hier, "oom-continue", 128 * MIB);
     let cg = scratch.cgroup().clone();
+    let kills_before = cg.oom_kills().expect("oom_kill");
     // Two workers of 100 MiB do not fit in 128 MiB; one does.
     let mut inj = Injector::start(&[
         "--cgroup",
@@ -137,10 +138,21 @@ fn continue_carries_on_with_the_survivor() {
     assert_eq!(killed["signal"], "SIGKILL", "{killed}");
     std::thread::sleep(Duration::from_millis(1500));
     let survivors = cg.procs().expect("procs");
-    assert_eq!(survivors.len(), 1, "one worker carries on: {survivors:?}");
+    // The kernel may kill the second worker too: its charge can fail again while the first
+    // one's pages are still being uncharged (seen once in the 6.1 guest; the same race as in
+    // victims_selection). Then there is no survivor, and `continue` must still not respawn.
+    let kills = cg.oom_kills().expect("oom_kill") - kills_before;
+    match kills {
+        1 => assert_eq!(survivors.len(), 1, "one worker carries on: {survivors:?}"),
+        2 => {
+            eprintln!("note: the kernel killed both workers");
+            assert!(survivors.is_empty(), "{survivors:?}");
+        }
+        n => panic!("{n} OOM kills for two workers"),
+    }
     let (status, summary) = inj.finish();
     assert_eq!(status.code(), Some(0), "{summary}");
     assert_eq!(summary["stopped_by"], "duration");
-    assert_eq!(summary["worker_kills"], 1, "{summary}");
+    assert_eq!(summary["worker_kills"], kills, "{summary}");
     assert_eq!(summary["respawns"], 0, "{summary}");
 }
