@@ -21,8 +21,8 @@ use crate::{
         OutputFormat,
     },
     trace::{
-        enrich::cgroup_of_pid, monotonic, Event, EventKind, EventSet, ReclaimKey, Stats,
-        TraceOptions, Tracer,
+        enrich::cgroup_of_pid, episode::next_record, monotonic, Event, EventKind, EventSet,
+        ReclaimKey, Stats, TraceOptions, Tracer,
     },
 };
 
@@ -359,19 +359,25 @@ async fn run_async(args: Args) -> anyhow::Result<i32> {
     tick.tick().await;
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
     let mut episode_tick = tokio::time::interval(Duration::from_millis(100));
+    // Once the end is asked for, what the kernel produced before it may still be in the ring
+    // buffer, the channel or /dev/kmsg (a victim's `Killed process` line lands a little after its
+    // mark_victim event): events and records are read on until both have been quiet for
+    // DRAIN_QUIET (at most DRAIN_MAX), then the open episodes, the last summary and the drop
+    // count are flushed.
+    let mut drain_end: Option<Instant> = None;
     loop {
-        let kmsg_record = async {
-            match &mut episodes {
-                Some(e) => e.record().await,
-                None => std::future::pending().await,
-            }
+        let draining = drain_end.is_some();
+        let wake_at = match drain_end {
+            Some(end) => Some(end.min(Instant::now() + DRAIN_QUIET)),
+            None => deadline,
         };
         let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
+            match wake_at {
+                Some(t) => tokio::time::sleep_until(t).await,
                 None => std::future::pending().await,
             }
         };
+        let end_now = || Some(Instant::now() + DRAIN_MAX);
         tokio::select! {
             ev = rx.recv() => match ev {
                 Some(ev) => {
@@ -382,53 +388,27 @@ async fn run_async(args: Args) -> anyhow::Result<i32> {
                 }
                 None => break,
             },
-            Some(rec) = kmsg_record => {
+            Some(rec) = next_record(&mut episodes) => {
                 if let Some(e) = &mut episodes {
                     e.push_record(&rec);
                 }
             }
-            _ = episode_tick.tick() => {
+            _ = episode_tick.tick(), if !draining => {
                 if let Some(e) = &mut episodes {
                     for ep in e.poll() {
                         sink.episode(&ep)?;
                     }
                 }
             }
-            _ = tick.tick() => sink.summary(&tracer)?,
-            _ = sleep => break,
-            _ = &mut ctrl_c => break,
-            _ = sigterm.recv() => break,
-        }
-    }
-    // What the kernel produced before the end may still be in the ring buffer, the channel or
-    // /dev/kmsg (a victim's `Killed process` line lands a little after its mark_victim event):
-    // read on until both have been quiet for DRAIN_QUIET (at most DRAIN_MAX), then flush the
-    // open episodes, the last summary and the drop count.
-    let drain_end = tokio::time::Instant::now() + DRAIN_MAX;
-    loop {
-        let kmsg_record = async {
-            match &mut episodes {
-                Some(e) => e.record().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            ev = rx.recv() => match ev {
-                Some(ev) => {
-                    if let Some(e) = &mut episodes {
-                        e.push_event(&ev);
-                    }
-                    sink.event(&ev)?
+            _ = tick.tick(), if !draining => sink.summary(&tracer)?,
+            _ = sleep => {
+                if draining {
+                    break;
                 }
-                None => break,
-            },
-            Some(rec) = kmsg_record => {
-                if let Some(e) = &mut episodes {
-                    e.push_record(&rec);
-                }
+                drain_end = end_now();
             }
-            _ = tokio::time::sleep(DRAIN_QUIET) => break,
-            _ = tokio::time::sleep_until(drain_end) => break,
+            _ = &mut ctrl_c, if !draining => drain_end = end_now(),
+            _ = sigterm.recv(), if !draining => drain_end = end_now(),
         }
     }
     if let Some(e) = &mut episodes {

@@ -399,7 +399,13 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunReport, RunError> {
             let _kmsg = kmsg;
             let mut builder = EpisodeBuilder::for_this_node();
             let mut tick = tokio::time::interval(Duration::from_millis(100));
+            // Once stop is asked for, a kill just before it may still be on its way (ring
+            // buffer, /dev/kmsg): read until both are quiet for 100 ms (at most 1 s), then close
+            // the open episodes.
+            let mut drain_end: Option<tokio::time::Instant> = None;
             loop {
+                let quiet_until = drain_end
+                    .map(|end| end.min(tokio::time::Instant::now() + Duration::from_millis(100)));
                 tokio::select! {
                     ev = rx.recv() => {
                         let Some(ev) = ev else { break };
@@ -417,34 +423,22 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunReport, RunError> {
                             None => krx = None,
                         }
                     }
-                    _ = tick.tick() => {
+                    _ = tick.tick(), if drain_end.is_none() => {
                         if lock(&sh).stop {
-                            break;
+                            drain_end =
+                                Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                            continue;
                         }
                         for ep in builder.poll(Instant::now()) {
                             on_episode(&sh, ep, &cg_path);
                         }
                     }
-                }
-            }
-            // A kill just before the end may still be on its way (ring buffer, /dev/kmsg): read
-            // until both are quiet for 100 ms (at most 1 s), then close the open episodes.
-            let end = tokio::time::Instant::now() + Duration::from_secs(1);
-            loop {
-                tokio::select! {
-                    ev = rx.recv() => {
-                        let Some(ev) = ev else { break };
-                        builder.push_event(&ev, Instant::now());
-                        on_event(&sh, &ev);
-                    }
-                    Some(rec) = async {
-                        match krx.as_mut() {
-                            Some(r) => r.recv().await,
+                    _ = async {
+                        match quiet_until {
+                            Some(t) => tokio::time::sleep_until(t).await,
                             None => std::future::pending().await,
                         }
-                    } => builder.push_record(&rec, Instant::now()),
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => break,
-                    _ = tokio::time::sleep_until(end) => break,
+                    } => break,
                 }
             }
             for ep in builder.flush() {

@@ -31,7 +31,7 @@ use crate::{
     cgroup::{CgroupError, Hierarchy},
     report,
     trace::{
-        episode::{Episode, Episodes},
+        episode::{next_record, Episode, Episodes},
         Event, EventKind, EventSet, TraceError, TraceOptions, Tracer,
     },
 };
@@ -402,12 +402,6 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
     let mut episode_tick = tokio::time::interval(Duration::from_millis(100));
     let mut last_trim = Instant::now();
     let result = loop {
-        let kmsg_record = async {
-            match &mut episodes {
-                Some(e) => e.record().await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             ev = rx.recv() => match ev {
                 Some(ev) => {
@@ -421,7 +415,7 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
                     break Err(ServeError::TracerEnded);
                 }
             },
-            Some(rec) = kmsg_record => {
+            Some(rec) = next_record(&mut episodes) => {
                 if let Some(e) = &mut episodes {
                     e.push_record(&rec);
                 }
