@@ -9,14 +9,61 @@ mod trace_support;
 use std::{
     collections::{BTreeMap, BTreeSet},
     os::unix::process::ExitStatusExt,
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use stress_user::cgroup::{Hierarchy, ScratchCgroup};
+use stress_user::cgroup::{Hierarchy, MemCgroup, ScratchCgroup};
 use trace_support::{of_type, TraceChild};
 
 const KILLS: usize = 60;
+
+/// `oomlab app` holding 1 MiB in `cg` for `duration`, a process whose adj the tests rewrite.
+fn spawn_holder(cg: &MemCgroup, duration: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_oomlab"))
+        .args(["app", "--size", "1MiB", "--duration", duration, "--cgroup"])
+        .arg(cg.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the holder")
+}
+
+/// Waits until the kernel lists `pid` in `cg` (a new process may still be on its way in).
+fn wait_joined(cg: &MemCgroup, pid: i32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !cg.procs().expect("procs").contains(&pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "holder never joined the cgroup"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `oomlab app` allocating 48 MiB in `cg` (with `adj` when given), which the test's small
+/// limit must OOM-kill; returns its pid.
+fn oom_victim(cg: &MemCgroup, adj: Option<i32>) -> i32 {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oomlab"));
+    cmd.args(["app", "--size", "48MiB"]);
+    if let Some(adj) = adj {
+        cmd.args(["--oom-score-adj", &adj.to_string()]);
+    }
+    let child = cmd
+        .arg("--cgroup")
+        .arg(cg.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start a victim");
+    let pid = child.id() as i32;
+    let status = child.wait_with_output().expect("wait").status;
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "victim {pid} (adj {adj:?}) should be OOM-killed, got {status:?}"
+    );
+    pid
+}
 
 #[test]
 fn every_oom_kill_in_the_target_is_reported_once() {
@@ -37,12 +84,7 @@ fn every_oom_kill_in_the_target_is_reported_once() {
     let mut tracer = TraceChild::start(&["--cgroup", &cg.path(), "--events", "oom,adj"]);
 
     // A long-lived process in the target whose adj the test (outside the target) changes.
-    let mut holder = Command::new(env!("CARGO_BIN_EXE_oomlab"))
-        .args(["app", "--size", "1MiB", "--duration", "60s", "--cgroup"])
-        .arg(cg.path())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the holder");
+    let mut holder = spawn_holder(&cg, "60s");
     let holder_pid = holder.id() as i32;
     let moved = tracer.wait_for(Duration::from_secs(10), |v| {
         v["type"] == "cgroup" && v["op"] == "attach" && v["pid"] == holder_pid
@@ -52,14 +94,7 @@ fn every_oom_kill_in_the_target_is_reported_once() {
         "attach of the holder names the target: {moved:?}"
     );
     // The holder may still be on its way into the cgroup: wait until the kernel says it is.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !cg.procs().expect("procs").contains(&holder_pid) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "holder never joined the cgroup"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_joined(&cg, holder_pid);
     std::fs::write(format!("/proc/{holder_pid}/oom_score_adj"), "123").expect("write adj");
     let me = std::process::id() as i64;
     let adj = tracer
@@ -76,27 +111,7 @@ fn every_oom_kill_in_the_target_is_reported_once() {
     let mut expected_adj = BTreeMap::new();
     for i in 0..KILLS {
         let adj = (i as i32 * 17) % 1000;
-        let status_child = Command::new(env!("CARGO_BIN_EXE_oomlab"))
-            .args([
-                "app",
-                "--size",
-                "48MiB",
-                "--oom-score-adj",
-                &adj.to_string(),
-                "--cgroup",
-            ])
-            .arg(cg.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start a victim");
-        let pid = status_child.id() as i32;
-        let status = status_child.wait_with_output().expect("wait").status;
-        assert_eq!(
-            status.signal(),
-            Some(libc::SIGKILL),
-            "victim {i} (pid {pid}) should be OOM-killed, got {status:?}"
-        );
+        let pid = oom_victim(&cg, Some(adj));
         expected_adj.insert(pid, adj);
     }
 
@@ -110,12 +125,8 @@ fn every_oom_kill_in_the_target_is_reported_once() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while kmsg_pids.len() < kills && std::time::Instant::now() < deadline {
         for line in kmsg.drain() {
-            if let Some(rest) = line.split("Killed process ").nth(1) {
-                if let Some(pid) = rest.split_whitespace().next().and_then(|p| p.parse().ok()) {
-                    if ours.contains(&pid) {
-                        kmsg_pids.insert(pid);
-                    }
-                }
+            if let Some(pid) = common::killed_pid(&line).filter(|p| ours.contains(p)) {
+                kmsg_pids.insert(pid);
             }
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -202,21 +213,9 @@ fn a_flood_that_overflows_the_event_ring_loses_no_oom_kill() {
     ]);
     // The flood: this test (outside the target) rewrites the adj of a process inside it; such
     // writes are traced.
-    let mut holder = Command::new(env!("CARGO_BIN_EXE_oomlab"))
-        .args(["app", "--size", "1MiB", "--duration", "120s", "--cgroup"])
-        .arg(cg.path())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the holder");
+    let mut holder = spawn_holder(&cg, "120s");
     let holder_pid = holder.id() as i32;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !cg.procs().expect("procs").contains(&holder_pid) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "holder never joined the cgroup"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_joined(&cg, holder_pid);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flood = {
         let stop = stop.clone();
@@ -242,20 +241,7 @@ fn a_flood_that_overflows_the_event_ring_loses_no_oom_kill() {
     };
     let mut victims = BTreeSet::new();
     for _ in 0..VICTIMS {
-        let child = Command::new(env!("CARGO_BIN_EXE_oomlab"))
-            .args(["app", "--size", "48MiB", "--cgroup"])
-            .arg(cg.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start a victim");
-        let pid = child.id() as i32;
-        let status = child.wait_with_output().expect("wait").status;
-        assert_eq!(
-            status.signal(),
-            Some(libc::SIGKILL),
-            "victim {pid}: {status:?}"
-        );
+        let pid = oom_victim(&cg, None);
         victims.insert(pid);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -267,14 +253,7 @@ fn a_flood_that_overflows_the_event_ring_loses_no_oom_kill() {
     let logged: BTreeSet<i32> = kmsg
         .collect("Killed process ", usize::MAX, Duration::from_secs(2))
         .iter()
-        .filter_map(|l| {
-            l.split("Killed process ")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
+        .filter_map(|l| common::killed_pid(l))
         .filter(|p| victims.contains(p))
         .collect();
 

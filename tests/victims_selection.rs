@@ -276,12 +276,9 @@ fn episode_names_the_kernels_victim_and_ranks_it_first() {
                 later.len()
             );
             for line in &later {
-                let victim: i64 = line
-                    .split("Killed process ")
-                    .nth(1)
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or_else(|| panic!("no pid in {line:?}"));
+                let victim = i64::from(
+                    common::killed_pid(line).unwrap_or_else(|| panic!("no pid in {line:?}")),
+                );
                 assert!(
                     [pid(&small), pid(&large), pusher_pid].contains(&victim),
                     "a later kill hit {victim}, which is not one of the test's processes: {line}"

@@ -45,6 +45,16 @@ pub fn unique(name: &str) -> String {
     format!("{name}-{}", std::process::id())
 }
 
+/// The victim's pid in a kernel `Killed process <pid> (<comm>) …` message.
+pub fn killed_pid(msg: &str) -> Option<i32> {
+    msg.split("Killed process ")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Reads new `/dev/kmsg` records from the moment it was opened.
 pub struct Kmsg {
     file: File,
