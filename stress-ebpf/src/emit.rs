@@ -101,32 +101,28 @@ pub fn cgroup_in_filter(root: i32, id: u64) -> bool {
 /// Reserves room for one `T`; counts a drop when the ring buffer is full.
 #[inline(always)]
 pub fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
-    match EVENTS.reserve::<T>(0) {
-        Some(entry) => {
-            bump(stat::PRODUCED);
-            Some(entry)
-        }
-        None => {
-            bump(stat::DROPPED);
-            None
-        }
-    }
+    reserve_in(&EVENTS, None)
 }
 
-/// Like [`reserve`], in the OOM events' own ring.
+/// Like [`reserve`], in the OOM events' own ring (drops also counted as `OOM_DROPPED`).
 #[inline(always)]
 pub fn reserve_oom<T: 'static>() -> Option<RingBufEntry<T>> {
-    match OOM_EVENTS.reserve::<T>(0) {
-        Some(entry) => {
-            bump(stat::PRODUCED);
-            Some(entry)
-        }
+    reserve_in(&OOM_EVENTS, Some(stat::OOM_DROPPED))
+}
+
+#[inline(always)]
+fn reserve_in<T: 'static>(ring: &RingBuf, also_dropped: Option<u32>) -> Option<RingBufEntry<T>> {
+    let entry = ring.reserve::<T>(0);
+    match entry {
+        Some(_) => bump(stat::PRODUCED),
         None => {
             bump(stat::DROPPED);
-            bump(stat::OOM_DROPPED);
-            None
+            if let Some(counter) = also_dropped {
+                bump(counter);
+            }
         }
     }
+    entry
 }
 
 /// Fills the common header with the current task and the clock.
