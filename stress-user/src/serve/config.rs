@@ -85,8 +85,9 @@ pub struct Config {
     pub max_connections: usize,
     /// Bytes of request line + headers at most (hyper answers 431 beyond; at least 8192).
     pub max_header_bytes: usize,
-    /// Events kept for `/events` clients that fall behind; a client further behind skips
-    /// events (and is told how many) instead of holding the daemon up.
+    /// Events kept for `/events` clients that fall behind (as batches of up to 64, counted as
+    /// if full); a client further behind skips events (and is told how many) instead of
+    /// holding the daemon up.
     pub stream_buffer: usize,
 }
 

@@ -5,13 +5,13 @@
 use std::{
     convert::Infallible,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     time::Duration,
 };
 
-use bytes::Bytes;
+use bytes::{BufMut as _, Bytes, BytesMut};
 use http_body_util::{combinators::BoxBody, BodyExt as _, Channel, Full};
 use hyper::{
     body::Incoming,
@@ -23,7 +23,13 @@ use hyper::{
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     net::TcpListener,
-    sync::{broadcast, Semaphore},
+    sync::{
+        broadcast::{
+            self,
+            error::{RecvError, TryRecvError},
+        },
+        Semaphore,
+    },
 };
 
 use super::metrics::Metrics;
@@ -34,18 +40,33 @@ type Body = BoxBody<Bytes, Infallible>;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Headers per request at most (a scrape sends a handful).
 const MAX_HEADERS: usize = 64;
-/// Lines queued in one `/events` response before the client counts as slow.
-const CLIENT_QUEUE: usize = 256;
+/// Writes queued in one `/events` response before the client counts as slow (with
+/// [`BATCH_BYTES`], at most 64 KiB per client).
+const CLIENT_QUEUE: usize = 4;
+/// Lines that are already waiting for an `/events` client go out in one write of up to this.
+const BATCH_BYTES: usize = 16 << 10;
 
 /// What the handlers read; shared by every connection.
 pub struct Shared {
     pub metrics: Metrics,
-    /// Serialized event lines, one per event, for `/events`.
-    pub events: broadcast::Sender<Bytes>,
+    /// Serialized event lines for `/events`, in chunks.
+    pub events: broadcast::Sender<Chunk>,
+    /// The number of the next line the daemon will send: where a new client starts counting.
+    pub next_line: AtomicU64,
     /// The `ready` line each `/events` client receives first.
     pub ready_line: Bytes,
     /// False once the tracer's event stream has ended.
     pub healthy: AtomicBool,
+}
+
+/// Whole NDJSON lines for `/events`: those of one turn of the daemon's loop. Lines are numbered
+/// from the daemon's start, so a client that misses chunks knows how many lines it missed.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// The number of the first line.
+    pub first: u64,
+    pub lines: u64,
+    pub bytes: Bytes,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -147,32 +168,20 @@ fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-/// A live NDJSON response: the `ready` line, then every event as it comes. A client that reads
-/// too slowly fills its queue, its broadcast receiver falls behind and it skips events (told so
-/// with a `{"type":"skipped"}` line); the daemon never waits for it.
+/// A live NDJSON response: the `ready` line, then every event as it comes. Lines that are
+/// already waiting go out together, up to [`BATCH_BYTES`] in one write. A client that reads too
+/// slowly fills its queue; from then on the events that arrive are skipped — counted in
+/// `oomlab_events_stream_skipped_total` as they are skipped, and told to the client with a
+/// `{"type":"skipped","events":N}` line where the gap is, once it reads again. The daemon never
+/// waits for a client.
 fn events(shared: &Shared) -> Response<Body> {
-    let mut rx = shared.events.subscribe();
-    let (mut tx, body) = Channel::<Bytes, Infallible>::new(CLIENT_QUEUE);
+    let rx = shared.events.subscribe();
+    // Read after subscribing: a chunk sent in between is received, not counted as missed.
+    let first = shared.next_line.load(Ordering::Acquire);
+    let (tx, body) = Channel::<Bytes, Infallible>::new(CLIENT_QUEUE);
     let ready = shared.ready_line.clone();
     let metrics = shared.metrics.clone();
-    tokio::spawn(async move {
-        if tx.send_data(ready).await.is_err() {
-            return;
-        }
-        loop {
-            let line = match rx.recv().await {
-                Ok(line) => line,
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    metrics.stream_skipped(n);
-                    Bytes::from(format!("{{\"type\":\"skipped\",\"events\":{n}}}\n"))
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            };
-            if tx.send_data(line).await.is_err() {
-                return; // the client went away
-            }
-        }
-    });
+    tokio::spawn(stream_events(rx, tx, ready, Gaps::new(metrics, first)));
     let mut resp = Response::new(body.boxed());
     resp.headers_mut().insert(
         CONTENT_TYPE,
@@ -181,4 +190,183 @@ fn events(shared: &Shared) -> Response<Body> {
     resp.headers_mut()
         .insert("cache-control", HeaderValue::from_static("no-store"));
     resp
+}
+
+/// One `/events` client: gathers chunks into writes of up to [`BATCH_BYTES`] and sends them,
+/// skipping (and counting) what arrives while the client's queue is full.
+async fn stream_events(
+    mut rx: broadcast::Receiver<Chunk>,
+    mut tx: http_body_util::channel::Sender<Bytes, Infallible>,
+    ready: Bytes,
+    mut gaps: Gaps,
+) {
+    if tx.send_data(ready).await.is_err() {
+        return;
+    }
+    let mut batch = BytesMut::with_capacity(BATCH_BYTES);
+    let mut open = true;
+    while open {
+        if batch.is_empty() {
+            match rx.recv().await {
+                Ok(chunk) => gaps.take(&chunk, &mut batch),
+                // The next chunk's number tells how many lines were missed.
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return,
+            }
+        }
+        // Whatever else is already waiting goes into the same write.
+        while batch.len() < BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(chunk) => gaps.take(&chunk, &mut batch),
+                Err(TryRecvError::Lagged(_)) => {}
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Closed) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        let out = batch.split().freeze();
+        // While the client's queue is full, keep taking chunks from the broadcast (so the
+        // daemon's buffer does not hold them for this client) and count their lines as skipped
+        // now; the client is told at the head of its next write.
+        loop {
+            tokio::select! {
+                biased;
+                sent = tx.send_data(out.clone()) => {
+                    if sent.is_err() {
+                        return; // the client went away
+                    }
+                    break;
+                }
+                next = rx.recv(), if open => match next {
+                    Ok(chunk) => gaps.skip(&chunk),
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => open = false,
+                }
+            }
+        }
+        gaps.tell(&mut batch);
+    }
+}
+
+/// What one `/events` client missed: lines whose chunks it never received (it lagged behind the
+/// broadcast) or dropped (its queue was full).
+struct Gaps {
+    metrics: Metrics,
+    /// The number of the next line this client should see.
+    next: u64,
+    /// Skipped lines the client has not been told about yet.
+    untold: u64,
+}
+
+impl Gaps {
+    fn new(metrics: Metrics, first: u64) -> Gaps {
+        Gaps {
+            metrics,
+            next: first,
+            untold: 0,
+        }
+    }
+
+    /// Lines between the last chunk seen and this one were missed.
+    fn missed_before(&mut self, chunk: &Chunk) {
+        let missed = chunk.first.saturating_sub(self.next);
+        if missed > 0 {
+            self.metrics.stream_skipped(missed);
+            self.untold += missed;
+        }
+        self.next = self.next.max(chunk.first + chunk.lines);
+    }
+
+    /// A chunk that goes to the client, after the news of any gap before it.
+    fn take(&mut self, chunk: &Chunk, batch: &mut BytesMut) {
+        self.missed_before(chunk);
+        self.tell(batch);
+        batch.put_slice(&chunk.bytes);
+    }
+
+    /// A chunk dropped because the client is not reading.
+    fn skip(&mut self, chunk: &Chunk) {
+        self.missed_before(chunk);
+        self.metrics.stream_skipped(chunk.lines);
+        self.untold += chunk.lines;
+    }
+
+    fn tell(&mut self, batch: &mut BytesMut) {
+        if self.untold > 0 {
+            batch.put_slice(skipped_line(self.untold).as_bytes());
+            self.untold = 0;
+        }
+    }
+}
+
+fn skipped_line(n: u64) -> String {
+    format!("{{\"type\":\"skipped\",\"events\":{n}}}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(first: u64, lines: u64) -> Chunk {
+        let bytes: String = (first..first + lines).map(|n| format!("{n}\n")).collect();
+        Chunk {
+            first,
+            lines,
+            bytes: Bytes::from(bytes),
+        }
+    }
+
+    fn skipped_metric(m: &Metrics) -> String {
+        m.encode()
+            .lines()
+            .find(|l| l.starts_with("oomlab_events_stream_skipped_total "))
+            .expect("skipped counter")
+            .to_owned()
+    }
+
+    #[test]
+    fn gaps_are_counted_when_they_happen_and_told_where_they_are() {
+        let metrics = Metrics::new("test");
+        let mut gaps = Gaps::new(metrics.clone(), 10);
+        let mut out = BytesMut::new();
+        gaps.take(&chunk(10, 2), &mut out);
+        // Lagged past lines 12..15: told before line 15.
+        gaps.take(&chunk(15, 1), &mut out);
+        assert_eq!(
+            &out[..],
+            b"10\n11\n{\"type\":\"skipped\",\"events\":3}\n15\n"
+        );
+        assert_eq!(
+            skipped_metric(&metrics),
+            "oomlab_events_stream_skipped_total 3"
+        );
+        // A stalled client drops 16..20 and lags past 20..22: counted at once, told later.
+        out.clear();
+        gaps.skip(&chunk(16, 4));
+        gaps.skip(&chunk(22, 1));
+        assert_eq!(
+            skipped_metric(&metrics),
+            "oomlab_events_stream_skipped_total 10"
+        );
+        gaps.tell(&mut out);
+        gaps.take(&chunk(23, 1), &mut out);
+        assert_eq!(&out[..], b"{\"type\":\"skipped\",\"events\":7}\n23\n");
+    }
+
+    #[test]
+    fn a_chunk_sent_while_a_client_subscribes_is_not_a_gap() {
+        // The daemon moved next_line to 5 before sending lines 3..5; the new client reads 5.
+        let metrics = Metrics::new("test");
+        let mut gaps = Gaps::new(metrics.clone(), 5);
+        let mut out = BytesMut::new();
+        gaps.take(&chunk(3, 2), &mut out);
+        gaps.take(&chunk(5, 1), &mut out);
+        assert_eq!(&out[..], b"3\n4\n5\n");
+        assert_eq!(
+            skipped_metric(&metrics),
+            "oomlab_events_stream_skipped_total 0"
+        );
+    }
 }

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
+use bytes::{BufMut as _, Bytes, BytesMut};
 use tokio::{
     net::TcpListener,
     signal::unix::{signal, SignalKind},
@@ -24,7 +24,7 @@ use tokio::{
 
 pub use self::config::{Config, ConfigError, EventClass};
 use self::{
-    http::Shared,
+    http::{Chunk, Shared},
     metrics::{Kill, Limits, Metrics},
 };
 use crate::{
@@ -161,7 +161,13 @@ struct Daemon {
     hier: Hierarchy,
     metrics: Metrics,
     limits: Limits,
-    events: broadcast::Sender<Bytes>,
+    events: broadcast::Sender<Chunk>,
+    shared: Arc<Shared>,
+    /// Lines for `/events` gathered since the last [`Daemon::flush`], how many, and the number
+    /// of the first line not yet sent.
+    out: BytesMut,
+    out_lines: u64,
+    next_line: u64,
     /// Victims waiting for their episode (which brings the constraint), by pid.
     pending: HashMap<i32, (Kill, Instant)>,
 }
@@ -225,7 +231,7 @@ impl Daemon {
         // Serialize only when someone listens.
         if self.events.receiver_count() > 0 {
             let line = line.unwrap_or_else(|| json(ev));
-            let _ = self.events.send(Bytes::from(line));
+            self.emit(&line);
         }
     }
 
@@ -250,8 +256,36 @@ impl Daemon {
         if self.events.receiver_count() > 0 {
             let mut out = Vec::with_capacity(1024);
             report::json_line(&mut out, "oom_episode", ep).expect("JSON to a Vec");
-            let _ = self.events.send(Bytes::from(out));
+            self.emit(&out);
         }
+    }
+
+    /// One line for `/events`, sent with the others of this turn of the loop by [`Self::flush`].
+    fn emit(&mut self, line: &[u8]) {
+        self.out.put_slice(line);
+        self.out_lines += 1;
+    }
+
+    /// Sends what this turn of the loop gathered as one chunk: a flood costs each `/events`
+    /// client one wakeup and one write per batch of events, not per event.
+    fn flush(&mut self) {
+        if self.out_lines == 0 {
+            return;
+        }
+        let chunk = Chunk {
+            first: self.next_line,
+            lines: self.out_lines,
+            bytes: self.out.split().freeze(),
+        };
+        self.next_line += self.out_lines;
+        self.out_lines = 0;
+        // Before the send: a client that subscribes in between receives this chunk too, and
+        // must not count it as missed.
+        self.shared
+            .next_line
+            .store(self.next_line, Ordering::Release);
+        // No receiver: nobody is listening right now, which is fine.
+        let _ = self.events.send(chunk);
     }
 
     /// Victims whose episode never came (no kernel log, or it was lost) are counted anyway.
@@ -319,6 +353,15 @@ fn kernel_release() -> String {
         .unwrap_or_else(|_| metrics::UNKNOWN.into())
 }
 
+/// Events taken from the tracer in one turn of the loop, and so at most the lines in one chunk
+/// for `/events`.
+const CHUNK_EVENTS: usize = 64;
+
+/// The broadcast keeps chunks; `stream_buffer` counts events, as if every chunk were full.
+fn chunks_kept(stream_buffer: usize) -> usize {
+    stream_buffer.div_ceil(CHUNK_EVENTS).max(1)
+}
+
 /// How often the loop wakes without events: kernel drop counters, systemd watchdog.
 const TICK: Duration = Duration::from_secs(1);
 /// How often at most the heap's free memory is handed back to the kernel.
@@ -368,12 +411,13 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
     let mut episodes = cfg.traces(EventClass::Oom).then(|| Episodes::start(None));
     let (tracer, mut rx) = Tracer::start(&trace_opts)?;
     let metrics = Metrics::new(&kernel_release());
-    let (events, _) = broadcast::channel(cfg.stream_buffer);
+    let (events, _) = broadcast::channel(chunks_kept(cfg.stream_buffer));
     let shared = Arc::new(Shared {
         metrics: metrics.clone(),
         events: events.clone(),
         ready_line: ready_line(&tracer),
         healthy: true.into(),
+        next_line: 0.into(),
     });
     let mut server = Server::start(listener, shared.clone(), &cfg);
     let mut daemon = Daemon {
@@ -382,8 +426,13 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
         hier,
         metrics,
         events,
+        shared: shared.clone(),
+        out: BytesMut::new(),
+        out_lines: 0,
+        next_line: 0,
         pending: HashMap::new(),
     };
+    let mut batch = Vec::with_capacity(CHUNK_EVENTS);
     log::info!(
         "serving /metrics, /events and /healthz on http://{}",
         daemon.cfg.listen
@@ -403,16 +452,17 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
     let mut last_trim = Instant::now();
     let result = loop {
         tokio::select! {
-            ev = rx.recv() => match ev {
-                Some(ev) => {
+            // What has queued up is taken at once, and its lines go out as one chunk.
+            n = rx.recv_many(&mut batch, CHUNK_EVENTS) => {
+                if n == 0 {
+                    shared.healthy.store(false, Ordering::Relaxed);
+                    break Err(ServeError::TracerEnded);
+                }
+                for ev in batch.drain(..) {
                     if let Some(e) = &mut episodes {
                         e.push_event(&ev);
                     }
                     daemon.handle(&ev);
-                }
-                None => {
-                    shared.healthy.store(false, Ordering::Relaxed);
-                    break Err(ServeError::TracerEnded);
                 }
             },
             Some(rec) = next_record(&mut episodes) => {
@@ -427,9 +477,10 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
                     }
                 }
                 daemon.expire(false);
+                // Read often, so a scrape right after a flood shows its drops.
+                daemon.metrics.set_lost(tracer.stats().lost);
             }
             _ = ticker.tick() => {
-                daemon.metrics.set_lost(tracer.stats().lost);
                 if last_trim.elapsed() >= TRIM_EVERY {
                     last_trim = Instant::now();
                     trim_heap();
@@ -456,6 +507,7 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
             _ = sigterm.recv() => break Ok(()),
             _ = sigint.recv() => break Ok(()),
         }
+        daemon.flush();
     };
     if let Some(e) = &mut episodes {
         for ep in e.flush() {
@@ -463,6 +515,7 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
         }
     }
     daemon.expire(true);
+    daemon.flush();
     notify(&[sd_notify::NotifyState::Stopping]);
     drop(server);
     // Detaches every program.
