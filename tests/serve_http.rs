@@ -28,12 +28,6 @@ fn http_edges_slow_clients_and_reload() {
     if !common::need_root("http_edges_slow_clients_and_reload") {
         return;
     }
-    if common::skip_in_vm(
-        "http_edges_slow_clients_and_reload",
-        "HTTP edge cases do not depend on the kernel, and on the 1-vCPU TCG guest the 10k adj-write flood was counted short (8263 and 9814 counted, 0 lost) after 35-47 s: open question, the host run holds",
-    ) {
-        return;
-    }
     let mut serve = Serve::start("max_connections = 8\nstream_buffer = 64\n");
     let port = serve.port;
 
@@ -87,15 +81,26 @@ fn http_edges_slow_clients_and_reload() {
     }
     flood.join().expect("flood thread");
     let me = i64::from(std::process::id());
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // The daemon works through what the ring holds at its own pace (slow in the emulated test
+    // VMs): wait while the sum still moves, and give up once it has stood still for 10 s.
+    let flood_done = Instant::now();
+    let mut last = (f64::NAN, Instant::now());
     let (counted, lost) = loop {
         let counted = serve.metric("oomlab_oom_score_adj_updates_total") - before;
         let lost = serve.metric("oomlab_events_lost_total");
-        if counted + lost >= f64::from(WRITES) || Instant::now() > deadline {
+        let sum = counted + lost;
+        if sum >= f64::from(WRITES) || last.1.elapsed() > Duration::from_secs(10) {
             break (counted, lost);
+        }
+        if sum != last.0 {
+            last = (sum, Instant::now());
         }
         std::thread::sleep(Duration::from_millis(50));
     };
+    eprintln!(
+        "flood of {WRITES}: counted {counted}, lost {lost}, {:?} after the last write",
+        flood_done.elapsed()
+    );
     assert!(
         counted + lost >= f64::from(WRITES),
         "every adj write is counted or reported lost: counted {counted}, lost {lost}"
