@@ -2,6 +2,7 @@
 //! counters — the numbers that matter, not `free`'s — and scratch cgroups oomlab owns.
 
 pub mod kube;
+pub mod pressure;
 mod scratch;
 pub mod target;
 
@@ -11,6 +12,7 @@ use std::{
     path::{Component, Path, PathBuf},
 };
 
+pub use pressure::{Pressure, PressureCounters, PsiScope};
 pub use scratch::{find_leftovers, remove_leftover, Leftover, ScratchCgroup, RECORD_DIR};
 
 /// Default mount points, used when `/proc/self/mountinfo` cannot be read.

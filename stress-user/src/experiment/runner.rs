@@ -29,7 +29,7 @@ use crate::{
     cgroup::{
         find_leftovers, remove_leftover,
         target::{self, TargetArgs},
-        CgroupError, Hierarchy, MemCgroup, ScratchCgroup, Version,
+        CgroupError, Hierarchy, MemCgroup, Pressure, ScratchCgroup, Version,
     },
     inject::{
         agent,
@@ -566,6 +566,7 @@ struct StageRun {
     summary: Option<agent::Summary>,
     requested: Option<u64>,
     apps_alive: Vec<(String, bool)>,
+    pressure: Pressure,
 }
 
 fn run_stages(
@@ -692,6 +693,8 @@ fn run_stage(
     apps: &mut [AppProc],
 ) -> Result<StageRun, RunError> {
     let oom_base = cg.oom_kills().unwrap_or(0);
+    let counters_before = cg.pressure_counters();
+    let started = Instant::now();
     let limit = cg.limit().ok().flatten();
     let adj = stage
         .inject
@@ -836,6 +839,9 @@ fn run_stage(
         .map(|a| (a.app.name.clone(), a.exited.is_none()))
         .collect();
     let oom_end = cg.oom_kills().unwrap_or(oom_base);
+    let pressure = cg
+        .pressure_counters()
+        .since(&counters_before, started.elapsed());
     let end = lock(shared).t();
     {
         let mut s = lock(shared);
@@ -848,6 +854,7 @@ fn run_stage(
             oom_kills: u64,
             requested_bytes: Option<u64>,
             charged_bytes: Option<u64>,
+            pressure: &'a Pressure,
         }
         s.json(
             "stage_end",
@@ -858,6 +865,7 @@ fn run_stage(
                 oom_kills: oom_end - oom_base,
                 requested_bytes: requested,
                 charged_bytes: summary.as_ref().map(|x| x.charged_bytes),
+                pressure: &pressure,
             },
         );
         let (host_used, host_total) = s.host_peak.get(i).copied().unwrap_or((0, 0));
@@ -904,6 +912,7 @@ fn run_stage(
                 ));
             }
         }
+        s.say(&format!("   pressure {}", pressure.describe(cg.version)));
     }
     Ok(StageRun {
         index: i,
@@ -914,6 +923,7 @@ fn run_stage(
         summary,
         requested,
         apps_alive,
+        pressure,
     })
 }
 
@@ -1338,6 +1348,7 @@ fn build_report(
             respawns: r.summary.as_ref().map_or(0, |x| x.respawns),
             host_used_bytes: host_used,
             host_total_bytes: host_total,
+            pressure: Some(r.pressure.clone()),
         });
         if !st.expect.is_empty() {
             let obs = Observed {

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::timeline::RunReport;
-use crate::size::human;
+use crate::{cgroup::Version, size::human};
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or_else(|| "–".into(), |v| v.to_string())
@@ -101,6 +101,22 @@ fn write_report(md: &mut String, r: &RunReport) -> std::fmt::Result {
             human(st.host_used_bytes),
             human(st.host_total_bytes)
         )?;
+    }
+    writeln!(md)?;
+    let version = if r.cgroup_version == "v2" {
+        Version::V2
+    } else {
+        Version::V1
+    };
+    for st in &r.stages {
+        if let Some(p) = &st.pressure {
+            writeln!(
+                md,
+                "- Stage {} pressure: {}",
+                st.index + 1,
+                p.describe(version)
+            )?;
+        }
     }
     writeln!(md)?;
 
@@ -215,6 +231,7 @@ mod tests {
             "| 1 | 4 workers, 200 MiB in total |",
             "201.0 MiB",
             "3.0 GiB used of 24.0 GiB",
+            "- Stage 2 pressure: memory.failcnt/oom_control: failcnt +7, oom_kill +2; PSI (whole node: v1 has no per-cgroup PSI) some 12.5 %, full 4.0 % of the time",
             "## OOM episodes",
             "killed pid 443160 `oomlab` — worker",
             "| 1 | 443160 | `oomlab` | worker |",

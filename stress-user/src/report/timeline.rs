@@ -122,6 +122,9 @@ pub struct StageReport {
     /// number the blog was misled by.
     pub host_used_bytes: u64,
     pub host_total_bytes: u64,
+    /// The cgroup's limit events and PSI during the stage (from its start to its end).
+    #[serde(default)]
+    pub pressure: Option<crate::cgroup::Pressure>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -274,6 +277,7 @@ pub(crate) mod fixture {
                     respawns: 0,
                     host_used_bytes: 3 << 30,
                     host_total_bytes: 24 << 30,
+                    pressure: None,
                 },
                 StageReport {
                     index: 1,
@@ -291,6 +295,14 @@ pub(crate) mod fixture {
                     respawns: 2,
                     host_used_bytes: 3 << 30,
                     host_total_bytes: 24 << 30,
+                    pressure: Some(crate::cgroup::Pressure {
+                        events: [("failcnt".to_owned(), 7), ("oom_kill".to_owned(), 2)].into(),
+                        psi: Some(crate::cgroup::pressure::PsiShare {
+                            scope: crate::cgroup::PsiScope::Node,
+                            some_pct: 12.5,
+                            full_pct: 4.0,
+                        }),
+                    }),
                 },
             ],
             samples,
