@@ -114,22 +114,22 @@ impl PressureCounters {
 }
 
 impl Pressure {
-    /// One line for people: `memory.events max +56, oom +3 · PSI (this cgroup) some 12.3 %,
+    /// One line for people: `memory.events: max +56, oom +3; PSI (this cgroup) some 12.3 %,
     /// full 8.1 % of the time`.
     pub fn describe(&self, version: Version) -> String {
-        let file = match version {
-            Version::V2 => "memory.events",
-            Version::V1 => "memory.failcnt/oom_control",
-        };
-        let events = if self.events.is_empty() {
-            format!("{file}: no limit events")
-        } else {
-            let list: Vec<String> = self
-                .events
-                .iter()
-                .map(|(k, v)| format!("{k} +{v}"))
-                .collect();
-            format!("{file}: {}", list.join(", "))
+        let list: Vec<String> = self
+            .events
+            .iter()
+            .map(|(k, v)| match (version, k.as_str()) {
+                (Version::V1, "failcnt") => format!("memory.failcnt +{v}"),
+                _ => format!("{k} +{v}"),
+            })
+            .collect();
+        let events = match (version, list.is_empty()) {
+            (Version::V2, true) => "memory.events: nothing".to_owned(),
+            (Version::V2, false) => format!("memory.events: {}", list.join(", ")),
+            (Version::V1, true) => "no limit hits (memory.failcnt)".to_owned(),
+            (Version::V1, false) => list.join(", "),
         };
         match self.psi {
             Some(p) => format!(
@@ -225,7 +225,7 @@ mod tests {
         assert!(d.events.is_empty() && d.psi.is_none());
         assert_eq!(
             d.describe(Version::V1),
-            "memory.failcnt/oom_control: no limit events; no PSI here"
+            "no limit hits (memory.failcnt); no PSI here"
         );
     }
 }

@@ -231,7 +231,7 @@ mod tests {
             "| 1 | 4 workers, 200 MiB in total |",
             "201.0 MiB",
             "3.0 GiB used of 24.0 GiB",
-            "- Stage 2 pressure: memory.failcnt/oom_control: failcnt +7, oom_kill +2; PSI (whole node: v1 has no per-cgroup PSI) some 12.5 %, full 4.0 % of the time",
+            "- Stage 2 pressure: memory.failcnt +7, oom_kill +2; PSI (whole node: v1 has no per-cgroup PSI) some 12.5 %, full 4.0 % of the time",
             "## OOM episodes",
             "killed pid 443160 `oomlab` — worker",
             "| 1 | 443160 | `oomlab` | worker |",
