@@ -352,25 +352,34 @@ fn score_adj_outweighs_size() {
 
 #[test]
 fn oom_group_kills_the_whole_cgroup_on_v2() {
-    if !common::need_root("oom_group_kills_the_whole_cgroup_on_v2") {
+    let Some((json, _dir)) = v2_example(
+        "oom_group_kills_the_whole_cgroup_on_v2",
+        "oom-group",
+        include_str!("../examples/oom-group.toml"),
+        "oom_group",
+        true,
+    ) else {
         return;
-    }
-    let example = include_str!("../examples/oom-group.toml");
-    if refused_on_v1("oom-group", example, "oom_group") {
-        eprintln!("skipped: memory.oom.group needs cgroup v2 (this host's memory controller is v1); the kernel-matrix VMs run it");
-        return;
-    }
-    let (json, _dir) = run_example("oom-group", example, true);
+    };
     // The whole cgroup went: the app and both workers, each seen once.
     assert_eq!(json["summary"]["app_kills"], 1, "{json:#}");
     assert_eq!(json["summary"]["worker_kills"], 2, "{json:#}");
 }
 
-/// On a v1 host a v2-only example is refused before anything is created, naming the line of
-/// `key`; true when that happened.
-fn refused_on_v1(name: &str, example: &str, key: &str) -> bool {
-    if memory_version() != Version::V1 {
-        return false;
+/// A cgroup-v2-only example: run where memory is on v2 (the VMs); on a v1 host it must be
+/// refused before anything is created, naming the line of `key`, and the test skips.
+fn v2_example(
+    test: &str,
+    name: &str,
+    example: &str,
+    key: &str,
+    group_kill: bool,
+) -> Option<(Value, TempDir)> {
+    if !common::need_root(test) {
+        return None;
+    }
+    if memory_version() == Version::V2 {
+        return Some(run_example(name, example, group_kill));
     }
     let dir = TempDir::new(name);
     let file = dir.0.join(format!("{name}.toml"));
@@ -387,20 +396,21 @@ fn refused_on_v1(name: &str, example: &str, key: &str) -> bool {
         err.contains(&format!("{name}.toml:{line}:")) && err.contains("cgroup v2"),
         "{err}"
     );
-    true
+    eprintln!("skipped: {test}: `{key}` needs cgroup v2 (this host's memory controller is v1); the kernel-matrix VMs run it");
+    None
 }
 
 #[test]
 fn memory_high_throttles_without_a_kill_on_v2() {
-    if !common::need_root("memory_high_throttles_without_a_kill_on_v2") {
+    let Some((json, _dir)) = v2_example(
+        "memory_high_throttles_without_a_kill_on_v2",
+        "memory-high",
+        include_str!("../examples/memory-high.toml"),
+        "memory_high",
+        false,
+    ) else {
         return;
-    }
-    let example = include_str!("../examples/memory-high.toml");
-    if refused_on_v1("memory-high", example, "memory_high") {
-        eprintln!("skipped: memory.high needs cgroup v2 (this host's memory controller is v1); the kernel-matrix VMs run it");
-        return;
-    }
-    let (json, _dir) = run_example("memory-high", example, false);
+    };
     // Over memory.high, not memory.max: the kernel counted high events, no limit hit and no
     // OOM, and the throttled workers stalled (the cgroup's own PSI).
     let p = &json["stages"][0]["pressure"];
