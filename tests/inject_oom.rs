@@ -8,7 +8,30 @@ mod support;
 
 use std::time::Duration;
 
+use stress_user::cgroup::{parse_flat_keyed, MemCgroup, Version};
 use support::{hierarchy, test_cgroup, Injector, MIB};
+
+/// Times the cgroup's usage hit its limit, read here without oomlab: v1 `memory.failcnt`, v2
+/// `memory.events` `max`. With the key oomlab reports it under.
+fn limit_hits(cg: &MemCgroup) -> (&'static str, u64) {
+    match cg.version {
+        Version::V1 => (
+            "failcnt",
+            cg.read("memory.failcnt")
+                .expect("memory.failcnt")
+                .trim()
+                .parse()
+                .expect("a number"),
+        ),
+        Version::V2 => (
+            "max",
+            parse_flat_keyed(&cg.read("memory.events").expect("memory.events"))
+                .get("max")
+                .copied()
+                .unwrap_or(0),
+        ),
+    }
+}
 
 #[test]
 fn stop_reports_the_kill_and_exits_3() {
@@ -19,6 +42,7 @@ fn stop_reports_the_kill_and_exits_3() {
     let scratch = test_cgroup(&hier, "oom-stop", 128 * MIB);
     let cg = scratch.cgroup().clone();
     let kills_before = cg.oom_kills().expect("oom_kill");
+    let (hits_key, hits_before) = limit_hits(&cg);
     let mut kmsg = common::Kmsg::open_at_end();
     let mut inj = Injector::start(&[
         "--cgroup",
@@ -58,6 +82,21 @@ fn stop_reports_the_kill_and_exits_3() {
         Some(kills),
         "summary agrees with memory.oom_control"
     );
+    // The summary's pressure: the limit was hit (at most as often as this test saw, whose
+    // window is wider), and its oom_kill agrees with the counter.
+    let hits = limit_hits(&cg).1 - hits_before;
+    let pressure = &summary["pressure"];
+    let reported = pressure["events"][hits_key].as_u64().unwrap_or(0);
+    assert!(
+        reported > 0 && reported <= hits,
+        "{hits_key}: oomlab says {reported}, the cgroup {hits}: {pressure}"
+    );
+    assert_eq!(
+        pressure["events"]["oom_kill"].as_u64(),
+        Some(kills),
+        "{pressure}"
+    );
+    assert!(!pressure["psi"].is_null(), "PSI read: {pressure}");
     assert!(cg.procs().expect("procs").is_empty(), "no worker left");
 }
 

@@ -21,7 +21,7 @@ use super::{
     worker::{Birth, Report, Worker, WorkerArgs, WorkerSpec},
 };
 use crate::{
-    cgroup::{Hierarchy, MemCgroup, MemSnapshot, ScratchCgroup},
+    cgroup::{Hierarchy, MemCgroup, MemSnapshot, Pressure, ScratchCgroup},
     report::{json_line, OutputFormat},
     size::human,
 };
@@ -125,6 +125,8 @@ pub struct Summary {
     pub respawns: u64,
     /// The target's oom_kill counter, increase during the run.
     pub oom_kills: u64,
+    /// The target's limit events (v2 memory.events, v1 failcnt) and PSI during the run.
+    pub pressure: Pressure,
     pub duration_s: f64,
     /// `duration`, `signal`, `worker_died` (--on-oom stop) or `no_workers_left`.
     pub stopped_by: &'static str,
@@ -248,6 +250,7 @@ fn drive(cg: &MemCgroup, plan: &Plan, out: &mut Out) -> Result<Summary, InjectEr
     };
     let baseline = cg.usage()?;
     let oom_base = cg.oom_kills()?;
+    let pressure_base = cg.pressure_counters();
     let limit = cg.limit()?;
     let mut oom_seen = oom_base;
     let mut slots: Vec<Slot> = Vec::with_capacity(plan.workers);
@@ -579,13 +582,16 @@ fn drive(cg: &MemCgroup, plan: &Plan, out: &mut Out) -> Result<Summary, InjectEr
         worker_kills,
         respawns,
         oom_kills,
+        pressure: cg
+            .pressure_counters()
+            .since(&pressure_base, start.elapsed()),
         duration_s: start.elapsed().as_secs_f64(),
         stopped_by,
         exit_code,
     };
     out.emit("summary", &summary, || {
         format!(
-            "summary: requested {}, charged {} ({:.1}%), target {}, worker kills {}, respawns {}, oom kills {}, stopped by {}",
+            "summary: requested {}, charged {} ({:.1}%), target {}, worker kills {}, respawns {}, oom kills {}, stopped by {}\npressure: {}",
             human(summary.requested_bytes),
             human(summary.charged_bytes),
             summary.accuracy * 100.0,
@@ -595,7 +601,8 @@ fn drive(cg: &MemCgroup, plan: &Plan, out: &mut Out) -> Result<Summary, InjectEr
             summary.worker_kills,
             summary.respawns,
             summary.oom_kills,
-            summary.stopped_by
+            summary.stopped_by,
+            summary.pressure.describe(cg.version)
         )
     });
     Ok(summary)
