@@ -18,13 +18,24 @@ pub enum OutputFormat {
     Json,
 }
 
-/// One JSON object per line with a `"type"` tag and the object's own fields.
-pub fn json_line<T: Serialize>(out: &mut impl Write, kind: &str, value: &T) -> io::Result<()> {
-    let mut v = serde_json::to_value(value).map_err(io::Error::other)?;
-    if let serde_json::Value::Object(map) = &mut v {
-        map.insert("type".into(), kind.into());
-    }
-    serde_json::to_writer(&mut *out, &v).map_err(io::Error::other)?;
+/// `{"type": kind, …the value's own fields}`, written straight from serde (no intermediate
+/// `serde_json::Value`: a flood of events costs no map per line).
+#[derive(Serialize)]
+struct Tagged<'a, T: ?Sized> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(flatten)]
+    value: &'a T,
+}
+
+/// One JSON object per line with a `"type"` tag first, then the object's own fields. `value`
+/// must serialize as a struct or map without a `type` field of its own.
+pub fn json_line<T: Serialize + ?Sized>(
+    out: &mut impl Write,
+    kind: &str,
+    value: &T,
+) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, &Tagged { kind, value }).map_err(io::Error::other)?;
     out.write_all(b"\n")?;
     out.flush()
 }
@@ -43,8 +54,5 @@ pub fn event_type(tag: &str) -> &str {
 /// One trace event as a JSON line — what `oomlab trace --output json` prints and `oomlab serve`
 /// streams on `/events`.
 pub fn event_json_line(out: &mut impl Write, ev: &crate::trace::Event) -> io::Result<()> {
-    let v = serde_json::to_value(ev).map_err(io::Error::other)?;
-    let tag = v.get("event").and_then(|t| t.as_str()).unwrap_or("event");
-    let kind = event_type(tag).to_owned();
-    json_line(out, &kind, &v)
+    json_line(out, event_type(ev.kind.tag()), ev)
 }

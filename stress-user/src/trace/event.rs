@@ -192,6 +192,23 @@ pub enum EventKind {
     Cgroup(CgroupChange),
 }
 
+impl EventKind {
+    /// The serde tag (`"event"`) of this kind, without serializing it.
+    pub fn tag(&self) -> &'static str {
+        match self {
+            EventKind::Victim(_) => "victim",
+            EventKind::AdjUpdate(_) => "adj_update",
+            EventKind::OomKillHook(_) => "oom_kill_hook",
+            EventKind::Reclaim(_) => "reclaim",
+            EventKind::ReclaimRetry(_) => "reclaim_retry",
+            EventKind::CompactRetry(_) => "compact_retry",
+            EventKind::Reaper(_) => "reaper",
+            EventKind::KswapdWake(_) => "kswapd_wake",
+            EventKind::Cgroup(_) => "cgroup",
+        }
+    }
+}
+
 /// One kernel event with its kernel timestamp (CLOCK_MONOTONIC).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Event {
@@ -574,6 +591,33 @@ mod tests {
         assert_eq!(v["in_filter"], true);
         assert_eq!(v["oomlab_worker"], false);
         assert!(v["cgroup"].is_null());
+    }
+
+    #[test]
+    fn every_kind_knows_its_serde_tag() {
+        let mut seen = std::collections::BTreeSet::new();
+        for k in 1..=kind::OOM_KILL_PROCESS {
+            // Any record long enough decodes; the values do not matter here.
+            let mut raw = bytes(&header(k));
+            raw.resize(2048, 0);
+            let ev = Event::decode(&raw).unwrap_or_else(|e| panic!("kind {k}: {e}"));
+            let v = serde_json::to_value(&ev.kind).expect("serialises");
+            assert_eq!(v["event"], ev.kind.tag(), "kind {k}");
+            seen.insert(ev.kind.tag());
+        }
+        assert_eq!(seen.len(), 9, "one kind per EventKind variant: {seen:?}");
+        // And a JSON line has the type first, then the event's own fields.
+        let mut out = Vec::new();
+        let mut raw = bytes(&header(kind::ADJ_UPDATE));
+        raw.resize(2048, 0);
+        crate::report::event_json_line(&mut out, &Event::decode(&raw).expect("decodes"))
+            .expect("writes");
+        let line = String::from_utf8(out).expect("utf-8");
+        assert!(
+            line.starts_with(r#"{"type":"oom_score_adj","ts":1.5,"cpu":1,"event":"adj_update","#),
+            "{line}"
+        );
+        assert!(line.ends_with("}\n"), "{line}");
     }
 
     #[test]
