@@ -613,6 +613,76 @@ impl Default for TraceOptions {
 
 /// Decoded events queued between the ring buffer reader and the consumer.
 const CHANNEL_EVENTS: usize = 4096;
+/// OOM events (from `OOM_EVENTS`) queued in their own lane, which the consumer empties first.
+const OOM_CHANNEL_EVENTS: usize = 1024;
+
+/// The tracer's events, in two lanes: OOM events (victims, reaper steps, kill hooks) and the
+/// rest. A consumer that falls behind a flood of adj or reclaim events still gets each OOM event
+/// next, not after the thousands queued before it; within a lane the order is the kernel's.
+pub struct Events {
+    oom: mpsc::Receiver<Event>,
+    rest: mpsc::Receiver<Event>,
+}
+
+impl Events {
+    /// The next event, OOM events first; `None` once the reader has ended. Cancel-safe, for
+    /// `tokio::select!`.
+    pub async fn recv(&mut self) -> Option<Event> {
+        tokio::select! {
+            biased;
+            Some(ev) = self.oom.recv() => Some(ev),
+            Some(ev) = self.rest.recv() => Some(ev),
+            else => None,
+        }
+    }
+
+    /// Appends up to `limit` events that are ready (OOM events first), waiting for one if none
+    /// is; 0 once the reader has ended. Cancel-safe.
+    pub async fn recv_many(&mut self, buf: &mut Vec<Event>, limit: usize) -> usize {
+        let before = buf.len();
+        while buf.len() - before < limit {
+            match self.oom.try_recv() {
+                Ok(ev) => buf.push(ev),
+                Err(_) => break,
+            }
+        }
+        if buf.len() == before {
+            match self.recv().await {
+                Some(ev) => buf.push(ev),
+                None => return 0,
+            }
+        }
+        while buf.len() - before < limit {
+            match self.rest.try_recv() {
+                Ok(ev) => buf.push(ev),
+                Err(_) => break,
+            }
+        }
+        buf.len() - before
+    }
+}
+
+/// How long the reader waits before it tries the full lane of other events again (the OOM
+/// lane is served in between).
+const FULL_LANE_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Forwards every record waiting in the OOM ring to the OOM lane; false once the consumer is
+/// gone.
+fn pump_oom(
+    oom_ring: &mut RingBuf<MapData>,
+    decode: &mut impl FnMut(&[u8]) -> Option<Event>,
+    tx_oom: &mpsc::Sender<Event>,
+) -> bool {
+    while let Some(item) = oom_ring.next() {
+        if let Some(ev) = decode(&item) {
+            drop(item);
+            if tx_oom.blocking_send(ev).is_err() {
+                return false;
+            }
+        }
+    }
+    true
+}
 
 /// How long the reader thread waits in poll(2) before checking whether to stop.
 const READER_POLL_MS: i32 = 100;
@@ -682,7 +752,7 @@ fn take<T>(
 impl Tracer {
     /// Loads, attaches and starts reading; events arrive on the returned channel, enriched and
     /// filtered to the target. Must run inside a tokio runtime.
-    pub fn start(opts: &TraceOptions) -> Result<(Tracer, mpsc::Receiver<Event>), TraceError> {
+    pub fn start(opts: &TraceOptions) -> Result<(Tracer, Events), TraceError> {
         let t0 = std::time::Instant::now();
         let tracefs = ensure_tracefs()?;
         let mut cfg = build_config(&tracefs.path)?;
@@ -831,7 +901,8 @@ impl Tracer {
         // Bounded: a consumer that falls behind (a slow stdout pipe, a stalled client) makes the
         // reader wait, the ring buffers fill and the kernel count the drops as `lost` — memory
         // stays bounded instead of queueing events here without limit.
-        let (tx, rx) = mpsc::channel(CHANNEL_EVENTS);
+        let (tx, rest) = mpsc::channel(CHANNEL_EVENTS);
+        let (tx_oom, oom) = mpsc::channel(OOM_CHANNEL_EVENTS);
         let mut enricher = Enricher::new(memory_version, target_state);
         // The reader is an OS thread, not a tokio task: enrichment reads /proc/PID of victims,
         // and the kernel holds a victim's task_lock while it prints `Killed process` to the
@@ -842,8 +913,9 @@ impl Tracer {
         std::thread::Builder::new()
             .name("oomlab-ring".into())
             .spawn(move || {
-                // Decodes, enriches and forwards one ring's record; false once the consumer is gone.
-                let mut forward = |item: &[u8]| -> bool {
+                // Decodes and enriches one record; `None` when it is undecodable or outside the
+                // target.
+                let mut decode = |item: &[u8]| -> Option<Event> {
                     match Event::decode(item) {
                         Ok(mut ev) => {
                             ev.read_at = monotonic();
@@ -854,28 +926,41 @@ impl Tracer {
                                     ev.read_at.saturating_sub(ev.ts)
                                 );
                             }
-                            !enricher.process(&mut ev) || tx.blocking_send(ev).is_ok()
+                            enricher.process(&mut ev).then_some(ev)
                         }
                         Err(e) => {
                             log::warn!("dropping undecodable event: {e}");
-                            true
+                            None
                         }
                     }
                 };
                 loop {
-                    // OOM events first, and again between batches of the others, so a flood
-                    // in `EVENTS` does not delay a victim either.
+                    // OOM events first, and again between batches of the others and while the
+                    // other lane is full, so neither a flood in `EVENTS` nor a consumer behind
+                    // it delays a victim.
                     let mut busy = false;
-                    while let Some(item) = oom_ring.next() {
-                        if !forward(&item) {
-                            return;
-                        }
+                    if !pump_oom(&mut oom_ring, &mut decode, &tx_oom) {
+                        return;
                     }
                     for _ in 0..READER_BATCH {
                         let Some(item) = ring.next() else { break };
                         busy = true;
-                        if !forward(&item) {
-                            return;
+                        let Some(mut ev) = decode(&item) else {
+                            continue;
+                        };
+                        drop(item);
+                        loop {
+                            match tx.try_send(ev) {
+                                Ok(()) => break,
+                                Err(mpsc::error::TrySendError::Closed(_)) => return,
+                                Err(mpsc::error::TrySendError::Full(back)) => {
+                                    ev = back;
+                                    if !pump_oom(&mut oom_ring, &mut decode, &tx_oom) {
+                                        return;
+                                    }
+                                    std::thread::sleep(FULL_LANE_WAIT);
+                                }
+                            }
                         }
                     }
                     if busy {
@@ -914,7 +999,7 @@ impl Tracer {
                 reclaim_key,
                 memory_version,
             },
-            rx,
+            Events { oom, rest },
         ))
     }
 
@@ -1080,6 +1165,56 @@ mod tests {
         assert_eq!(parse_hierarchy_id(text, "memory"), Some(4));
         assert_eq!(parse_hierarchy_id(text, "pids"), Some(0));
         assert_eq!(parse_hierarchy_id(text, "hugetlb"), None);
+    }
+
+    fn adj(pid: i32) -> Event {
+        Event {
+            ts: std::time::Duration::from_millis(pid as u64),
+            read_at: std::time::Duration::ZERO,
+            cpu: 0,
+            kind: crate::trace::EventKind::AdjUpdate(crate::trace::event::AdjUpdate {
+                pid,
+                comm: String::new(),
+                oom_score_adj: 0,
+                writer: crate::trace::event::Task {
+                    tgid: 0,
+                    pid: 0,
+                    comm: String::new(),
+                    cgroup_id: 0,
+                },
+            }),
+        }
+    }
+
+    fn pids(evs: &[Event]) -> Vec<i32> {
+        evs.iter()
+            .map(|e| match &e.kind {
+                crate::trace::EventKind::AdjUpdate(a) => a.pid,
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_oom_lane_goes_first_and_both_keep_their_order() {
+        let (tx_oom, oom) = mpsc::channel(8);
+        let (tx, rest) = mpsc::channel(8);
+        let mut events = Events { oom, rest };
+        for p in [1, 2, 3] {
+            tx.send(adj(p)).await.expect("send");
+        }
+        for p in [100, 101] {
+            tx_oom.send(adj(p)).await.expect("send");
+        }
+        let first = events.recv().await.expect("an event");
+        assert_eq!(pids(&[first]), [100]);
+        let mut buf = Vec::new();
+        assert_eq!(events.recv_many(&mut buf, 3).await, 3);
+        assert_eq!(pids(&buf), [101, 1, 2]);
+        drop((tx, tx_oom));
+        assert_eq!(pids(&[events.recv().await.expect("the last one")]), [3]);
+        assert!(events.recv().await.is_none(), "both lanes closed and empty");
+        assert_eq!(events.recv_many(&mut buf, 3).await, 0);
     }
 
     #[test]
