@@ -172,8 +172,7 @@ impl<W: Write> Sink<W> {
                     let mut v = serde_json::to_value(ev).map_err(std::io::Error::other)?;
                     v["wts"] = monotonic().as_secs_f64().into();
                     v["rts"] = ev.read_at.as_secs_f64().into();
-                    let tag = v["event"].as_str().unwrap_or("event").to_owned();
-                    json_line(&mut self.out, crate::report::event_type(&tag), &v)
+                    json_line(&mut self.out, crate::report::event_type(ev.kind.tag()), &v)
                 } else {
                     event_json_line(&mut self.out, ev)
                 }

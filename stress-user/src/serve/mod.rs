@@ -161,13 +161,11 @@ struct Daemon {
     hier: Hierarchy,
     metrics: Metrics,
     limits: Limits,
-    events: broadcast::Sender<Chunk>,
+    /// The `/events` broadcast and its line count, shared with the HTTP side.
     shared: Arc<Shared>,
-    /// Lines for `/events` gathered since the last [`Daemon::flush`], how many, and the number
-    /// of the first line not yet sent.
+    /// Lines for `/events` gathered since the last [`Daemon::flush`], and how many.
     out: BytesMut,
     out_lines: u64,
-    next_line: u64,
     /// Victims waiting for their episode (which brings the constraint), by pid.
     pending: HashMap<i32, (Kill, Instant)>,
 }
@@ -229,7 +227,7 @@ impl Daemon {
             );
         }
         // Serialize only when someone listens.
-        if self.events.receiver_count() > 0 {
+        if self.shared.events.receiver_count() > 0 {
             let line = line.unwrap_or_else(|| json(ev));
             self.emit(&line);
         }
@@ -253,7 +251,7 @@ impl Daemon {
                 self.metrics.kill(&mut self.limits, kill, &gone);
             }
         }
-        if self.events.receiver_count() > 0 {
+        if self.shared.events.receiver_count() > 0 {
             let mut out = Vec::with_capacity(1024);
             report::json_line(&mut out, "oom_episode", ep).expect("JSON to a Vec");
             self.emit(&out);
@@ -272,20 +270,20 @@ impl Daemon {
         if self.out_lines == 0 {
             return;
         }
+        // Numbered before the send: a client that subscribes in between receives this chunk
+        // too, and must not count it as missed.
+        let first = self
+            .shared
+            .next_line
+            .fetch_add(self.out_lines, Ordering::AcqRel);
         let chunk = Chunk {
-            first: self.next_line,
+            first,
             lines: self.out_lines,
             bytes: self.out.split().freeze(),
         };
-        self.next_line += self.out_lines;
         self.out_lines = 0;
-        // Before the send: a client that subscribes in between receives this chunk too, and
-        // must not count it as missed.
-        self.shared
-            .next_line
-            .store(self.next_line, Ordering::Release);
         // No receiver: nobody is listening right now, which is fine.
-        let _ = self.events.send(chunk);
+        let _ = self.shared.events.send(chunk);
     }
 
     /// Victims whose episode never came (no kernel log, or it was lost) are counted anyway.
@@ -414,7 +412,7 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
     let (events, _) = broadcast::channel(chunks_kept(cfg.stream_buffer));
     let shared = Arc::new(Shared {
         metrics: metrics.clone(),
-        events: events.clone(),
+        events,
         ready_line: ready_line(&tracer),
         healthy: true.into(),
         next_line: 0.into(),
@@ -425,11 +423,9 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
         cfg,
         hier,
         metrics,
-        events,
         shared: shared.clone(),
         out: BytesMut::new(),
         out_lines: 0,
-        next_line: 0,
         pending: HashMap::new(),
     };
     let mut batch = Vec::with_capacity(CHUNK_EVENTS);
