@@ -180,18 +180,61 @@ fn continue_carries_on_with_the_survivor() {
     // The kernel may kill the second worker too: its charge can fail again while the first
     // one's pages are still being uncharged (seen once in the 6.1 guest; the same race as in
     // victims_selection). Then there is no survivor, and `continue` must still not respawn.
+    // With no worker left, `continue` has nothing to go on with: the agent ends at once with
+    // exit 3 and `no_workers_left` instead of idling until --duration.
     let kills = cg.oom_kills().expect("oom_kill") - kills_before;
-    match kills {
-        1 => assert_eq!(survivors.len(), 1, "one worker carries on: {survivors:?}"),
+    let (code, stopped_by) = match kills {
+        1 => {
+            assert_eq!(survivors.len(), 1, "one worker carries on: {survivors:?}");
+            (0, "duration")
+        }
         2 => {
             eprintln!("note: the kernel killed both workers");
             assert!(survivors.is_empty(), "{survivors:?}");
+            (3, "no_workers_left")
         }
         n => panic!("{n} OOM kills for two workers"),
-    }
+    };
     let (status, summary) = inj.finish();
-    assert_eq!(status.code(), Some(0), "{summary}");
-    assert_eq!(summary["stopped_by"], "duration");
+    assert_eq!(status.code(), Some(code), "{summary}");
+    assert_eq!(summary["stopped_by"], stopped_by, "{summary}");
     assert_eq!(summary["worker_kills"], kills, "{summary}");
     assert_eq!(summary["respawns"], 0, "{summary}");
+}
+
+#[test]
+fn continue_ends_with_exit_3_when_no_worker_is_left() {
+    if !common::need_root("continue_ends_with_exit_3_when_no_worker_is_left") {
+        return;
+    }
+    let hier = hierarchy();
+    let scratch = test_cgroup(&hier, "oom-continue-last", 64 * MIB);
+    let cg = scratch.cgroup().clone();
+    let kills_before = cg.oom_kills().expect("oom_kill");
+    // One worker of 128 MiB in 64 MiB: it is killed, and nobody is left to carry on.
+    let mut inj = Injector::start(&[
+        "--cgroup",
+        &cg.path(),
+        "--size",
+        "128MiB",
+        "--workers",
+        "1",
+        "--allow-oom",
+        "--on-oom",
+        "continue",
+        "--duration",
+        "60s",
+    ]);
+    inj.wait_for("worker_killed", Duration::from_secs(30));
+    let started = std::time::Instant::now();
+    // --duration is 60 s: a summary within 20 s means it ended because no worker was left.
+    let (status, summary) = inj.finish_within(Duration::from_secs(20));
+    eprintln!("summary {:?} after the kill", started.elapsed());
+    assert_eq!(status.code(), Some(3), "{summary}");
+    assert_eq!(summary["stopped_by"], "no_workers_left", "{summary}");
+    assert_eq!(summary["worker_kills"], 1, "{summary}");
+    assert_eq!(summary["respawns"], 0, "{summary}");
+    let kills = cg.oom_kills().expect("oom_kill") - kills_before;
+    assert_eq!(summary["oom_kills"].as_u64(), Some(kills), "{summary}");
+    assert!(cg.procs().expect("procs").is_empty(), "no worker left");
 }

@@ -146,7 +146,12 @@ impl Injector {
 
     /// Waits for the run to end by itself (duration or OOM policy).
     pub fn finish(&mut self) -> (ExitStatus, Value) {
-        let summary = self.wait_for("summary", Duration::from_secs(60));
+        self.finish_within(Duration::from_secs(60))
+    }
+
+    /// The summary and exit status, panicking when no summary comes within `timeout`.
+    pub fn finish_within(&mut self, timeout: Duration) -> (ExitStatus, Value) {
+        let summary = self.wait_for("summary", timeout);
         let status = self.child.wait().expect("wait for oomlab inject");
         (status, summary)
     }

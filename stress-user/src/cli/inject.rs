@@ -80,7 +80,8 @@ pub struct Args {
     /// oom_score_adj of every worker (−1000…1000), set before it allocates.
     #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(i32).range(-1000..=1000))]
     oom_score_adj: Option<i32>,
-    /// When a worker dies: stop (exit 3), respawn it with backoff, or continue with the rest.
+    /// When a worker dies: stop (exit 3), respawn it with backoff, or continue with the rest
+    /// (exit 3 once none is left).
     #[arg(long, value_enum, default_value_t)]
     on_oom: OnOom,
     /// Allow a size over the target's limit (it will OOM).
