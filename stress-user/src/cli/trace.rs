@@ -21,8 +21,10 @@ use crate::{
         OutputFormat,
     },
     trace::{
-        enrich::cgroup_of_pid, episode::next_record, monotonic, Event, EventKind, EventSet,
-        ReclaimKey, Stats, TraceOptions, Tracer,
+        enrich::cgroup_of_pid,
+        monotonic,
+        pump::{sleep_until, Pump, Pumped},
+        Event, EventKind, EventSet, ReclaimKey, Stats, TraceOptions, Tracer,
     },
 };
 
@@ -59,11 +61,6 @@ pub struct Args {
     #[arg(long)]
     scoreboard: bool,
 }
-
-/// Shutdown: how long the ring buffer and /dev/kmsg must be quiet before the last flush, and
-/// the most the drain may take.
-const DRAIN_QUIET: Duration = Duration::from_millis(100);
-const DRAIN_MAX: Duration = Duration::from_secs(1);
 
 fn parse_ring(text: &str) -> Result<u32, String> {
     let bytes = crate::size::SizeSpec::parse(text)
@@ -279,7 +276,7 @@ async fn run_async(args: Args) -> anyhow::Result<i32> {
         return Ok(exit::OK);
     }
     // Opened before the tracer attaches, so no OOM report after `ready` is missed.
-    let mut episodes = args
+    let episodes = args
         .events
         .oom
         .then(|| crate::trace::episode::Episodes::start(target.as_ref().map(|t| t.path())));
@@ -292,7 +289,7 @@ async fn run_async(args: Args) -> anyhow::Result<i32> {
         target: target.clone(),
         ring_bytes: args.ring_buffer,
     };
-    let (mut tracer, mut rx) = Tracer::start(&opts)?;
+    let (mut tracer, rx) = Tracer::start(&opts)?;
     let mut sink = Sink {
         out: BufWriter::new(std::io::stdout().lock()),
         fmt: args.output,
@@ -357,62 +354,25 @@ async fn run_async(args: Args) -> anyhow::Result<i32> {
     let mut tick = tokio::time::interval(args.summary_interval);
     tick.tick().await;
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
-    let mut episode_tick = tokio::time::interval(Duration::from_millis(100));
-    // Once the end is asked for, what the kernel produced before it may still be in the ring
-    // buffer, the channel or /dev/kmsg (a victim's `Killed process` line lands a little after its
-    // mark_victim event): events and records are read on until both have been quiet for
-    // DRAIN_QUIET (at most DRAIN_MAX), then the open episodes, the last summary and the drop
-    // count are flushed.
-    let mut drain_end: Option<Instant> = None;
+    // At the end (deadline, Ctrl-C, SIGTERM) the pump drains what the kernel produced before
+    // it and closes the open episodes; then the last summary and the drop count follow.
+    let mut pump = Pump::new(rx, episodes);
     loop {
-        let draining = drain_end.is_some();
-        let wake_at = match drain_end {
-            Some(end) => Some(end.min(Instant::now() + DRAIN_QUIET)),
-            None => deadline,
-        };
-        let sleep = async {
-            match wake_at {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
-        let end_now = || Some(Instant::now() + DRAIN_MAX);
+        let stopping = pump.stopping();
         tokio::select! {
-            ev = rx.recv() => match ev {
-                Some(ev) => {
-                    if let Some(e) = &mut episodes {
-                        e.push_event(&ev);
+            item = pump.next() => match item {
+                Some(Pumped::Events(batch)) => {
+                    for ev in &batch {
+                        sink.event(ev)?;
                     }
-                    sink.event(&ev)?
                 }
+                Some(Pumped::Episode(ep)) => sink.episode(&ep)?,
                 None => break,
             },
-            Some(rec) = next_record(&mut episodes) => {
-                if let Some(e) = &mut episodes {
-                    e.push_record(&rec);
-                }
-            }
-            _ = episode_tick.tick(), if !draining => {
-                if let Some(e) = &mut episodes {
-                    for ep in e.poll() {
-                        sink.episode(&ep)?;
-                    }
-                }
-            }
-            _ = tick.tick(), if !draining => sink.summary(&tracer)?,
-            _ = sleep => {
-                if draining {
-                    break;
-                }
-                drain_end = end_now();
-            }
-            _ = &mut ctrl_c, if !draining => drain_end = end_now(),
-            _ = sigterm.recv(), if !draining => drain_end = end_now(),
-        }
-    }
-    if let Some(e) = &mut episodes {
-        for ep in e.flush() {
-            sink.episode(&ep)?;
+            _ = tick.tick(), if !stopping => sink.summary(&tracer)?,
+            _ = sleep_until(deadline), if !stopping => pump.stop(),
+            _ = &mut ctrl_c, if !stopping => pump.stop(),
+            _ = sigterm.recv(), if !stopping => pump.stop(),
         }
     }
     sink.summary(&tracer)?;

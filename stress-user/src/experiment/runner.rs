@@ -47,8 +47,8 @@ use crate::{
     },
     size::human,
     trace::{
-        episode::{Episode as TraceEpisode, EpisodeBuilder},
-        kmsg::KmsgReader,
+        episode::{Episode as TraceEpisode, Episodes},
+        pump::{Pump, Pumped},
         EventKind, TraceOptions, Tracer,
     },
 };
@@ -380,69 +380,37 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunReport, RunError> {
         .map_err(|e| RunError::Failed(format!("starting the async runtime: {e}")))?;
     let (tracer, kmsg_ok, collector) = {
         let _enter = rt.enter();
-        let (tracer, mut rx) = Tracer::start(&TraceOptions {
+        let (tracer, rx) = Tracer::start(&TraceOptions {
             target: Some(cg.clone()),
             ..TraceOptions::default()
         })
         .map_err(|e| RunError::Failed(format!("starting the tracer: {e}")))?;
-        let (kmsg, mut krx) = match KmsgReader::start() {
-            Ok((k, r)) => (Some(k), Some(r)),
-            Err(e) => {
-                eprintln!("oomlab run: no candidate tables: {e}");
-                (None, None)
-            }
-        };
-        let kmsg_ok = kmsg.is_some();
+        // Opened before anything is injected, so no OOM report of the run is missed.
+        let mut pump = Pump::new(rx, Some(Episodes::start(None)));
+        let kmsg_ok = pump.has_kmsg();
         let sh = shared.clone();
         let cg_path = cg.path();
         let collector = rt.spawn(async move {
-            let _kmsg = kmsg;
-            let mut builder = EpisodeBuilder::for_this_node();
-            let mut tick = tokio::time::interval(Duration::from_millis(100));
-            // Once stop is asked for, a kill just before it may still be on its way (ring
-            // buffer, /dev/kmsg): read until both are quiet for 100 ms (at most 1 s), then close
-            // the open episodes.
-            let mut drain_end: Option<tokio::time::Instant> = None;
+            // Stop is asked for through `Shared`; once it is, the pump drains what a kill just
+            // before it left in the ring buffer and /dev/kmsg, then closes the open episodes.
+            let mut stop_check = tokio::time::interval(Duration::from_millis(100));
             loop {
-                let quiet_until = drain_end
-                    .map(|end| end.min(tokio::time::Instant::now() + Duration::from_millis(100)));
                 tokio::select! {
-                    ev = rx.recv() => {
-                        let Some(ev) = ev else { break };
-                        builder.push_event(&ev, Instant::now());
-                        on_event(&sh, &ev);
-                    }
-                    rec = async {
-                        match krx.as_mut() {
-                            Some(r) => r.recv().await,
-                            None => std::future::pending().await,
+                    item = pump.next() => match item {
+                        Some(Pumped::Events(batch)) => {
+                            for ev in &batch {
+                                on_event(&sh, ev);
+                            }
                         }
-                    } => {
-                        match rec {
-                            Some(rec) => builder.push_record(&rec, Instant::now()),
-                            None => krx = None,
-                        }
-                    }
-                    _ = tick.tick(), if drain_end.is_none() => {
+                        Some(Pumped::Episode(ep)) => on_episode(&sh, *ep, &cg_path),
+                        None => break,
+                    },
+                    _ = stop_check.tick(), if !pump.stopping() => {
                         if lock(&sh).stop {
-                            drain_end =
-                                Some(tokio::time::Instant::now() + Duration::from_secs(1));
-                            continue;
-                        }
-                        for ep in builder.poll(Instant::now()) {
-                            on_episode(&sh, ep, &cg_path);
+                            pump.stop();
                         }
                     }
-                    _ = async {
-                        match quiet_until {
-                            Some(t) => tokio::time::sleep_until(t).await,
-                            None => std::future::pending().await,
-                        }
-                    } => break,
                 }
-            }
-            for ep in builder.flush() {
-                on_episode(&sh, ep, &cg_path);
             }
         });
         (tracer, kmsg_ok, collector)

@@ -31,7 +31,8 @@ use crate::{
     cgroup::{CgroupError, Hierarchy},
     report,
     trace::{
-        episode::{next_record, Episode, Episodes},
+        episode::{Episode, Episodes},
+        pump::{End, Pump, Pumped},
         Event, EventKind, EventSet, TraceError, TraceOptions, Tracer,
     },
 };
@@ -353,7 +354,7 @@ fn kernel_release() -> String {
 
 /// Events taken from the tracer in one turn of the loop, and so at most the lines in one chunk
 /// for `/events`.
-const CHUNK_EVENTS: usize = 64;
+const CHUNK_EVENTS: usize = crate::trace::pump::BATCH;
 
 /// The broadcast keeps chunks; `stream_buffer` counts events, as if every chunk were full.
 fn chunks_kept(stream_buffer: usize) -> usize {
@@ -406,8 +407,8 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
         ..TraceOptions::default()
     };
     // Opened before the tracer attaches, so no OOM report after READY is missed.
-    let mut episodes = cfg.traces(EventClass::Oom).then(|| Episodes::start(None));
-    let (tracer, mut rx) = Tracer::start(&trace_opts)?;
+    let episodes = cfg.traces(EventClass::Oom).then(|| Episodes::start(None));
+    let (tracer, rx) = Tracer::start(&trace_opts)?;
     let metrics = Metrics::new(&kernel_release());
     let (events, _) = broadcast::channel(chunks_kept(cfg.stream_buffer));
     let shared = Arc::new(Shared {
@@ -428,7 +429,6 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
         out_lines: 0,
         pending: HashMap::new(),
     };
-    let mut batch = Vec::with_capacity(CHUNK_EVENTS);
     log::info!(
         "serving /metrics, /events and /healthz on http://{}",
         daemon.cfg.listen
@@ -444,34 +444,29 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
         .unwrap_or(TICK);
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut episode_tick = tokio::time::interval(Duration::from_millis(100));
+    let mut housekeeping = tokio::time::interval(Duration::from_millis(100));
     let mut last_trim = Instant::now();
+    // SIGTERM / SIGINT stop the pump: what the kernel produced before (a kill just before the
+    // stop) is drained and its episode counted before the daemon exits.
+    let mut pump = Pump::new(rx, episodes);
     let result = loop {
+        let stopping = pump.stopping();
         tokio::select! {
             // What has queued up is taken at once, and its lines go out as one chunk.
-            n = rx.recv_many(&mut batch, CHUNK_EVENTS) => {
-                if n == 0 {
+            item = pump.next() => match item {
+                Some(Pumped::Events(batch)) => {
+                    for ev in &batch {
+                        daemon.handle(ev);
+                    }
+                }
+                Some(Pumped::Episode(ep)) => daemon.episode(&ep),
+                None if pump.end() == Some(End::TracerClosed) => {
                     shared.healthy.store(false, Ordering::Relaxed);
                     break Err(ServeError::TracerEnded);
                 }
-                for ev in batch.drain(..) {
-                    if let Some(e) = &mut episodes {
-                        e.push_event(&ev);
-                    }
-                    daemon.handle(&ev);
-                }
+                None => break Ok(()),
             },
-            Some(rec) = next_record(&mut episodes) => {
-                if let Some(e) = &mut episodes {
-                    e.push_record(&rec);
-                }
-            }
-            _ = episode_tick.tick() => {
-                if let Some(e) = &mut episodes {
-                    for ep in e.poll() {
-                        daemon.episode(&ep);
-                    }
-                }
+            _ = housekeeping.tick() => {
                 daemon.expire(false);
                 // Read often, so a scrape right after a flood shows its drops.
                 daemon.metrics.set_lost(tracer.stats().lost);
@@ -484,7 +479,7 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
                 // Pinged from the event loop itself, so a wedged loop gets restarted.
                 notify(&[sd_notify::NotifyState::Watchdog]);
             }
-            _ = sighup.recv() => {
+            _ = sighup.recv(), if !stopping => {
                 let mut reloading = vec![sd_notify::NotifyState::Reloading];
                 reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
                 notify(&reloading);
@@ -500,19 +495,22 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
                 }
                 notify(&[sd_notify::NotifyState::Ready]);
             }
-            _ = sigterm.recv() => break Ok(()),
-            _ = sigint.recv() => break Ok(()),
+            _ = sigterm.recv(), if !stopping => {
+                notify(&[sd_notify::NotifyState::Stopping]);
+                pump.stop();
+            }
+            _ = sigint.recv(), if !stopping => {
+                notify(&[sd_notify::NotifyState::Stopping]);
+                pump.stop();
+            }
         }
         daemon.flush();
     };
-    if let Some(e) = &mut episodes {
-        for ep in e.flush() {
-            daemon.episode(&ep);
-        }
-    }
     daemon.expire(true);
     daemon.flush();
-    notify(&[sd_notify::NotifyState::Stopping]);
+    if result.is_err() {
+        notify(&[sd_notify::NotifyState::Stopping]);
+    }
     drop(server);
     // Detaches every program.
     drop(tracer);

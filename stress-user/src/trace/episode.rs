@@ -253,14 +253,6 @@ pub struct Episodes {
     target: Option<String>,
 }
 
-/// The next kernel-log record of `episodes`; pending forever when no episodes are built.
-pub async fn next_record(episodes: &mut Option<Episodes>) -> Option<Record> {
-    match episodes {
-        Some(e) => e.record().await,
-        None => std::future::pending().await,
-    }
-}
-
 impl Episodes {
     /// Opens `/dev/kmsg` from its end. Without it (no permission) episodes come from the
     /// tracepoints alone, without a candidate table; the reason is logged.

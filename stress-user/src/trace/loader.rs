@@ -625,6 +625,12 @@ pub struct Events {
 }
 
 impl Events {
+    /// Events fed by hand, for the consumers' tests.
+    #[cfg(test)]
+    pub(crate) fn from_lanes(oom: mpsc::Receiver<Event>, rest: mpsc::Receiver<Event>) -> Events {
+        Events { oom, rest }
+    }
+
     /// The next event, OOM events first; `None` once the reader has ended. Cancel-safe, for
     /// `tokio::select!`.
     pub async fn recv(&mut self) -> Option<Event> {
@@ -1070,7 +1076,7 @@ impl Drop for Tracer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::PathBuf;
 
     use super::*;
@@ -1167,7 +1173,8 @@ mod tests {
         assert_eq!(parse_hierarchy_id(text, "hugetlb"), None);
     }
 
-    fn adj(pid: i32) -> Event {
+    /// An `oom_score_adj` event for `pid`, stamped `pid` ms.
+    pub(crate) fn adj(pid: i32) -> Event {
         Event {
             ts: std::time::Duration::from_millis(pid as u64),
             read_at: std::time::Duration::ZERO,
@@ -1186,7 +1193,7 @@ mod tests {
         }
     }
 
-    fn pids(evs: &[Event]) -> Vec<i32> {
+    pub(crate) fn pids(evs: &[Event]) -> Vec<i32> {
         evs.iter()
             .map(|e| match &e.kind {
                 crate::trace::EventKind::AdjUpdate(a) => a.pid,

@@ -9,6 +9,7 @@ pub mod event;
 pub mod format;
 pub mod kmsg;
 mod loader;
+pub mod pump;
 pub mod scoreboard;
 
 pub use event::{Event, EventKind};
