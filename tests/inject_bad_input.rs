@@ -75,140 +75,105 @@ fn every_bad_input_is_refused_before_anything_is_created() {
         .expect("a cgroup under oomlab/ whose name is taken");
     let taken_name = common::unique("taken");
 
-    refused(
-        &hier,
-        t,
-        inject(&["--cgroup", &lim, "--size", "0"]),
-        &["\"0\" is zero", "positive"],
-    );
-    refused(
-        &hier,
-        t,
-        inject(&["--cgroup", &lim, "--size", "-5MiB"]),
-        &["\"-5MiB\""],
-    );
-    refused(
-        &hier,
-        t,
-        inject(&["--cgroup", &lim, "--size", "lots"]),
-        &["invalid size \"lots\"", "200MiB"],
-    );
-    refused(
-        &hier,
-        t,
-        inject(&["--cgroup", &unl, "--size", "50%"]),
-        &["no memory limit", "absolute size"],
-    );
-    refused(
-        &hier,
-        t,
-        inject(&[
-            "--cgroup",
-            &lim,
-            "--size",
-            "10MiB",
-            "--oom-score-adj",
-            "1001",
-        ]),
-        &["1001", "--oom-score-adj"],
-    );
-    refused(
-        &hier,
-        t,
-        inject(&[
-            "--cgroup",
-            &lim,
-            "--size",
-            "10MiB",
-            "--oom-score-adj",
-            "-1001",
-        ]),
-        &["-1001"],
-    );
-    refused(
-        &hier,
-        t,
-        inject(&["--new", &taken_name, "--limit", "100MiB", "--size", "10MiB"]),
-        &["already exists", "oomlab cleanup"],
-    );
-    refused(
-        &hier,
-        t,
-        inject(&["--cgroup", &lim, "--size", "200MiB"]),
-        &["will OOM", "--allow-oom"],
-    );
-    refused(
-        &hier,
-        t,
-        inject(&[
-            "--new",
-            &common::unique("over"),
-            "--limit",
-            "100MiB",
-            "--size",
-            "101MiB",
-        ]),
-        &["will OOM"],
-    );
-    refused(
-        &hier,
-        t,
-        inject(&["--cgroup", &unl, "--size", "100TiB"]),
-        &["MemAvailable", "5%", "--force"],
-    );
-    refused(
-        &hier,
-        t,
-        inject(&["--cgroup", "/oomlab-test/does-not-exist", "--size", "10MiB"]),
-        &["does not exist"],
-    );
-    refused(
-        &hier,
-        t,
-        inject(&["--cgroup", "../..", "--size", "10MiB"]),
-        &["leaves the memory controller's mount"],
-    );
-    refused(
-        &hier,
-        t,
-        inject(&["--cgroup", "/", "--size", "10MiB"]),
-        &["refusing", "--force"],
-    );
-    refused(&hier, t, inject(&["--size", "10MiB"]), &["no target"]);
-    refused(
-        &hier,
-        t,
-        inject(&[
-            "--cgroup",
-            &lim,
-            "--size",
-            "10MiB",
-            "--working-set",
-            "10MiB",
-        ]),
-        &["--working-set"],
-    );
-    refused(
-        &hier,
-        t,
-        inject(&[
-            "--cgroup",
-            &lim,
-            "--size",
-            "10MiB",
-            "--kind",
-            "file",
-            "--file-dir",
-            "/dev/shm",
-        ]),
-        &["tmpfs", "--file-dir"],
-    );
-    refused(
-        &hier,
-        t,
-        inject(&["--cgroup", &lim, "--size", "10MiB", "--redirty", "0s"]),
-        &["--redirty must be above zero"],
-    );
+    let over_name = common::unique("over");
+    // Each row: the arguments, and what stderr must say about them.
+    let cases: Vec<(Vec<&str>, &[&str])> = vec![
+        (
+            vec!["--cgroup", &lim, "--size", "0"],
+            &["\"0\" is zero", "positive"],
+        ),
+        (vec!["--cgroup", &lim, "--size", "-5MiB"], &["\"-5MiB\""]),
+        (
+            vec!["--cgroup", &lim, "--size", "lots"],
+            &["invalid size \"lots\"", "200MiB"],
+        ),
+        (
+            vec!["--cgroup", &unl, "--size", "50%"],
+            &["no memory limit", "absolute size"],
+        ),
+        (
+            vec![
+                "--cgroup",
+                &lim,
+                "--size",
+                "10MiB",
+                "--oom-score-adj",
+                "1001",
+            ],
+            &["1001", "--oom-score-adj"],
+        ),
+        (
+            vec![
+                "--cgroup",
+                &lim,
+                "--size",
+                "10MiB",
+                "--oom-score-adj",
+                "-1001",
+            ],
+            &["-1001"],
+        ),
+        (
+            vec!["--new", &taken_name, "--limit", "100MiB", "--size", "10MiB"],
+            &["already exists", "oomlab cleanup"],
+        ),
+        (
+            vec!["--cgroup", &lim, "--size", "200MiB"],
+            &["will OOM", "--allow-oom"],
+        ),
+        (
+            vec!["--new", &over_name, "--limit", "100MiB", "--size", "101MiB"],
+            &["will OOM"],
+        ),
+        (
+            vec!["--cgroup", &unl, "--size", "100TiB"],
+            &["MemAvailable", "5%", "--force"],
+        ),
+        (
+            vec!["--cgroup", "/oomlab-test/does-not-exist", "--size", "10MiB"],
+            &["does not exist"],
+        ),
+        (
+            vec!["--cgroup", "../..", "--size", "10MiB"],
+            &["leaves the memory controller's mount"],
+        ),
+        (
+            vec!["--cgroup", "/", "--size", "10MiB"],
+            &["refusing", "--force"],
+        ),
+        (vec!["--size", "10MiB"], &["no target"]),
+        (
+            vec![
+                "--cgroup",
+                &lim,
+                "--size",
+                "10MiB",
+                "--working-set",
+                "10MiB",
+            ],
+            &["--working-set"],
+        ),
+        (
+            vec![
+                "--cgroup",
+                &lim,
+                "--size",
+                "10MiB",
+                "--kind",
+                "file",
+                "--file-dir",
+                "/dev/shm",
+            ],
+            &["tmpfs", "--file-dir"],
+        ),
+        (
+            vec!["--cgroup", &lim, "--size", "10MiB", "--redirty", "0s"],
+            &["--redirty must be above zero"],
+        ),
+    ];
+    for (args, needles) in &cases {
+        refused(&hier, t, inject(args), needles);
+    }
 
     // Not root.
     let mut nobody = inject(&["--cgroup", &lim, "--size", "10MiB"]);
