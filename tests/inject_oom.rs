@@ -8,8 +8,52 @@ mod support;
 
 use std::time::Duration;
 
-use stress_user::cgroup::{parse_flat_keyed, MemCgroup, Version};
+use stress_user::cgroup::{parse_flat_keyed, MemCgroup, ScratchCgroup, Version};
 use support::{hierarchy, test_cgroup, Injector, MIB};
+
+/// A test cgroup with a limit, its `oom_kill` counter read at creation.
+struct Target {
+    _scratch: ScratchCgroup,
+    cg: MemCgroup,
+    kills_before: u64,
+}
+
+impl Target {
+    fn new(name: &str, limit: u64) -> Target {
+        let scratch = test_cgroup(&hierarchy(), name, limit);
+        let cg = scratch.cgroup().clone();
+        let kills_before = cg.oom_kills().expect("oom_kill");
+        Target {
+            _scratch: scratch,
+            cg,
+            kills_before,
+        }
+    }
+
+    /// `oomlab inject --allow-oom` of `size` in `workers` workers with `--on-oom on_oom`.
+    fn inject(&self, size: &str, workers: u32, on_oom: &str, more: &[&str]) -> Injector {
+        let path = self.cg.path();
+        let workers = workers.to_string();
+        let mut args = vec![
+            "--cgroup",
+            &path,
+            "--size",
+            size,
+            "--workers",
+            &workers,
+            "--allow-oom",
+            "--on-oom",
+            on_oom,
+        ];
+        args.extend_from_slice(more);
+        Injector::start(&args)
+    }
+
+    /// OOM kills in the cgroup since it was created, by its own counter.
+    fn kills(&self) -> u64 {
+        self.cg.oom_kills().expect("oom_kill") - self.kills_before
+    }
+}
 
 /// Times the cgroup's usage hit its limit, read here without oomlab: v1 `memory.failcnt`, v2
 /// `memory.events` `max`. With the key oomlab reports it under.
@@ -38,25 +82,11 @@ fn stop_reports_the_kill_and_exits_3() {
     if !common::need_root("stop_reports_the_kill_and_exits_3") {
         return;
     }
-    let hier = hierarchy();
-    let scratch = test_cgroup(&hier, "oom-stop", 128 * MIB);
-    let cg = scratch.cgroup().clone();
-    let kills_before = cg.oom_kills().expect("oom_kill");
-    let (hits_key, hits_before) = limit_hits(&cg);
+    let target = Target::new("oom-stop", 128 * MIB);
+    let cg = &target.cg;
+    let (hits_key, hits_before) = limit_hits(cg);
     let mut kmsg = common::Kmsg::open_at_end();
-    let mut inj = Injector::start(&[
-        "--cgroup",
-        &cg.path(),
-        "--size",
-        "256MiB",
-        "--workers",
-        "2",
-        "--allow-oom",
-        "--on-oom",
-        "stop",
-        "--oom-score-adj",
-        "900",
-    ]);
+    let mut inj = target.inject("256MiB", 2, "stop", &["--oom-score-adj", "900"]);
     let killed = inj.wait_for("worker_killed", Duration::from_secs(30));
     let pid = killed["pid"].as_i64().expect("pid");
     assert_eq!(killed["signal"], "SIGKILL", "{killed}");
@@ -76,7 +106,7 @@ fn stop_reports_the_kill_and_exits_3() {
     assert_eq!(status.code(), Some(3), "--on-oom stop exits 3: {summary}");
     assert_eq!(summary["stopped_by"], "worker_died");
     assert!(summary["worker_kills"].as_u64() >= Some(1));
-    let kills = cg.oom_kills().expect("oom_kill") - kills_before;
+    let kills = target.kills();
     assert_eq!(
         summary["oom_kills"].as_u64(),
         Some(kills),
@@ -84,7 +114,7 @@ fn stop_reports_the_kill_and_exits_3() {
     );
     // The summary's pressure: the limit was hit (at most as often as this test saw, whose
     // window is wider), and its oom_kill agrees with the counter.
-    let hits = limit_hits(&cg).1 - hits_before;
+    let hits = limit_hits(cg).1 - hits_before;
     let pressure = &summary["pressure"];
     let reported = pressure["events"][hits_key].as_u64().unwrap_or(0);
     assert!(
@@ -105,23 +135,8 @@ fn respawn_counts_respawns() {
     if !common::need_root("respawn_counts_respawns") {
         return;
     }
-    let hier = hierarchy();
-    let scratch = test_cgroup(&hier, "oom-respawn", 128 * MIB);
-    let cg = scratch.cgroup().clone();
-    let kills_before = cg.oom_kills().expect("oom_kill");
-    let mut inj = Injector::start(&[
-        "--cgroup",
-        &cg.path(),
-        "--size",
-        "256MiB",
-        "--workers",
-        "2",
-        "--allow-oom",
-        "--on-oom",
-        "respawn",
-        "--duration",
-        "4s",
-    ]);
+    let target = Target::new("oom-respawn", 128 * MIB);
+    let mut inj = target.inject("256MiB", 2, "respawn", &["--duration", "4s"]);
     inj.wait_for("worker_killed", Duration::from_secs(30));
     let (status, summary) = inj.finish();
     assert_eq!(
@@ -142,7 +157,7 @@ fn respawn_counts_respawns() {
         summary["worker_kills"].as_u64().expect("kills"),
         "one worker_killed per kill"
     );
-    let kills = cg.oom_kills().expect("oom_kill") - kills_before;
+    let kills = target.kills();
     assert_eq!(summary["oom_kills"].as_u64(), Some(kills), "{summary}");
     assert!(
         summary["worker_kills"].as_u64() >= Some(respawns),
@@ -155,34 +170,18 @@ fn continue_carries_on_with_the_survivor() {
     if !common::need_root("continue_carries_on_with_the_survivor") {
         return;
     }
-    let hier = hierarchy();
-    let scratch = test_cgroup(&hier, "oom-continue", 128 * MIB);
-    let cg = scratch.cgroup().clone();
-    let kills_before = cg.oom_kills().expect("oom_kill");
+    let target = Target::new("oom-continue", 128 * MIB);
     // Two workers of 100 MiB do not fit in 128 MiB; one does.
-    let mut inj = Injector::start(&[
-        "--cgroup",
-        &cg.path(),
-        "--size",
-        "200MiB",
-        "--workers",
-        "2",
-        "--allow-oom",
-        "--on-oom",
-        "continue",
-        "--duration",
-        "4s",
-    ]);
+    let mut inj = target.inject("200MiB", 2, "continue", &["--duration", "4s"]);
     let killed = inj.wait_for("worker_killed", Duration::from_secs(30));
     assert_eq!(killed["signal"], "SIGKILL", "{killed}");
     std::thread::sleep(Duration::from_millis(1500));
-    let survivors = cg.procs().expect("procs");
+    let survivors = target.cg.procs().expect("procs");
     // The kernel may kill the second worker too: its charge can fail again while the first
-    // one's pages are still being uncharged (seen once in the 6.1 guest; the same race as in
-    // victims_selection). Then there is no survivor, and `continue` must still not respawn.
-    // With no worker left, `continue` has nothing to go on with: the agent ends at once with
-    // exit 3 and `no_workers_left` instead of idling until --duration.
-    let kills = cg.oom_kills().expect("oom_kill") - kills_before;
+    // one's pages are still being uncharged (seen in the 6.1 guest; the same race as in
+    // victims_selection). Then nobody is left to carry on: no respawn, and the agent ends with
+    // exit 3 and `no_workers_left` (the next test makes that end on purpose).
+    let kills = target.kills();
     let (code, stopped_by) = match kills {
         1 => {
             assert_eq!(survivors.len(), 1, "one worker carries on: {survivors:?}");
@@ -207,24 +206,9 @@ fn continue_ends_with_exit_3_when_no_worker_is_left() {
     if !common::need_root("continue_ends_with_exit_3_when_no_worker_is_left") {
         return;
     }
-    let hier = hierarchy();
-    let scratch = test_cgroup(&hier, "oom-continue-last", 64 * MIB);
-    let cg = scratch.cgroup().clone();
-    let kills_before = cg.oom_kills().expect("oom_kill");
+    let target = Target::new("oom-continue-last", 64 * MIB);
     // One worker of 128 MiB in 64 MiB: it is killed, and nobody is left to carry on.
-    let mut inj = Injector::start(&[
-        "--cgroup",
-        &cg.path(),
-        "--size",
-        "128MiB",
-        "--workers",
-        "1",
-        "--allow-oom",
-        "--on-oom",
-        "continue",
-        "--duration",
-        "60s",
-    ]);
+    let mut inj = target.inject("128MiB", 1, "continue", &["--duration", "60s"]);
     inj.wait_for("worker_killed", Duration::from_secs(30));
     let started = std::time::Instant::now();
     // --duration is 60 s: a summary within 20 s means it ended because no worker was left.
@@ -234,7 +218,13 @@ fn continue_ends_with_exit_3_when_no_worker_is_left() {
     assert_eq!(summary["stopped_by"], "no_workers_left", "{summary}");
     assert_eq!(summary["worker_kills"], 1, "{summary}");
     assert_eq!(summary["respawns"], 0, "{summary}");
-    let kills = cg.oom_kills().expect("oom_kill") - kills_before;
-    assert_eq!(summary["oom_kills"].as_u64(), Some(kills), "{summary}");
-    assert!(cg.procs().expect("procs").is_empty(), "no worker left");
+    assert_eq!(
+        summary["oom_kills"].as_u64(),
+        Some(target.kills()),
+        "{summary}"
+    );
+    assert!(
+        target.cg.procs().expect("procs").is_empty(),
+        "no worker left"
+    );
 }
