@@ -958,20 +958,7 @@ mod tests {
     fn host_report_and_tracepoint_make_one_episode() {
         let t0 = Instant::now();
         let mut b = EpisodeBuilder::new(0, None);
-        b.push_event(
-            &Event {
-                ts: Duration::from_secs(9),
-                read_at: Duration::ZERO,
-                cpu: 0,
-                kind: EventKind::AdjUpdate(AdjUpdate {
-                    pid: 19495,
-                    comm: "oomlab".into(),
-                    oom_score_adj: 500,
-                    writer: task(19495, "oomlab"),
-                }),
-            },
-            t0,
-        );
+        b.push_event(&adj_event(19495, 500), t0);
         b.push_event(&victim_event(19495, 19655), t0);
         feed(&mut b, "6.18-host-memcg.txt", t0);
         assert!(
