@@ -207,6 +207,22 @@ impl Lines {
         Lines::spawn(BufReader::new(out))
     }
 
+    /// Reads on until the stream ends (true) or `timeout` passes (false); every line read is
+    /// kept in `seen`.
+    pub fn wait_end(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            match self.rx.recv_timeout(left) {
+                Ok(v) => self.seen.push(v),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return true,
+                Err(mpsc::RecvTimeoutError::Timeout) => return false,
+            }
+        }
+    }
+
     /// Waits for a line that `pred` accepts; every line read is kept in `seen`.
     pub fn wait_for(
         &mut self,

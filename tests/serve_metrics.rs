@@ -1,6 +1,7 @@
 //! `oomlab serve` against the real kernel: after real OOM kills in a scratch cgroup, `/metrics`
 //! counts exactly the kernel's `oom_kill` delta for that cgroup, and `/events` carries the very
-//! same victim lines as `oomlab trace --output json` running beside it.
+//! same victim lines as `oomlab trace --output json` running beside it; a kill right before
+//! SIGTERM still reaches `/events`, which then ends cleanly.
 
 mod common;
 mod serve_common;
@@ -31,7 +32,7 @@ fn metrics_and_events_match_the_kernel_and_trace() {
     .expect("scratch cgroup with a 32 MiB limit");
     let cg = scratch.cgroup().clone();
 
-    let serve = Serve::start("");
+    let mut serve = Serve::start("");
     let mut events = Lines::events(serve.port);
     events
         .wait_for(Duration::from_secs(5), |v| is_type(v, "ready"))
@@ -162,6 +163,40 @@ fn metrics_and_events_match_the_kernel_and_trace() {
     )
     .expect("SIGTERM oomlab trace");
     let _ = trace.wait();
+
+    // One more kill, and SIGTERM as soon as the victim is dead: the daemon reads what the
+    // kernel produced before the stop, and /events carries those lines and then ends (the
+    // stream is finished, not cut).
+    let mut last = Command::new(OOMLAB)
+        .args(["app", "--size", "64MiB", "--cgroup"])
+        .arg(cg.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run oomlab app");
+    serve_common::wait_exit_unreaped(&last, Duration::from_secs(30));
+    let took = serve.stop();
+    let status = last.wait().expect("reap the last app");
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    eprintln!("SIGTERM right after the last kill: exit in {took:?}");
+    assert!(
+        events.wait_end(Duration::from_secs(5)),
+        "/events ends when the daemon exits"
+    );
+    let pid = i64::from(last.id());
+    let has = |ty: &str| {
+        events.seen.iter().any(|v| {
+            is_type(v, ty)
+                && (v["pid"].as_i64() == Some(pid)
+                    || v["victims"]
+                        .as_array()
+                        .is_some_and(|vs| vs.iter().any(|x| x["pid"].as_i64() == Some(pid))))
+        })
+    };
+    assert!(has("oom_victim"), "the last victim {pid} reached /events");
+    assert!(
+        has("oom_episode"),
+        "the last episode (victim {pid}) reached /events"
+    );
     drop(serve);
     drop(scratch);
     assert!(!cg.exists(), "scratch cgroup removed");

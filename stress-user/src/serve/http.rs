@@ -28,7 +28,7 @@ use tokio::{
             self,
             error::{RecvError, TryRecvError},
         },
-        Semaphore,
+        watch, Semaphore,
     },
 };
 
@@ -57,6 +57,27 @@ pub struct Shared {
     pub ready_line: Bytes,
     /// False once the tracer's event stream has ended.
     pub healthy: AtomicBool,
+    /// Set to true when the daemon stops: `/events` responses send what is queued and end,
+    /// and connections close once their response is out. Each connection and stream holds a
+    /// receiver, so `closing.closed()` tells when all of them are done.
+    pub closing: watch::Sender<bool>,
+}
+
+impl Shared {
+    /// Tells every connection to finish and waits (at most `grace`) until all have; true when
+    /// they all did.
+    pub async fn close_connections(&self, grace: Duration) -> bool {
+        self.closing.send_replace(true);
+        tokio::time::timeout(grace, self.closing.closed())
+            .await
+            .is_ok()
+    }
+}
+
+/// Resolves once the daemon stops (at once if it already has).
+async fn closed(closing: &mut watch::Receiver<bool>) {
+    // An error means the sender is gone, which is a stop too.
+    let _ = closing.wait_for(|c| *c).await;
 }
 
 /// Whole NDJSON lines for `/events`: those of one turn of the daemon's loop. Lines are numbered
@@ -98,6 +119,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, limits: Limits) {
             continue;
         };
         let shared = shared.clone();
+        let mut closing = shared.closing.subscribe();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let shared = shared.clone();
@@ -109,7 +131,17 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, limits: Limits) {
                 .max_buf_size(limits.max_header_bytes)
                 .max_headers(MAX_HEADERS)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
+            let mut conn = std::pin::pin!(conn);
+            // On stop: finish the response in flight (an `/events` stream ends once its
+            // queued lines are out), then close instead of waiting for another request.
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = closed(&mut closing) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
                 log::debug!("connection from {peer}: {e}");
             }
             drop(permit);
@@ -181,7 +213,14 @@ fn events(shared: &Shared) -> Response<Body> {
     let (tx, body) = Channel::<Bytes, Infallible>::new(CLIENT_QUEUE);
     let ready = shared.ready_line.clone();
     let metrics = shared.metrics.clone();
-    tokio::spawn(stream_events(rx, tx, ready, Gaps::new(metrics, first)));
+    let closing = shared.closing.subscribe();
+    tokio::spawn(stream_events(
+        rx,
+        tx,
+        ready,
+        Gaps::new(metrics, first),
+        closing,
+    ));
     let mut resp = Response::new(body.boxed());
     resp.headers_mut().insert(
         CONTENT_TYPE,
@@ -199,23 +238,31 @@ async fn stream_events(
     mut tx: http_body_util::channel::Sender<Bytes, Infallible>,
     ready: Bytes,
     mut gaps: Gaps,
+    mut closing: watch::Receiver<bool>,
 ) {
     if tx.send_data(ready).await.is_err() {
         return;
     }
     let mut batch = BytesMut::with_capacity(BATCH_BYTES);
+    // False once the daemon stops (or the broadcast ends): what is queued, and a last
+    // `skipped` line if any, still go out.
     let mut open = true;
-    while open {
-        if batch.is_empty() {
-            match rx.recv().await {
-                Ok(chunk) => gaps.take(&chunk, &mut batch),
-                // The next chunk's number tells how many lines were missed.
-                Err(RecvError::Lagged(_)) => continue,
-                Err(RecvError::Closed) => return,
+    loop {
+        if batch.is_empty() && open {
+            tokio::select! {
+                biased;
+                next = rx.recv() => match next {
+                    Ok(chunk) => gaps.take(&chunk, &mut batch),
+                    // The next chunk's number tells how many lines were missed.
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return,
+                },
+                // The daemon stops: what is still queued goes out (below), then the end.
+                () = closed(&mut closing) => open = false,
             }
         }
         // Whatever else is already waiting goes into the same write.
-        while batch.len() < BATCH_BYTES {
+        while batch.len() < BATCH_BYTES || !open {
             match rx.try_recv() {
                 Ok(chunk) => gaps.take(&chunk, &mut batch),
                 Err(TryRecvError::Lagged(_)) => {}
@@ -225,6 +272,9 @@ async fn stream_events(
                     break;
                 }
             }
+        }
+        if batch.is_empty() {
+            return; // stopped, with nothing left to send
         }
         let out = batch.split().freeze();
         // While the client's queue is full, keep taking chunks from the broadcast (so the

@@ -171,6 +171,9 @@ struct Daemon {
     pending: HashMap<i32, (Kill, Instant)>,
 }
 
+/// How long open connections get, at the end, to take their last lines.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// How long a victim waits for its episode before it is counted without a constraint.
 const EPISODE_WAIT: Duration = Duration::from_secs(5);
 
@@ -417,6 +420,7 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
         ready_line: ready_line(&tracer),
         healthy: true.into(),
         next_line: 0.into(),
+        closing: tokio::sync::watch::Sender::new(false),
     });
     let mut server = Server::start(listener, shared.clone(), &cfg);
     let mut daemon = Daemon {
@@ -496,6 +500,7 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
                 notify(&[sd_notify::NotifyState::Ready]);
             }
             _ = sigterm.recv(), if !stopping => {
+                log::info!("SIGTERM: reading what the kernel still has, then stopping");
                 notify(&[sd_notify::NotifyState::Stopping]);
                 pump.stop();
             }
@@ -506,13 +511,23 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
         }
         daemon.flush();
     };
+    log::info!("event stream drained");
     daemon.expire(true);
     daemon.flush();
     if result.is_err() {
         notify(&[sd_notify::NotifyState::Stopping]);
     }
+    // No new connections; the open ones finish: `/events` clients get the last lines (those
+    // the drain found included) and the end of the stream, not a cut connection.
     drop(server);
+    if !shared.close_connections(CLOSE_GRACE).await {
+        log::info!(
+            "some clients did not take their last lines within {CLOSE_GRACE:?}; closing anyway"
+        );
+    }
+    log::info!("connections closed");
     // Detaches every program.
     drop(tracer);
+    log::info!("programs detached");
     result
 }
