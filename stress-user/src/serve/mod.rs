@@ -172,7 +172,7 @@ struct Daemon {
 }
 
 /// How long open connections get, at the end, to take their last lines.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
+const CLOSE_GRACE: Duration = Duration::from_millis(250);
 
 /// How long a victim waits for its episode before it is counted without a constraint.
 const EPISODE_WAIT: Duration = Duration::from_secs(5);

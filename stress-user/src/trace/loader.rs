@@ -13,7 +13,7 @@ use std::{
 
 use aya::{
     maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{FEntry, KProbe, TracePoint},
+    programs::{FEntry, KProbe, Program, TracePoint},
     Ebpf, EbpfLoader,
 };
 use stress_common::{self as common, stat, Config, ReclaimStats};
@@ -1072,6 +1072,36 @@ impl Drop for Tracer {
         if let Some(l) = &self.logger {
             l.abort();
         }
+        // Each detach waits in the kernel for RCU grace periods (about 75 ms per tracepoint on
+        // 6.18): one after the other, 16 programs took 1.2 s, most of `serve`'s SIGTERM time.
+        // Detached side by side, they wait for the same grace periods.
+        std::thread::scope(|s| {
+            for (name, program) in self.bpf.programs_mut() {
+                let spawned = std::thread::Builder::new()
+                    .name("oomlab-detach".into())
+                    .spawn_scoped(s, || unload(name, program));
+                if let Err(e) = spawned {
+                    log::debug!("detaching {name} on this thread: {e}");
+                }
+            }
+        });
+        // What a failed spawn left attached goes now, one by one.
+        for (name, program) in self.bpf.programs_mut() {
+            unload(name, program);
+        }
+    }
+}
+
+/// Detaches and unloads one program; one that was never loaded is left as it is.
+fn unload(name: &str, program: &mut Program) {
+    let result = match program {
+        Program::TracePoint(p) if p.fd().is_ok() => p.unload(),
+        Program::KProbe(p) if p.fd().is_ok() => p.unload(),
+        Program::FEntry(p) if p.fd().is_ok() => p.unload(),
+        _ => Ok(()),
+    };
+    if let Err(e) = result {
+        log::debug!("unloading {name}: {e}");
     }
 }
 
