@@ -1414,7 +1414,7 @@ fn build_report(
         description: exp.description.clone(),
         source: exp.source.clone(),
         kernel: kernel_release(),
-        cgroup_version: cg.version.to_string(),
+        cgroup_version: cg.version,
         cgroup: cg.path(),
         clock: "CLOCK_MONOTONIC".into(),
         t0_ns: s.t0,

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::timeline::RunReport;
-use crate::{cgroup::Version, size::human};
+use crate::size::human;
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or_else(|| "–".into(), |v| v.to_string())
@@ -103,18 +103,13 @@ fn write_report(md: &mut String, r: &RunReport) -> std::fmt::Result {
         )?;
     }
     writeln!(md)?;
-    let version = if r.cgroup_version == "v2" {
-        Version::V2
-    } else {
-        Version::V1
-    };
     for st in &r.stages {
         if let Some(p) = &st.pressure {
             writeln!(
                 md,
                 "- Stage {} pressure: {}",
                 st.index + 1,
-                p.describe(version)
+                p.describe(r.cgroup_version)
             )?;
         }
     }

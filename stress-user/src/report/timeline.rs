@@ -155,7 +155,7 @@ pub struct RunReport {
     pub description: Option<String>,
     pub source: String,
     pub kernel: String,
-    pub cgroup_version: String,
+    pub cgroup_version: crate::cgroup::Version,
     pub cgroup: String,
     /// Always `CLOCK_MONOTONIC`: the kernel's event timestamps (bpf_ktime_get_ns) and the
     /// samples share it; `t` values are seconds since `t0_ns`.
@@ -255,7 +255,7 @@ pub(crate) mod fixture {
             description: Some("fixture".into()),
             source: "built-in demo".into(),
             kernel: "6.18.0".into(),
-            cgroup_version: "v1".into(),
+            cgroup_version: crate::cgroup::Version::V1,
             cgroup: "/oomlab/run-1".into(),
             clock: "CLOCK_MONOTONIC".into(),
             t0_ns: 1,

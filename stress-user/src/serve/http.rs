@@ -319,13 +319,17 @@ impl Gaps {
         }
     }
 
+    /// `n` lines skipped: counted now, told to the client with its next write.
+    fn count(&mut self, n: u64) {
+        if n > 0 {
+            self.metrics.stream_skipped(n);
+            self.untold += n;
+        }
+    }
+
     /// Lines between the last chunk seen and this one were missed.
     fn missed_before(&mut self, chunk: &Chunk) {
-        let missed = chunk.first.saturating_sub(self.next);
-        if missed > 0 {
-            self.metrics.stream_skipped(missed);
-            self.untold += missed;
-        }
+        self.count(chunk.first.saturating_sub(self.next));
         self.next = self.next.max(chunk.first + chunk.lines);
     }
 
@@ -339,8 +343,7 @@ impl Gaps {
     /// A chunk dropped because the client is not reading.
     fn skip(&mut self, chunk: &Chunk) {
         self.missed_before(chunk);
-        self.metrics.stream_skipped(chunk.lines);
-        self.untold += chunk.lines;
+        self.count(chunk.lines);
     }
 
     fn tell(&mut self, batch: &mut BytesMut) {

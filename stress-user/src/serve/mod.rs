@@ -364,6 +364,13 @@ fn chunks_kept(stream_buffer: usize) -> usize {
     stream_buffer.div_ceil(CHUNK_EVENTS).max(1)
 }
 
+/// A stop signal: tell the service manager, and let the pump drain what the kernel still has.
+fn begin_stop(pump: &mut Pump, signal: &str) {
+    log::info!("{signal}: reading what the kernel still has, then stopping");
+    notify(&[sd_notify::NotifyState::Stopping]);
+    pump.stop();
+}
+
 /// How often the loop wakes without events: kernel drop counters, systemd watchdog.
 const TICK: Duration = Duration::from_secs(1);
 /// How often at most the heap's free memory is handed back to the kernel.
@@ -499,15 +506,8 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
                 }
                 notify(&[sd_notify::NotifyState::Ready]);
             }
-            _ = sigterm.recv(), if !stopping => {
-                log::info!("SIGTERM: reading what the kernel still has, then stopping");
-                notify(&[sd_notify::NotifyState::Stopping]);
-                pump.stop();
-            }
-            _ = sigint.recv(), if !stopping => {
-                notify(&[sd_notify::NotifyState::Stopping]);
-                pump.stop();
-            }
+            _ = sigterm.recv(), if !stopping => begin_stop(&mut pump, "SIGTERM"),
+            _ = sigint.recv(), if !stopping => begin_stop(&mut pump, "SIGINT"),
         }
         daemon.flush();
     };
