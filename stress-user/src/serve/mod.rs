@@ -142,8 +142,12 @@ impl Server {
             };
             *self = Server::start(listener, shared.clone(), cfg);
         } else {
+            // Bound first, so a port that cannot be had keeps the old listener.
             let listener = bind(cfg.listen).await?;
+            // Closed before the new one accepts: abort() only asks, and on a busy runtime the
+            // old listener could otherwise still take connections after the new one answers.
             self.task.abort();
+            let _ = (&mut self.task).await;
             *self = Server::start(listener, shared.clone(), cfg);
         }
         Ok(())
