@@ -138,7 +138,7 @@ fn ready_watchdog_reload_and_stop_reach_the_service_manager() {
         .unwrap_or_else(|| panic!("RELOADING=1 without MONOTONIC_USEC: {msg:?}"))
         .parse()
         .expect("MONOTONIC_USEC is a number");
-    let now = stress_user::trace::monotonic().as_micros() as u64;
+    let now = stress_user::sys::monotonic().as_micros() as u64;
     assert!(
         usec <= now && now - usec < 20_000_000,
         "MONOTONIC_USEC {usec} is not CLOCK_MONOTONIC now ({now})"

@@ -9,4 +9,5 @@ pub mod inject;
 pub mod report;
 pub mod serve;
 pub mod size;
+pub mod sys;
 pub mod trace;

@@ -20,9 +20,9 @@ use crate::{
         trace::{human_line, human_reclaim_line, ReclaimSummary},
         OutputFormat,
     },
+    sys::monotonic,
     trace::{
         enrich::cgroup_of_pid,
-        monotonic,
         pump::{sleep_until, Pump, Pumped},
         Event, EventKind, EventSet, ReclaimKey, Stats, TraceOptions, Tracer,
     },

@@ -39,13 +39,11 @@ use crate::{
     },
     report::{
         json_line,
-        timeline::{
-            monotonic_ns, Candidate, Episode, Mark, RunReport, Sample, StageReport, Summary,
-            Verdict,
-        },
+        timeline::{Candidate, Episode, Mark, RunReport, Sample, StageReport, Summary, Verdict},
         OutputFormat,
     },
     size::human,
+    sys::monotonic_ns,
     trace::{
         episode::{Episode as TraceEpisode, Episodes},
         pump::{Pump, Pumped},
@@ -1161,7 +1159,7 @@ fn rss_bytes(pid: i32) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/statm"))
         .ok()
         .and_then(|t| t.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4096)
+        .map_or(0, |pages| pages.saturating_mul(crate::sys::page_size()))
 }
 
 fn sample_loop(sh: &Mutex<Shared>, cg: &MemCgroup, on: &AtomicBool) {

@@ -17,6 +17,8 @@ use std::{
 
 use nix::sys::mman::{madvise, mmap, mmap_anonymous, munmap, MapFlags, MmapAdvise, ProtFlags};
 
+use crate::sys::page_align;
+
 /// What the pages are filled with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -76,19 +78,6 @@ pub struct Region {
 
 // SAFETY: the region is plain memory owned by this value.
 unsafe impl Send for Region {}
-
-pub fn page_size() -> usize {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .map_or(4096, |p| p as usize)
-}
-
-/// Rounds up to a whole number of pages.
-pub fn page_align(len: usize) -> usize {
-    let page = page_size();
-    len.div_ceil(page) * page
-}
 
 impl Region {
     /// A region of `kind`; `dir` is where `Kind::File` puts its (immediately unlinked) file.
@@ -245,7 +234,7 @@ impl Region {
 
     /// Writes one byte in every page, making each dirty (and charged) again.
     pub fn touch(&self) {
-        let page = page_size();
+        let page = crate::sys::page_size() as usize;
         let base = self.ptr.as_ptr();
         let mut off = 0;
         while off < self.len {

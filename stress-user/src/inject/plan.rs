@@ -14,6 +14,7 @@ use super::{
 use crate::{
     cgroup::{target::TargetError, CgroupError, Hierarchy, MemCgroup, OWNED_PARENT},
     size::{human, SizeError, SizeSpec},
+    sys::MemInfo,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -140,27 +141,20 @@ pub struct NodeMemory {
 
 impl NodeMemory {
     pub fn read() -> Result<Self, InjectError> {
-        let text = fs::read_to_string("/proc/meminfo").map_err(|e| InjectError::Host {
+        let m = MemInfo::read().map_err(|e| InjectError::Host {
             file: "/proc/meminfo",
             reason: e.to_string(),
         })?;
-        Self::parse(&text).ok_or(InjectError::Host {
+        Self::from_meminfo(m).ok_or(InjectError::Host {
             file: "/proc/meminfo",
             reason: "no MemTotal/MemAvailable lines".into(),
         })
     }
 
-    pub fn parse(text: &str) -> Option<Self> {
-        let field = |key: &str| {
-            text.lines().find_map(|l| {
-                let rest = l.strip_prefix(key)?.strip_prefix(':')?;
-                let kb: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
-                Some(kb * 1024)
-            })
-        };
+    pub fn from_meminfo(m: MemInfo) -> Option<Self> {
         Some(NodeMemory {
-            total: field("MemTotal")?,
-            available: field("MemAvailable")?,
+            total: m.total_kb?.saturating_mul(1024),
+            available: m.available_kb?.saturating_mul(1024),
         })
     }
 
@@ -326,11 +320,14 @@ mod tests {
     #[test]
     fn meminfo() {
         let text = "MemTotal:       24000000 kB\nMemFree:  1 kB\nMemAvailable:   20000000 kB\n";
-        let m = NodeMemory::parse(text).expect("parses");
+        let m = NodeMemory::from_meminfo(MemInfo::parse(text)).expect("parses");
         assert_eq!(m.total, 24_000_000 * 1024);
         assert_eq!(m.available, 20_000_000 * 1024);
         assert_eq!(m.spare(), (20_000_000 - 1_200_000) * 1024);
-        assert_eq!(NodeMemory::parse("MemTotal: 5 kB\n"), None);
+        assert_eq!(
+            NodeMemory::from_meminfo(MemInfo::parse("MemTotal: 5 kB\n")),
+            None
+        );
     }
 
     #[test]

@@ -23,7 +23,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::alloc::{page_align, AllocOptions, Fill, Kind, Region};
+use super::alloc::{AllocOptions, Fill, Kind, Region};
+use crate::sys::page_align;
 
 /// Arguments of the hidden `oomlab __worker` subcommand (written by `WorkerSpec::command`).
 #[derive(Debug, Clone, clap::Args)]

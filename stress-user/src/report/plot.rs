@@ -222,7 +222,10 @@ where
     let points: Vec<(f64, f64)> = r
         .samples
         .iter()
-        .filter_map(|s| s.reclaim_pages_per_s.map(|p| (s.t, p * 4096.0 / MIB)))
+        .filter_map(|s| {
+            s.reclaim_pages_per_s
+                .map(|p| (s.t, p * crate::sys::page_size() as f64 / MIB))
+        })
         .collect();
     let passes: Vec<(f64, f64)> = r
         .samples

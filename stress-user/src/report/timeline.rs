@@ -184,17 +184,6 @@ impl RunReport {
     }
 }
 
-/// CLOCK_MONOTONIC now, in nanoseconds — the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 #[cfg(test)]
 pub(crate) mod fixture {
     //! A small report as a real run makes it, for the renderers' tests.
@@ -393,12 +382,5 @@ mod tests {
         );
         assert!(!r.passed());
         assert!((r.end() - 12.0).abs() < 1e-9);
-    }
-
-    #[test]
-    fn monotonic_moves_forward() {
-        let a = monotonic_ns();
-        let b = monotonic_ns();
-        assert!(b >= a && a > 0);
     }
 }

@@ -4,11 +4,11 @@
 
 use serde::Serialize;
 
-use crate::trace::kmsg::{MemCounter, TaskRow};
+use crate::{
+    sys::page_size,
+    trace::kmsg::{MemCounter, TaskRow},
+};
 
-/// Page size of the kernels this runs on (x86-64, arm64 with 4 KiB pages); `dump_tasks` counts
-/// in pages and `pgtables_bytes` is divided by it.
-pub const PAGE_SIZE: u64 = 4096;
 /// `OOM_SCORE_ADJ_MIN`: a task with this adj is never chosen.
 pub const OOM_SCORE_ADJ_MIN: i32 = -1000;
 
@@ -20,7 +20,8 @@ pub fn badness(row: &TaskRow, totalpages: u64) -> Option<i64> {
     if adj == i64::from(OOM_SCORE_ADJ_MIN) {
         return None;
     }
-    let pages = row.rss? + row.swapents.unwrap_or(0) + row.pgtables_bytes.unwrap_or(0) / PAGE_SIZE;
+    let pages =
+        row.rss? + row.swapents.unwrap_or(0) + row.pgtables_bytes.unwrap_or(0) / page_size();
     let pages = i64::try_from(pages).ok()?;
     let per_unit = i64::try_from(totalpages / 1000).ok()?;
     Some(pages + adj * per_unit)
@@ -30,11 +31,11 @@ pub fn badness(row: &TaskRow, totalpages: u64) -> Option<i64> {
 /// still use (bounded by the node's swap). `counters` are the report's `memory:`,
 /// `memory+swap:` (v1) or `swap:` (v2) lines.
 pub fn memcg_totalpages(counters: &[MemCounter], total_swap_pages: u64) -> Option<u64> {
-    let limit = counters.iter().find(|c| c.name == "memory")?.limit_kb * 1024 / PAGE_SIZE;
+    let limit = counters.iter().find(|c| c.name == "memory")?.limit_kb * 1024 / page_size();
     let swap = if let Some(memsw) = counters.iter().find(|c| c.name == "memory+swap") {
-        (memsw.limit_kb * 1024 / PAGE_SIZE).saturating_sub(limit)
+        (memsw.limit_kb * 1024 / page_size()).saturating_sub(limit)
     } else if let Some(sw) = counters.iter().find(|c| c.name == "swap") {
-        sw.limit_kb * 1024 / PAGE_SIZE
+        sw.limit_kb * 1024 / page_size()
     } else {
         0
     };

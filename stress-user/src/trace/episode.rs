@@ -16,15 +16,18 @@ use std::{
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::trace::{
-    badness::{self, Ranking},
-    event::{ReaperStep, Task, Victim},
-    kmsg::{
-        Killed, KmsgReader, MemCounter, OomHeader, OomLine, OomParser, OomSummary, Reaped, Record,
-        Scope,
+use crate::{
+    sys::page_size,
+    trace::{
+        badness::{self, Ranking},
+        event::{ReaperStep, Task, Victim},
+        kmsg::{
+            Killed, KmsgReader, MemCounter, OomHeader, OomLine, OomParser, OomSummary, Reaped,
+            Record, Scope,
+        },
+        scoreboard::{AdjChange, AdjTimeline},
+        Event, EventKind,
     },
-    scoreboard::{AdjChange, AdjTimeline},
-    Event, EventKind,
 };
 
 /// How long a report stays open after its last line (group-kill lines, the reaper).
@@ -225,9 +228,7 @@ impl Episode {
                         c.points.map_or("never".into(), |p| p.to_string()),
                         opt(c.rss_pages.map(|r| r.to_string())),
                         opt(c.swapents.map(|r| r.to_string())),
-                        opt(c
-                            .pgtables_bytes
-                            .map(|b| (b / badness::PAGE_SIZE).to_string())),
+                        opt(c.pgtables_bytes.map(|b| (b / page_size()).to_string())),
                         opt(c.oom_score_adj.map(|r| r.to_string())),
                         c.name
                     )?;
@@ -391,16 +392,10 @@ impl EpisodeBuilder {
 
     /// Reads the node's swap and RAM from `/proc/meminfo` (zeros when it cannot be read).
     pub fn for_this_node() -> Self {
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let kb = |key: &str| {
-            meminfo
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        };
-        let page_kb = badness::PAGE_SIZE / 1024;
-        let swap = kb("SwapTotal:").unwrap_or(0) / page_kb;
-        let ram = kb("MemTotal:").map(|m| m / page_kb + swap);
+        let m = crate::sys::MemInfo::read().unwrap_or_default();
+        let page_kb = page_size() / 1024;
+        let swap = m.swap_total_kb.unwrap_or(0) / page_kb;
+        let ram = m.total_kb.map(|t| t / page_kb + swap);
         Self::new(swap, ram)
     }
 
@@ -477,13 +472,13 @@ impl EpisodeBuilder {
                     OomLine::PagesRam(n) => r.memory.push(MemCounter {
                         name: "pages_ram".into(),
                         usage_kb: 0,
-                        limit_kb: n * (badness::PAGE_SIZE / 1024),
+                        limit_kb: n * (page_size() / 1024),
                         failcnt: 0,
                     }),
                     OomLine::PagesReserved(n) => r.memory.push(MemCounter {
                         name: "pages_reserved".into(),
                         usage_kb: 0,
-                        limit_kb: n * (badness::PAGE_SIZE / 1024),
+                        limit_kb: n * (page_size() / 1024),
                         failcnt: 0,
                     }),
                     OomLine::TotalSwapKb(kb) => r.memory.push(MemCounter {
@@ -851,7 +846,7 @@ fn global_totalpages(memory: &[MemCounter]) -> Option<u64> {
         memory
             .iter()
             .find(|c| c.name == name)
-            .map(|c| c.limit_kb * 1024 / badness::PAGE_SIZE)
+            .map(|c| c.limit_kb * 1024 / page_size())
     };
     Some(badness::global_totalpages(
         pages("pages_ram")?,

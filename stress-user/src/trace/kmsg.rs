@@ -13,6 +13,8 @@ use std::{
 use serde::Serialize;
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
+use crate::sys::page_size;
+
 /// One `/dev/kmsg` record: `prio,seq,ts_us,flags[,…];message` plus optional ` KEY=value` lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -337,7 +339,7 @@ fn parse_row(line: &str, cols: &[String]) -> Option<TaskRow> {
             "rss_shmem" => row.rss_shmem = u,
             "pgtables_bytes" => row.pgtables_bytes = u,
             // Kernels before 4.15 printed page-table pages instead of bytes.
-            "nr_ptes" => row.pgtables_bytes = u.map(|p| p * crate::trace::badness::PAGE_SIZE),
+            "nr_ptes" => row.pgtables_bytes = u.map(|p| p * page_size()),
             "swapents" => row.swapents = u,
             "oom_score_adj" => row.oom_score_adj = i32::try_from(value).ok(),
             other => {

@@ -24,7 +24,10 @@ use super::{
     event::Event,
     format::{Format, FormatError},
 };
-use crate::cgroup::{target::descendants, CgroupError, Hierarchy, MemCgroup, Version};
+use crate::{
+    cgroup::{target::descendants, CgroupError, Hierarchy, MemCgroup, Version},
+    sys::monotonic,
+};
 
 /// The eBPF object built by build.rs from `stress-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stress"));
@@ -465,7 +468,7 @@ pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 
 /// Checks a ring buffer size: the kernel wants a power of two and a whole number of pages.
 pub fn ring_bytes(bytes: u64) -> Result<u32, TraceError> {
-    let page = crate::inject::alloc::page_size() as u64;
+    let page = crate::sys::page_size();
     // A power of two no smaller than the (power-of-two) page is a whole number of pages.
     if bytes < page || bytes > 1 << 30 || !bytes.is_power_of_two() {
         return Err(TraceError::RingSize { bytes, page });
@@ -532,19 +535,6 @@ pub fn try_fentry(bpf: &mut Ebpf) -> HookResult {
         attached: result.is_ok(),
         error: result.err(),
     }
-}
-
-/// CLOCK_MONOTONIC, the clock of the kernel's event timestamps (`bpf_ktime_get_ns`).
-pub fn monotonic() -> std::time::Duration {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is a valid timespec to write into; CLOCK_MONOTONIC always exists.
-    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) } != 0 {
-        return std::time::Duration::ZERO;
-    }
-    std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 /// fentry, else kprobe, on `oom_kill_process`: both on one function would double every event.

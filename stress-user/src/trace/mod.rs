@@ -15,8 +15,8 @@ pub mod scoreboard;
 pub use event::{Event, EventKind};
 pub use loader::{
     attach_tracepoint, build_config, ensure_tracefs, format_path, layout_mismatches, load,
-    load_with_ring, memory_hierarchy_id, monotonic, parse_hierarchy_id, read_format, ring_bytes,
-    same_layout, try_fentry, try_hooks, try_kprobe, EventClass, EventSet, Events, HookResult,
-    ReclaimKey, ReclaimTotal, Stats, TraceError, TraceOptions, Tracefs, TracepointSpec, Tracer,
+    load_with_ring, memory_hierarchy_id, parse_hierarchy_id, read_format, ring_bytes, same_layout,
+    try_fentry, try_hooks, try_kprobe, EventClass, EventSet, Events, HookResult, ReclaimKey,
+    ReclaimTotal, Stats, TraceError, TraceOptions, Tracefs, TracepointSpec, Tracer,
     DEFAULT_RING_BYTES, EBPF_OBJECT, SHARED_LAYOUTS, TRACEPOINTS, USED_TRACEPOINTS,
 };

@@ -11,7 +11,10 @@ use std::{
 
 use serde::Serialize;
 
-use crate::trace::{badness, event::AdjUpdate, kmsg::TaskRow};
+use crate::{
+    sys::{page_size, MemInfo},
+    trace::{badness, event::AdjUpdate, kmsg::TaskRow},
+};
 
 /// One `oom_score_adj` write.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -191,7 +194,7 @@ pub fn for_target(
     match target {
         // The target's own limit; an ancestor's lower limit or swap are not looked at.
         Some(cg) => {
-            let limit = cg.limit().ok().flatten().map(|b| b / badness::PAGE_SIZE);
+            let limit = cg.limit().ok().flatten().map(|b| b / page_size());
             for_cgroup(proc_root, &cg.mount, &cg.dir(), limit.unwrap_or(node))
         }
         None => for_node(proc_root, node),
@@ -216,7 +219,7 @@ pub fn for_node(proc_root: &Path, totalpages: u64) -> Result<Vec<Entry>, Scorebo
 /// Fills `points` (the kernel's `oom_badness` for `totalpages`) and sorts: highest `oom_score`
 /// first, ties (common in a small cgroup) broken by `points`, then pid.
 fn score_and_sort(entries: &mut [Entry], totalpages: u64) {
-    let page_kb = badness::PAGE_SIZE / 1024;
+    let page_kb = page_size() / 1024;
     for e in entries.iter_mut() {
         let row = TaskRow {
             pid: e.pid,
@@ -238,15 +241,8 @@ fn score_and_sort(entries: &mut [Entry], totalpages: u64) {
 
 /// The node's RAM + swap in pages (`totalram_pages() + total_swap_pages`).
 pub fn node_totalpages() -> u64 {
-    let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let kb = |key: &str| {
-        meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (kb("MemTotal:") + kb("SwapTotal:")) / (badness::PAGE_SIZE / 1024)
+    let m = MemInfo::read().unwrap_or_default();
+    (m.total_kb.unwrap_or(0) + m.swap_total_kb.unwrap_or(0)) / (page_size() / 1024)
 }
 
 /// The aligned human table.
