@@ -1,0 +1,187 @@
+//! `cargo xtask vm-test`: every root integration test of stress-user on Debian's 6.1 and 6.12
+//! cloud kernels with cgroup v2, in QEMU with TCG (nested KVM dies on these machines). Kernels
+//! come from Debian's archive and are cached; one initramfs carries busybox, the test binaries,
+//! oomlab and the glibc they load; results come back per test over the serial console.
+//!
+//! Here: the command's arguments and the order of the run. `plan` builds the tests, `initramfs`
+//! packs them, `kernel` fetches the images, `qemu` boots each guest and reads its console,
+//! `results` says what each test came to and `matrix` turns the doctor outputs into the table.
+
+mod initramfs;
+mod kernel;
+mod matrix;
+mod plan;
+mod qemu;
+mod results;
+
+use std::{env, fs, path::PathBuf, thread, time::Instant};
+
+use anyhow::{bail, Context as _, Result};
+
+use self::{
+    initramfs::build_initramfs,
+    kernel::kernel_image,
+    matrix::{host_doctor, write_matrix},
+    plan::{build_tests, plan},
+    qemu::Guest,
+    results::{print_results, VmRun},
+};
+use crate::workspace_root;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelChoice {
+    #[value(name = "6.1")]
+    V6_1,
+    #[value(name = "6.12")]
+    V6_12,
+    All,
+}
+
+impl KernelChoice {
+    fn series(self) -> Vec<&'static str> {
+        match self {
+            KernelChoice::V6_1 => vec!["6.1"],
+            KernelChoice::V6_12 => vec!["6.12"],
+            KernelChoice::All => vec!["6.1", "6.12"],
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VmTestArgs {
+    /// Which Debian kernel(s) to boot; `all` runs them side by side (one vCPU each).
+    #[arg(long, value_enum, default_value = "all")]
+    pub kernel: KernelChoice,
+    /// Only these integration test binaries (file names in tests/ without `.rs`); default all.
+    #[arg(long = "test", value_name = "NAME")]
+    pub tests: Vec<String>,
+    /// Build the test binaries with `--release` (default: the debug build `cargo xtask test` made).
+    #[arg(long)]
+    pub release: bool,
+    /// Seconds one test may run inside the guest before it is killed and counted as failed.
+    #[arg(long, default_value_t = 240)]
+    pub test_timeout: u64,
+    /// Also rewrite README.md's kernel matrix from the doctor outputs kept under target/vm/.
+    #[arg(long)]
+    pub update_readme: bool,
+    /// Do not boot anything: regenerate target/vm/kernel-matrix.md (and README.md with
+    /// --update-readme) from the doctor outputs of earlier runs.
+    #[arg(long)]
+    pub matrix_only: bool,
+}
+
+impl VmTestArgs {
+    /// What `cargo xtask test` runs after the host tests.
+    pub fn all_kernels() -> Self {
+        VmTestArgs {
+            kernel: KernelChoice::All,
+            tests: Vec::new(),
+            release: false,
+            test_timeout: 240,
+            update_readme: false,
+            matrix_only: false,
+        }
+    }
+}
+
+pub fn run(args: &VmTestArgs) -> Result<()> {
+    let out = target_dir().join("vm");
+    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    if args.matrix_only {
+        return write_matrix(&out, args.update_readme);
+    }
+    let start = Instant::now();
+
+    let built = build_tests(args.release)?;
+    let plan = plan(&built, &args.tests)?;
+    let initrd = out.join("initramfs.cpio");
+    build_initramfs(
+        &out.join("initramfs"),
+        &initrd,
+        &built.oomlab,
+        &plan,
+        args.test_timeout,
+    )?;
+    eprintln!(
+        "xtask vm-test: {} tests from {} binaries, initramfs {} MiB ({:.0} s so far)",
+        plan.len(),
+        built.tests.len(),
+        fs::metadata(&initrd)?.len() >> 20,
+        start.elapsed().as_secs_f64()
+    );
+
+    host_doctor(&built.oomlab, &out.join("host"));
+
+    let series = args.kernel.series();
+    let mut kernels = Vec::new();
+    for s in &series {
+        kernels.push((*s, kernel_image(s)?));
+    }
+    let expected: Vec<(String, String)> = plan
+        .iter()
+        .map(|p| (p.group.clone(), p.test.clone()))
+        .collect();
+    let guests: Vec<Guest<'_>> = kernels
+        .iter()
+        .map(|(s, image)| Guest {
+            series: s,
+            image,
+            initrd: &initrd,
+            dir: out.join(s),
+            expected: &expected,
+            test_timeout: args.test_timeout,
+        })
+        .collect();
+    let runs = boot_side_by_side(&guests);
+
+    let mut failed = 0;
+    let mut errors = Vec::new();
+    for (s, run) in series.iter().zip(runs) {
+        match run {
+            Ok(run) => {
+                print_results(s, &run);
+                failed += run.failed().count();
+            }
+            Err(e) => errors.push(format!("{s}: {e:#}")),
+        }
+    }
+    write_matrix(&out, args.update_readme)?;
+    eprintln!(
+        "xtask vm-test: finished in {:.0} s; artefacts in {}",
+        start.elapsed().as_secs_f64(),
+        out.display()
+    );
+    if !errors.is_empty() {
+        bail!("VM run failed: {}", errors.join("; "));
+    }
+    if failed > 0 {
+        bail!(
+            "{failed} test(s) failed in the VMs (console logs under {})",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// One vCPU per guest and two host cores: the kernels run side by side.
+fn boot_side_by_side(guests: &[Guest<'_>]) -> Vec<Result<VmRun>> {
+    thread::scope(|scope| {
+        let handles: Vec<_> = guests
+            .iter()
+            .map(|guest| scope.spawn(move || guest.boot()))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("VM thread panicked")))
+            })
+            .collect()
+    })
+}
+
+fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
