@@ -4,13 +4,11 @@
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{run as sh, workspace_root};
+use crate::{run as sh, target_dir};
 
 pub fn run() -> Result<()> {
     sh("cargo", &["build", "--release", "--package", "stress-user"])?;
-    // Where cargo put it: CARGO_TARGET_DIR when set (each engineer's own), else target/.
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace_root().join("target"), std::path::PathBuf::from);
+    let target = target_dir();
     let oomlab = target.join("release/oomlab");
     let report = target.join("demo-report");
     let report_arg = report.to_str().context("non-UTF-8 path")?;

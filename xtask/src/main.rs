@@ -61,6 +61,14 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Where cargo puts what it builds: CARGO_TARGET_DIR when set (each engineer's own), else
+/// target/.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
 /// Runs a command in the workspace root, echoing it, failing on a non-zero exit.
 pub fn run(program: &str, args: &[&str]) -> Result<()> {
     eprintln!("xtask: $ {program} {}", args.join(" "));
@@ -80,35 +88,19 @@ fn test(unit_only: bool) -> Result<()> {
     // which only nightly can check. Stable must agree too (it ignores those options).
     run("cargo", &["+nightly", "fmt", "--all", "--check"])?;
     run("cargo", &["fmt", "--all", "--check"])?;
-    run(
-        "cargo",
-        &[
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ],
-    )?;
+    clippy(&["clippy", "--workspace", "--all-targets"])?;
     // The eBPF crate only means something for the BPF target: lint it there too.
-    run(
-        "cargo",
-        &[
-            "+nightly",
-            "clippy",
-            "--package",
-            "stress-ebpf",
-            "-Z",
-            "build-std=core",
-            "--target",
-            "bpfel-unknown-none",
-            "--release",
-            "--",
-            "-D",
-            "warnings",
-        ],
-    )?;
+    clippy(&[
+        "+nightly",
+        "clippy",
+        "--package",
+        "stress-ebpf",
+        "-Z",
+        "build-std=core",
+        "--target",
+        "bpfel-unknown-none",
+        "--release",
+    ])?;
     run(
         "cargo",
         &[
@@ -141,6 +133,11 @@ fn test(unit_only: bool) -> Result<()> {
     )?;
     // Then the same tests on cgroup v2 kernels with kprobes and fentry, in QEMU.
     vm::run(&vm::VmTestArgs::all_kernels())
+}
+
+/// `cargo <args> -- -D warnings`: every warning fails the check.
+fn clippy(args: &[&str]) -> Result<()> {
+    run("cargo", &[args, &["--", "-D", "warnings"]].concat())
 }
 
 fn nix_is_root() -> bool {

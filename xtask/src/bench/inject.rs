@@ -10,7 +10,7 @@
 use std::{
     fs,
     os::unix::process::CommandExt,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -18,8 +18,8 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use super::cgroup::BenchCgroup;
-use crate::{run as sh, workspace_root};
+use super::{cgroup::BenchCgroup, median};
+use crate::{run as sh, target_dir};
 
 const GIB: u64 = 1 << 30;
 const RUNS: usize = 5;
@@ -165,18 +165,6 @@ fn measure(tool: Tool, oomlab: &Path, size: u64, run: usize, hold: bool) -> Resu
     })
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn mark(ok: bool) -> &'static str {
     if ok {
         "met"
@@ -194,10 +182,7 @@ pub fn run() -> Result<()> {
         bail!("stress-ng is not installed (cargo xtask setup installs it)");
     }
     sh("cargo", &["build", "--release", "--package", "stress-user"])?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let oomlab = target.join("release/oomlab");
+    let oomlab = target_dir().join("release/oomlab");
     let sizes: Vec<u64> = std::env::var("OOMLAB_BENCH_SIZES_GIB")
         .ok()
         .map(|s| s.split(',').filter_map(|v| v.trim().parse().ok()).collect())

@@ -25,3 +25,16 @@ pub fn run(which: Bench) -> Result<()> {
         Bench::Serve => serve::run(),
     }
 }
+
+/// The middle of the samples (the mean of the two middle ones for an even count); NaN for none.
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}

@@ -9,7 +9,6 @@ use std::{
     fs,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{Ipv4Addr, TcpListener, TcpStream},
-    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -22,7 +21,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use super::cgroup::BenchCgroup;
-use crate::{run as sh, workspace_root};
+use crate::{run as sh, target_dir};
 
 fn rss_kib(pid: u32) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/status"))
@@ -86,10 +85,7 @@ pub fn run() -> Result<()> {
             "oomlab",
         ],
     )?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let oomlab = target.join("release/oomlab");
+    let oomlab = target_dir().join("release/oomlab");
 
     let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
         .local_addr()?

@@ -12,7 +12,6 @@
 use std::{
     fs,
     io::{BufRead as _, BufReader},
-    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -25,18 +24,11 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
-use super::cgroup::BenchCgroup;
-use crate::{run as sh, workspace_root};
+use super::{cgroup::BenchCgroup, median};
+use crate::{run as sh, target_dir};
 
 const BPFTRACE_SCRIPT: &str = r#"BEGIN { printf("ready\n"); } tracepoint:oom:mark_victim { printf("%d %s %d\n", args->pid, str(args->comm), args->oom_score_adj); }"#;
 const RUNS: usize = 5;
-
-fn oomlab_bin() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    target.join("release").join("oomlab")
-}
 
 /// A process started through `sh -c 'ulimit -l unlimited; exec …'` (the same for both tools),
 /// its stdout read line by line on a thread.
@@ -129,11 +121,6 @@ impl Drop for Traced {
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -144,7 +131,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 pub fn run() -> Result<()> {
     sh("cargo", &["build", "--release", "-p", "stress-user"])?;
-    let bin = oomlab_bin();
+    let bin = target_dir().join("release").join("oomlab");
     if !bin.exists() {
         bail!("{} was not built", bin.display());
     }

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use super::target_dir;
+use crate::target_dir;
 
 /// The newest `linux-image-<series>.*-cloud-amd64-unsigned` apt knows, downloaded once and kept
 /// in ~/.cache/oomlab-vm/<package>/vmlinuz. Offline, the newest cached one of the series.

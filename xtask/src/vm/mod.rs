@@ -14,7 +14,7 @@ mod plan;
 mod qemu;
 mod results;
 
-use std::{env, fs, path::PathBuf, thread, time::Instant};
+use std::{fs, thread, time::Instant};
 
 use anyhow::{bail, Context as _, Result};
 
@@ -26,7 +26,7 @@ use self::{
     qemu::Guest,
     results::{print_results, VmRun},
 };
-use crate::workspace_root;
+use crate::target_dir;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum KernelChoice {
@@ -178,10 +178,4 @@ fn boot_side_by_side(guests: &[Guest<'_>]) -> Vec<Result<VmRun>> {
             })
             .collect()
     })
-}
-
-fn target_dir() -> PathBuf {
-    env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
 }
