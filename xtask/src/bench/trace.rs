@@ -129,6 +129,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// Prints a line of the report as it comes, and keeps it for the summary.
+fn say(report: &mut Vec<String>, line: String) {
+    println!("{line}");
+    report.push(line);
+}
+
 pub fn run() -> Result<()> {
     sh("cargo", &["build", "--release", "-p", "stress-user"])?;
     let bin = target_dir().join("release").join("oomlab");
@@ -137,107 +143,115 @@ pub fn run() -> Result<()> {
     }
     let bin = bin.display().to_string();
     let mut report = Vec::new();
+    ready_and_rss(&bin, &mut report)?;
+    reclaim_overhead(&bin, &mut report)?;
+    oom_storm(&bin, &mut report)?;
 
-    // (a) time to ready and peak RSS, five runs each, alternating.
-    let (mut o_ready, mut o_rss, mut o_all_ready, mut o_all_rss, mut b_ready, mut b_rss) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let (mut nh_ready, mut nh_rss) = (vec![], vec![]);
-    for _ in 0..RUNS {
-        let t = Instant::now();
-        let o = Traced::start(&format!("{bin} trace --events oom"))?;
-        o_ready.push(o.until("ready", t)?);
-        thread::sleep(Duration::from_millis(500));
-        o_rss.push(o.peak_rss_mib());
-        o.stop();
-
-        let t = Instant::now();
-        let o = Traced::start(&format!("{bin} trace --events oom --no-hooks"))?;
-        nh_ready.push(o.until("ready", t)?);
-        thread::sleep(Duration::from_millis(500));
-        nh_rss.push(o.peak_rss_mib());
-        o.stop();
-
-        let t = Instant::now();
-        let o = Traced::start(&format!("{bin} trace"))?;
-        o_all_ready.push(o.until("ready", t)?);
-        thread::sleep(Duration::from_millis(500));
-        o_all_rss.push(o.peak_rss_mib());
-        o.stop();
-
-        let t = Instant::now();
-        let b = Traced::start(&format!("bpftrace -e '{BPFTRACE_SCRIPT}'"))?;
-        b_ready.push(b.until("ready", t)?);
-        thread::sleep(Duration::from_millis(500));
-        b_rss.push(b.peak_rss_mib());
-        b.stop();
+    println!("\nbench trace summary ({}):", kernel_release());
+    for l in &report {
+        println!("  {l}");
     }
-    let (or, orss, oar, oarss, br, brss) = (
-        median(&mut o_ready),
-        median(&mut o_rss),
-        median(&mut o_all_ready),
-        median(&mut o_all_rss),
-        median(&mut b_ready),
-        median(&mut b_rss),
-    );
-    report.push(format!(
+    Ok(())
+}
+
+/// Seconds from the start of `cmdline` until it prints `ready`, and its peak RSS half a second
+/// later.
+fn start_until_ready(cmdline: &str) -> Result<(f64, f64)> {
+    let t = Instant::now();
+    let o = Traced::start(cmdline)?;
+    let ready = o.until("ready", t)?;
+    thread::sleep(Duration::from_millis(500));
+    let rss = o.peak_rss_mib();
+    o.stop();
+    Ok((ready, rss))
+}
+
+/// (a) time to ready and peak RSS, five runs each, alternating.
+fn ready_and_rss(bin: &str, report: &mut Vec<String>) -> Result<()> {
+    let cmdlines = [
+        format!("{bin} trace --events oom"),
+        format!("{bin} trace --events oom --no-hooks"),
+        format!("{bin} trace"),
+        format!("bpftrace -e '{BPFTRACE_SCRIPT}'"),
+    ];
+    let mut samples: [(Vec<f64>, Vec<f64>); 4] = Default::default();
+    for _ in 0..RUNS {
+        for (cmdline, (ready, rss)) in cmdlines.iter().zip(samples.iter_mut()) {
+            let (r, m) = start_until_ready(cmdline)?;
+            ready.push(r);
+            rss.push(m);
+        }
+    }
+    let [(or, orss), (nhr, nhrss), (oar, oarss), (br, brss)] =
+        samples.map(|(mut ready, mut rss)| (median(&mut ready), median(&mut rss)));
+    say(report, format!(
         "(a) time to ready (median of {RUNS}): oomlab --events oom {:.3} s, oomlab (all 18 tracepoints) {:.3} s, bpftrace {:.3} s → oomlab/bpftrace {:.2}x",
         or, oar, br, or / br
     ));
-    report.push(format!(
+    say(report, format!(
         "    peak RSS: oomlab --events oom {:.1} MiB, oomlab (all) {:.1} MiB, bpftrace {:.1} MiB → oomlab/bpftrace {:.2}x",
         orss, oarss, brss, orss / brss
     ));
-    let (nhr, nhrss) = (median(&mut nh_ready), median(&mut nh_rss));
-    report.push(format!(
+    say(report, format!(
         "    without the kprobe/fentry attempt (--no-hooks): ready {:.3} s, peak RSS {:.1} MiB → {:.2}x bpftrace's RSS",
         nhr, nhrss, nhrss / brss
     ));
-    println!("{}", report.join("\n"));
+    Ok(())
+}
 
-    // (b) reclaim-heavy workload with and without the tracer (node-wide, every class).
-    let churn = BenchCgroup::create(
+/// CPU seconds the children of this process have used (RUSAGE_CHILDREN: the eBPF programs run
+/// in the workload's context, so their cost shows up there).
+fn children_cpu() -> f64 {
+    // SAFETY: an all-zero rusage is valid, and getrusage only writes into the one we own.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+        ru
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
+}
+
+/// Wall time, and the CPU time the workload's processes used.
+fn time_workload(workload: &str) -> Result<(f64, f64)> {
+    let (t, cpu0) = (Instant::now(), children_cpu());
+    let st = Command::new("sh").arg("-c").arg(workload).status()?;
+    if !st.success() {
+        bail!("churn workload failed: {st}");
+    }
+    Ok((t.elapsed().as_secs_f64(), children_cpu() - cpu0))
+}
+
+/// A memory-limited cgroup of this bench, named after its part and this process.
+fn scratch_cgroup(part: &str, limit: u64) -> Result<BenchCgroup> {
+    BenchCgroup::create(
         "trace",
-        &format!("bench-churn-{}", std::process::id()),
-        32 << 20,
-    )?;
+        &format!("bench-{part}-{}", std::process::id()),
+        limit,
+    )
+}
+
+/// (b) reclaim-heavy workload with and without the tracer (node-wide, every class).
+fn reclaim_overhead(bin: &str, report: &mut Vec<String>) -> Result<()> {
+    let churn = scratch_cgroup("churn", 32 << 20)?;
     let file = format!("/var/tmp/oomlab-bench-{}", std::process::id());
     let workload = format!(
         "echo $$ > {procs} && dd if=/dev/zero of={file} bs=1M count=256 2>/dev/null && for i in 1 2 3 4; do cat {file} > /dev/null; done",
         procs = churn.procs_file().display()
     );
-    // Wall time, and the CPU time the workload's processes used (RUSAGE_CHILDREN of this
-    // process: the eBPF programs run in their context, so their cost shows up there).
-    let children_cpu = || {
-        // SAFETY: an all-zero rusage is valid, and getrusage only writes into the one we own.
-        let ru = unsafe {
-            let mut ru: libc::rusage = std::mem::zeroed();
-            libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
-            ru
-        };
-        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-        secs(ru.ru_utime) + secs(ru.ru_stime)
-    };
-    let time_workload = || -> Result<(f64, f64)> {
-        let (t, cpu0) = (Instant::now(), children_cpu());
-        let st = Command::new("sh").arg("-c").arg(&workload).status()?;
-        if !st.success() {
-            bail!("churn workload failed: {st}");
-        }
-        Ok((t.elapsed().as_secs_f64(), children_cpu() - cpu0))
-    };
-    time_workload()?; // warm-up: the first run pays for block allocation
+    time_workload(&workload)?; // warm-up: the first run pays for block allocation
     let (mut base, mut traced) = (vec![], vec![]);
     let (mut base_cpu, mut traced_cpu, mut own_cpu) = (vec![], vec![], vec![]);
     let mut reclaim_events = 0usize;
     for _ in 0..RUNS {
-        let (wall, cpu) = time_workload()?;
+        let (wall, cpu) = time_workload(&workload)?;
         base.push(wall);
         base_cpu.push(cpu);
         // The default human output: reclaim summarised per cgroup every 2 s.
         let o = Traced::start(&format!("{bin} trace"))?;
         o.until("ready", Instant::now())?;
         let before = o.cpu_secs();
-        let (wall, cpu) = time_workload()?;
+        let (wall, cpu) = time_workload(&workload)?;
         own_cpu.push((o.cpu_secs() - before) / wall * 100.0);
         traced.push(wall);
         traced_cpu.push(cpu);
@@ -258,43 +272,67 @@ pub fn run() -> Result<()> {
     let _ = fs::remove_file(&file);
     drop(churn);
     let (mb, mt) = (median(&mut base), median(&mut traced));
-    let line = format!(
+    say(report, format!(
         "(b) reclaim churn (256 MiB file, 4 reads, 32 MiB cgroup; median of {RUNS}): {:.3} s without, {:.3} s with `oomlab trace` (node-wide, all classes, human output) → overhead {:+.1} % ({reclaim_events} reclaim passes in the kernel totals of the last traced run)",
         mb,
         mt,
         (mt / mb - 1.0) * 100.0
-    );
-    println!("{line}");
-    report.push(line);
+    ));
     let (cb, ct, own) = (
         median(&mut base_cpu),
         median(&mut traced_cpu),
         median(&mut own_cpu),
     );
-    let line = format!(
+    say(report, format!(
         "    CPU: the workload used {cb:.3} s without, {ct:.3} s with the programs attached ({:+.1} %, the in-kernel cost); oomlab's own process used {own:.2} % of a core during it",
         (ct / cb - 1.0) * 100.0
-    );
-    println!("{line}");
-    report.push(line);
+    ));
+    Ok(())
+}
 
-    // (c) + (d): an OOM storm in a scratch cgroup, traced with write stamps.
-    let storm = BenchCgroup::create(
-        "trace",
-        &format!("bench-storm-{}", std::process::id()),
-        24 << 20,
-    )?;
+/// (c) + (d): an OOM storm in a scratch cgroup, traced with write stamps.
+fn oom_storm(bin: &str, report: &mut Vec<String>) -> Result<()> {
+    let storm = scratch_cgroup("storm", 24 << 20)?;
     let before = storm.oom_kills();
     let o = Traced::start(&format!(
         "{bin} trace --output json --events oom --write-stamps --cgroup {}",
         storm.rel()
     ))?;
     o.until("ready", Instant::now())?;
+    let storm_secs = drive_storm(bin, &storm, before);
+    thread::sleep(Duration::from_millis(500));
+    let kills = storm.oom_kills() - before;
+    let lines = o.stop();
+    let parsed: Vec<Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let victims: Vec<&Value> = parsed
+        .iter()
+        .filter(|v| v["type"] == "oom_victim")
+        .collect();
+    let lost = parsed
+        .iter()
+        .find(|v| v["type"] == "lost")
+        .map_or(u64::MAX, |v| v["lost"].as_u64().unwrap_or(u64::MAX));
+    say(report, format!(
+        "(c) OOM storm: {kills} kills in {storm_secs:.1} s (kernel oom_kill counter), oomlab reported {} → recall {:.1} %, {lost} events lost",
+        victims.len(),
+        victims.len() as f64 / kills.max(1) as f64 * 100.0
+    ));
+    say(report, latency(&victims));
+    drop(storm);
+    Ok(())
+}
+
+/// Three `oomlab app`s over the limit, again and again, until 250 kills or a minute; returns
+/// how long it ran.
+fn drive_storm(bin: &str, storm: &BenchCgroup, before: u64) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let workers: Vec<_> = (0..3)
         .map(|_| {
-            let (bin, cg, stop) = (bin.clone(), storm.rel(), stop.clone());
+            let (bin, cg, stop) = (bin.to_string(), storm.rel(), stop.clone());
             thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let _ = Command::new(&bin)
@@ -313,29 +351,11 @@ pub fn run() -> Result<()> {
     for w in workers {
         let _ = w.join();
     }
-    let storm_secs = started.elapsed().as_secs_f64();
-    thread::sleep(Duration::from_millis(500));
-    let kills = storm.oom_kills() - before;
-    let lines = o.stop();
-    let parsed: Vec<Value> = lines
-        .iter()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let victims: Vec<&Value> = parsed
-        .iter()
-        .filter(|v| v["type"] == "oom_victim")
-        .collect();
-    let lost = parsed
-        .iter()
-        .find(|v| v["type"] == "lost")
-        .map_or(u64::MAX, |v| v["lost"].as_u64().unwrap_or(u64::MAX));
-    let line = format!(
-        "(c) OOM storm: {kills} kills in {storm_secs:.1} s (kernel oom_kill counter), oomlab reported {} → recall {:.1} %, {lost} events lost",
-        victims.len(),
-        victims.len() as f64 / kills.max(1) as f64 * 100.0
-    );
-    println!("{line}");
-    report.push(line);
+    started.elapsed().as_secs_f64()
+}
+
+/// (d) from the victims' stamps: kernel timestamp, read from the ring buffer, line written.
+fn latency(victims: &[&Value]) -> String {
     let spread = |from: &str, to: &str| {
         let mut v: Vec<f64> = victims
             .iter()
@@ -359,22 +379,13 @@ pub fn run() -> Result<()> {
     };
     // The split shows whose time it is: until the reader has the event (the kernel's wakeup), and
     // from there to the written line (enrichment reads /proc/PID of the victim).
-    let line = format!(
+    format!(
         "(d) kernel timestamp → line written, over {} victims: {}\n    of which kernel → read from the ring buffer: {}; read → written: {}",
         lat.len(),
         pct(&lat),
         pct(&read),
         pct(&own)
-    );
-    println!("{line}");
-    report.push(line);
-    drop(storm);
-
-    println!("\nbench trace summary ({}):", kernel_release());
-    for l in &report {
-        println!("  {l}");
-    }
-    Ok(())
+    )
 }
 
 fn kernel_release() -> String {
