@@ -61,131 +61,175 @@ fn count_roles(victims: &[String]) -> String {
     format!("killed: {}", parts.join(", "))
 }
 
+/// What one expectation asked for, what happened, and whether that meets it.
+struct Outcome {
+    expected: String,
+    observed: String,
+    passed: bool,
+}
+
 /// The verdict of every expectation in `e` against `o`.
 pub fn evaluate(e: &Expectations, o: &Observed) -> Vec<Verdict> {
-    let mut out = Vec::new();
-    let mut push = |key: &str, expected: String, observed: String, passed: bool| {
-        out.push(Verdict {
-            scope: o.scope.clone(),
-            key: key.into(),
-            expected,
-            observed,
-            passed,
-            line: e.line,
-        });
-    };
-    let victims = count_roles(&o.victims);
-    if let Some(role) = &e.victim {
-        // The OOM killer's first pick in the scope: what happens once pressure comes. Later
-        // kills (after the first victim freed its memory) are listed but do not decide.
-        let first = o.victims.first().map(String::as_str);
-        let passed = match role {
-            VictimRole::None => o.oom_kills == 0 && o.victims.is_empty(),
-            VictimRole::Worker => first == Some("worker"),
-            VictimRole::App => first.is_some_and(|v| v.starts_with("app:")),
-            VictimRole::Named(n) => first.and_then(|v| v.strip_prefix("app:")) == Some(n.as_str()),
-        };
-        let mut why = match first {
-            Some(f) => format!(
-                "first victim: {}; {} OOM kill(s), {victims}",
-                f.strip_prefix("app:")
-                    .map_or(f.to_string(), |a| format!("app {a}")),
-                o.oom_kills
-            ),
-            None => format!("{} OOM kill(s); {victims}", o.oom_kills),
-        };
-        if o.oom_kills > o.victims.len() as u64 {
-            why.push_str(&format!(
-                " ({} kill(s) the tracer did not see)",
-                o.oom_kills - o.victims.len() as u64
-            ));
-        }
-        push("victim", role.to_string(), why, passed);
-    }
-    if let Some(max) = e.max_oom_kills {
-        push(
+    let outcomes = [
+        ("victim", e.victim.as_ref().map(|role| victim(role, o))),
+        (
             "max_oom_kills",
-            max.to_string(),
-            format!("{} OOM kill(s) (kernel counter)", o.oom_kills),
-            o.oom_kills <= max,
-        );
-    }
-    if let Some(min) = e.min_oom_kills {
-        push(
+            e.max_oom_kills.map(|max| max_oom_kills(max, o)),
+        ),
+        (
             "min_oom_kills",
-            min.to_string(),
-            format!("{} OOM kill(s) (kernel counter)", o.oom_kills),
-            o.oom_kills >= min,
-        );
-    }
-    if let Some(tol) = e.charged_within {
-        let mut worst: Option<(u64, u64, f64)> = None;
-        for &(req, got) in &o.charged {
-            let dev = if req == 0 {
-                1.0
-            } else {
-                (got as f64 - req as f64) / req as f64
-            };
-            if worst.is_none_or(|w| dev.abs() > w.2.abs()) {
-                worst = Some((req, got, dev));
-            }
-        }
-        let (observed, passed) = match worst {
-            Some((req, got, dev)) => (
-                format!(
-                    "charged {} for {} requested ({:+.1}%)",
-                    human(got),
-                    human(req),
-                    dev * 100.0
-                ),
-                (got as f64 - req as f64).abs() <= tol * req as f64 + e.charged_allowance as f64,
-            ),
-            None => ("no injection by size ran to measure".into(), false),
-        };
-        push(
+            e.min_oom_kills.map(|min| min_oom_kills(min, o)),
+        ),
+        (
             "charged_within",
-            if e.charged_allowance > 0 {
-                format!(
-                    "{}% + {} (the workers' own cost; OOMLAB_VM scales sizes, not processes)",
-                    tol * 100.0,
-                    human(e.charged_allowance)
-                )
-            } else {
-                format!("{}%", tol * 100.0)
-            },
-            observed,
-            passed,
-        );
-    }
-    if let Some(below) = e.working_set_below {
-        push(
+            e.charged_within
+                .map(|tol| charged_within(tol, e.charged_allowance, o)),
+        ),
+        (
             "working_set_below",
-            human(below),
-            format!("peak working set {}", human(o.peak_working_set)),
-            o.peak_working_set < below,
-        );
+            e.working_set_below.map(|below| working_set_below(below, o)),
+        ),
+        (
+            "app_survives",
+            e.app_survives.map(|want| app_survives(want, o)),
+        ),
+    ];
+    outcomes
+        .into_iter()
+        .filter_map(|(key, outcome)| {
+            outcome.map(|c| Verdict {
+                scope: o.scope.clone(),
+                key: key.into(),
+                expected: c.expected,
+                observed: c.observed,
+                passed: c.passed,
+                line: e.line,
+            })
+        })
+        .collect()
+}
+
+/// The OOM killer's first pick in the scope: what happens once pressure comes. Later kills
+/// (after the first victim freed its memory) are listed but do not decide.
+fn victim(role: &VictimRole, o: &Observed) -> Outcome {
+    let victims = count_roles(&o.victims);
+    let first = o.victims.first().map(String::as_str);
+    let passed = match role {
+        VictimRole::None => o.oom_kills == 0 && o.victims.is_empty(),
+        VictimRole::Worker => first == Some("worker"),
+        VictimRole::App => first.is_some_and(|v| v.starts_with("app:")),
+        VictimRole::Named(n) => first.and_then(|v| v.strip_prefix("app:")) == Some(n.as_str()),
+    };
+    let mut why = match first {
+        Some(f) => format!(
+            "first victim: {}; {} OOM kill(s), {victims}",
+            f.strip_prefix("app:")
+                .map_or(f.to_string(), |a| format!("app {a}")),
+            o.oom_kills
+        ),
+        None => format!("{} OOM kill(s); {victims}", o.oom_kills),
+    };
+    if o.oom_kills > o.victims.len() as u64 {
+        why.push_str(&format!(
+            " ({} kill(s) the tracer did not see)",
+            o.oom_kills - o.victims.len() as u64
+        ));
     }
-    if let Some(want) = e.app_survives {
-        let dead: Vec<&str> = o
-            .apps_alive
-            .iter()
-            .filter(|a| !a.1)
-            .map(|a| a.0.as_str())
-            .collect();
-        let observed = if dead.is_empty() {
-            "every app is alive".to_string()
-        } else {
-            format!("dead: {}", dead.join(", "))
-        };
-        // `false` means the apps did not all make it (at least one died).
-        let passed = if want {
-            dead.is_empty()
-        } else {
-            !dead.is_empty()
-        };
-        push("app_survives", want.to_string(), observed, passed);
+    Outcome {
+        expected: role.to_string(),
+        observed: why,
+        passed,
     }
-    out
+}
+
+fn max_oom_kills(max: u64, o: &Observed) -> Outcome {
+    Outcome {
+        expected: max.to_string(),
+        observed: format!("{} OOM kill(s) (kernel counter)", o.oom_kills),
+        passed: o.oom_kills <= max,
+    }
+}
+
+fn min_oom_kills(min: u64, o: &Observed) -> Outcome {
+    Outcome {
+        expected: min.to_string(),
+        observed: format!("{} OOM kill(s) (kernel counter)", o.oom_kills),
+        passed: o.oom_kills >= min,
+    }
+}
+
+/// The injection whose charge strays furthest from its request decides.
+fn charged_within(tol: f64, allowance: u64, o: &Observed) -> Outcome {
+    let mut worst: Option<(u64, u64, f64)> = None;
+    for &(req, got) in &o.charged {
+        let dev = if req == 0 {
+            1.0
+        } else {
+            (got as f64 - req as f64) / req as f64
+        };
+        if worst.is_none_or(|w| dev.abs() > w.2.abs()) {
+            worst = Some((req, got, dev));
+        }
+    }
+    let (observed, passed) = match worst {
+        Some((req, got, dev)) => (
+            format!(
+                "charged {} for {} requested ({:+.1}%)",
+                human(got),
+                human(req),
+                dev * 100.0
+            ),
+            (got as f64 - req as f64).abs() <= tol * req as f64 + allowance as f64,
+        ),
+        None => ("no injection by size ran to measure".into(), false),
+    };
+    let expected = if allowance > 0 {
+        format!(
+            "{}% + {} (the workers' own cost; OOMLAB_VM scales sizes, not processes)",
+            tol * 100.0,
+            human(allowance)
+        )
+    } else {
+        format!("{}%", tol * 100.0)
+    };
+    Outcome {
+        expected,
+        observed,
+        passed,
+    }
+}
+
+fn working_set_below(below: u64, o: &Observed) -> Outcome {
+    Outcome {
+        expected: human(below),
+        observed: format!("peak working set {}", human(o.peak_working_set)),
+        passed: o.peak_working_set < below,
+    }
+}
+
+fn app_survives(want: bool, o: &Observed) -> Outcome {
+    let dead: Vec<&str> = o
+        .apps_alive
+        .iter()
+        .filter(|a| !a.1)
+        .map(|a| a.0.as_str())
+        .collect();
+    let observed = if dead.is_empty() {
+        "every app is alive".to_string()
+    } else {
+        format!("dead: {}", dead.join(", "))
+    };
+    // `false` means the apps did not all make it (at least one died).
+    let passed = if want {
+        dead.is_empty()
+    } else {
+        !dead.is_empty()
+    };
+    Outcome {
+        expected: want.to_string(),
+        observed,
+        passed,
+    }
 }
 
 #[cfg(test)]
