@@ -1,12 +1,12 @@
 //! `report.md`: the summary, each stage beside what `free` would have said, every OOM episode
 //! with the candidate table the kernel ranked, and the expectations with their verdicts.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 
-use super::timeline::RunReport;
+use super::timeline::{Candidate, RunReport, Summary, Verdict};
 use crate::size::human;
 
-fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+fn opt<T: fmt::Display>(v: Option<T>) -> String {
     v.map_or_else(|| "–".into(), |v| v.to_string())
 }
 
@@ -14,11 +14,26 @@ fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
 pub fn render(r: &RunReport) -> String {
     let mut md = String::new();
     // Writing to a String cannot fail.
-    let _ = write_report(&mut md, r);
+    let _ = write_markdown(&mut md, r);
     md
 }
 
-fn write_report(md: &mut String, r: &RunReport) -> std::fmt::Result {
+fn write_markdown(md: &mut String, r: &RunReport) -> fmt::Result {
+    write_heading(md, r)?;
+    write_summary(md, &r.summary)?;
+    write_stages(md, r)?;
+    write_episodes(md, r)?;
+    write_expectations(md, &r.expectations)?;
+    if let Some(c) = &r.conclusion {
+        writeln!(md, "## Conclusion")?;
+        writeln!(md)?;
+        writeln!(md, "{}", c.trim())?;
+    }
+    Ok(())
+}
+
+/// The title, the description, one line on where it ran and how it went, and the plot.
+fn write_heading(md: &mut String, r: &RunReport) -> fmt::Result {
     writeln!(md, "# oomlab run: {}", r.experiment)?;
     writeln!(md)?;
     if let Some(d) = &r.description {
@@ -43,11 +58,12 @@ fn write_report(md: &mut String, r: &RunReport) -> std::fmt::Result {
     )?;
     writeln!(md)?;
     writeln!(md, "![timeline](timeline.svg)")?;
-    writeln!(md)?;
+    writeln!(md)
+}
 
+fn write_summary(md: &mut String, s: &Summary) -> fmt::Result {
     writeln!(md, "## Summary")?;
     writeln!(md)?;
-    let s = &r.summary;
     writeln!(md, "| | |")?;
     writeln!(md, "|---|---|")?;
     writeln!(md, "| OOM kills (kernel counter) | {} |", s.oom_kills)?;
@@ -69,8 +85,11 @@ fn write_report(md: &mut String, r: &RunReport) -> std::fmt::Result {
         "| expectations | {} passed, {} failed |",
         s.expectations_passed, s.expectations_failed
     )?;
-    writeln!(md)?;
+    writeln!(md)
+}
 
+/// One row a stage beside what `free` said on the host, then each stage's pressure.
+fn write_stages(md: &mut String, r: &RunReport) -> fmt::Result {
     writeln!(md, "## Stages")?;
     writeln!(md)?;
     writeln!(md, "| # | stage | time (s) | requested | charged in the cgroup | peak usage | OOM kills | respawns | what `free` said (host) |")?;
@@ -113,8 +132,10 @@ fn write_report(md: &mut String, r: &RunReport) -> std::fmt::Result {
             )?;
         }
     }
-    writeln!(md)?;
+    writeln!(md)
+}
 
+fn write_episodes(md: &mut String, r: &RunReport) -> fmt::Result {
     writeln!(md, "## OOM episodes")?;
     writeln!(md)?;
     if r.episodes.is_empty() {
@@ -157,40 +178,48 @@ fn write_report(md: &mut String, r: &RunReport) -> std::fmt::Result {
             writeln!(md)?;
         }
         if !e.candidates.is_empty() {
-            writeln!(
-                md,
-                "| rank | pid | name | role | rss | swap | page tables | oom_score_adj | badness | |"
-            )?;
-            writeln!(md, "|---|---|---|---|---|---|---|---|---|---|")?;
-            for c in &e.candidates {
-                writeln!(
-                    md,
-                    "| {} | {} | `{}` | {} | {} | {} | {} | {} | {} | {} |",
-                    opt(c.rank),
-                    c.pid,
-                    c.name,
-                    c.role,
-                    human(c.rss_kb * 1024),
-                    human(c.swap_kb * 1024),
-                    human(c.pgtables_kb * 1024),
-                    c.oom_score_adj,
-                    c.badness
-                        .map_or_else(|| "never (-1000)".into(), |b| b.to_string()),
-                    if c.chosen { "**killed**" } else { "" }
-                )?;
-            }
-            writeln!(md)?;
+            write_candidates(md, &e.candidates)?;
         }
     }
+    Ok(())
+}
 
+/// The processes the kernel considered, ranked, the one it killed in bold.
+fn write_candidates(md: &mut String, candidates: &[Candidate]) -> fmt::Result {
+    writeln!(
+        md,
+        "| rank | pid | name | role | rss | swap | page tables | oom_score_adj | badness | |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|---|")?;
+    for c in candidates {
+        writeln!(
+            md,
+            "| {} | {} | `{}` | {} | {} | {} | {} | {} | {} | {} |",
+            opt(c.rank),
+            c.pid,
+            c.name,
+            c.role,
+            human(c.rss_kb * 1024),
+            human(c.swap_kb * 1024),
+            human(c.pgtables_kb * 1024),
+            c.oom_score_adj,
+            c.badness
+                .map_or_else(|| "never (-1000)".into(), |b| b.to_string()),
+            if c.chosen { "**killed**" } else { "" }
+        )?;
+    }
+    writeln!(md)
+}
+
+fn write_expectations(md: &mut String, expectations: &[Verdict]) -> fmt::Result {
     writeln!(md, "## Expectations")?;
     writeln!(md)?;
-    if r.expectations.is_empty() {
+    if expectations.is_empty() {
         writeln!(md, "The experiment states none.")?;
     } else {
         writeln!(md, "| result | scope | expectation | observed | line |")?;
         writeln!(md, "|---|---|---|---|---|")?;
-        for v in &r.expectations {
+        for v in expectations {
             writeln!(
                 md,
                 "| {} | {} | `{} = {}` | {} | {} |",
@@ -203,13 +232,7 @@ fn write_report(md: &mut String, r: &RunReport) -> std::fmt::Result {
             )?;
         }
     }
-    writeln!(md)?;
-    if let Some(c) = &r.conclusion {
-        writeln!(md, "## Conclusion")?;
-        writeln!(md)?;
-        writeln!(md, "{}", c.trim())?;
-    }
-    Ok(())
+    writeln!(md)
 }
 
 #[cfg(test)]
