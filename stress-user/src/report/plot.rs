@@ -2,9 +2,13 @@
 //! kill a labelled marker, stages as shaded bands; below, the reclaim rate. Drawn with
 //! plotters' SVG backend, which needs no system fonts.
 
-use plotters::{coord::Shift, prelude::*};
+use plotters::{
+    chart::{ChartContext, DualCoordChartContext},
+    coord::{types::RangedCoordf64, Shift},
+    prelude::*,
+};
 
-use super::timeline::{Mark, RunReport};
+use super::timeline::{Mark, RunReport, Sample};
 
 const MIB: f64 = 1_048_576.0;
 const WIDTH: u32 = 1200;
@@ -43,6 +47,9 @@ pub fn timeline_svg(r: &RunReport) -> Result<String, PlotError> {
 fn x_end(r: &RunReport) -> f64 {
     (r.end() * 1.02).max(1.0)
 }
+
+/// The memory panel's chart: seconds across, MiB up.
+type MemoryChart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
 fn draw_memory<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
@@ -84,8 +91,29 @@ where
         .light_line_style(WHITE.mix(0.0))
         .draw()
         .map_err(err)?;
+    draw_stage_bands(&mut chart, r, ymax)?;
+    draw_memory_lines(&mut chart, r)?;
+    draw_kills(&mut chart, r)?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::Coordinate(8, 24))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.4))
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
 
-    // Stages: alternate light bands with their names on top.
+/// Stages: alternate light bands with their names on top.
+fn draw_stage_bands<DB: DrawingBackend>(
+    chart: &mut MemoryChart<'_, DB>,
+    r: &RunReport,
+    ymax: f64,
+) -> Result<(), PlotError>
+where
+    DB::ErrorType: 'static,
+{
     for (i, s) in r.stages.iter().enumerate() {
         let shade = if i % 2 == 0 {
             RGBColor(235, 240, 248)
@@ -106,15 +134,25 @@ where
             )))
             .map_err(err)?;
     }
+    Ok(())
+}
 
-    let series = |f: fn(&super::timeline::Sample) -> u64| {
+/// Usage, working set, the workers' memory and the limit, each with a legend entry.
+fn draw_memory_lines<DB: DrawingBackend>(
+    chart: &mut MemoryChart<'_, DB>,
+    r: &RunReport,
+) -> Result<(), PlotError>
+where
+    DB::ErrorType: 'static,
+{
+    type Value = fn(&Sample) -> u64;
+    let series = |f: Value| {
         r.samples
             .iter()
             .map(move |s| (s.t, f(s) as f64 / MIB))
             .collect::<Vec<_>>()
     };
     // (value, colour, line width, legend width, label) of the byte series in the top panel.
-    type Value = fn(&super::timeline::Sample) -> u64;
     let lines: [(Value, _, u32, u32, &str); 3] = [
         (|s| s.usage_bytes, USAGE, 4, 4, "usage"),
         (|s| s.working_set_bytes, WORKING_SET, 1, 2, "working set"),
@@ -147,9 +185,18 @@ where
             .label("limit")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], LIMIT.stroke_width(2)));
     }
+    Ok(())
+}
 
-    // OOM kills: a cross on the usage line at that moment. App kills are labelled, and so is
-    // the first worker kill of each stage: a sawtooth of labels would hide the lines.
+/// OOM kills: a cross on the usage line at that moment. App kills are labelled, and so is the
+/// first worker kill of each stage: a sawtooth of labels would hide the lines.
+fn draw_kills<DB: DrawingBackend>(
+    chart: &mut MemoryChart<'_, DB>,
+    r: &RunReport,
+) -> Result<(), PlotError>
+where
+    DB::ErrorType: 'static,
+{
     let kills: Vec<&Mark> = r.marks.iter().filter(|m| m.kind == "oom_kill").collect();
     let usage_at = |t: f64| {
         r.samples
@@ -161,35 +208,22 @@ where
     for k in &kills {
         let is_app = k.role.as_deref().is_some_and(|r| r.starts_with("app"));
         let color = if is_app { APP_KILL } else { LIMIT };
-        let y = usage_at(k.t);
         let label = is_app || !labelled_stages.contains(&k.stage);
         if !is_app {
             labelled_stages.push(k.stage);
         }
-        let text = if label {
-            let n = kills
-                .iter()
-                .filter(|o| o.stage == k.stage && o.role == k.role)
-                .count();
-            let more = if !is_app && n > 1 {
-                format!(" (1st of {n} in this stage)")
-            } else {
-                String::new()
-            };
-            format!("OOM kill: {}{more}", k.label)
-        } else {
-            String::new()
-        };
-        let dy = if is_app { 20 } else { -18 };
-        let marker = EmptyElement::at((k.t, y)) + Cross::new((0, 0), 6, color.stroke_width(3));
-        if text.is_empty() {
-            chart.draw_series(std::iter::once(marker)).map_err(err)?;
-        } else {
+        let marker =
+            EmptyElement::at((k.t, usage_at(k.t))) + Cross::new((0, 0), 6, color.stroke_width(3));
+        if label {
+            let dy = if is_app { 20 } else { -18 };
+            let text = kill_label(k, &kills, is_app);
             chart
                 .draw_series(std::iter::once(
                     marker + Text::new(text, (8, dy), ("sans-serif", 13).into_font().color(&color)),
                 ))
                 .map_err(err)?;
+        } else {
+            chart.draw_series(std::iter::once(marker)).map_err(err)?;
         }
     }
     if !kills.is_empty() {
@@ -200,16 +234,30 @@ where
             .label("OOM kill (red: worker, black: app)")
             .legend(|(x, y)| Cross::new((x + 9, y), 5, LIMIT.stroke_width(3)));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::Coordinate(8, 24))
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK.mix(0.4))
-        .label_font(("sans-serif", 13))
-        .draw()
-        .map_err(err)?;
     Ok(())
 }
+
+/// "OOM kill: worker 443160 (1st of 3 in this stage)".
+fn kill_label(k: &Mark, kills: &[&Mark], is_app: bool) -> String {
+    let n = kills
+        .iter()
+        .filter(|o| o.stage == k.stage && o.role == k.role)
+        .count();
+    let more = if !is_app && n > 1 {
+        format!(" (1st of {n} in this stage)")
+    } else {
+        String::new()
+    };
+    format!("OOM kill: {}{more}", k.label)
+}
+
+/// The reclaim panel's chart: MiB/s reclaimed on the left axis, passes/s on the right.
+type ReclaimChart<'a, DB> = DualCoordChartContext<
+    'a,
+    DB,
+    Cartesian2d<RangedCoordf64, RangedCoordf64>,
+    Cartesian2d<RangedCoordf64, RangedCoordf64>,
+>;
 
 fn draw_reclaim<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
@@ -260,6 +308,20 @@ where
         .y_desc("reclaim passes/s")
         .draw()
         .map_err(err)?;
+    draw_reclaim_series(&mut chart, r, ymax, points, passes)
+}
+
+/// A faint line at each OOM kill, then the two rates, and the legend when there is data.
+fn draw_reclaim_series<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ReclaimChart<'a, DB>,
+    r: &RunReport,
+    ymax: f64,
+    points: Vec<(f64, f64)>,
+    passes: Vec<(f64, f64)>,
+) -> Result<(), PlotError>
+where
+    DB::ErrorType: 'static,
+{
     for k in r.marks.iter().filter(|m| m.kind == "oom_kill") {
         chart
             .draw_series(std::iter::once(PathElement::new(
