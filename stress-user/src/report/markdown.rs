@@ -237,7 +237,7 @@ fn write_expectations(md: &mut String, expectations: &[Verdict]) -> fmt::Result 
 
 #[cfg(test)]
 mod tests {
-    use super::{super::timeline::fixture, *};
+    use super::{super::fixture, *};
 
     #[test]
     fn has_every_section() {

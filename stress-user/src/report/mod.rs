@@ -1,15 +1,16 @@
 //! Sinks: where typed events and summaries go — aligned human lines or JSON lines. Sinks only
 //! consume; they never reach back into the tracer or the injector.
 
+#[cfg(test)]
+mod fixture;
 pub mod markdown;
 pub mod plot;
 pub mod timeline;
+pub mod trace;
 
 use std::io::{self, Write};
 
 use serde::Serialize;
-
-pub mod trace;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum OutputFormat {

@@ -359,7 +359,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::{super::timeline::fixture, *};
+    use super::{super::fixture, *};
 
     #[test]
     fn svg_has_the_series_and_the_markers() {
