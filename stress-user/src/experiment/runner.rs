@@ -39,7 +39,10 @@ use crate::{
     },
     report::{
         json_line,
-        timeline::{Candidate, Episode, Mark, RunReport, Sample, StageReport, Summary, Verdict},
+        timeline::{
+            Candidate, CgroupSample, EpisodeReport, Mark, RunReport, RunSummary, StageReport,
+            Verdict,
+        },
         OutputFormat,
     },
     size::human,
@@ -134,7 +137,7 @@ struct Shared {
     /// Episodes already printed per stage (the first gets its full table).
     printed_tables: Vec<usize>,
     marks: Vec<Mark>,
-    samples: Vec<Sample>,
+    samples: Vec<CgroupSample>,
     reclaimed_pages: u64,
     reclaim_passes: u64,
     host_peak: Vec<(u64, u64)>,
@@ -1205,7 +1208,7 @@ fn sample_loop(sh: &Mutex<Shared>, cg: &MemCgroup, on: &AtomicBool) {
         };
         last = Some((t, reclaimed, steal, passes));
         if let Some(snap) = snap {
-            s.samples.push(Sample {
+            s.samples.push(CgroupSample {
                 t,
                 usage_bytes: snap.usage_bytes,
                 working_set_bytes: snap.working_set_bytes,
@@ -1273,7 +1276,7 @@ fn build_report(
     for r in runs {
         let st = &exp.stages[r.index];
         let in_stage = |t: f64| t >= r.start && t <= r.end;
-        let samples: Vec<&Sample> = s.samples.iter().filter(|x| in_stage(x.t)).collect();
+        let samples: Vec<&CgroupSample> = s.samples.iter().filter(|x| in_stage(x.t)).collect();
         let (host_used, host_total) = s.host_peak.get(r.index).copied().unwrap_or((0, 0));
         let victims: Vec<String> = s
             .victims
@@ -1354,7 +1357,7 @@ fn build_report(
         verdicts.extend(evaluate(&exp.expect, &obs));
     }
 
-    let mut episodes: Vec<Episode> = Vec::new();
+    let mut episodes: Vec<EpisodeReport> = Vec::new();
     for (ep, stage) in &s.episodes {
         let Some(pid) = ep.selected().or_else(|| ep.victims.first().map(|v| v.pid)) else {
             continue;
@@ -1367,7 +1370,7 @@ fn build_report(
         let ev = ep.victims.iter().find(|v| v.pid == pid);
         let role = role_of(&s.roles, pid);
         let candidates = convert_candidates(ep, &s.roles);
-        episodes.push(Episode {
+        episodes.push(EpisodeReport {
             t,
             stage: *stage,
             victim_pid: pid,
@@ -1417,7 +1420,7 @@ fn build_report(
         clock: "CLOCK_MONOTONIC".into(),
         t0_ns: s.t0,
         limit_bytes: s.samples.iter().find_map(|x| x.limit_bytes),
-        summary: Summary {
+        summary: RunSummary {
             duration_s: s.samples.last().map_or(0.0, |x| x.t),
             oom_kills: oom_kills_total.saturating_sub(oom_base),
             traced_victims: s.victims.len() as u64,

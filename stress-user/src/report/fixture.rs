@@ -1,7 +1,9 @@
 //! A small report as a real run makes it — two stages, a worker killed then an app, one
 //! expectation failed — for the renderers' tests.
 
-use super::timeline::{Candidate, Episode, Mark, RunReport, Sample, StageReport, Summary, Verdict};
+use super::timeline::{
+    Candidate, CgroupSample, EpisodeReport, Mark, RunReport, RunSummary, StageReport, Verdict,
+};
 use crate::cgroup::{pressure::PsiShare, Pressure, PsiScope, Version};
 
 const MIB: u64 = 1 << 20;
@@ -29,7 +31,7 @@ pub(crate) fn report() -> RunReport {
 }
 
 /// 12 s at 100 ms: a ramp to 200 MiB, then two saw teeth up to the limit after 4 s.
-fn samples() -> Vec<Sample> {
+fn samples() -> Vec<CgroupSample> {
     (0..120)
         .map(|i| {
             let t = f64::from(i) * 0.1;
@@ -38,7 +40,7 @@ fn samples() -> Vec<Sample> {
             } else {
                 ((t - 4.0) % 4.0 / 4.0 * 460.0 * MIB as f64) as u64
             };
-            Sample {
+            CgroupSample {
                 t,
                 usage_bytes: 40 * MIB + inj,
                 working_set_bytes: 38 * MIB + inj,
@@ -122,7 +124,7 @@ fn marks() -> Vec<Mark> {
 }
 
 /// The worker's kill, with the kernel's table: the worker first, the app second.
-fn episode() -> Episode {
+fn episode() -> EpisodeReport {
     let candidates = vec![
         Candidate {
             pid: 443_160,
@@ -149,7 +151,7 @@ fn episode() -> Episode {
             chosen: false,
         },
     ];
-    Episode {
+    EpisodeReport {
         t: 7.9,
         stage: Some(1),
         victim_pid: 443_160,
@@ -187,8 +189,8 @@ fn verdicts() -> Vec<Verdict> {
     ]
 }
 
-fn summary() -> Summary {
-    Summary {
+fn summary() -> RunSummary {
+    RunSummary {
         duration_s: 12.0,
         oom_kills: 2,
         traced_victims: 2,

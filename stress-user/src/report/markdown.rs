@@ -3,7 +3,7 @@
 
 use std::fmt::{self, Write as _};
 
-use super::timeline::{Candidate, RunReport, Summary, Verdict};
+use super::timeline::{Candidate, RunReport, RunSummary, Verdict};
 use crate::size::human;
 
 fn opt<T: fmt::Display>(v: Option<T>) -> String {
@@ -61,7 +61,7 @@ fn write_heading(md: &mut String, r: &RunReport) -> fmt::Result {
     writeln!(md)
 }
 
-fn write_summary(md: &mut String, s: &Summary) -> fmt::Result {
+fn write_summary(md: &mut String, s: &RunSummary) -> fmt::Result {
     writeln!(md, "## Summary")?;
     writeln!(md)?;
     writeln!(md, "| | |")?;

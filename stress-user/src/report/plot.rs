@@ -8,7 +8,7 @@ use plotters::{
     prelude::*,
 };
 
-use super::timeline::{Mark, RunReport, Sample};
+use super::timeline::{CgroupSample, Mark, RunReport};
 
 const MIB: f64 = 1_048_576.0;
 const WIDTH: u32 = 1200;
@@ -145,7 +145,7 @@ fn draw_memory_lines<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    type Value = fn(&Sample) -> u64;
+    type Value = fn(&CgroupSample) -> u64;
     let series = |f: Value| {
         r.samples
             .iter()

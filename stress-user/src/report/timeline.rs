@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// One reading of the target cgroup (and of the injector's workers), every ~100 ms.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Sample {
+pub struct CgroupSample {
     /// Seconds since the run started.
     pub t: f64,
     pub usage_bytes: u64,
@@ -62,7 +62,7 @@ pub struct Candidate {
 
 /// One OOM kill with its context.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Episode {
+pub struct EpisodeReport {
     pub t: f64,
     pub stage: Option<usize>,
     pub victim_pid: i32,
@@ -127,8 +127,9 @@ pub struct StageReport {
     pub pressure: Option<crate::cgroup::Pressure>,
 }
 
+/// The whole run in counts: what `oomlab run` prints at the end.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Summary {
+pub struct RunSummary {
     pub duration_s: f64,
     /// From the kernel's own counter.
     pub oom_kills: u64,
@@ -163,11 +164,11 @@ pub struct RunReport {
     pub t0_ns: u64,
     pub limit_bytes: Option<u64>,
     pub stages: Vec<StageReport>,
-    pub samples: Vec<Sample>,
+    pub samples: Vec<CgroupSample>,
     pub marks: Vec<Mark>,
-    pub episodes: Vec<Episode>,
+    pub episodes: Vec<EpisodeReport>,
     pub expectations: Vec<Verdict>,
-    pub summary: Summary,
+    pub summary: RunSummary,
     pub conclusion: Option<String>,
 }
 
