@@ -5,6 +5,8 @@ pub mod kube;
 pub mod pressure;
 mod scratch;
 pub mod target;
+#[cfg(test)]
+pub(crate) mod temp_tree;
 
 use std::{
     collections::BTreeMap,

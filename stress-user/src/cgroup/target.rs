@@ -263,7 +263,10 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     use super::*;
-    use crate::cgroup::kube::{Driver, Qos, TempTree};
+    use crate::cgroup::{
+        kube::{Driver, Qos},
+        temp_tree::TempTree,
+    };
 
     const UID: &str = "0f6e4f5c-1a2b-4c3d-9e8f-001122334455";
     const UID_: &str = "0f6e4f5c_1a2b_4c3d_9e8f_001122334455";
