@@ -11,8 +11,7 @@ use crate::{
         runner::{self, RunError, RunOptions},
         DEMO,
     },
-    report::{json_line, timeline::RunReport, OutputFormat},
-    size::human,
+    report::{self, OutputFormat},
 };
 
 #[derive(Debug, clap::Args)]
@@ -78,68 +77,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
     }
     match args.output {
-        OutputFormat::Json => {
-            let mut out = std::io::stdout().lock();
-            for v in &report.expectations {
-                json_line(&mut out, "expectation", v)?;
-            }
-            json_line(&mut out, "summary", &report.summary)?;
-        }
-        OutputFormat::Human => print_end(&report, args.report.as_deref()),
+        OutputFormat::Json => report::run::write_json(&mut std::io::stdout().lock(), &report)?,
+        OutputFormat::Human => report::run::print_human(&report, args.report.as_deref()),
     }
     Ok(if report.passed() {
         exit::OK
     } else {
         exit::FAILED
     })
-}
-
-fn print_end(r: &RunReport, dir: Option<&std::path::Path>) {
-    let s = &r.summary;
-    println!();
-    println!("== summary");
-    println!(
-        "   {:.1} s; OOM kills {} (kernel counter), {} seen ({} worker, {} app{}), {} lost; {} respawn(s); peak usage {}",
-        s.duration_s,
-        s.oom_kills,
-        s.traced_victims,
-        s.worker_kills,
-        s.app_kills,
-        if s.victims_from_kmsg > 0 {
-            format!("; {} from the kernel log only", s.victims_from_kmsg)
-        } else {
-            String::new()
-        },
-        s.lost_events,
-        s.respawns,
-        human(s.peak_usage_bytes)
-    );
-    if !r.expectations.is_empty() {
-        println!("== expectations");
-        for v in &r.expectations {
-            println!(
-                "   {:<8} {}  {:<32} {}",
-                v.scope,
-                if v.passed { "pass" } else { "FAIL" },
-                format!("{} = {}", v.key, v.expected),
-                v.observed,
-            );
-        }
-        println!(
-            "   {} passed, {} failed",
-            s.expectations_passed, s.expectations_failed
-        );
-    }
-    if let Some(d) = dir {
-        println!(
-            "== report: {0}/report.md, {0}/report.json, {0}/timeline.svg",
-            d.display()
-        );
-    }
-    if let Some(c) = &r.conclusion {
-        println!("== conclusion");
-        for line in c.trim().lines() {
-            println!("   {line}");
-        }
-    }
 }

@@ -1,10 +1,12 @@
-//! Sinks: where typed events and summaries go — aligned human lines or JSON lines. Sinks only
-//! consume; they never reach back into the tracer or the injector.
+//! Sinks: where typed events and summaries go — aligned human lines or JSON lines — and a run's
+//! report (`report.json`, `report.md`, `timeline.svg`). Sinks only consume; they never reach
+//! back into the tracer or the injector.
 
 #[cfg(test)]
 mod fixture;
 pub mod markdown;
 pub mod plot;
+pub mod run;
 pub mod timeline;
 pub mod trace;
 
