@@ -5,11 +5,11 @@
 
 use std::{
     collections::HashMap,
-    fs,
+    ffi::OsString,
+    fs::{self, File},
     io::{BufRead as _, BufReader, IsTerminal as _, Write as _},
-    os::unix::process::{CommandExt as _, ExitStatusExt as _},
+    os::unix::process::ExitStatusExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, MutexGuard,
@@ -36,6 +36,7 @@ use crate::{
         alloc::{AllocOptions, Kind},
         control::Pace,
         plan::{self, NodeMemory, Request},
+        spawn::{spawn, Child, Io, SpawnOptions},
     },
     report::{
         json_line,
@@ -222,59 +223,30 @@ fn spawn_app(
     app: &App,
     cg: &MemCgroup,
     exe: &Path,
-) -> Result<(Child, Option<BufReader<std::process::ChildStdout>>), String> {
-    let mut cmd = match &app.kind {
-        AppKind::Builtin { size } => {
-            let mut c = Command::new(exe);
-            c.arg("app").args(["--size", &size.to_string()]);
-            c.stdout(Stdio::piped());
-            c
-        }
-        AppKind::Command(argv) => {
-            let mut c = Command::new(&argv[0]);
-            c.args(&argv[1..]);
-            c.stdout(Stdio::null());
-            c
-        }
+) -> Result<(Child, Option<BufReader<File>>), String> {
+    let (program, args, stdout) = match &app.kind {
+        AppKind::Builtin { size } => (
+            exe.to_path_buf(),
+            vec!["app".into(), "--size".into(), size.to_string().into()],
+            Io::Pipe,
+        ),
+        AppKind::Command(argv) => (
+            PathBuf::from(&argv[0]),
+            argv[1..].iter().map(OsString::from).collect(),
+            Io::Null,
+        ),
     };
-    cmd.stdin(Stdio::null()).stderr(Stdio::inherit());
-    let procs =
-        std::ffi::CString::new(cg.dir().join("cgroup.procs").as_os_str().as_encoded_bytes())
-            .map_err(|_| "cgroup path with a NUL byte".to_string())?;
-    let adj_path = std::ffi::CString::new("/proc/self/oom_score_adj").expect("no NUL in a literal");
-    let adj = app.oom_score_adj.map(|a| format!("{a}\n").into_bytes());
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: between fork and exec the closure makes only async-signal-safe syscalls on
-    // buffers prepared before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != parent
-            {
-                return Err(std::io::Error::other("parent gone"));
-            }
-            let write = |path: &std::ffi::CString, data: &[u8]| -> std::io::Result<()> {
-                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let n = libc::write(fd, data.as_ptr().cast(), data.len());
-                let err = std::io::Error::last_os_error();
-                libc::close(fd);
-                if n < 0 {
-                    return Err(err);
-                }
-                Ok(())
-            };
-            write(&procs, b"0\n")?;
-            if let Some(a) = &adj {
-                write(&adj_path, a)?;
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("starting app {}: {e}", app.name))?;
+    let mut child = spawn(&SpawnOptions {
+        program,
+        args,
+        cgroup_dir: cg.dir(),
+        clone_into_cgroup: false,
+        oom_score_adj: app.oom_score_adj,
+        own_process_group: false,
+        stdin: Io::Null,
+        stdout,
+    })
+    .map_err(|e| format!("starting app {}: {e}", app.name))?;
     let out = child.stdout.take().map(BufReader::new);
     Ok((child, out))
 }
@@ -549,7 +521,7 @@ fn run_stages(
 ) -> Result<Vec<StageRun>, RunError> {
     for app in &exp.apps {
         let (child, out) = spawn_app(app, cg, exe).map_err(RunError::Failed)?;
-        let pid = child.id() as i32;
+        let pid = child.pid();
         {
             let mut s = lock(shared);
             s.roles.insert(pid, format!("app:{}", app.name));

@@ -18,7 +18,8 @@ use super::{
     alloc::Kind,
     control::{split, working_set_step},
     plan::{Goal, InjectError, OnOom, Plan, Where},
-    worker::{Birth, Report, Worker, WorkerArgs, WorkerSpec},
+    spawn::Birth,
+    worker::{Report, Worker, WorkerArgs, WorkerSpec},
 };
 use crate::{
     cgroup::{Hierarchy, MemCgroup, MemSnapshot, Pressure, ScratchCgroup},

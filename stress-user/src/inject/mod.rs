@@ -5,4 +5,5 @@ pub mod agent;
 pub mod alloc;
 pub mod control;
 pub mod plan;
+pub mod spawn;
 pub mod worker;

@@ -8,25 +8,22 @@
 //! (reached the last target), `E <message>` (an allocation failed; holding what it has).
 
 use std::{
-    ffi::{CString, OsString},
+    ffi::OsString,
     fs::File,
     io::{self, Read, Write},
-    os::{
-        fd::{AsRawFd, FromRawFd},
-        unix::{
-            ffi::OsStrExt,
-            process::{CommandExt, ExitStatusExt},
-        },
-    },
-    path::{Path, PathBuf},
-    process::{Command, ExitStatus, Stdio},
+    os::fd::{AsRawFd, FromRawFd},
+    path::PathBuf,
+    process::ExitStatus,
     time::{Duration, Instant},
 };
 
-use super::alloc::{AllocOptions, Fill, Kind, Region};
+use super::{
+    alloc::{AllocOptions, Fill, Kind, Region},
+    spawn::{spawn, Birth, Child, Io, SpawnOptions},
+};
 use crate::sys::page_align;
 
-/// Arguments of the hidden `oomlab __worker` subcommand (written by `WorkerSpec::command`).
+/// Arguments of the hidden `oomlab __worker` subcommand (written by `WorkerSpec::argv`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerArgs {
     #[arg(long, value_enum)]
@@ -61,25 +58,14 @@ pub struct WorkerSpec {
     pub oom_score_adj: Option<i32>,
 }
 
-/// How a worker got into the target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Birth {
-    /// Created inside it: clone3(CLONE_INTO_CGROUP), cgroup v2, Linux ≥ 5.7.
-    Clone3,
-    /// Wrote itself into cgroup.procs between fork and exec.
-    Join,
-}
-
 /// The agent's handle on a running worker.
 #[derive(Debug)]
 pub struct Worker {
     pub pid: i32,
     pub birth: Birth,
+    child: Child,
     stdin: Option<File>,
     stdout: File,
-    /// Set once reaped.
-    status: Option<ExitStatus>,
     buf: Vec<u8>,
     /// Bytes the worker last said it holds.
     pub held: u64,
@@ -99,29 +85,6 @@ pub enum Report {
     Holding(u64),
     Done(u64),
     Error(String),
-}
-
-fn cstring(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::other(format!("{} contains a NUL byte", p.display())))
-}
-
-/// `open(2)` + `write(2)` only: safe between fork and exec.
-fn write_raw(path: &CString, data: &[u8]) -> io::Result<()> {
-    // SAFETY: async-signal-safe syscalls on a valid C string and buffer.
-    unsafe {
-        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = libc::write(fd, data.as_ptr().cast(), data.len());
-        let err = io::Error::last_os_error();
-        libc::close(fd);
-        if n < 0 {
-            return Err(err);
-        }
-    }
-    Ok(())
 }
 
 impl WorkerSpec {
@@ -157,253 +120,54 @@ impl WorkerSpec {
     /// Starts a worker inside the target: on cgroup v2 created there by clone3
     /// (CLONE_INTO_CGROUP) when the kernel has it, otherwise by joining before exec.
     pub fn spawn(&self) -> io::Result<Worker> {
-        if self.clone_into_cgroup {
-            match self.spawn_clone3() {
-                Ok(w) => return Ok(w),
-                // No clone3 (< 5.3) or no CLONE_INTO_CGROUP (< 5.7): join instead.
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG)
-                    ) =>
-                {
-                    log::info!("clone3(CLONE_INTO_CGROUP) unavailable ({e}); workers join the cgroup instead");
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        self.spawn_join()
-    }
-
-    /// Starts a worker that joins the target. Between fork and exec the child: asks to be
-    /// SIGKILLed when the agent dies and checks the agent did not die already; joins the cgroup
-    /// (before exec, so the new image's every page is charged there); sets its oom_score_adj;
-    /// and leaves the agent's process group, so a terminal's Ctrl-C reaches only the agent,
-    /// which then releases everything in order.
-    fn spawn_join(&self) -> io::Result<Worker> {
-        let procs = cstring(&self.cgroup_dir.join("cgroup.procs"))?;
-        let adj_path = CString::new("/proc/self/oom_score_adj").expect("no NUL in a literal");
-        let adj = self.oom_score_adj.map(|a| format!("{a}\n").into_bytes());
-        let parent = std::process::id() as libc::pid_t;
-        let mut cmd = Command::new(&self.exe);
-        cmd.args(self.argv())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        // SAFETY: the closure only makes async-signal-safe syscalls and allocates nothing.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                if libc::getppid() != parent {
-                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                write_raw(&procs, b"0\n")?;
-                if let Some(adj) = &adj {
-                    write_raw(&adj_path, adj)?;
-                }
-                if libc::setpgid(0, 0) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn()?;
-        // The pipes become plain files; the worker is waited for by pid (std's Child does
-        // nothing on drop).
-        let stdin = File::from(std::os::fd::OwnedFd::from(
-            child.stdin.take().expect("stdin was piped"),
-        ));
-        let stdout = File::from(std::os::fd::OwnedFd::from(
-            child.stdout.take().expect("stdout was piped"),
-        ));
-        Ok(Worker::new(child.id() as i32, Birth::Join, stdin, stdout))
-    }
-
-    /// cgroup v2: the child is created inside the target (CLONE_INTO_CGROUP), so not even the
-    /// pages it touches before exec are charged elsewhere. The child then does what
-    /// `spawn_join`'s does, minus joining, and execs.
-    fn spawn_clone3(&self) -> io::Result<Worker> {
-        let check = |rc: libc::c_int| {
-            if rc < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(rc)
-            }
-        };
-        // Everything the child needs is prepared here: after clone it may only make syscalls.
-        let exe = cstring(&self.exe)?;
-        let mut argv: Vec<CString> = vec![exe.clone()];
-        for a in self.argv() {
-            argv.push(
-                CString::new(a.as_bytes()).map_err(|_| io::Error::other("NUL in an argument"))?,
-            );
-        }
-        let envp: Vec<CString> = std::env::vars_os()
-            .filter_map(|(k, v)| {
-                let mut kv = k.as_bytes().to_vec();
-                kv.push(b'=');
-                kv.extend_from_slice(v.as_bytes());
-                CString::new(kv).ok()
-            })
-            .collect();
-        let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
-        argv_p.push(std::ptr::null());
-        let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
-        envp_p.push(std::ptr::null());
-        let adj_path = CString::new("/proc/self/oom_score_adj").expect("no NUL in a literal");
-        let adj = self.oom_score_adj.map(|a| format!("{a}\n").into_bytes());
-        let parent = std::process::id() as libc::pid_t;
-        let dir = cstring(&self.cgroup_dir)?;
-        // SAFETY: plain syscalls; every fd is closed below or handed to a File.
-        let cg_fd = check(unsafe {
-            libc::open(
-                dir.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
+        let child = spawn(&SpawnOptions {
+            program: self.exe.clone(),
+            args: self.argv(),
+            cgroup_dir: self.cgroup_dir.clone(),
+            clone_into_cgroup: self.clone_into_cgroup,
+            oom_score_adj: self.oom_score_adj,
+            own_process_group: true,
+            stdin: Io::Pipe,
+            stdout: Io::Pipe,
         })?;
-        let mut to_child = [0; 2];
-        let mut from_child = [0; 2];
-        // SAFETY: as above.
-        unsafe {
-            if libc::pipe2(to_child.as_mut_ptr(), libc::O_CLOEXEC) < 0 {
-                let e = io::Error::last_os_error();
-                libc::close(cg_fd);
-                return Err(e);
-            }
-            if libc::pipe2(from_child.as_mut_ptr(), libc::O_CLOEXEC) < 0 {
-                let e = io::Error::last_os_error();
-                libc::close(cg_fd);
-                libc::close(to_child[0]);
-                libc::close(to_child[1]);
-                return Err(e);
-            }
-        }
-        let args = CloneArgs {
-            flags: CLONE_INTO_CGROUP,
-            exit_signal: libc::SIGCHLD as u64,
-            cgroup: cg_fd as u64,
-            ..CloneArgs::default()
-        };
-        // SAFETY: clone3 without CLONE_VM is a fork; the child below only makes async-signal-safe
-        // syscalls on memory prepared before the call, then execs or _exits.
-        let pid = unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                &args as *const CloneArgs,
-                std::mem::size_of::<CloneArgs>(),
-            )
-        };
-        if pid == 0 {
-            // SAFETY: in the child, see above.
-            unsafe {
-                if libc::dup2(to_child[0], 0) < 0 || libc::dup2(from_child[1], 1) < 0 {
-                    libc::_exit(126);
-                }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0
-                    || libc::getppid() != parent
-                {
-                    libc::_exit(126);
-                }
-                if let Some(adj) = &adj {
-                    if write_raw(&adj_path, adj).is_err() {
-                        libc::_exit(126);
-                    }
-                }
-                libc::setpgid(0, 0);
-                libc::execve(argv_p[0], argv_p.as_ptr(), envp_p.as_ptr());
-                libc::_exit(127);
-            }
-        }
-        let err = io::Error::last_os_error();
-        // SAFETY: closing the child's ends and the cgroup fd in the parent.
-        unsafe {
-            libc::close(to_child[0]);
-            libc::close(from_child[1]);
-            libc::close(cg_fd);
-        }
-        if pid < 0 {
-            // SAFETY: our ends, unused.
-            unsafe {
-                libc::close(to_child[1]);
-                libc::close(from_child[0]);
-            }
-            return Err(err);
-        }
-        // SAFETY: fresh descriptors we own.
-        let (stdin, stdout) = unsafe {
-            (
-                File::from_raw_fd(to_child[1]),
-                File::from_raw_fd(from_child[0]),
-            )
-        };
-        Ok(Worker::new(pid as i32, Birth::Clone3, stdin, stdout))
+        Worker::new(child)
     }
 }
-
-/// `struct clone_args` (linux/sched.h), up to `cgroup` (CLONE_ARGS_SIZE_VER2).
-#[repr(C)]
-#[derive(Debug, Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 impl Worker {
-    fn new(pid: i32, birth: Birth, stdin: File, stdout: File) -> Worker {
+    fn new(mut child: Child) -> io::Result<Worker> {
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(io::Error::other("a worker needs both pipes"));
+        };
         // SAFETY: setting O_NONBLOCK on a descriptor we own.
         unsafe {
             let fd = stdout.as_raw_fd();
             let fl = libc::fcntl(fd, libc::F_GETFL);
             libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
         }
-        Worker {
-            pid,
-            birth,
+        Ok(Worker {
+            pid: child.pid(),
+            birth: child.birth,
+            child,
             stdin: Some(stdin),
             stdout,
-            status: None,
             buf: Vec::new(),
             held: 0,
             target: None,
             done: false,
             ready: false,
             eof: false,
-        }
-    }
-
-    fn reap(&mut self, flags: libc::c_int) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            let mut st: libc::c_int = 0;
-            // SAFETY: waiting for our own child.
-            let rc = unsafe { libc::waitpid(self.pid, &mut st, flags) };
-            if rc == self.pid {
-                self.status = Some(ExitStatus::from_raw(st));
-            }
-        }
-        self.status
+        })
     }
 
     /// The exit status if it has exited (reaps it).
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.reap(libc::WNOHANG)
+        self.child.try_wait().ok().flatten()
     }
 
     /// Waits for it to exit.
     pub fn wait(&mut self) -> Option<ExitStatus> {
-        self.reap(0)
+        self.child.wait().ok()
     }
 
     pub fn stdout_fd(&self) -> i32 {
@@ -466,10 +230,7 @@ impl Worker {
     /// SIGKILL and reap (releasing everything it held).
     pub fn kill(&mut self) {
         self.stdin = None;
-        if self.status.is_none() {
-            // SAFETY: our own child, not yet reaped, so the pid is still ours.
-            unsafe { libc::kill(self.pid, libc::SIGKILL) };
-        }
+        let _ = self.child.kill();
         self.wait();
     }
 }
