@@ -16,7 +16,7 @@ use crate::{
         control::Pace,
         plan::{self, InjectError, NodeMemory, OnOom, Request},
     },
-    report::OutputFormat,
+    report::{inject::InjectOutput, OutputFormat},
     size::{SizeError, SizeSpec},
 };
 
@@ -175,6 +175,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Ok(p) => p,
         Err(e) => return usage(e),
     };
-    let summary = agent::run(&hier, &plan, args.output)?;
+    let mut output = InjectOutput::new(args.output);
+    let summary = agent::run(&hier, &plan, &mut |ev| output.write(ev))?;
     Ok(summary.exit_code)
 }

@@ -35,10 +35,12 @@ use crate::{
         agent,
         alloc::{AllocOptions, Kind},
         control::Pace,
+        event::{self, AgentEvent},
         plan::{self, NodeMemory, Request},
         spawn::{spawn, Child, Io, SpawnOptions},
     },
     report::{
+        inject::timed_json_line,
         json_line,
         timeline::{
             Candidate, CgroupSample, EpisodeReport, Mark, RunReport, RunSummary, StageReport,
@@ -504,7 +506,7 @@ struct StageRun {
     end: f64,
     oom_base: u64,
     oom_end: u64,
-    summary: Option<agent::Summary>,
+    summary: Option<event::Summary>,
     requested: Option<u64>,
     apps_alive: Vec<(String, bool)>,
     pressure: Pressure,
@@ -738,9 +740,7 @@ fn run_stage(
             }
             lock(shared).progress = Some((pb, total));
         }
-        let sh = shared.clone();
-        let observer: agent::Observer = Box::new(move |kind, v| on_agent(&sh, kind, v));
-        let result = agent::run_observed(hier, &plan, observer);
+        let result = agent::run(hier, &plan, &mut |ev| on_agent(shared, ev));
         if let Some((pb, _)) = lock(shared).progress.take() {
             pb.finish_and_clear();
         }
@@ -892,71 +892,60 @@ fn resolve_adj(a: Adj) -> i32 {
     }
 }
 
-/// A record from the injector's agent.
-fn on_agent(sh: &Mutex<Shared>, kind: &str, v: &serde_json::Value) {
-    let pid = v.get("pid").and_then(|p| p.as_i64()).map(|p| p as i32);
+/// An event from the injector's agent, put on the run's clock.
+fn on_agent(sh: &Mutex<Shared>, ev: &AgentEvent) {
     let mut s = lock(sh);
-    // On the run's clock, beside the agent's own `elapsed_s`.
-    let mut v = v.clone();
-    if let serde_json::Value::Object(m) = &mut v {
-        m.insert("t".into(), s.t().into());
-    }
-    let v = &v;
-    match kind {
-        "worker_started" => {
-            let Some(pid) = pid else { return };
-            s.roles.insert(pid, "worker".into());
-            let respawn = v.get("respawn").and_then(|r| r.as_bool()).unwrap_or(false);
-            if respawn {
-                let t = s.t();
-                let w = v.get("worker").and_then(|w| w.as_u64()).unwrap_or(0);
-                s.say(&format!("{t:>8.2}s  respawn   pid {pid:<7} worker {w}"));
+    let t = s.t();
+    match ev {
+        AgentEvent::WorkerStarted(w) => {
+            s.roles.insert(w.pid, "worker".into());
+            if w.respawn {
+                s.say(&format!(
+                    "{t:>8.2}s  respawn   pid {:<7} worker {}",
+                    w.pid, w.worker
+                ));
             }
             s.mark(
                 "worker_started",
-                Some(pid),
+                Some(w.pid),
                 Some("worker".into()),
-                format!("worker {pid}{}", if respawn { " (respawn)" } else { "" }),
+                format!(
+                    "worker {}{}",
+                    w.pid,
+                    if w.respawn { " (respawn)" } else { "" }
+                ),
             );
-            s.json("worker_started", v);
         }
-        "worker_killed" => {
-            s.mark(
-                "worker_killed",
-                pid,
-                Some("worker".into()),
-                format!("worker {}", pid.unwrap_or(0)),
-            );
-            s.json("worker_killed", v);
-        }
-        "target_reached" => {
-            let t = s.t();
-            let secs = v.get("seconds").and_then(|x| x.as_f64()).unwrap_or(0.0);
-            let req = v
-                .get("requested_bytes")
-                .and_then(|x| x.as_u64())
-                .unwrap_or(0);
-            let got = v.get("charged_bytes").and_then(|x| x.as_u64()).unwrap_or(0);
+        AgentEvent::WorkerKilled(k) => s.mark(
+            "worker_killed",
+            Some(k.pid),
+            Some("worker".into()),
+            format!("worker {}", k.pid),
+        ),
+        AgentEvent::TargetReached(r) => {
             s.say(&format!(
-                "{t:>8.2}s  target reached in {secs:.2} s: {} requested, {} charged so far",
-                human(req),
-                human(got)
+                "{t:>8.2}s  target reached in {:.2} s: {} requested, {} charged so far",
+                r.seconds,
+                human(r.requested_bytes),
+                human(r.charged_bytes)
             ));
             s.mark(
                 "target_reached",
                 None,
                 None,
-                format!("target reached ({})", human(req)),
+                format!("target reached ({})", human(r.requested_bytes)),
             );
-            s.json("target_reached", v);
         }
-        "worker_error" => {
-            let t = s.t();
-            let msg = v.get("message").and_then(|m| m.as_str()).unwrap_or("?");
-            // Expected when nothing is left to kill: the charge fails instead.
-            log::info!("{t:.2}s worker {}: {msg}", pid.unwrap_or(0));
-        }
-        _ => {}
+        // Expected when nothing is left to kill: the charge fails instead.
+        AgentEvent::WorkerError(e) => log::info!("{t:.2}s worker {}: {}", e.pid, e.message),
+        AgentEvent::TargetOpened(_) | AgentEvent::Sample(_) | AgentEvent::Summary(_) => {}
+    }
+    let timeline = matches!(
+        ev,
+        AgentEvent::WorkerStarted(_) | AgentEvent::WorkerKilled(_) | AgentEvent::TargetReached(_)
+    );
+    if timeline && s.output == OutputFormat::Json {
+        let _ = timed_json_line(&mut std::io::stdout().lock(), ev, t);
     }
 }
 

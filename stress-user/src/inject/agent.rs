@@ -4,7 +4,6 @@
 //! when the thread that forked a worker exits) and never joins the target itself.
 
 use std::{
-    io::Write,
     os::unix::process::ExitStatusExt,
     path::PathBuf,
     process::ExitStatus,
@@ -12,22 +11,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
-
 use super::{
-    alloc::Kind,
     control::{split, working_set_step},
+    event::{
+        AgentEvent, Sample, Summary, TargetOpened, TargetReached, WorkerError, WorkerKilled,
+        WorkerStarted,
+    },
     plan::{Goal, InjectError, OnOom, Plan, Where},
-    spawn::Birth,
     worker::{Report, Worker, WorkerArgs, WorkerSpec},
 };
-use crate::{
-    cgroup::{Hierarchy, MemCgroup, MemSnapshot, Pressure, ScratchCgroup},
-    report::{json_line, OutputFormat},
-    size::human,
-};
+use crate::cgroup::{Hierarchy, MemCgroup, MemSnapshot, ScratchCgroup};
 
-/// How often the agent re-evaluates targets and the working set (the issue asks ≤ 100 ms).
+/// How often the agent re-evaluates targets and the working set.
 const TICK: Duration = Duration::from_millis(50);
 /// Once a fixed size is reached nothing needs steering: a dead worker still wakes the agent at
 /// once (its pipe closes), so the loop can sleep longer and cost next to no CPU.
@@ -58,111 +53,7 @@ fn install_stop_handlers() {
     }
 }
 
-#[derive(Debug, Serialize)]
-struct Sample {
-    elapsed_s: f64,
-    requested_bytes: u64,
-    charged_bytes: u64,
-    held_bytes: u64,
-    working_set_bytes: u64,
-    usage_bytes: u64,
-    limit_bytes: Option<u64>,
-    workers_alive: usize,
-    workers: usize,
-    oom_kills: u64,
-}
-
-#[derive(Debug, Serialize)]
-struct WorkerStarted {
-    worker: usize,
-    pid: i32,
-    /// `clone3` (created inside the target, v2) or `join` (joined it before exec).
-    born: Birth,
-    respawn: bool,
-    elapsed_s: f64,
-}
-
-#[derive(Debug, Serialize)]
-struct WorkerKilled {
-    worker: usize,
-    pid: i32,
-    /// The signal that ended it (`SIGKILL` for the OOM killer), if a signal did.
-    signal: Option<String>,
-    exit_code: Option<i32>,
-    /// The target's oom_kill counter went up when it died.
-    oom_kill: bool,
-    held_bytes: u64,
-    elapsed_s: f64,
-}
-
-#[derive(Debug, Serialize)]
-struct TargetReached {
-    seconds: f64,
-    requested_bytes: u64,
-    charged_bytes: u64,
-}
-
-#[derive(Debug, Serialize)]
-struct WorkerError<'a> {
-    worker: usize,
-    pid: i32,
-    message: &'a str,
-}
-
-/// The end of a run.
-#[derive(Debug, Clone, Serialize)]
-pub struct Summary {
-    pub cgroup: String,
-    pub kind: Kind,
-    pub workers: usize,
-    pub requested_bytes: u64,
-    /// The peak of the cgroup's usage minus its usage before the run (--working-set: the
-    /// working set at the end).
-    pub charged_bytes: u64,
-    /// charged / requested.
-    pub accuracy: f64,
-    pub seconds_to_target: Option<f64>,
-    pub worker_kills: u64,
-    pub respawns: u64,
-    /// The target's oom_kill counter, increase during the run.
-    pub oom_kills: u64,
-    /// The target's limit events (v2 memory.events, v1 failcnt) and PSI during the run.
-    pub pressure: Pressure,
-    pub duration_s: f64,
-    /// `duration`, `signal`, `worker_died` (--on-oom stop) or `no_workers_left`.
-    pub stopped_by: &'static str,
-    pub exit_code: i32,
-}
-
 pub const EXIT_OOM: i32 = 3;
-
-/// Receives every record the agent emits (`worker_started`, `worker_killed`, `sample`,
-/// `target_reached`, `worker_error`, `summary`) as the JSON object `--output json` prints, the
-/// moment it is emitted: how `oomlab run` puts the injector on its timeline.
-pub type Observer = Box<dyn FnMut(&str, &serde_json::Value) + Send>;
-
-struct Out {
-    format: OutputFormat,
-    out: std::io::Stdout,
-    /// With an observer, nothing is printed: records go to it only.
-    observer: Option<Observer>,
-}
-
-impl Out {
-    fn emit<T: Serialize>(&mut self, kind: &str, value: &T, human: impl FnOnce() -> String) {
-        if let Some(obs) = &mut self.observer {
-            if let Ok(v) = serde_json::to_value(value) {
-                obs(kind, &v);
-            }
-            return;
-        }
-        let mut out = self.out.lock();
-        let _ = match self.format {
-            OutputFormat::Json => json_line(&mut out, kind, value),
-            OutputFormat::Human => writeln!(out, "{}", human()).and_then(|()| out.flush()),
-        };
-    }
-}
 
 struct Slot {
     worker: Option<Worker>,
@@ -183,34 +74,12 @@ pub fn stop_requested() -> bool {
     STOP.load(Ordering::SeqCst)
 }
 
-/// Runs a checked plan to its end, handing every record to `observer` instead of printing it.
-pub fn run_observed(
+/// Runs a checked plan to its end, handing every event to `on_event` as it happens.
+pub fn run(
     hier: &Hierarchy,
     plan: &Plan,
-    observer: Observer,
+    on_event: &mut dyn FnMut(&AgentEvent),
 ) -> Result<Summary, InjectError> {
-    run_with(
-        hier,
-        plan,
-        Out {
-            format: OutputFormat::Json,
-            out: std::io::stdout(),
-            observer: Some(observer),
-        },
-    )
-}
-
-/// Runs a checked plan to its end.
-pub fn run(hier: &Hierarchy, plan: &Plan, format: OutputFormat) -> Result<Summary, InjectError> {
-    let out = Out {
-        format,
-        out: std::io::stdout(),
-        observer: None,
-    };
-    run_with(hier, plan, out)
-}
-
-fn run_with(hier: &Hierarchy, plan: &Plan, mut out: Out) -> Result<Summary, InjectError> {
     install_stop_handlers();
     // Held until the end: dropping it kills whatever is left inside and removes the cgroup.
     let scratch = match &plan.target {
@@ -222,12 +91,16 @@ fn run_with(hier: &Hierarchy, plan: &Plan, mut out: Out) -> Result<Summary, Inje
         (Where::New { .. }, Some(s)) => s.cgroup().clone(),
         (Where::New { .. }, None) => unreachable!("created above"),
     };
-    let result = drive(&cg, plan, &mut out);
+    let result = drive(&cg, plan, on_event);
     drop(scratch);
     result
 }
 
-fn drive(cg: &MemCgroup, plan: &Plan, out: &mut Out) -> Result<Summary, InjectError> {
+fn drive(
+    cg: &MemCgroup,
+    plan: &Plan,
+    emit: &mut dyn FnMut(&AgentEvent),
+) -> Result<Summary, InjectError> {
     let start = Instant::now();
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
     let chunk: usize = match plan.goal {
@@ -252,7 +125,11 @@ fn drive(cg: &MemCgroup, plan: &Plan, out: &mut Out) -> Result<Summary, InjectEr
     let baseline = cg.usage()?;
     let oom_base = cg.oom_kills()?;
     let pressure_base = cg.pressure_counters();
-    let limit = cg.limit()?;
+    emit(&AgentEvent::TargetOpened(TargetOpened {
+        cgroup: cg.path(),
+        version: cg.version,
+        limit_bytes: cg.limit()?,
+    }));
     let mut oom_seen = oom_base;
     let mut slots: Vec<Slot> = Vec::with_capacity(plan.workers);
     let mut worker_kills = 0u64;
@@ -260,31 +137,26 @@ fn drive(cg: &MemCgroup, plan: &Plan, out: &mut Out) -> Result<Summary, InjectEr
     let stopped_by;
     let mut exit_code = 0;
 
-    let start_worker = |i: usize, respawn: bool, out: &mut Out| -> Result<Worker, InjectError> {
+    let start_worker = |i: usize,
+                        respawn: bool,
+                        emit: &mut dyn FnMut(&AgentEvent)|
+     -> Result<Worker, InjectError> {
         let w = spec.spawn().map_err(|e| InjectError::Host {
             file: "/proc/self/exe",
             reason: format!("starting worker {i} in {}: {e}", cg.path()),
         })?;
-        let ev = WorkerStarted {
+        emit(&AgentEvent::WorkerStarted(WorkerStarted {
             worker: i,
             pid: w.pid,
             born: w.birth,
             respawn,
             elapsed_s: start.elapsed().as_secs_f64(),
-        };
-        out.emit("worker_started", &ev, || {
-            format!(
-                "worker {i} started: pid {}{} in {}",
-                w.pid,
-                if respawn { " (respawn)" } else { "" },
-                cg.path()
-            )
-        });
+        }));
         Ok(w)
     };
 
     for i in 0..plan.workers {
-        match start_worker(i, false, out) {
+        match start_worker(i, false, emit) {
             Ok(w) => slots.push(Slot {
                 worker: Some(w),
                 respawn_at: None,
@@ -357,7 +229,7 @@ fn drive(cg: &MemCgroup, plan: &Plan, out: &mut Out) -> Result<Summary, InjectEr
             let oom_kill = oom_now > oom_seen;
             oom_seen = oom_now;
             worker_kills += 1;
-            report_death(out, i, w, status, oom_kill, start);
+            report_death(emit, i, w, status, oom_kill, start);
             s.worker = None;
             match plan.on_oom {
                 OnOom::Stop => stop_now = true,
@@ -381,7 +253,7 @@ fn drive(cg: &MemCgroup, plan: &Plan, out: &mut Out) -> Result<Summary, InjectEr
         for (i, s) in slots.iter_mut().enumerate() {
             if s.worker.is_none() && s.respawn_at.is_some_and(|t| Instant::now() >= t) {
                 s.respawn_at = None;
-                s.worker = Some(start_worker(i, true, out)?);
+                s.worker = Some(start_worker(i, true, emit)?);
                 respawns += 1;
             }
         }
@@ -451,18 +323,12 @@ fn drive(cg: &MemCgroup, plan: &Plan, out: &mut Out) -> Result<Summary, InjectEr
                 } else if settled {
                     let secs = inject_start.elapsed().as_secs_f64();
                     reached_at = Some(secs);
-                    let ev = TargetReached {
+                    emit(&AgentEvent::TargetReached(TargetReached {
                         seconds: secs,
                         requested_bytes: requested,
                         charged_bytes: charged,
-                    };
-                    out.emit("target_reached", &ev, || {
-                        format!(
-                            "target reached in {secs:.2} s: requested {}, charged {}",
-                            human(requested),
-                            human(charged)
-                        )
-                    });
+                        working_set_bytes: None,
+                    }));
                 }
             }
             Goal::WorkingSet(goal) => {
@@ -485,17 +351,12 @@ fn drive(cg: &MemCgroup, plan: &Plan, out: &mut Out) -> Result<Summary, InjectEr
                     {
                         let secs = inject_start.elapsed().as_secs_f64();
                         reached_at = Some(secs);
-                        let ev = TargetReached {
+                        emit(&AgentEvent::TargetReached(TargetReached {
                             seconds: secs,
                             requested_bytes: requested,
                             charged_bytes: charged,
-                        };
-                        out.emit("target_reached", &ev, || {
-                            format!(
-                                "working set reached {} in {secs:.2} s",
-                                human(snap.working_set_bytes)
-                            )
-                        });
+                            working_set_bytes: Some(snap.working_set_bytes),
+                        }));
                     }
                 }
             }
@@ -503,7 +364,7 @@ fn drive(cg: &MemCgroup, plan: &Plan, out: &mut Out) -> Result<Summary, InjectEr
 
         if sample_due {
             next_sample += SAMPLE_EVERY;
-            let sample = Sample {
+            emit(&AgentEvent::Sample(Sample {
                 elapsed_s: start.elapsed().as_secs_f64(),
                 requested_bytes: requested,
                 charged_bytes: charged,
@@ -514,21 +375,7 @@ fn drive(cg: &MemCgroup, plan: &Plan, out: &mut Out) -> Result<Summary, InjectEr
                 workers_alive: alive,
                 workers: slots.len(),
                 oom_kills: snap.oom_kills.saturating_sub(oom_base),
-            };
-            out.emit("sample", &sample, || {
-                format!(
-                    "{:>6.1}s  requested {}  charged {}  working set {}  usage {} / {}  workers {}/{}  oom kills {}",
-                    sample.elapsed_s,
-                    human(requested),
-                    human(charged),
-                    human(sample.working_set_bytes),
-                    human(sample.usage_bytes),
-                    limit.map_or("unlimited".into(), human),
-                    alive,
-                    slots.len(),
-                    sample.oom_kills
-                )
-            });
+            }));
         }
 
         let holding = matches!(plan.goal, Goal::Size(_))
@@ -538,15 +385,12 @@ fn drive(cg: &MemCgroup, plan: &Plan, out: &mut Out) -> Result<Summary, InjectEr
         for (i, s) in slots.iter_mut().enumerate() {
             if let Some(w) = &mut s.worker {
                 for r in w.read_reports() {
-                    if let Report::Error(msg) = r {
-                        let ev = WorkerError {
+                    if let Report::Error(message) = r {
+                        emit(&AgentEvent::WorkerError(WorkerError {
                             worker: i,
                             pid: w.pid,
-                            message: &msg,
-                        };
-                        out.emit("worker_error", &ev, || {
-                            format!("worker {i} (pid {}): {msg}", w.pid)
-                        });
+                            message,
+                        }));
                     }
                 }
             }
@@ -590,34 +434,19 @@ fn drive(cg: &MemCgroup, plan: &Plan, out: &mut Out) -> Result<Summary, InjectEr
         stopped_by,
         exit_code,
     };
-    out.emit("summary", &summary, || {
-        format!(
-            "summary: requested {}, charged {} ({:.1}%), target {}, worker kills {}, respawns {}, oom kills {}, stopped by {}\npressure: {}",
-            human(summary.requested_bytes),
-            human(summary.charged_bytes),
-            summary.accuracy * 100.0,
-            summary
-                .seconds_to_target
-                .map_or("not reached".into(), |s| format!("reached in {s:.2} s")),
-            summary.worker_kills,
-            summary.respawns,
-            summary.oom_kills,
-            summary.stopped_by,
-            summary.pressure.describe(cg.version)
-        )
-    });
+    emit(&AgentEvent::Summary(summary.clone()));
     Ok(summary)
 }
 
 fn report_death(
-    out: &mut Out,
+    emit: &mut dyn FnMut(&AgentEvent),
     i: usize,
     w: &Worker,
     status: ExitStatus,
     oom_kill: bool,
     start: Instant,
 ) {
-    let ev = WorkerKilled {
+    emit(&AgentEvent::WorkerKilled(WorkerKilled {
         worker: i,
         pid: w.pid,
         signal: status.signal().map(signal_name),
@@ -625,19 +454,7 @@ fn report_death(
         oom_kill,
         held_bytes: w.held,
         elapsed_s: start.elapsed().as_secs_f64(),
-    };
-    out.emit("worker_killed", &ev, || {
-        format!(
-            "worker {i} (pid {}) {}{}, it held {}",
-            w.pid,
-            ev.signal.as_deref().map_or_else(
-                || format!("exited with {:?}", ev.exit_code),
-                |s| format!("killed by {s}")
-            ),
-            if oom_kill { " (OOM kill)" } else { "" },
-            human(w.held)
-        )
-    });
+    }));
 }
 
 /// Sleeps until a worker writes (or exits) or `timeout` passes; a stop signal ends it early.

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod alloc;
 pub mod control;
+pub mod event;
 pub mod plan;
 pub mod spawn;
 pub mod worker;

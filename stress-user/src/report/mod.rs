@@ -4,6 +4,7 @@
 
 #[cfg(test)]
 mod fixture;
+pub mod inject;
 pub mod markdown;
 pub mod plot;
 pub mod run;
