@@ -6,7 +6,6 @@
 use std::{
     os::unix::process::ExitStatusExt,
     path::PathBuf,
-    process::ExitStatus,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -20,7 +19,7 @@ use super::{
     plan::{Goal, InjectError, OnOom, Plan, Where},
     worker::{Report, Worker, WorkerArgs, WorkerSpec},
 };
-use crate::cgroup::{Hierarchy, MemCgroup, MemSnapshot, ScratchCgroup};
+use crate::cgroup::{Hierarchy, MemCgroup, MemSnapshot, PressureCounters, ScratchCgroup, Version};
 
 /// How often the agent re-evaluates targets and the working set.
 const TICK: Duration = Duration::from_millis(50);
@@ -33,6 +32,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Rounds of "measure the cgroup, adjust the workers" before the target counts as reached.
 const MAX_CORRECTIONS: u32 = 4;
+
+pub const EXIT_OOM: i32 = 3;
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -51,21 +52,6 @@ fn install_stop_handlers() {
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
     }
-}
-
-pub const EXIT_OOM: i32 = 3;
-
-struct Slot {
-    worker: Option<Worker>,
-    respawn_at: Option<Instant>,
-    backoff: Duration,
-    /// No more workers in this slot (--on-oom continue).
-    retired: bool,
-}
-
-fn signal_name(sig: i32) -> String {
-    nix::sys::signal::Signal::try_from(sig)
-        .map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_string())
 }
 
 /// True once SIGINT/SIGTERM/SIGHUP asked the agent to stop (so a caller running several plans
@@ -91,147 +77,259 @@ pub fn run(
         (Where::New { .. }, Some(s)) => s.cgroup().clone(),
         (Where::New { .. }, None) => unreachable!("created above"),
     };
-    let result = drive(&cg, plan, on_event);
+    let result = Agent::new(&cg, plan, on_event).and_then(Agent::run);
     drop(scratch);
     result
 }
 
-fn drive(
-    cg: &MemCgroup,
-    plan: &Plan,
-    emit: &mut dyn FnMut(&AgentEvent),
-) -> Result<Summary, InjectError> {
-    let start = Instant::now();
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
-    let chunk: usize = match plan.goal {
-        Goal::Size(_) => 64 << 20,
-        Goal::WorkingSet(_) => 8 << 20,
-    };
-    let spec = WorkerSpec {
-        exe,
-        args: WorkerArgs {
-            kind: plan.kind,
-            fill: plan.alloc.fill,
-            thp: plan.alloc.thp,
-            mlock: plan.alloc.mlock,
-            redirty_ms: plan.redirty.map(|d| d.as_millis().max(1) as u64),
-            chunk,
-            file_dir: plan.file_dir.clone(),
-        },
-        cgroup_dir: cg.dir(),
-        clone_into_cgroup: cg.version == crate::cgroup::Version::V2,
-        oom_score_adj: plan.oom_score_adj,
-    };
-    let baseline = cg.usage()?;
-    let oom_base = cg.oom_kills()?;
-    let pressure_base = cg.pressure_counters();
-    emit(&AgentEvent::TargetOpened(TargetOpened {
-        cgroup: cg.path(),
-        version: cg.version,
-        limit_bytes: cg.limit()?,
-    }));
-    let mut oom_seen = oom_base;
-    let mut slots: Vec<Slot> = Vec::with_capacity(plan.workers);
-    let mut worker_kills = 0u64;
-    let mut respawns = 0u64;
-    let stopped_by;
-    let mut exit_code = 0;
+struct Slot {
+    worker: Option<Worker>,
+    respawn_at: Option<Instant>,
+    backoff: Duration,
+    /// No more workers in this slot (--on-oom continue).
+    retired: bool,
+}
 
-    let start_worker = |i: usize,
-                        respawn: bool,
-                        emit: &mut dyn FnMut(&AgentEvent)|
-     -> Result<Worker, InjectError> {
-        let w = spec.spawn().map_err(|e| InjectError::Host {
+/// Why the hold loop ended (`Summary::stopped_by`) and the exit code that goes with it.
+type Stop = (&'static str, i32);
+
+/// The agent's state from the first worker to the summary.
+struct Agent<'a> {
+    cg: &'a MemCgroup,
+    plan: &'a Plan,
+    emit: &'a mut dyn FnMut(&AgentEvent),
+    spec: WorkerSpec,
+    start: Instant,
+    /// The target's usage, oom_kill counter and pressure counters before the run.
+    baseline: u64,
+    oom_base: u64,
+    pressure_base: PressureCounters,
+    /// The oom_kill counter at the last worker death.
+    oom_seen: u64,
+    slots: Vec<Slot>,
+    worker_kills: u64,
+    respawns: u64,
+}
+
+/// Where the workers are steered, from the moment they are all in place.
+struct Steering {
+    /// What the workers are asked to hold in total (--size): the goal, less what the kernel
+    /// charges on top of the pages, as measured so far.
+    effective: u64,
+    corrections: u32,
+    inject_start: Instant,
+    peak: u64,
+    last_snap: MemSnapshot,
+    reached_at: Option<f64>,
+    next_sample: Instant,
+    /// The working set within this of the goal needs no correction.
+    deadband: u64,
+}
+
+/// One look at the target and the workers, each tick.
+struct Reading {
+    snap: MemSnapshot,
+    charged: u64,
+    held: u64,
+    alive: usize,
+}
+
+impl<'a> Agent<'a> {
+    fn new(
+        cg: &'a MemCgroup,
+        plan: &'a Plan,
+        emit: &'a mut dyn FnMut(&AgentEvent),
+    ) -> Result<Self, InjectError> {
+        let start = Instant::now();
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+        let chunk: usize = match plan.goal {
+            Goal::Size(_) => 64 << 20,
+            Goal::WorkingSet(_) => 8 << 20,
+        };
+        let spec = WorkerSpec {
+            exe,
+            args: WorkerArgs {
+                kind: plan.kind,
+                fill: plan.alloc.fill,
+                thp: plan.alloc.thp,
+                mlock: plan.alloc.mlock,
+                redirty_ms: plan.redirty.map(|d| d.as_millis().max(1) as u64),
+                chunk,
+                file_dir: plan.file_dir.clone(),
+            },
+            cgroup_dir: cg.dir(),
+            clone_into_cgroup: cg.version == Version::V2,
+            oom_score_adj: plan.oom_score_adj,
+        };
+        let baseline = cg.usage()?;
+        let oom_base = cg.oom_kills()?;
+        let pressure_base = cg.pressure_counters();
+        let opened = TargetOpened {
+            cgroup: cg.path(),
+            version: cg.version,
+            limit_bytes: cg.limit()?,
+        };
+        emit(&AgentEvent::TargetOpened(opened));
+        Ok(Agent {
+            cg,
+            plan,
+            emit,
+            spec,
+            start,
+            baseline,
+            oom_base,
+            pressure_base,
+            oom_seen: oom_base,
+            slots: Vec::with_capacity(plan.workers),
+            worker_kills: 0,
+            respawns: 0,
+        })
+    }
+
+    fn run(mut self) -> Result<Summary, InjectError> {
+        self.start_workers()?;
+        let mut steer = self.wait_ready()?;
+        let stop = loop {
+            if let Some(stop) = self.tick(&mut steer)? {
+                break stop;
+            }
+        };
+        Ok(self.finish(&steer, stop))
+    }
+
+    fn emit(&mut self, ev: AgentEvent) {
+        (self.emit)(&ev);
+    }
+
+    fn workers(&self) -> impl Iterator<Item = &Worker> {
+        self.slots.iter().filter_map(|s| s.worker.as_ref())
+    }
+
+    fn workers_mut(&mut self) -> impl Iterator<Item = &mut Worker> {
+        self.slots.iter_mut().filter_map(|s| s.worker.as_mut())
+    }
+
+    fn start_worker(&mut self, i: usize, respawn: bool) -> Result<Worker, InjectError> {
+        let w = self.spec.spawn().map_err(|e| InjectError::Host {
             file: "/proc/self/exe",
-            reason: format!("starting worker {i} in {}: {e}", cg.path()),
+            reason: format!("starting worker {i} in {}: {e}", self.cg.path()),
         })?;
-        emit(&AgentEvent::WorkerStarted(WorkerStarted {
+        self.emit(AgentEvent::WorkerStarted(WorkerStarted {
             worker: i,
             pid: w.pid,
             born: w.birth,
             respawn,
-            elapsed_s: start.elapsed().as_secs_f64(),
+            elapsed_s: self.start.elapsed().as_secs_f64(),
         }));
         Ok(w)
-    };
+    }
 
-    for i in 0..plan.workers {
-        match start_worker(i, false, emit) {
-            Ok(w) => slots.push(Slot {
-                worker: Some(w),
-                respawn_at: None,
-                backoff: BACKOFF_MIN,
-                retired: false,
-            }),
-            Err(e) => {
-                for s in &mut slots {
-                    if let Some(w) = &mut s.worker {
-                        w.kill();
-                    }
+    fn start_workers(&mut self) -> Result<(), InjectError> {
+        for i in 0..self.plan.workers {
+            match self.start_worker(i, false) {
+                Ok(w) => self.slots.push(Slot {
+                    worker: Some(w),
+                    respawn_at: None,
+                    backoff: BACKOFF_MIN,
+                    retired: false,
+                }),
+                Err(e) => {
+                    self.workers_mut().for_each(Worker::kill);
+                    return Err(e);
                 }
-                return Err(e);
             }
         }
+        Ok(())
     }
-    // Wait until every worker has exec'd and is in place, then count what the worker processes
-    // themselves cost (binary, stack, page tables): the goal is what oomlab adds in total.
-    let ready_by = Instant::now() + READY_TIMEOUT;
-    while Instant::now() < ready_by && !STOP.load(Ordering::SeqCst) {
-        if slots
-            .iter()
-            .all(|s| s.worker.as_ref().is_none_or(|w| w.ready || w.eof))
-        {
-            break;
-        }
-        poll_workers(&slots, TICK);
-        for s in &mut slots {
-            if let Some(w) = &mut s.worker {
+
+    /// Waits until every worker has exec'd and is in place, then counts what the worker
+    /// processes themselves cost (binary, stack, page tables): the goal is what oomlab adds in
+    /// total.
+    fn wait_ready(&mut self) -> Result<Steering, InjectError> {
+        let ready_by = Instant::now() + READY_TIMEOUT;
+        while Instant::now() < ready_by && !stop_requested() {
+            if self.workers().all(|w| w.ready || w.eof) {
+                break;
+            }
+            poll_workers(&self.slots, TICK);
+            for w in self.workers_mut() {
                 w.read_reports();
             }
         }
+        let overhead = self.cg.usage()?.saturating_sub(self.baseline);
+        let effective = match self.plan.goal {
+            // Aim 3% short first: what the kernel charges on top of the pages (up to ~3% for
+            // --kind file on ext4) is measured there, and the corrections below close the gap
+            // from under the goal rather than overshooting it.
+            Goal::Size(b) => b.saturating_sub(overhead.min(b / 10)) / 100 * 97,
+            Goal::WorkingSet(b) => b,
+        };
+        Ok(Steering {
+            effective,
+            corrections: 0,
+            inject_start: Instant::now(),
+            peak: 0,
+            last_snap: MemSnapshot::default(),
+            reached_at: None,
+            next_sample: Instant::now(),
+            deadband: (self.plan.goal.bytes() / 200).max(1 << 20),
+        })
     }
-    let overhead = cg.usage()?.saturating_sub(baseline);
-    let mut effective = match plan.goal {
-        // Aim 3% short first: what the kernel charges on top of the pages (up to ~3% for
-        // --kind file on ext4) is measured there, and the corrections below close the gap
-        // from under the goal rather than overshooting it.
-        Goal::Size(b) => b.saturating_sub(overhead.min(b / 10)) / 100 * 97,
-        Goal::WorkingSet(b) => b,
-    };
-    let effective_goal = plan.goal.bytes();
-    let mut corrections = 0;
-    let requested = plan.goal.bytes();
-    let inject_start = Instant::now();
-    let mut peak = 0u64;
-    let mut last_snap = MemSnapshot::default();
-    let mut last_ws = 0u64;
-    let mut reached_at: Option<f64> = None;
-    let mut next_sample = Instant::now();
-    let deadband = (requested / 200).max(1 << 20);
 
-    loop {
-        if STOP.load(Ordering::SeqCst) {
-            stopped_by = "signal";
-            break;
+    /// One round of the hold loop; `Some` once the run is over.
+    fn tick(&mut self, steer: &mut Steering) -> Result<Option<Stop>, InjectError> {
+        if stop_requested() {
+            return Ok(Some(("signal", 0)));
         }
-        if plan.duration.is_some_and(|d| start.elapsed() >= d) {
-            stopped_by = "duration";
-            break;
+        if self
+            .plan
+            .duration
+            .is_some_and(|d| self.start.elapsed() >= d)
+        {
+            return Ok(Some(("duration", 0)));
         }
         // Deaths first: they change what the survivors must hold.
+        if let Some(stop) = self.reap_deaths() {
+            return Ok(Some(stop));
+        }
+        self.respawn_due()?;
+        let sample_due = Instant::now() >= steer.next_sample;
+        let reading = self.read(steer, sample_due)?;
+        match self.plan.goal {
+            Goal::Size(_) => self.steer_size(steer, &reading),
+            Goal::WorkingSet(goal) => self.steer_working_set(steer, &reading, goal),
+        }
+        if sample_due {
+            steer.next_sample += SAMPLE_EVERY;
+            self.sample(&reading);
+        }
+        self.wait(steer);
+        Ok(None)
+    }
+
+    /// Reaps the workers that died, reports each, and applies the OOM policy.
+    fn reap_deaths(&mut self) -> Option<Stop> {
         let mut stop_now = false;
-        for (i, s) in slots.iter_mut().enumerate() {
+        for (i, s) in self.slots.iter_mut().enumerate() {
             let Some(w) = &mut s.worker else { continue };
             w.read_reports();
             let status = if w.eof { w.wait() } else { w.try_wait() };
             let Some(status) = status else { continue };
-            let oom_now = cg.oom_kills().unwrap_or(oom_seen);
-            let oom_kill = oom_now > oom_seen;
-            oom_seen = oom_now;
-            worker_kills += 1;
-            report_death(emit, i, w, status, oom_kill, start);
+            let oom_now = self.cg.oom_kills().unwrap_or(self.oom_seen);
+            let oom_kill = oom_now > self.oom_seen;
+            self.oom_seen = oom_now;
+            self.worker_kills += 1;
+            (self.emit)(&AgentEvent::WorkerKilled(WorkerKilled {
+                worker: i,
+                pid: w.pid,
+                signal: status.signal().map(signal_name),
+                exit_code: status.code(),
+                oom_kill,
+                held_bytes: w.held,
+                elapsed_s: self.start.elapsed().as_secs_f64(),
+            }));
             s.worker = None;
-            match plan.on_oom {
+            match self.plan.on_oom {
                 OnOom::Stop => stop_now = true,
                 OnOom::Respawn => {
                     s.respawn_at = Some(Instant::now() + s.backoff);
@@ -241,220 +339,210 @@ fn drive(
             }
         }
         if stop_now {
-            stopped_by = "worker_died";
-            exit_code = EXIT_OOM;
-            break;
+            return Some(("worker_died", EXIT_OOM));
         }
-        if slots.iter().all(|s| s.retired) {
-            stopped_by = "no_workers_left";
-            exit_code = EXIT_OOM;
-            break;
+        if self.slots.iter().all(|s| s.retired) {
+            return Some(("no_workers_left", EXIT_OOM));
         }
-        for (i, s) in slots.iter_mut().enumerate() {
+        None
+    }
+
+    fn respawn_due(&mut self) -> Result<(), InjectError> {
+        for i in 0..self.slots.len() {
+            let s = &mut self.slots[i];
             if s.worker.is_none() && s.respawn_at.is_some_and(|t| Instant::now() >= t) {
                 s.respawn_at = None;
-                s.worker = Some(start_worker(i, true, emit)?);
-                respawns += 1;
+                let w = self.start_worker(i, true)?;
+                self.slots[i].worker = Some(w);
+                self.respawns += 1;
             }
         }
+        Ok(())
+    }
 
+    fn read(&self, steer: &mut Steering, sample_due: bool) -> Result<Reading, InjectError> {
         // memory.stat is long (and slow to read on v2): only when the working set is needed.
-        let sample_due = Instant::now() >= next_sample;
-        let snap = if sample_due || matches!(plan.goal, Goal::WorkingSet(_)) {
-            cg.snapshot()?
+        let snap = if sample_due || matches!(self.plan.goal, Goal::WorkingSet(_)) {
+            self.cg.snapshot()?
         } else {
             MemSnapshot {
-                usage_bytes: cg.usage()?,
-                ..last_snap
+                usage_bytes: self.cg.usage()?,
+                ..steer.last_snap
             }
         };
-        last_snap = snap;
-        let charged = snap.usage_bytes.saturating_sub(baseline);
-        peak = peak.max(charged);
-        last_ws = snap.working_set_bytes;
-        let held: u64 = slots
-            .iter()
-            .filter_map(|s| s.worker.as_ref())
-            .map(|w| w.held)
-            .sum();
-        let alive = slots.iter().filter(|s| s.worker.is_some()).count();
+        steer.last_snap = snap;
+        let charged = snap.usage_bytes.saturating_sub(self.baseline);
+        steer.peak = steer.peak.max(charged);
+        Ok(Reading {
+            snap,
+            charged,
+            held: self.workers().map(|w| w.held).sum(),
+            alive: self.workers().count(),
+        })
+    }
 
-        match plan.goal {
-            Goal::Size(_) => {
-                let allowed = plan.pace.allowed(effective, inject_start.elapsed());
-                let shares = split(allowed, slots.len());
-                for (s, share) in slots.iter_mut().zip(shares) {
-                    if let Some(w) = &mut s.worker {
-                        if w.ready {
-                            w.set_target(share);
-                        }
-                    }
+    /// --size: hands out what the pace allows, then corrects for what the kernel charges on
+    /// top, and says when the goal is reached.
+    fn steer_size(&mut self, steer: &mut Steering, r: &Reading) {
+        let allowed = self
+            .plan
+            .pace
+            .allowed(steer.effective, steer.inject_start.elapsed());
+        let shares = split(allowed, self.slots.len());
+        for (s, share) in self.slots.iter_mut().zip(shares) {
+            if let Some(w) = &mut s.worker {
+                if w.ready {
+                    w.set_target(share);
                 }
-                let all_done = slots
-                    .iter()
-                    .filter_map(|s| s.worker.as_ref())
-                    .all(|w| w.done);
-                let settled = reached_at.is_none()
-                    && allowed == effective
-                    && all_done
-                    && alive == slots.len();
-                // Kernel memory that comes with the pages (page tables, a filesystem's own
-                // metadata for --kind file) is charged too: correct for it a few times, so what
-                // the cgroup's counter says matches what was asked for.
-                // Only our own overhead is corrected: after any OOM kill in the target (an app's
-                // too, not just a worker's) the baseline is gone and a "shortfall" would make the
-                // workers grow past the request; and the correction stays within the few percent
-                // that overhead can explain.
-                let error = charged as i64 - effective_goal as i64;
-                let slack = effective_goal / 20 + (8 << 20);
-                if settled
-                    && worker_kills == 0
-                    && corrections < MAX_CORRECTIONS
-                    && error.unsigned_abs() > effective_goal / 400
-                    && cg.oom_kills().is_ok_and(|k| k == oom_base)
-                {
-                    corrections += 1;
-                    effective = (effective as i64 - error)
-                        .clamp(
-                            effective_goal.saturating_sub(slack) as i64,
-                            (effective_goal + slack) as i64,
-                        )
-                        .max(0) as u64;
-                } else if settled {
-                    let secs = inject_start.elapsed().as_secs_f64();
-                    reached_at = Some(secs);
-                    emit(&AgentEvent::TargetReached(TargetReached {
-                        seconds: secs,
-                        requested_bytes: requested,
-                        charged_bytes: charged,
-                        working_set_bytes: None,
+            }
+        }
+        let settled = steer.reached_at.is_none()
+            && allowed == steer.effective
+            && self.workers().all(|w| w.done)
+            && r.alive == self.slots.len();
+        if !settled {
+            return;
+        }
+        // Kernel memory that comes with the pages (page tables, a filesystem's own metadata for
+        // --kind file) is charged too: correct for it a few times, so what the cgroup's counter
+        // says matches what was asked for.
+        // Only our own overhead is corrected: after any OOM kill in the target (an app's too,
+        // not just a worker's) the baseline is gone and a "shortfall" would make the workers
+        // grow past the request; and the correction stays within the few percent that overhead
+        // can explain.
+        let goal = self.plan.goal.bytes();
+        let error = r.charged as i64 - goal as i64;
+        let slack = goal / 20 + (8 << 20);
+        if self.worker_kills == 0
+            && steer.corrections < MAX_CORRECTIONS
+            && error.unsigned_abs() > goal / 400
+            && self.cg.oom_kills().is_ok_and(|k| k == self.oom_base)
+        {
+            steer.corrections += 1;
+            steer.effective = (steer.effective as i64 - error)
+                .clamp(goal.saturating_sub(slack) as i64, (goal + slack) as i64)
+                .max(0) as u64;
+        } else {
+            self.reached(steer, r, None);
+        }
+    }
+
+    /// --working-set: once the workers have settled, moves them by what the working set is off
+    /// the (paced) goal.
+    fn steer_working_set(&mut self, steer: &mut Steering, r: &Reading, goal: u64) {
+        let settled = self.workers().all(|w| w.done || w.target.is_none());
+        if r.alive == 0 || !settled {
+            return;
+        }
+        let goal_now = self.plan.pace.allowed(goal, steer.inject_start.elapsed());
+        let want = working_set_step(goal_now, r.snap.working_set_bytes, r.held, steer.deadband);
+        let mut shares = split(want, r.alive).into_iter();
+        for w in self.workers_mut().filter(|w| w.ready) {
+            w.set_target(shares.next().unwrap_or(0));
+        }
+        if steer.reached_at.is_none()
+            && r.snap.working_set_bytes.abs_diff(goal) <= steer.deadband * 2
+        {
+            self.reached(steer, r, Some(r.snap.working_set_bytes));
+        }
+    }
+
+    fn reached(&mut self, steer: &mut Steering, r: &Reading, working_set_bytes: Option<u64>) {
+        let seconds = steer.inject_start.elapsed().as_secs_f64();
+        steer.reached_at = Some(seconds);
+        self.emit(AgentEvent::TargetReached(TargetReached {
+            seconds,
+            requested_bytes: self.plan.goal.bytes(),
+            charged_bytes: r.charged,
+            working_set_bytes,
+        }));
+    }
+
+    fn sample(&mut self, r: &Reading) {
+        self.emit(AgentEvent::Sample(Sample {
+            elapsed_s: self.start.elapsed().as_secs_f64(),
+            requested_bytes: self.plan.goal.bytes(),
+            charged_bytes: r.charged,
+            held_bytes: r.held,
+            working_set_bytes: r.snap.working_set_bytes,
+            usage_bytes: r.snap.usage_bytes,
+            limit_bytes: r.snap.limit_bytes,
+            workers_alive: r.alive,
+            workers: self.slots.len(),
+            oom_kills: r.snap.oom_kills.saturating_sub(self.oom_base),
+        }));
+    }
+
+    /// Sleeps until a worker writes or exits, or a tick passes (a longer one while a size is
+    /// simply held), then passes on what the workers said went wrong.
+    fn wait(&mut self, steer: &Steering) {
+        let holding = matches!(self.plan.goal, Goal::Size(_))
+            && steer.reached_at.is_some()
+            && self.slots.iter().all(|s| s.respawn_at.is_none());
+        poll_workers(&self.slots, if holding { HOLD_TICK } else { TICK });
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            let Some(w) = &mut s.worker else { continue };
+            for r in w.read_reports() {
+                if let Report::Error(message) = r {
+                    (self.emit)(&AgentEvent::WorkerError(WorkerError {
+                        worker: i,
+                        pid: w.pid,
+                        message,
                     }));
                 }
             }
-            Goal::WorkingSet(goal) => {
-                let settled = slots
-                    .iter()
-                    .filter_map(|s| s.worker.as_ref())
-                    .all(|w| w.done || w.target.is_none());
-                if alive > 0 && settled {
-                    let goal_now = plan.pace.allowed(goal, inject_start.elapsed());
-                    let want = working_set_step(goal_now, snap.working_set_bytes, held, deadband);
-                    let mut shares = split(want, alive).into_iter();
-                    for s in &mut slots {
-                        if let Some(w) = &mut s.worker {
-                            if w.ready {
-                                w.set_target(shares.next().unwrap_or(0));
-                            }
-                        }
-                    }
-                    if reached_at.is_none() && snap.working_set_bytes.abs_diff(goal) <= deadband * 2
-                    {
-                        let secs = inject_start.elapsed().as_secs_f64();
-                        reached_at = Some(secs);
-                        emit(&AgentEvent::TargetReached(TargetReached {
-                            seconds: secs,
-                            requested_bytes: requested,
-                            charged_bytes: charged,
-                            working_set_bytes: Some(snap.working_set_bytes),
-                        }));
-                    }
-                }
-            }
-        }
-
-        if sample_due {
-            next_sample += SAMPLE_EVERY;
-            emit(&AgentEvent::Sample(Sample {
-                elapsed_s: start.elapsed().as_secs_f64(),
-                requested_bytes: requested,
-                charged_bytes: charged,
-                held_bytes: held,
-                working_set_bytes: snap.working_set_bytes,
-                usage_bytes: snap.usage_bytes,
-                limit_bytes: snap.limit_bytes,
-                workers_alive: alive,
-                workers: slots.len(),
-                oom_kills: snap.oom_kills.saturating_sub(oom_base),
-            }));
-        }
-
-        let holding = matches!(plan.goal, Goal::Size(_))
-            && reached_at.is_some()
-            && slots.iter().all(|s| s.respawn_at.is_none());
-        poll_workers(&slots, if holding { HOLD_TICK } else { TICK });
-        for (i, s) in slots.iter_mut().enumerate() {
-            if let Some(w) = &mut s.worker {
-                for r in w.read_reports() {
-                    if let Report::Error(message) = r {
-                        emit(&AgentEvent::WorkerError(WorkerError {
-                            worker: i,
-                            pid: w.pid,
-                            message,
-                        }));
-                    }
-                }
-            }
         }
     }
 
-    // One last reading before letting go, so a short run still has its peak.
-    if let Ok(u) = cg.usage() {
-        peak = peak.max(u.saturating_sub(baseline));
-    }
-    for s in &mut slots {
-        if let Some(w) = &mut s.worker {
-            w.kill();
+    /// Releases the workers and reports the run.
+    fn finish(mut self, steer: &Steering, (stopped_by, exit_code): Stop) -> Summary {
+        // One last reading before letting go, so a short run still has its peak.
+        let mut peak = steer.peak;
+        if let Ok(u) = self.cg.usage() {
+            peak = peak.max(u.saturating_sub(self.baseline));
         }
+        self.workers_mut().for_each(Worker::kill);
+        let cg = self.cg;
+        let oom_kills = cg
+            .oom_kills()
+            .unwrap_or(self.oom_seen)
+            .saturating_sub(self.oom_base);
+        let requested = self.plan.goal.bytes();
+        // --working-set: what counts is where the working set was held, not a peak of usage.
+        let charged = match self.plan.goal {
+            Goal::Size(_) => peak,
+            Goal::WorkingSet(_) => steer.last_snap.working_set_bytes,
+        };
+        let summary = Summary {
+            cgroup: cg.path(),
+            kind: self.plan.kind,
+            workers: self.plan.workers,
+            requested_bytes: requested,
+            charged_bytes: charged,
+            accuracy: if requested > 0 {
+                charged as f64 / requested as f64
+            } else {
+                0.0
+            },
+            seconds_to_target: steer.reached_at,
+            worker_kills: self.worker_kills,
+            respawns: self.respawns,
+            oom_kills,
+            pressure: cg
+                .pressure_counters()
+                .since(&self.pressure_base, self.start.elapsed()),
+            duration_s: self.start.elapsed().as_secs_f64(),
+            stopped_by,
+            exit_code,
+        };
+        self.emit(AgentEvent::Summary(summary.clone()));
+        summary
     }
-    let oom_kills = cg.oom_kills().unwrap_or(oom_seen).saturating_sub(oom_base);
-    // --working-set: what counts is where the working set was held, not a peak of usage.
-    let charged = match plan.goal {
-        Goal::Size(_) => peak,
-        Goal::WorkingSet(_) => last_ws,
-    };
-    let summary = Summary {
-        cgroup: cg.path(),
-        kind: plan.kind,
-        workers: plan.workers,
-        requested_bytes: requested,
-        charged_bytes: charged,
-        accuracy: if requested > 0 {
-            charged as f64 / requested as f64
-        } else {
-            0.0
-        },
-        seconds_to_target: reached_at,
-        worker_kills,
-        respawns,
-        oom_kills,
-        pressure: cg
-            .pressure_counters()
-            .since(&pressure_base, start.elapsed()),
-        duration_s: start.elapsed().as_secs_f64(),
-        stopped_by,
-        exit_code,
-    };
-    emit(&AgentEvent::Summary(summary.clone()));
-    Ok(summary)
 }
 
-fn report_death(
-    emit: &mut dyn FnMut(&AgentEvent),
-    i: usize,
-    w: &Worker,
-    status: ExitStatus,
-    oom_kill: bool,
-    start: Instant,
-) {
-    emit(&AgentEvent::WorkerKilled(WorkerKilled {
-        worker: i,
-        pid: w.pid,
-        signal: status.signal().map(signal_name),
-        exit_code: status.code(),
-        oom_kill,
-        held_bytes: w.held,
-        elapsed_s: start.elapsed().as_secs_f64(),
-    }));
+fn signal_name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig)
+        .map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_string())
 }
 
 /// Sleeps until a worker writes (or exits) or `timeout` passes; a stop signal ends it early.
