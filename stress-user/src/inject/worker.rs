@@ -274,109 +274,165 @@ pub fn parse_command(line: &str) -> Option<Order> {
 pub fn worker_main(args: WorkerArgs) -> i32 {
     // SAFETY: fds 0 and 1 are the pipes the agent set up and nothing else in this process uses.
     let mut stdin = unsafe { File::from_raw_fd(0) };
-    let mut stdout = unsafe { File::from_raw_fd(1) };
-    let say = |out: &mut File, msg: String| {
-        // The agent reads lines; if it is gone, PDEATHSIG ends us shortly.
-        let _ = out.write_all(msg.as_bytes());
-    };
-    let opts = AllocOptions {
-        thp: args.thp,
-        fill: args.fill,
-        mlock: args.mlock,
-    };
-    let chunk = page_align(args.chunk.max(1));
-    let redirty = args.redirty_ms.map(Duration::from_millis);
-    let mut next_redirty = redirty.map(|d| Instant::now() + d);
-    let mut regions: Vec<Region> = Vec::new();
-    let mut held: usize = 0;
-    let mut target: usize = 0;
-    let mut pending_done = false;
+    let stdout = unsafe { File::from_raw_fd(1) };
+    let mut holder = Holder::new(args, stdout);
     let mut inbuf: Vec<u8> = Vec::new();
-    say(&mut stdout, "R\n".into());
+    holder.say("R\n");
     loop {
-        let timeout_ms: i32 = if held != target {
+        if readable(0, holder.timeout_ms()) && !holder.take_orders(&mut stdin, &mut inbuf) {
+            return 0;
+        }
+        holder.step();
+    }
+}
+
+/// Sleeps until `fd` can be read or `timeout_ms` passes (-1: no timeout).
+fn readable(fd: i32, timeout_ms: i32) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    n > 0 && pfd.revents != 0
+}
+
+/// The worker's memory and the target it moves it towards.
+struct Holder {
+    args: WorkerArgs,
+    opts: AllocOptions,
+    chunk: usize,
+    redirty: Option<Duration>,
+    next_redirty: Option<Instant>,
+    regions: Vec<Region>,
+    held: usize,
+    target: usize,
+    /// A target arrived and its `D` has not been said yet.
+    pending_done: bool,
+    out: File,
+}
+
+impl Holder {
+    fn new(args: WorkerArgs, out: File) -> Holder {
+        let redirty = args.redirty_ms.map(Duration::from_millis);
+        Holder {
+            opts: AllocOptions {
+                thp: args.thp,
+                fill: args.fill,
+                mlock: args.mlock,
+            },
+            chunk: page_align(args.chunk.max(1)),
+            next_redirty: redirty.map(|d| Instant::now() + d),
+            redirty,
+            args,
+            regions: Vec::new(),
+            held: 0,
+            target: 0,
+            pending_done: false,
+            out,
+        }
+    }
+
+    fn say(&mut self, msg: &str) {
+        // The agent reads lines; if it is gone, PDEATHSIG ends us shortly.
+        let _ = self.out.write_all(msg.as_bytes());
+    }
+
+    /// No wait while the target is not met; else until the next re-touch, or for the agent.
+    fn timeout_ms(&self) -> i32 {
+        if self.held != self.target {
             0
-        } else if let Some(at) = next_redirty {
+        } else if let Some(at) = self.next_redirty {
             at.saturating_duration_since(Instant::now())
                 .as_millis()
                 .min(i32::MAX as u128) as i32
         } else {
             -1
-        };
-        let mut pfd = libc::pollfd {
-            fd: 0,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-        if n > 0 && pfd.revents != 0 {
-            let mut tmp = [0u8; 1024];
-            match stdin.read(&mut tmp) {
-                // The agent is gone: release and leave (PDEATHSIG would end us anyway).
-                Ok(0) | Err(_) => return 0,
-                Ok(k) => inbuf.extend_from_slice(&tmp[..k]),
-            }
-            while let Some(nl) = inbuf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = inbuf.drain(..=nl).collect();
-                match parse_command(String::from_utf8_lossy(&line).trim()) {
-                    Some(Order::Target(t)) => {
-                        target = page_align(t as usize);
-                        pending_done = true;
-                    }
-                    Some(Order::Quit) => return 0,
-                    None => {}
+        }
+    }
+
+    /// Reads the agent's orders; false when the worker should leave (asked to, or the agent
+    /// is gone: PDEATHSIG would end it anyway).
+    fn take_orders(&mut self, stdin: &mut File, inbuf: &mut Vec<u8>) -> bool {
+        let mut tmp = [0u8; 1024];
+        match stdin.read(&mut tmp) {
+            Ok(0) | Err(_) => return false,
+            Ok(k) => inbuf.extend_from_slice(&tmp[..k]),
+        }
+        while let Some(nl) = inbuf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = inbuf.drain(..=nl).collect();
+            match parse_command(String::from_utf8_lossy(&line).trim()) {
+                Some(Order::Target(t)) => {
+                    self.target = page_align(t as usize);
+                    self.pending_done = true;
                 }
+                Some(Order::Quit) => return false,
+                None => {}
             }
         }
-        if held < target {
-            let len = chunk.min(target - held);
-            match Region::new(args.kind, len, opts, &args.file_dir) {
-                Ok(r) => {
-                    held += r.len();
-                    regions.push(r);
-                    say(&mut stdout, format!("H {held}\n"));
-                }
-                Err(e) => {
-                    say(
-                        &mut stdout,
-                        format!("E allocating {len} bytes of {}: {e}\n", args.kind.as_str()),
-                    );
-                    // Hold what we have; the agent decides what comes next.
-                    target = held;
-                }
-            }
-        } else if held > target {
-            while let Some(last) = regions.last() {
-                if held - last.len() >= target {
-                    held -= last.len();
-                    regions.pop();
-                } else {
-                    break;
-                }
-            }
-            if held > target {
-                let last = regions.last_mut().expect("held > 0 means a region");
-                let keep = last.len() - (held - target);
-                if let Err(e) = last.truncate(keep) {
-                    say(&mut stdout, format!("E shrinking: {e}\n"));
-                }
-                held = regions.iter().map(Region::len).sum();
-            }
-            say(&mut stdout, format!("H {held}\n"));
+        true
+    }
+
+    /// One step towards the target (a chunk more, or back down to it), then `D` once there,
+    /// and the re-touch when it is due.
+    fn step(&mut self) {
+        if self.held < self.target {
+            self.grow();
+        } else if self.held > self.target {
+            self.shrink();
         }
-        if held == target && pending_done {
-            pending_done = false;
-            say(&mut stdout, format!("D {held}\n"));
+        if self.held == self.target && self.pending_done {
+            self.pending_done = false;
+            self.say(&format!("D {}\n", self.held));
         }
-        if let (Some(at), Some(every)) = (next_redirty, redirty) {
+        if let (Some(at), Some(every)) = (self.next_redirty, self.redirty) {
             if Instant::now() >= at {
-                for r in &regions {
+                for r in &self.regions {
                     r.touch();
                 }
-                next_redirty = Some(Instant::now() + every);
+                self.next_redirty = Some(Instant::now() + every);
             }
         }
+    }
+
+    fn grow(&mut self) {
+        let len = self.chunk.min(self.target - self.held);
+        match Region::new(self.args.kind, len, self.opts, &self.args.file_dir) {
+            Ok(r) => {
+                self.held += r.len();
+                self.regions.push(r);
+                self.say(&format!("H {}\n", self.held));
+            }
+            Err(e) => {
+                let kind = self.args.kind.as_str();
+                self.say(&format!("E allocating {len} bytes of {kind}: {e}\n"));
+                // Hold what we have; the agent decides what comes next.
+                self.target = self.held;
+            }
+        }
+    }
+
+    /// Drops whole regions from the end, then truncates the last one to land on the target.
+    fn shrink(&mut self) {
+        while let Some(last) = self.regions.last() {
+            if self.held - last.len() >= self.target {
+                self.held -= last.len();
+                self.regions.pop();
+            } else {
+                break;
+            }
+        }
+        if self.held > self.target {
+            let over = self.held - self.target;
+            let last = self.regions.last_mut().expect("held > 0 means a region");
+            let keep = last.len() - over;
+            if let Err(e) = last.truncate(keep) {
+                self.say(&format!("E shrinking: {e}\n"));
+            }
+            self.held = self.regions.iter().map(Region::len).sum();
+        }
+        self.say(&format!("H {}\n", self.held));
     }
 }
 
