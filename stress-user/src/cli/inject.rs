@@ -7,7 +7,7 @@ use crate::{
     cgroup::{
         find_leftovers, remove_leftover,
         target::{self, TargetArgs},
-        Hierarchy,
+        Hierarchy, MemCgroup,
     },
     cli::exit,
     inject::{
@@ -112,36 +112,14 @@ fn usage(e: impl std::fmt::Display) -> anyhow::Result<i32> {
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let hier = Hierarchy::detect()?;
-    // A scratch cgroup whose agent was killed is removed before anything else, so its name is
-    // free again and its memory is back.
-    if nix::unistd::geteuid().is_root() {
-        for l in find_leftovers(&hier, false) {
-            match remove_leftover(&l) {
-                Ok(()) => eprintln!(
-                    "oomlab inject: removed leftover scratch cgroup {} (agent {} is gone)",
-                    l.cgroup.path(),
-                    l.owner.map_or("?".into(), |p| p.to_string())
-                ),
-                Err(e) => eprintln!(
-                    "oomlab inject: could not remove leftover {}: {e}",
-                    l.cgroup.path()
-                ),
-            }
-        }
-    }
+    remove_leftovers(&hier);
     let target = if args.new.is_some() {
         None
-    } else if args.target.is_empty() {
-        return usage(InjectError::NoTarget);
     } else {
-        let cg = match target::resolve(&hier, &args.target) {
-            Ok(cg) => cg,
+        match existing_target(&hier, &args) {
+            Ok(cg) => Some(cg),
             Err(e) => return usage(e),
-        };
-        if let Err(e) = target::check_writable(&cg, args.force) {
-            return usage(e);
         }
-        Some(cg)
     };
     let pace = match (args.ramp, args.rate) {
         (Some(d), _) => Pace::Ramp(d),
@@ -149,7 +127,51 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         (None, Some(r)) => Pace::Rate(r),
         (None, None) => Pace::Fast,
     };
-    let req = Request {
+    let req = request(&args, target, pace);
+    let node = NodeMemory::read()?;
+    let plan = match plan::check(&hier, &req, node) {
+        Ok(p) => p,
+        Err(e) => return usage(e),
+    };
+    let mut output = InjectOutput::new(args.output);
+    let summary = agent::run(&hier, &plan, &mut |ev| output.write(ev))?;
+    Ok(summary.exit_code)
+}
+
+/// A scratch cgroup whose agent was killed is removed before anything else, so its name is
+/// free again and its memory is back.
+fn remove_leftovers(hier: &Hierarchy) {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    for l in find_leftovers(hier, false) {
+        match remove_leftover(&l) {
+            Ok(()) => eprintln!(
+                "oomlab inject: removed leftover scratch cgroup {} (agent {} is gone)",
+                l.cgroup.path(),
+                l.owner.map_or("?".into(), |p| p.to_string())
+            ),
+            Err(e) => eprintln!(
+                "oomlab inject: could not remove leftover {}: {e}",
+                l.cgroup.path()
+            ),
+        }
+    }
+}
+
+/// The existing cgroup that --cgroup, --pid, --pod or --container names, if oomlab may write
+/// to it.
+fn existing_target(hier: &Hierarchy, args: &Args) -> Result<MemCgroup, InjectError> {
+    if args.target.is_empty() {
+        return Err(InjectError::NoTarget);
+    }
+    let cg = target::resolve(hier, &args.target)?;
+    target::check_writable(&cg, args.force)?;
+    Ok(cg)
+}
+
+fn request(args: &Args, target: Option<MemCgroup>, pace: Pace) -> Request {
+    Request {
         target,
         new: args.new.clone().zip(args.limit),
         size: args.size,
@@ -169,13 +191,5 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         allow_oom: args.allow_oom,
         force: args.force,
         file_dir: args.file_dir.clone(),
-    };
-    let node = NodeMemory::read()?;
-    let plan = match plan::check(&hier, &req, node) {
-        Ok(p) => p,
-        Err(e) => return usage(e),
-    };
-    let mut output = InjectOutput::new(args.output);
-    let summary = agent::run(&hier, &plan, &mut |ev| output.write(ev))?;
-    Ok(summary.exit_code)
+    }
 }

@@ -178,6 +178,45 @@ fn self_oom_score_adj() -> i32 {
 
 /// Checks the request against the node and the target; creates nothing.
 pub fn check(hier: &Hierarchy, req: &Request, node: NodeMemory) -> Result<Plan, InjectError> {
+    check_privileges(req)?;
+    check_durations(req)?;
+    let (target, limit, ws_now) = resolve_target(hier, req, node)?;
+    let goal = match (&req.size, &req.working_set) {
+        (Some(s), None) => Goal::Size(s.resolve(limit)?),
+        (None, Some(w)) => Goal::WorkingSet(w.resolve(limit)?),
+        _ => return Err(InjectError::NoGoal),
+    };
+    check_room(req, node, goal, limit, ws_now)?;
+    if req.alloc.mlock && !has_cap(caps::Capability::CAP_IPC_LOCK) {
+        let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)
+            .unwrap_or((0, 0));
+        if goal.bytes() / req.workers.max(1) as u64 > soft {
+            return Err(InjectError::MissingCap {
+                cap: "CAP_IPC_LOCK",
+                what: format!("--mlock of more than RLIMIT_MEMLOCK ({})", human(soft)),
+            });
+        }
+    }
+    if req.kind == Kind::File {
+        check_file_dir(&req.file_dir, goal.bytes())?;
+    }
+    Ok(Plan {
+        target,
+        goal,
+        workers: req.workers.max(1),
+        pace: req.pace,
+        kind: req.kind,
+        alloc: req.alloc,
+        redirty: req.redirty,
+        duration: req.duration,
+        oom_score_adj: req.oom_score_adj,
+        on_oom: req.on_oom,
+        file_dir: req.file_dir.clone(),
+    })
+}
+
+/// Root, and CAP_SYS_RESOURCE for an adj below oomlab's own.
+fn check_privileges(req: &Request) -> Result<(), InjectError> {
     let euid = nix::unistd::geteuid().as_raw();
     if euid != 0 {
         return Err(InjectError::NotRoot { euid });
@@ -190,6 +229,10 @@ pub fn check(hier: &Hierarchy, req: &Request, node: NodeMemory) -> Result<Plan, 
             });
         }
     }
+    Ok(())
+}
+
+fn check_durations(req: &Request) -> Result<(), InjectError> {
     if req.redirty.is_some_and(|d| d.is_zero()) {
         return Err(InjectError::ZeroDuration { what: "--redirty" });
     }
@@ -201,14 +244,23 @@ pub fn check(hier: &Hierarchy, req: &Request, node: NodeMemory) -> Result<Plan, 
             return Err(InjectError::ZeroDuration { what: "--ramp" });
         }
     }
-    let (target, limit, ws_now) = match (&req.target, &req.new) {
+    Ok(())
+}
+
+/// The target, its limit, and the working set already in it (none in a cgroup yet to create).
+fn resolve_target(
+    hier: &Hierarchy,
+    req: &Request,
+    node: NodeMemory,
+) -> Result<(Where, Option<u64>, u64), InjectError> {
+    match (&req.target, &req.new) {
         (Some(cg), None) => {
             let snap = cg.snapshot()?;
-            (
+            Ok((
                 Where::Existing(cg.clone()),
                 snap.limit_bytes,
                 snap.working_set_bytes,
-            )
+            ))
         }
         (None, Some((name, limit))) => {
             if name.is_empty() || name.contains('/') || name == "." || name == ".." {
@@ -218,22 +270,28 @@ pub fn check(hier: &Hierarchy, req: &Request, node: NodeMemory) -> Result<Plan, 
                 return Err(InjectError::NameExists { name: name.clone() });
             }
             let limit = limit.resolve(Some(node.total))?;
-            (
+            Ok((
                 Where::New {
                     name: name.clone(),
                     limit,
                 },
                 Some(limit),
                 0,
-            )
+            ))
         }
-        _ => return Err(InjectError::NoTarget),
-    };
-    let goal = match (&req.size, &req.working_set) {
-        (Some(s), None) => Goal::Size(s.resolve(limit)?),
-        (None, Some(w)) => Goal::WorkingSet(w.resolve(limit)?),
-        _ => return Err(InjectError::NoGoal),
-    };
+        _ => Err(InjectError::NoTarget),
+    }
+}
+
+/// The goal fits under the target's limit (or --allow-oom) and in what the node can spare (or
+/// --force).
+fn check_room(
+    req: &Request,
+    node: NodeMemory,
+    goal: Goal,
+    limit: Option<u64>,
+    ws_now: u64,
+) -> Result<(), InjectError> {
     if let Some(limit) = limit {
         let over = match goal {
             Goal::Size(b) => b.saturating_add(ws_now) > limit,
@@ -261,32 +319,7 @@ pub fn check(hier: &Hierarchy, req: &Request, node: NodeMemory) -> Result<Plan, 
             reserve: human(node.total / 20),
         });
     }
-    if req.alloc.mlock && !has_cap(caps::Capability::CAP_IPC_LOCK) {
-        let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)
-            .unwrap_or((0, 0));
-        if goal.bytes() / req.workers.max(1) as u64 > soft {
-            return Err(InjectError::MissingCap {
-                cap: "CAP_IPC_LOCK",
-                what: format!("--mlock of more than RLIMIT_MEMLOCK ({})", human(soft)),
-            });
-        }
-    }
-    if req.kind == Kind::File {
-        check_file_dir(&req.file_dir, goal.bytes())?;
-    }
-    Ok(Plan {
-        target,
-        goal,
-        workers: req.workers.max(1),
-        pace: req.pace,
-        kind: req.kind,
-        alloc: req.alloc,
-        redirty: req.redirty,
-        duration: req.duration,
-        oom_score_adj: req.oom_score_adj,
-        on_oom: req.on_oom,
-        file_dir: req.file_dir.clone(),
-    })
+    Ok(())
 }
 
 fn check_file_dir(dir: &Path, bytes: u64) -> Result<(), InjectError> {
