@@ -137,6 +137,8 @@ impl WorkerSpec {
 impl Worker {
     fn new(mut child: Child) -> io::Result<Worker> {
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
             return Err(io::Error::other("a worker needs both pipes"));
         };
         // SAFETY: setting O_NONBLOCK on a descriptor we own.
