@@ -162,7 +162,10 @@ pub fn rank(rows: &[TaskRow], totalpages: u64, kernel_pid: Option<i32>) -> Ranki
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::kmsg::{parse_dump, OomLine, OomParser};
+    use crate::trace::{
+        kmsg::{parse_dump, OomLine, OomParser},
+        testing::kmsg_fixture,
+    };
 
     fn row(pid: i32, rss: u64, pgtables_bytes: u64, swapents: u64, adj: i32) -> TaskRow {
         TaskRow {
@@ -259,7 +262,7 @@ mod tests {
             ("6.12-debian-memcg.txt", 139, 140),
             ("6.1-debian-memcg.txt", 88, 89),
         ] {
-            let text = crate::trace::kmsg::tests::fixture(name);
+            let text = kmsg_fixture(name);
             let mut p = OomParser::new();
             let (mut rows, mut counters, mut killed) = (Vec::new(), Vec::new(), None);
             for rec in parse_dump(&text) {
@@ -285,7 +288,7 @@ mod tests {
             );
         }
         // 6.18 by hand: 3524 rss + 81920/4096 = 20 → 3544, + 500 × 8 = 7544.
-        let text = crate::trace::kmsg::tests::fixture("6.18-host-memcg.txt");
+        let text = kmsg_fixture("6.18-host-memcg.txt");
         let mut p = OomParser::new();
         let rows: Vec<TaskRow> = parse_dump(&text)
             .iter()

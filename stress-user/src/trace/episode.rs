@@ -860,7 +860,8 @@ mod tests {
     use super::*;
     use crate::trace::{
         event::{AdjUpdate, Reaper, VictimContext},
-        kmsg::{parse_dump, tests::fixture},
+        kmsg::parse_dump,
+        testing::kmsg_fixture as fixture,
     };
 
     fn task(pid: u32, comm: &str) -> Task {

@@ -155,30 +155,19 @@ fn parse_field(line: &str) -> Option<FieldDesc> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use stress_common::{adj_update, cgroup_attach, mark_victim};
 
     use super::*;
-
-    fn fixtures() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data/kernel")
-    }
+    use crate::trace::testing::{format_fixture, kernel_fixtures};
 
     fn load(kernel: &str, group: &str, event: &str) -> Format {
-        Format::read(
-            &fixtures()
-                .join(kernel)
-                .join(group)
-                .join(format!("{event}.format")),
-        )
-        .expect("fixture parses")
+        format_fixture(kernel, group, event).expect("fixture exists")
     }
 
     #[test]
     fn every_fixture_parses_with_sane_fields() {
         let mut count = 0;
-        for kernel in fs::read_dir(fixtures()).expect("fixtures dir") {
+        for kernel in fs::read_dir(kernel_fixtures()).expect("fixtures dir") {
             let kernel = kernel.expect("entry").path();
             if !kernel.is_dir() {
                 continue;

@@ -565,13 +565,9 @@ async fn read_loop(fd: AsyncFd<File>, tx: mpsc::Sender<Record>) {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    pub(crate) fn fixture(name: &str) -> String {
-        let path = format!("{}/../tests/data/kmsg/{name}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
+    use crate::trace::testing::kmsg_fixture as fixture;
 
     fn oom_lines(name: &str) -> Vec<OomLine> {
         let mut p = OomParser::new();

@@ -1096,20 +1096,9 @@ fn unload(name: &str, program: &mut Program) {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use std::path::PathBuf;
-
+mod tests {
     use super::*;
-
-    fn fixture(kernel: &str, group: &str, event: &str) -> Option<Format> {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/data/kernel")
-            .join(kernel)
-            .join(group)
-            .join(format!("{event}.format"));
-        path.exists()
-            .then(|| Format::read(&path).expect("fixture parses"))
-    }
+    use crate::trace::testing::{adj, format_fixture as fixture, pids};
 
     /// The programs read direct reclaim with the memcg layout and the three reaping events with
     /// wake_reaper's: true on every kernel we have formats of.
@@ -1191,35 +1180,6 @@ pub(crate) mod tests {
         assert_eq!(parse_hierarchy_id(text, "memory"), Some(4));
         assert_eq!(parse_hierarchy_id(text, "pids"), Some(0));
         assert_eq!(parse_hierarchy_id(text, "hugetlb"), None);
-    }
-
-    /// An `oom_score_adj` event for `pid`, stamped `pid` ms.
-    pub(crate) fn adj(pid: i32) -> Event {
-        Event {
-            ts: std::time::Duration::from_millis(pid as u64),
-            read_at: std::time::Duration::ZERO,
-            cpu: 0,
-            kind: crate::trace::EventKind::AdjUpdate(crate::trace::event::AdjUpdate {
-                pid,
-                comm: String::new(),
-                oom_score_adj: 0,
-                writer: crate::trace::event::Task {
-                    tgid: 0,
-                    pid: 0,
-                    comm: String::new(),
-                    cgroup_id: 0,
-                },
-            }),
-        }
-    }
-
-    pub(crate) fn pids(evs: &[Event]) -> Vec<i32> {
-        evs.iter()
-            .map(|e| match &e.kind {
-                crate::trace::EventKind::AdjUpdate(a) => a.pid,
-                _ => unreachable!(),
-            })
-            .collect()
     }
 
     #[tokio::test]

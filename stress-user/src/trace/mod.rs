@@ -11,6 +11,8 @@ pub mod kmsg;
 mod loader;
 pub mod pump;
 pub mod scoreboard;
+#[cfg(test)]
+mod testing;
 
 pub use event::{Event, EventKind};
 pub use loader::{

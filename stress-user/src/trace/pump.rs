@@ -182,7 +182,7 @@ mod tests {
     use tokio::sync::mpsc;
 
     use super::*;
-    use crate::trace::loader::tests::{adj, pids};
+    use crate::trace::testing::{adj, pids};
 
     fn pump() -> (mpsc::Sender<Event>, mpsc::Sender<Event>, Pump) {
         let (tx_oom, oom) = mpsc::channel(256);
