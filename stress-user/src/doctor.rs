@@ -190,10 +190,13 @@ pub fn run() -> Report {
 
     let mut tracepoints = Vec::new();
     if let Some(tp) = &tracefs_path {
-        for (group, event) in trace::USED_TRACEPOINTS {
-            let required = trace::TRACEPOINTS
-                .iter()
-                .any(|s| s.required && s.group == *group && s.event == *event);
+        for &trace::TracepointSpec {
+            group,
+            event,
+            required,
+            ..
+        } in trace::TRACEPOINTS
+        {
             let format = trace::read_format(tp, group, event).ok().flatten();
             if format.is_none() && required {
                 problems.push(format!("required tracepoint {group}:{event} is missing"));

@@ -1,0 +1,255 @@
+//! The tracepoints oomlab uses, in one table: where each lives, which eBPF program serves it and
+//! which `--events` class it belongs to — what the tracer attaches and `doctor` checks — and the
+//! pairs whose layouts the programs share.
+
+/// Which `--events` class a tracepoint serves; programs of classes not asked for are not
+/// attached at all (no overhead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventClass {
+    /// Victims, the reaper, the allocator's retry decisions.
+    Oom,
+    /// `oom_score_adj` writes.
+    Adj,
+    /// memcg/direct reclaim, kswapd.
+    Reclaim,
+    /// cgroup mkdir/rmdir/attach (also attached whenever a target filter is set: moves into the
+    /// target grow the filter).
+    Cgroup,
+    /// fork/exit, only to keep the v1 pid filter in step.
+    Filter,
+}
+
+/// The `--events` selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventSet {
+    pub oom: bool,
+    pub adj: bool,
+    pub reclaim: bool,
+    pub cgroup: bool,
+}
+
+impl Default for EventSet {
+    fn default() -> Self {
+        EventSet::ALL
+    }
+}
+
+impl EventSet {
+    pub const ALL: EventSet = EventSet {
+        oom: true,
+        adj: true,
+        reclaim: true,
+        cgroup: true,
+    };
+
+    /// `oom,adj,reclaim,cgroup` (any subset, any order).
+    pub fn parse(text: &str) -> Result<EventSet, String> {
+        let mut set = EventSet {
+            oom: false,
+            adj: false,
+            reclaim: false,
+            cgroup: false,
+        };
+        for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            match word {
+                "oom" => set.oom = true,
+                "adj" => set.adj = true,
+                "reclaim" => set.reclaim = true,
+                "cgroup" => set.cgroup = true,
+                "all" => set = EventSet::ALL,
+                other => {
+                    return Err(format!(
+                        "unknown event class {other:?}: use oom, adj, reclaim, cgroup (comma-separated)"
+                    ))
+                }
+            }
+        }
+        if set
+            == (EventSet {
+                oom: false,
+                adj: false,
+                reclaim: false,
+                cgroup: false,
+            })
+        {
+            return Err("no event class given: use oom, adj, reclaim, cgroup".into());
+        }
+        Ok(set)
+    }
+
+    pub fn wants(&self, class: EventClass) -> bool {
+        match class {
+            EventClass::Oom => self.oom,
+            EventClass::Adj => self.adj,
+            EventClass::Reclaim => self.reclaim,
+            EventClass::Cgroup => self.cgroup,
+            EventClass::Filter => false,
+        }
+    }
+}
+
+/// One tracepoint oomlab uses: where it lives and which eBPF program serves it.
+#[derive(Debug, Clone, Copy)]
+pub struct TracepointSpec {
+    pub group: &'static str,
+    pub event: &'static str,
+    pub program: &'static str,
+    /// oomlab cannot trace OOMs without it.
+    pub required: bool,
+    pub class: EventClass,
+}
+
+impl TracepointSpec {
+    /// Whether the tracer attaches it for `events`. A target filter (`targeted`) also needs the
+    /// cgroup events (moves into the target grow the filter) and fork/exit (the v1 pid filter).
+    pub fn wanted(&self, events: EventSet, targeted: bool) -> bool {
+        self.required
+            || events.wants(self.class)
+            || (targeted && matches!(self.class, EventClass::Cgroup | EventClass::Filter))
+    }
+}
+
+const fn tp(
+    group: &'static str,
+    event: &'static str,
+    program: &'static str,
+    class: EventClass,
+) -> TracepointSpec {
+    TracepointSpec {
+        group,
+        event,
+        program,
+        required: false,
+        class,
+    }
+}
+
+/// Every tracepoint oomlab uses, in attach order: the tracer attaches those asked for, `doctor`
+/// checks every one (and loads and attaches it, to prove the verifier accepts it here).
+pub const TRACEPOINTS: &[TracepointSpec] = &[
+    TracepointSpec {
+        group: "oom",
+        event: "mark_victim",
+        program: "mark_victim",
+        required: true,
+        class: EventClass::Oom,
+    },
+    tp(
+        "oom",
+        "oom_score_adj_update",
+        "oom_score_adj_update",
+        EventClass::Adj,
+    ),
+    tp(
+        "oom",
+        "reclaim_retry_zone",
+        "reclaim_retry_zone",
+        EventClass::Oom,
+    ),
+    tp("oom", "compact_retry", "compact_retry", EventClass::Oom),
+    tp("oom", "wake_reaper", "wake_reaper", EventClass::Oom),
+    tp(
+        "oom",
+        "start_task_reaping",
+        "start_task_reaping",
+        EventClass::Oom,
+    ),
+    tp(
+        "oom",
+        "finish_task_reaping",
+        "finish_task_reaping",
+        EventClass::Oom,
+    ),
+    tp(
+        "oom",
+        "skip_task_reaping",
+        "skip_task_reaping",
+        EventClass::Oom,
+    ),
+    tp(
+        "vmscan",
+        "mm_vmscan_memcg_reclaim_begin",
+        "memcg_reclaim_begin",
+        EventClass::Reclaim,
+    ),
+    tp(
+        "vmscan",
+        "mm_vmscan_memcg_reclaim_end",
+        "memcg_reclaim_end",
+        EventClass::Reclaim,
+    ),
+    tp(
+        "vmscan",
+        "mm_vmscan_direct_reclaim_begin",
+        "direct_reclaim_begin",
+        EventClass::Reclaim,
+    ),
+    tp(
+        "vmscan",
+        "mm_vmscan_direct_reclaim_end",
+        "direct_reclaim_end",
+        EventClass::Reclaim,
+    ),
+    tp(
+        "vmscan",
+        "mm_vmscan_kswapd_wake",
+        "kswapd_wake",
+        EventClass::Reclaim,
+    ),
+    tp("cgroup", "cgroup_mkdir", "cgroup_mkdir", EventClass::Cgroup),
+    tp("cgroup", "cgroup_rmdir", "cgroup_rmdir", EventClass::Cgroup),
+    tp(
+        "cgroup",
+        "cgroup_attach_task",
+        "cgroup_attach_task",
+        EventClass::Cgroup,
+    ),
+    tp(
+        "sched",
+        "sched_process_fork",
+        "sched_process_fork",
+        EventClass::Filter,
+    ),
+    tp(
+        "sched",
+        "sched_process_exit",
+        "sched_process_exit",
+        EventClass::Filter,
+    ),
+];
+
+/// `(group, event)`.
+pub type TracepointName = (&'static str, &'static str);
+
+/// Tracepoints that reuse another one's layout in `Config` (the first of each pair is the one
+/// read): their fields must sit at the same offsets, or the program would read garbage.
+pub const SHARED_LAYOUTS: &[(TracepointName, TracepointName)] = &[
+    (
+        ("vmscan", "mm_vmscan_memcg_reclaim_begin"),
+        ("vmscan", "mm_vmscan_direct_reclaim_begin"),
+    ),
+    (
+        ("vmscan", "mm_vmscan_memcg_reclaim_end"),
+        ("vmscan", "mm_vmscan_direct_reclaim_end"),
+    ),
+    (("oom", "wake_reaper"), ("oom", "start_task_reaping")),
+    (("oom", "wake_reaper"), ("oom", "finish_task_reaping")),
+    (("oom", "wake_reaper"), ("oom", "skip_task_reaping")),
+    (("cgroup", "cgroup_mkdir"), ("cgroup", "cgroup_rmdir")),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_classes_parse() {
+        let s = EventSet::parse("oom,reclaim").expect("parses");
+        assert!(s.oom && s.reclaim && !s.adj && !s.cgroup);
+        assert_eq!(EventSet::parse("all"), Ok(EventSet::ALL));
+        assert!(EventSet::parse("oom,bogus").unwrap_err().contains("bogus"));
+        assert!(EventSet::parse("").is_err());
+        assert!(TRACEPOINTS.iter().filter(|t| t.required).count() == 1);
+    }
+}

@@ -1,0 +1,259 @@
+//! The ring-buffer reader: an OS thread that takes records from the kernel's two rings, decodes
+//! and enriches them, and hands them to the consumer in two lanes, OOM events first.
+
+use std::{
+    io,
+    os::fd::AsRawFd,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::sync::mpsc;
+
+use super::{enrich::Enricher, error::TraceError, event::Event};
+use crate::sys::monotonic;
+
+/// Decoded events queued between the ring buffer reader and the consumer.
+const CHANNEL_EVENTS: usize = 4096;
+/// OOM events (from `OOM_EVENTS`) queued in their own lane, which the consumer empties first.
+const OOM_CHANNEL_EVENTS: usize = 1024;
+
+/// The tracer's events, in two lanes: OOM events (victims, reaper steps, kill hooks) and the
+/// rest. A consumer that falls behind a flood of adj or reclaim events still gets each OOM event
+/// next, not after the thousands queued before it; within a lane the order is the kernel's.
+pub struct Events {
+    oom: mpsc::Receiver<Event>,
+    rest: mpsc::Receiver<Event>,
+}
+
+impl Events {
+    /// Events fed by hand, for the consumers' tests.
+    #[cfg(test)]
+    pub(crate) fn from_lanes(oom: mpsc::Receiver<Event>, rest: mpsc::Receiver<Event>) -> Events {
+        Events { oom, rest }
+    }
+
+    /// The next event, OOM events first; `None` once the reader has ended. Cancel-safe, for
+    /// `tokio::select!`.
+    pub async fn recv(&mut self) -> Option<Event> {
+        tokio::select! {
+            biased;
+            Some(ev) = self.oom.recv() => Some(ev),
+            Some(ev) = self.rest.recv() => Some(ev),
+            else => None,
+        }
+    }
+
+    /// Appends up to `limit` events that are ready (OOM events first), waiting for one if none
+    /// is; 0 once the reader has ended. Cancel-safe.
+    pub async fn recv_many(&mut self, buf: &mut Vec<Event>, limit: usize) -> usize {
+        let before = buf.len();
+        while buf.len() - before < limit {
+            match self.oom.try_recv() {
+                Ok(ev) => buf.push(ev),
+                Err(_) => break,
+            }
+        }
+        if buf.len() == before {
+            match self.recv().await {
+                Some(ev) => buf.push(ev),
+                None => return 0,
+            }
+        }
+        while buf.len() - before < limit {
+            match self.rest.try_recv() {
+                Ok(ev) => buf.push(ev),
+                Err(_) => break,
+            }
+        }
+        buf.len() - before
+    }
+}
+
+/// How long the reader waits before it tries the full lane of other events again (the OOM
+/// lane is served in between).
+const FULL_LANE_WAIT: Duration = Duration::from_millis(1);
+
+/// How long the reader thread waits in poll(2) before checking whether to stop.
+const READER_POLL_MS: i32 = 100;
+
+/// Records of `EVENTS` read between two looks at `OOM_EVENTS`.
+const READER_BATCH: usize = 256;
+
+/// Starts the reader thread on the `EVENTS` and `OOM_EVENTS` rings. It ends when the returned
+/// flag is set (noticed within [`READER_POLL_MS`]) or the consumer drops its [`Events`].
+pub(super) fn spawn(
+    ring: RingBuf<MapData>,
+    oom_ring: RingBuf<MapData>,
+    enricher: Enricher,
+) -> Result<(Arc<AtomicBool>, Events), TraceError> {
+    // Bounded: a consumer that falls behind (a slow stdout pipe, a stalled client) makes the
+    // reader wait, the ring buffers fill and the kernel count the drops as `lost` — memory
+    // stays bounded instead of queueing events here without limit.
+    let (tx, rest) = mpsc::channel(CHANNEL_EVENTS);
+    let (tx_oom, oom) = mpsc::channel(OOM_CHANNEL_EVENTS);
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = Reader {
+        ring,
+        oom_ring,
+        enricher,
+        tx,
+        tx_oom,
+        stopping: stop.clone(),
+    };
+    // An OS thread, not a tokio task: enrichment reads /proc/PID of victims, and the kernel
+    // holds a victim's task_lock while it prints `Killed process` to the console (milliseconds
+    // on a serial console); on a runtime worker those waits can hold up the consumer's task too.
+    std::thread::Builder::new()
+        .name("oomlab-ring".into())
+        .spawn(move || reader.run())
+        .map_err(TraceError::Io)?;
+    Ok((stop, Events { oom, rest }))
+}
+
+struct Reader {
+    ring: RingBuf<MapData>,
+    oom_ring: RingBuf<MapData>,
+    enricher: Enricher,
+    tx: mpsc::Sender<Event>,
+    tx_oom: mpsc::Sender<Event>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Reader {
+    fn run(mut self) {
+        loop {
+            // OOM events first, and again between batches of the others and while the other
+            // lane is full, so neither a flood in `EVENTS` nor a consumer behind it delays a
+            // victim.
+            if !self.pump_oom() {
+                return;
+            }
+            match self.forward_batch() {
+                Some(true) => continue,
+                Some(false) => {}
+                None => return,
+            }
+            if self.stopping.load(Ordering::Relaxed) || self.tx.is_closed() {
+                return;
+            }
+            if !self.wait_for_records() {
+                return;
+            }
+        }
+    }
+
+    /// Forwards every record waiting in the OOM ring to the OOM lane; false once the consumer is
+    /// gone.
+    fn pump_oom(&mut self) -> bool {
+        while let Some(item) = self.oom_ring.next() {
+            if let Some(ev) = decode(&mut self.enricher, &item) {
+                drop(item);
+                if self.tx_oom.blocking_send(ev).is_err() {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Forwards up to [`READER_BATCH`] records of `EVENTS`, serving the OOM lane while the other
+    /// one is full. Whether there were any; `None` once the consumer is gone.
+    fn forward_batch(&mut self) -> Option<bool> {
+        let mut busy = false;
+        for _ in 0..READER_BATCH {
+            let Some(item) = self.ring.next() else { break };
+            busy = true;
+            let Some(mut ev) = decode(&mut self.enricher, &item) else {
+                continue;
+            };
+            drop(item);
+            loop {
+                match self.tx.try_send(ev) {
+                    Ok(()) => break,
+                    Err(mpsc::error::TrySendError::Closed(_)) => return None,
+                    Err(mpsc::error::TrySendError::Full(back)) => {
+                        ev = back;
+                        if !self.pump_oom() {
+                            return None;
+                        }
+                        std::thread::sleep(FULL_LANE_WAIT);
+                    }
+                }
+            }
+        }
+        Some(busy)
+    }
+
+    /// Waits until either ring has records, or [`READER_POLL_MS`] passed; false when poll(2)
+    /// failed.
+    fn wait_for_records(&self) -> bool {
+        let mut pfds = [self.ring.as_raw_fd(), self.oom_ring.as_raw_fd()].map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        // SAFETY: two valid pollfds; the rings' fds stay open while they live. The timeout
+        // bounds how long a stop request waits; EINTR simply loops.
+        if unsafe { libc::poll(pfds.as_mut_ptr(), 2, READER_POLL_MS) } < 0
+            && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted
+        {
+            log::warn!("ring buffer poll: {}", io::Error::last_os_error());
+            return false;
+        }
+        true
+    }
+}
+
+/// Decodes and enriches one record; `None` when it is undecodable or outside the target.
+fn decode(enricher: &mut Enricher, item: &[u8]) -> Option<Event> {
+    match Event::decode(item) {
+        Ok(mut ev) => {
+            ev.read_at = monotonic();
+            if log::log_enabled!(log::Level::Trace) {
+                log::trace!(
+                    "event {:?} read {:?} after the kernel stamped it",
+                    std::mem::discriminant(&ev.kind),
+                    ev.read_at.saturating_sub(ev.ts)
+                );
+            }
+            enricher.process(&mut ev).then_some(ev)
+        }
+        Err(e) => {
+            log::warn!("dropping undecodable event: {e}");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::testing::{adj, pids};
+
+    #[tokio::test]
+    async fn the_oom_lane_goes_first_and_both_keep_their_order() {
+        let (tx_oom, oom) = mpsc::channel(8);
+        let (tx, rest) = mpsc::channel(8);
+        let mut events = Events { oom, rest };
+        for p in [1, 2, 3] {
+            tx.send(adj(p)).await.expect("send");
+        }
+        for p in [100, 101] {
+            tx_oom.send(adj(p)).await.expect("send");
+        }
+        let first = events.recv().await.expect("an event");
+        assert_eq!(pids(&[first]), [100]);
+        let mut buf = Vec::new();
+        assert_eq!(events.recv_many(&mut buf, 3).await, 3);
+        assert_eq!(pids(&buf), [101, 1, 2]);
+        drop((tx, tx_oom));
+        assert_eq!(pids(&[events.recv().await.expect("the last one")]), [3]);
+        assert!(events.recv().await.is_none(), "both lanes closed and empty");
+        assert_eq!(events.recv_many(&mut buf, 3).await, 0);
+    }
+}
