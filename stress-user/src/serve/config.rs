@@ -10,6 +10,8 @@ use std::{
 
 use serde::Deserialize;
 
+use crate::trace::EventClass;
+
 /// The port oomlab's exporter listens on by default.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 
@@ -27,45 +29,6 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
     #[error("refusing to listen on {0}: it is not a loopback address, and /metrics and /events describe every process on this node; pass --allow-remote (or set allow_remote = true) to expose them")]
     RemoteNotAllowed(SocketAddr),
-}
-
-/// A class of events, as `--events` names them in `oomlab trace`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EventClass {
-    /// OOM victims, OOM episodes and the OOM killer hooks.
-    Oom,
-    /// `oom_score_adj` updates.
-    Adj,
-    /// memcg and direct reclaim.
-    Reclaim,
-    /// cgroup mkdir/rmdir/attach.
-    Cgroup,
-}
-
-impl EventClass {
-    pub const ALL: [EventClass; 4] = [
-        EventClass::Oom,
-        EventClass::Adj,
-        EventClass::Reclaim,
-        EventClass::Cgroup,
-    ];
-
-    /// The class of a JSON line `type` as `oomlab trace --output json` writes it; `None` for
-    /// lines that are not kernel events (`ready`, `lost`).
-    pub fn of_type(ty: &str) -> Option<EventClass> {
-        if ty.starts_with("oom_score_adj") {
-            Some(EventClass::Adj)
-        } else if ty.starts_with("oom") || ty.contains("reap") {
-            Some(EventClass::Oom)
-        } else if ty.contains("reclaim") || ty.starts_with("kswapd") {
-            Some(EventClass::Reclaim)
-        } else if ty.starts_with("cgroup") {
-            Some(EventClass::Cgroup)
-        } else {
-            None
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -241,22 +204,5 @@ mod tests {
         assert!(err.contains("--allow-remote"), "{err}");
         let v6 = parse("listen = \"[::1]:9464\"").expect("parses");
         v6.check_listen().expect("::1 is loopback");
-    }
-
-    #[test]
-    fn json_types_map_to_classes() {
-        for (ty, class) in [
-            ("oom_victim", Some(EventClass::Oom)),
-            ("oom_episode", Some(EventClass::Oom)),
-            ("oom_kill_hook", Some(EventClass::Oom)),
-            ("oom_score_adj", Some(EventClass::Adj)),
-            ("reclaim", Some(EventClass::Reclaim)),
-            ("reclaim_summary", Some(EventClass::Reclaim)),
-            ("cgroup", Some(EventClass::Cgroup)),
-            ("ready", None),
-            ("lost", None),
-        ] {
-            assert_eq!(EventClass::of_type(ty), class, "{ty}");
-        }
     }
 }

@@ -22,7 +22,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-pub use self::config::{Config, ConfigError, EventClass};
+pub use self::config::{Config, ConfigError};
 use self::{
     http::{Chunk, Shared},
     metrics::{Kill, Limits, Metrics},
@@ -33,7 +33,7 @@ use crate::{
     trace::{
         episode::{Episode, Episodes},
         pump::{End, Pump, Pumped},
-        Event, EventKind, EventSet, TraceError, TraceOptions, Tracer,
+        Event, EventClass, EventKind, EventSet, TraceError, TraceOptions, Tracer,
     },
 };
 

@@ -2,12 +2,14 @@
 //! which `--events` class it belongs to — what the tracer attaches and `doctor` checks — and the
 //! pairs whose layouts the programs share.
 
-/// Which `--events` class a tracepoint serves; programs of classes not asked for are not
-/// attached at all (no overhead).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// A class of events, as `--events` (and `events` in `oomlab serve`'s config) names them;
+/// programs of classes not asked for are not attached at all (no overhead).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum EventClass {
-    /// Victims, the reaper, the allocator's retry decisions.
+    /// Victims, OOM episodes, the reaper, the allocator's retry decisions, the OOM killer hooks.
     Oom,
     /// `oom_score_adj` writes.
     Adj,
@@ -16,8 +18,31 @@ pub enum EventClass {
     /// cgroup mkdir/rmdir/attach (also attached whenever a target filter is set: moves into the
     /// target grow the filter).
     Cgroup,
-    /// fork/exit, only to keep the v1 pid filter in step.
-    Filter,
+}
+
+impl EventClass {
+    pub const ALL: [EventClass; 4] = [
+        EventClass::Oom,
+        EventClass::Adj,
+        EventClass::Reclaim,
+        EventClass::Cgroup,
+    ];
+
+    /// The class of a JSON line `type` as `oomlab trace --output json` writes it; `None` for
+    /// lines that are not kernel events (`ready`, `lost`).
+    pub fn of_type(ty: &str) -> Option<EventClass> {
+        if ty.starts_with("oom_score_adj") {
+            Some(EventClass::Adj)
+        } else if ty.starts_with("oom") || ty.contains("reap") {
+            Some(EventClass::Oom)
+        } else if ty.contains("reclaim") || ty.starts_with("kswapd") {
+            Some(EventClass::Reclaim)
+        } else if ty.starts_with("cgroup") {
+            Some(EventClass::Cgroup)
+        } else {
+            None
+        }
+    }
 }
 
 /// The `--events` selection.
@@ -84,7 +109,6 @@ impl EventSet {
             EventClass::Adj => self.adj,
             EventClass::Reclaim => self.reclaim,
             EventClass::Cgroup => self.cgroup,
-            EventClass::Filter => false,
         }
     }
 }
@@ -97,16 +121,21 @@ pub struct TracepointSpec {
     pub program: &'static str,
     /// oomlab cannot trace OOMs without it.
     pub required: bool,
-    pub class: EventClass,
+    /// `None`: only for the target filter (fork/exit keep the v1 pid filter in step).
+    pub class: Option<EventClass>,
 }
 
 impl TracepointSpec {
     /// Whether the tracer attaches it for `events`. A target filter (`targeted`) also needs the
     /// cgroup events (moves into the target grow the filter) and fork/exit (the v1 pid filter).
     pub fn wanted(&self, events: EventSet, targeted: bool) -> bool {
-        self.required
-            || events.wants(self.class)
-            || (targeted && matches!(self.class, EventClass::Cgroup | EventClass::Filter))
+        if self.required {
+            return true;
+        }
+        match self.class {
+            Some(class) => events.wants(class) || (targeted && class == EventClass::Cgroup),
+            None => targeted,
+        }
     }
 }
 
@@ -114,7 +143,7 @@ const fn tp(
     group: &'static str,
     event: &'static str,
     program: &'static str,
-    class: EventClass,
+    class: Option<EventClass>,
 ) -> TracepointSpec {
     TracepointSpec {
         group,
@@ -133,90 +162,95 @@ pub const TRACEPOINTS: &[TracepointSpec] = &[
         event: "mark_victim",
         program: "mark_victim",
         required: true,
-        class: EventClass::Oom,
+        class: Some(EventClass::Oom),
     },
     tp(
         "oom",
         "oom_score_adj_update",
         "oom_score_adj_update",
-        EventClass::Adj,
+        Some(EventClass::Adj),
     ),
     tp(
         "oom",
         "reclaim_retry_zone",
         "reclaim_retry_zone",
-        EventClass::Oom,
+        Some(EventClass::Oom),
     ),
-    tp("oom", "compact_retry", "compact_retry", EventClass::Oom),
-    tp("oom", "wake_reaper", "wake_reaper", EventClass::Oom),
+    tp(
+        "oom",
+        "compact_retry",
+        "compact_retry",
+        Some(EventClass::Oom),
+    ),
+    tp("oom", "wake_reaper", "wake_reaper", Some(EventClass::Oom)),
     tp(
         "oom",
         "start_task_reaping",
         "start_task_reaping",
-        EventClass::Oom,
+        Some(EventClass::Oom),
     ),
     tp(
         "oom",
         "finish_task_reaping",
         "finish_task_reaping",
-        EventClass::Oom,
+        Some(EventClass::Oom),
     ),
     tp(
         "oom",
         "skip_task_reaping",
         "skip_task_reaping",
-        EventClass::Oom,
+        Some(EventClass::Oom),
     ),
     tp(
         "vmscan",
         "mm_vmscan_memcg_reclaim_begin",
         "memcg_reclaim_begin",
-        EventClass::Reclaim,
+        Some(EventClass::Reclaim),
     ),
     tp(
         "vmscan",
         "mm_vmscan_memcg_reclaim_end",
         "memcg_reclaim_end",
-        EventClass::Reclaim,
+        Some(EventClass::Reclaim),
     ),
     tp(
         "vmscan",
         "mm_vmscan_direct_reclaim_begin",
         "direct_reclaim_begin",
-        EventClass::Reclaim,
+        Some(EventClass::Reclaim),
     ),
     tp(
         "vmscan",
         "mm_vmscan_direct_reclaim_end",
         "direct_reclaim_end",
-        EventClass::Reclaim,
+        Some(EventClass::Reclaim),
     ),
     tp(
         "vmscan",
         "mm_vmscan_kswapd_wake",
         "kswapd_wake",
-        EventClass::Reclaim,
+        Some(EventClass::Reclaim),
     ),
-    tp("cgroup", "cgroup_mkdir", "cgroup_mkdir", EventClass::Cgroup),
-    tp("cgroup", "cgroup_rmdir", "cgroup_rmdir", EventClass::Cgroup),
+    tp(
+        "cgroup",
+        "cgroup_mkdir",
+        "cgroup_mkdir",
+        Some(EventClass::Cgroup),
+    ),
+    tp(
+        "cgroup",
+        "cgroup_rmdir",
+        "cgroup_rmdir",
+        Some(EventClass::Cgroup),
+    ),
     tp(
         "cgroup",
         "cgroup_attach_task",
         "cgroup_attach_task",
-        EventClass::Cgroup,
+        Some(EventClass::Cgroup),
     ),
-    tp(
-        "sched",
-        "sched_process_fork",
-        "sched_process_fork",
-        EventClass::Filter,
-    ),
-    tp(
-        "sched",
-        "sched_process_exit",
-        "sched_process_exit",
-        EventClass::Filter,
-    ),
+    tp("sched", "sched_process_fork", "sched_process_fork", None),
+    tp("sched", "sched_process_exit", "sched_process_exit", None),
 ];
 
 /// `(group, event)`.
@@ -251,5 +285,22 @@ mod tests {
         assert!(EventSet::parse("oom,bogus").unwrap_err().contains("bogus"));
         assert!(EventSet::parse("").is_err());
         assert!(TRACEPOINTS.iter().filter(|t| t.required).count() == 1);
+    }
+
+    #[test]
+    fn json_types_map_to_classes() {
+        for (ty, class) in [
+            ("oom_victim", Some(EventClass::Oom)),
+            ("oom_episode", Some(EventClass::Oom)),
+            ("oom_kill_hook", Some(EventClass::Oom)),
+            ("oom_score_adj", Some(EventClass::Adj)),
+            ("reclaim", Some(EventClass::Reclaim)),
+            ("reclaim_summary", Some(EventClass::Reclaim)),
+            ("cgroup", Some(EventClass::Cgroup)),
+            ("ready", None),
+            ("lost", None),
+        ] {
+            assert_eq!(EventClass::of_type(ty), class, "{ty}");
+        }
     }
 }
