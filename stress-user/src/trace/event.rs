@@ -268,151 +268,15 @@ impl Event {
     pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
         let k: u32 = read(buf, 0)?;
         let (hdr, kind) = match k {
-            kind::MARK_VICTIM => {
-                let e: common::MarkVictim = read(buf, k)?;
-                let has = |bit| e.present & bit != 0;
-                let rss = |v| has(victim_fields::RSS).then_some(v);
-                (
-                    e.hdr,
-                    EventKind::Victim(Victim {
-                        pid: e.pid,
-                        comm: has(victim_fields::COMM).then(|| cstr(&e.comm)),
-                        uid: has(victim_fields::UID).then_some(e.uid),
-                        total_vm_kb: rss(e.total_vm_kb),
-                        anon_rss_kb: rss(e.anon_rss_kb),
-                        file_rss_kb: rss(e.file_rss_kb),
-                        shmem_rss_kb: rss(e.shmem_rss_kb),
-                        pgtables_kb: has(victim_fields::PGTABLES).then_some(e.pgtables_kb),
-                        oom_score_adj: has(victim_fields::OOM_SCORE_ADJ).then_some(e.oom_score_adj),
-                        trigger: task(&e.hdr),
-                        in_filter: has(victim_fields::IN_FILTER),
-                        context: VictimContext::default(),
-                    }),
-                )
-            }
-            kind::ADJ_UPDATE => {
-                let e: common::AdjUpdate = read(buf, k)?;
-                (
-                    e.hdr,
-                    EventKind::AdjUpdate(AdjUpdate {
-                        pid: e.pid,
-                        comm: cstr(&e.comm),
-                        oom_score_adj: e.oom_score_adj,
-                        writer: task(&e.hdr),
-                    }),
-                )
-            }
-            kind::OOM_KILL_PROCESS => {
-                let e: common::OomKillProcess = read(buf, k)?;
-                (
-                    e.hdr,
-                    EventKind::OomKillHook(OomKillHook {
-                        hook: if e.hook == 1 { "fentry" } else { "kprobe" },
-                        task: task(&e.hdr),
-                    }),
-                )
-            }
-            kind::RECLAIM => {
-                let e: common::Reclaim = read(buf, k)?;
-                (
-                    e.hdr,
-                    EventKind::Reclaim(Reclaim {
-                        reclaim: if e.reclaim_kind == reclaim_kind::DIRECT {
-                            ReclaimKind::Direct
-                        } else {
-                            ReclaimKind::Memcg
-                        },
-                        order: e.order,
-                        gfp_flags: e.gfp_flags,
-                        nr_reclaimed: e.nr_reclaimed,
-                        latency_ns: e.latency_ns,
-                        task: task(&e.hdr),
-                        cgroup: None,
-                    }),
-                )
-            }
-            kind::RETRY_ZONE => {
-                let e: common::RetryZone = read(buf, k)?;
-                (
-                    e.hdr,
-                    EventKind::ReclaimRetry(ReclaimRetry {
-                        node: e.node,
-                        zone_idx: e.zone_idx,
-                        order: e.order,
-                        reclaimable: e.reclaimable,
-                        available: e.available,
-                        min_wmark: e.min_wmark,
-                        no_progress_loops: e.no_progress_loops,
-                        wmark_check: e.wmark_check != 0,
-                        task: task(&e.hdr),
-                    }),
-                )
-            }
-            kind::COMPACT_RETRY => {
-                let e: common::CompactRetry = read(buf, k)?;
-                (
-                    e.hdr,
-                    EventKind::CompactRetry(CompactRetry {
-                        order: e.order,
-                        priority: e.priority,
-                        result: e.result,
-                        retries: e.retries,
-                        max_retries: e.max_retries,
-                        retry: e.ret != 0,
-                        task: task(&e.hdr),
-                    }),
-                )
-            }
-            kind::REAPER => {
-                let e: common::Reaper = read(buf, k)?;
-                let step = match e.step {
-                    reaper_step::WAKE => ReaperStep::Wake,
-                    reaper_step::START => ReaperStep::Start,
-                    reaper_step::FINISH => ReaperStep::Finish,
-                    _ => ReaperStep::Skip,
-                };
-                (
-                    e.hdr,
-                    EventKind::Reaper(Reaper {
-                        step,
-                        pid: e.pid,
-                        task: task(&e.hdr),
-                    }),
-                )
-            }
-            kind::KSWAPD_WAKE => {
-                let e: common::KswapdWake = read(buf, k)?;
-                (
-                    e.hdr,
-                    EventKind::KswapdWake(KswapdWake {
-                        nid: e.nid,
-                        zid: e.zid,
-                        order: e.order,
-                    }),
-                )
-            }
-            kind::CGROUP => {
-                let e: common::CgroupEvent = read(buf, k)?;
-                let op = match e.op {
-                    cgroup_op::MKDIR => CgroupOp::Mkdir,
-                    cgroup_op::RMDIR => CgroupOp::Rmdir,
-                    _ => CgroupOp::Attach,
-                };
-                let attach = op == CgroupOp::Attach;
-                (
-                    e.hdr,
-                    EventKind::Cgroup(CgroupChange {
-                        op,
-                        root: e.root,
-                        level: e.level,
-                        id: e.id,
-                        path: cstr(&e.path),
-                        pid: attach.then_some(e.pid),
-                        comm: attach.then(|| cstr(&e.comm)),
-                        task: task(&e.hdr),
-                    }),
-                )
-            }
+            kind::MARK_VICTIM => victim(read(buf, k)?),
+            kind::ADJ_UPDATE => adj_update(read(buf, k)?),
+            kind::OOM_KILL_PROCESS => oom_kill_hook(read(buf, k)?),
+            kind::RECLAIM => reclaim(read(buf, k)?),
+            kind::RETRY_ZONE => reclaim_retry(read(buf, k)?),
+            kind::COMPACT_RETRY => compact_retry(read(buf, k)?),
+            kind::REAPER => reaper(read(buf, k)?),
+            kind::KSWAPD_WAKE => kswapd_wake(read(buf, k)?),
+            kind::CGROUP => cgroup(read(buf, k)?),
             other => return Err(DecodeError::UnknownKind(other)),
         };
         Ok(Event {
@@ -422,6 +286,135 @@ impl Event {
             kind,
         })
     }
+}
+
+// One decoder per record kind: the record's header, and the typed event it carries.
+
+fn victim(e: common::MarkVictim) -> (common::EventHeader, EventKind) {
+    let has = |bit| e.present & bit != 0;
+    let rss = |v| has(victim_fields::RSS).then_some(v);
+    let v = Victim {
+        pid: e.pid,
+        comm: has(victim_fields::COMM).then(|| cstr(&e.comm)),
+        uid: has(victim_fields::UID).then_some(e.uid),
+        total_vm_kb: rss(e.total_vm_kb),
+        anon_rss_kb: rss(e.anon_rss_kb),
+        file_rss_kb: rss(e.file_rss_kb),
+        shmem_rss_kb: rss(e.shmem_rss_kb),
+        pgtables_kb: has(victim_fields::PGTABLES).then_some(e.pgtables_kb),
+        oom_score_adj: has(victim_fields::OOM_SCORE_ADJ).then_some(e.oom_score_adj),
+        trigger: task(&e.hdr),
+        in_filter: has(victim_fields::IN_FILTER),
+        context: VictimContext::default(),
+    };
+    (e.hdr, EventKind::Victim(v))
+}
+
+fn adj_update(e: common::AdjUpdate) -> (common::EventHeader, EventKind) {
+    let a = AdjUpdate {
+        pid: e.pid,
+        comm: cstr(&e.comm),
+        oom_score_adj: e.oom_score_adj,
+        writer: task(&e.hdr),
+    };
+    (e.hdr, EventKind::AdjUpdate(a))
+}
+
+fn oom_kill_hook(e: common::OomKillProcess) -> (common::EventHeader, EventKind) {
+    let h = OomKillHook {
+        hook: if e.hook == 1 { "fentry" } else { "kprobe" },
+        task: task(&e.hdr),
+    };
+    (e.hdr, EventKind::OomKillHook(h))
+}
+
+fn reclaim(e: common::Reclaim) -> (common::EventHeader, EventKind) {
+    let r = Reclaim {
+        reclaim: if e.reclaim_kind == reclaim_kind::DIRECT {
+            ReclaimKind::Direct
+        } else {
+            ReclaimKind::Memcg
+        },
+        order: e.order,
+        gfp_flags: e.gfp_flags,
+        nr_reclaimed: e.nr_reclaimed,
+        latency_ns: e.latency_ns,
+        task: task(&e.hdr),
+        cgroup: None,
+    };
+    (e.hdr, EventKind::Reclaim(r))
+}
+
+fn reclaim_retry(e: common::RetryZone) -> (common::EventHeader, EventKind) {
+    let r = ReclaimRetry {
+        node: e.node,
+        zone_idx: e.zone_idx,
+        order: e.order,
+        reclaimable: e.reclaimable,
+        available: e.available,
+        min_wmark: e.min_wmark,
+        no_progress_loops: e.no_progress_loops,
+        wmark_check: e.wmark_check != 0,
+        task: task(&e.hdr),
+    };
+    (e.hdr, EventKind::ReclaimRetry(r))
+}
+
+fn compact_retry(e: common::CompactRetry) -> (common::EventHeader, EventKind) {
+    let c = CompactRetry {
+        order: e.order,
+        priority: e.priority,
+        result: e.result,
+        retries: e.retries,
+        max_retries: e.max_retries,
+        retry: e.ret != 0,
+        task: task(&e.hdr),
+    };
+    (e.hdr, EventKind::CompactRetry(c))
+}
+
+fn reaper(e: common::Reaper) -> (common::EventHeader, EventKind) {
+    let step = match e.step {
+        reaper_step::WAKE => ReaperStep::Wake,
+        reaper_step::START => ReaperStep::Start,
+        reaper_step::FINISH => ReaperStep::Finish,
+        _ => ReaperStep::Skip,
+    };
+    let r = Reaper {
+        step,
+        pid: e.pid,
+        task: task(&e.hdr),
+    };
+    (e.hdr, EventKind::Reaper(r))
+}
+
+fn kswapd_wake(e: common::KswapdWake) -> (common::EventHeader, EventKind) {
+    let k = KswapdWake {
+        nid: e.nid,
+        zid: e.zid,
+        order: e.order,
+    };
+    (e.hdr, EventKind::KswapdWake(k))
+}
+
+fn cgroup(e: common::CgroupEvent) -> (common::EventHeader, EventKind) {
+    let op = match e.op {
+        cgroup_op::MKDIR => CgroupOp::Mkdir,
+        cgroup_op::RMDIR => CgroupOp::Rmdir,
+        _ => CgroupOp::Attach,
+    };
+    let attach = op == CgroupOp::Attach;
+    let c = CgroupChange {
+        op,
+        root: e.root,
+        level: e.level,
+        id: e.id,
+        path: cstr(&e.path),
+        pid: attach.then_some(e.pid),
+        comm: attach.then(|| cstr(&e.comm)),
+        task: task(&e.hdr),
+    };
+    (e.hdr, EventKind::Cgroup(c))
 }
 
 #[cfg(test)]
