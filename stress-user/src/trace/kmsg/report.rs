@@ -1,87 +1,12 @@
-//! The kernel log side of an OOM: `/dev/kmsg` records and the lines of the OOM report
-//! (`dump_header`, `dump_tasks`, the `oom-kill:` summary, `Killed process`, `oom_reaper`).
-//! Formats seen on 6.1, 6.12 and 6.18 are parsed; anything else is ignored, never fatal.
+//! The lines of an OOM report (`dump_header`, `dump_tasks`, the `oom-kill:` summary, `Killed
+//! process`, `oom_reaper`, a global OOM's `show_mem`) parsed into typed [`OomLine`]s. Formats seen
+//! on 6.1, 6.12 and 6.18 are parsed; anything else is ignored, never fatal.
 
-use std::{
-    collections::BTreeMap,
-    fs::File,
-    io::{self, Read},
-    os::unix::fs::OpenOptionsExt,
-    time::Duration,
-};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
-use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 use crate::sys::page_size;
-
-/// One `/dev/kmsg` record: `prio,seq,ts_us,flags[,…];message` plus optional ` KEY=value` lines.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    /// Syslog level (0 emerg … 7 debug); the facility is dropped.
-    pub level: u8,
-    pub seq: u64,
-    /// The printk timestamp (local_clock, microseconds since boot).
-    pub ts: Duration,
-    /// The message with the kernel's `\xNN` escapes undone (`\x0a` inside one record is a
-    /// newline printed with `pr_cont`-less multi-line output, e.g. memory.stat on 6.1).
-    pub message: String,
-}
-
-impl Record {
-    /// Parses one record as read from `/dev/kmsg`; `None` for anything else (a comment line in a
-    /// fixture, a truncated read).
-    pub fn parse(raw: &str) -> Option<Record> {
-        let first = raw.lines().next()?;
-        let (prefix, message) = first.split_once(';')?;
-        let mut fields = prefix.split(',');
-        let prio: u32 = fields.next()?.trim().parse().ok()?;
-        let seq = fields.next()?.parse().ok()?;
-        let ts_us: u64 = fields.next()?.parse().ok()?;
-        Some(Record {
-            level: u8::try_from(prio & 7).expect("masked to 3 bits"),
-            seq,
-            ts: Duration::from_micros(ts_us),
-            message: unescape(message),
-        })
-    }
-
-    /// The message's lines (usually one).
-    pub fn lines(&self) -> impl Iterator<Item = &str> {
-        self.message.lines()
-    }
-}
-
-/// Undoes `/dev/kmsg`'s `\xNN` escaping of non-printable bytes.
-fn unescape(s: &str) -> String {
-    if !s.contains("\\x") {
-        return s.to_string();
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' && bytes.get(i + 1) == Some(&b'x') {
-            let hex = s
-                .get(i + 2..i + 4)
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            if let Some(b) = hex {
-                out.push(b);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Parses a whole kmsg dump (one record per line, as `cat /dev/kmsg` prints them). Lines that
-/// are not records (comments, continuation ` KEY=value` lines) are skipped.
-pub fn parse_dump(text: &str) -> Vec<Record> {
-    text.lines().filter_map(Record::parse).collect()
-}
 
 /// `<comm> invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, oom_score_adj=0`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -488,86 +413,10 @@ fn parse_trigger(line: &str) -> Option<OomLine> {
     })
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum KmsgError {
-    #[error("cannot open /dev/kmsg (root or CAP_SYSLOG needed, and kernel.dmesg_restrict may forbid it): {0}")]
-    Open(#[source] io::Error),
-    #[error("cannot watch /dev/kmsg with the async runtime: {0}")]
-    Register(#[source] io::Error),
-}
-
-/// Reads `/dev/kmsg` from its end (new records only) in a tokio task and sends each record.
-pub struct KmsgReader {
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl KmsgReader {
-    /// Opens `/dev/kmsg` now (so records logged after this call are not missed) and starts the
-    /// reading task. Must be called inside a tokio runtime.
-    pub fn start() -> Result<(KmsgReader, mpsc::Receiver<Record>), KmsgError> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open("/dev/kmsg")
-            .map_err(KmsgError::Open)?;
-        // SEEK_END on /dev/kmsg moves to the next record to be logged.
-        // SAFETY: lseek on a file descriptor we own; no memory is touched.
-        let r = unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(&file), 0, libc::SEEK_END) };
-        if r < 0 {
-            return Err(KmsgError::Open(io::Error::last_os_error()));
-        }
-        // SAFETY: the File is owned by the AsyncFd for its whole life, so the fd stays open and
-        // refers to /dev/kmsg until the AsyncFd is dropped.
-        let fd = unsafe { AsyncFd::register(file) }
-            .map_err(|e| KmsgError::Register(e.into_parts().1))?;
-        let (tx, rx) = mpsc::channel(4096);
-        let task = tokio::spawn(read_loop(fd, tx));
-        Ok((KmsgReader { task }, rx))
-    }
-}
-
-impl Drop for KmsgReader {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn read_loop(fd: AsyncFd<File>, tx: mpsc::Sender<Record>) {
-    // One read returns one record; 8 KiB is the kernel's record limit (CONSOLE_EXT_LOG_MAX).
-    let mut buf = vec![0u8; 8192];
-    loop {
-        let Ok(mut guard) = fd.readable().await else {
-            return;
-        };
-        loop {
-            match (&mut guard.get_inner()).read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if let Some(rec) = Record::parse(&String::from_utf8_lossy(&buf[..n])) {
-                        if tx.send(rec).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    guard.clear_ready();
-                    break;
-                }
-                // EPIPE: the ring overwrote records we had not read; carry on from the next.
-                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
-                Err(e) => {
-                    log::warn!("reading /dev/kmsg stopped: {e}");
-                    return;
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::testing::kmsg_fixture as fixture;
+    use crate::trace::{kmsg::parse_dump, testing::kmsg_fixture as fixture};
 
     fn oom_lines(name: &str) -> Vec<OomLine> {
         let mut p = OomParser::new();
@@ -586,19 +435,6 @@ mod tests {
                 _ => None,
             })
             .collect()
-    }
-
-    #[test]
-    fn record_prefix_and_escapes() {
-        let r = Record::parse("6,408,14754045,-;anon 1\\x0afile 0\n SUBSYSTEM=x").expect("record");
-        assert_eq!((r.level, r.seq), (6, 408));
-        assert_eq!(r.ts, Duration::from_micros(14_754_045));
-        assert_eq!(r.lines().collect::<Vec<_>>(), ["anon 1", "file 0"]);
-        // Facility bits are dropped; extra prefix fields (caller id) are tolerated.
-        let r = Record::parse("30,7,100,c,caller=T1;hi").expect("record");
-        assert_eq!((r.level, r.message.as_str()), (6, "hi"));
-        assert_eq!(Record::parse("# comment"), None);
-        assert_eq!(Record::parse("x,1,2,-;bad prio"), None);
     }
 
     #[test]
