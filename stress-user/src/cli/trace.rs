@@ -16,7 +16,7 @@ use crate::{
     },
     cli::exit,
     report::{
-        event_json_line, json_line,
+        self, event_json_line, json_line,
         trace::{human_line, human_reclaim_line, ReclaimSummary},
         OutputFormat,
     },
@@ -216,7 +216,7 @@ impl<W: Write> Sink<W> {
     fn episode(&mut self, ep: &crate::trace::episode::Episode) -> std::io::Result<()> {
         match self.fmt {
             OutputFormat::Json => json_line(&mut self.out, "oom_episode", ep),
-            OutputFormat::Human => ep.render_human(&mut self.out),
+            OutputFormat::Human => report::episode::render_human(ep, &mut self.out),
         }
     }
 

@@ -2,6 +2,7 @@
 //! report (`report.json`, `report.md`, `timeline.svg`). Sinks only consume; they never reach
 //! back into the tracer or the injector.
 
+pub mod episode;
 #[cfg(test)]
 mod fixture;
 pub mod inject;

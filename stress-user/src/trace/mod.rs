@@ -16,7 +16,7 @@ pub mod pump;
 mod reader;
 pub mod scoreboard;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 mod tracefs;
 mod tracer;
 

@@ -3,12 +3,14 @@
 
 use std::{
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use super::{
+    episode::{Episode, EpisodeBuilder, QUIET},
     event::{AdjUpdate, Task},
     format::Format,
+    kmsg::parse_dump,
     Event, EventKind,
 };
 
@@ -34,6 +36,16 @@ fn read_format(path: &Path) -> Format {
 pub(crate) fn kmsg_fixture(name: &str) -> String {
     let path = format!("{}/../tests/data/kmsg/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The episode the builder makes of a recorded kmsg dump holding one OOM report.
+pub(crate) fn fixture_episode(name: &str) -> Episode {
+    let t0 = Instant::now();
+    let mut b = EpisodeBuilder::new(0, None);
+    for rec in parse_dump(&kmsg_fixture(name)) {
+        b.push_record(&rec, t0);
+    }
+    b.poll(t0 + QUIET).pop().expect("an episode")
 }
 
 /// An `oom_score_adj` event for `pid`, stamped `pid` ms.

@@ -1,31 +1,25 @@
-//! OOM episodes: one OOM's kernel-log report (trigger, domain, constraint, candidate table, every
-//! `Killed process`, the reaper) and its tracepoint events (`mark_victim`, reaper steps) grouped
-//! under one id, with the kernel's choice checked against oomlab's badness ranking.
-//!
-//! The kernel serialises OOM reports (`oom_lock`), so one report's lines arrive together; a
-//! report is complete after its `Killed process` line(s) and a short quiet period. Under a
-//! ratelimited storm the kernel prints only `Killed process`, and when a victim is already
-//! exiting it prints nothing: such kills still become episodes, from what is known.
+//! Groups kernel-log records and tracer events into episodes. The kernel serialises OOM reports
+//! (`oom_lock`), so one report's lines arrive together; a report is complete after its `Killed
+//! process` line(s) and a short quiet period. Under a ratelimited storm the kernel prints only
+//! `Killed process`, and when a victim is already exiting it prints nothing: such kills still
+//! become episodes, from what is known.
 
 use std::{
     collections::{HashSet, VecDeque},
-    io::{self, Write},
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
-use tokio::sync::mpsc;
-
+use super::{Domain, Episode, EpisodeVictim, ReaperNote, Trigger};
 use crate::{
     sys::page_size,
     trace::{
         badness::{self, Ranking},
         event::{ReaperStep, Task, Victim},
         kmsg::{
-            Killed, KmsgReader, MemCounter, OomHeader, OomLine, OomParser, OomSummary, Reaped,
-            Record, Scope,
+            Killed, MemCounter, OomHeader, OomLine, OomParser, OomSummary, Reaped, Record, Scope,
+            TaskRow,
         },
-        scoreboard::{AdjChange, AdjTimeline},
+        scoreboard::AdjTimeline,
         Event, EventKind,
     },
 };
@@ -42,281 +36,6 @@ pub const STALE: Duration = Duration::from_secs(5);
 /// two looks in a row goes, so a victim's history outlives it long enough for its episode.
 pub const ADJ_PRUNE_EVERY: Duration = Duration::from_secs(10);
 
-/// The OOM domain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Domain {
-    /// `memcg` or `global`; `None` when neither the log nor the constraint said.
-    pub scope: Option<Scope>,
-    /// The memcg whose limit was hit (`oom_memcg=`), for a memcg OOM.
-    pub memcg: Option<String>,
-}
-
-/// The task whose allocation invoked the OOM killer.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Trigger {
-    pub pid: Option<i32>,
-    pub comm: Option<String>,
-    pub gfp_mask: Option<String>,
-    pub order: Option<i32>,
-    pub oom_score_adj: Option<i32>,
-    /// From the `mark_victim` event's current task.
-    pub cgroup_id: Option<u64>,
-}
-
-/// One killed task of the episode.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct EpisodeVictim {
-    pub pid: i32,
-    pub comm: Option<String>,
-    pub oom_score_adj: Option<i32>,
-    pub anon_rss_kb: Option<u64>,
-    pub file_rss_kb: Option<u64>,
-    pub shmem_rss_kb: Option<u64>,
-    pub pgtables_kb: Option<u64>,
-    /// The one `select_bad_process` chose (the others died with it in a group kill).
-    pub selected: bool,
-    /// Seen in the kernel log (`Killed process`).
-    pub logged: bool,
-    /// Seen by the `oom:mark_victim` tracepoint.
-    pub traced: bool,
-    /// Its memory cgroup (`task_memcg=` for the selected one, or the tracer's enrichment).
-    pub cgroup: Option<String>,
-    /// Its `oom_score_adj` changes seen during this trace, oldest first.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub adj_history: Vec<AdjChange>,
-}
-
-/// The OOM reaper's work on a victim.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ReaperNote {
-    pub pid: i32,
-    /// `wake`, `start`, `finish`, `skip` (tracepoints) or `reaped` (kernel log).
-    pub step: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub anon_rss_kb: Option<u64>,
-}
-
-/// One OOM, as complete as the kernel's log and tracepoints allow.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Episode {
-    pub id: u64,
-    /// Kernel time of the episode: the `mark_victim` event's, else the report's printk time.
-    pub ts: f64,
-    /// printk time of the report's first line, seconds since boot (None: tracepoint only).
-    pub kmsg_ts: Option<f64>,
-    /// Kernel time of the first `mark_victim` event (CLOCK_MONOTONIC seconds).
-    pub event_ts: Option<f64>,
-    pub trigger: Trigger,
-    pub domain: Domain,
-    pub constraint: Option<String>,
-    /// The memory counters of the OOM memcg (`memory:`, `swap:`…).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub memory: Vec<MemCounter>,
-    pub victims: Vec<EpisodeVictim>,
-    /// `memory.oom.group`: the cgroup whose tasks were all killed.
-    pub group_kill: Option<String>,
-    /// `Killed process` lines (a group kill logs the selected victim twice, and the cgroup's
-    /// `oom_kill` counter counts both).
-    pub kill_lines: usize,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub reaper: Vec<ReaperNote>,
-    /// The candidate table with oomlab's ranking (None when the kernel printed no table:
-    /// `vm.oom_dump_tasks=0`, ratelimited, or no report at all).
-    pub selection: Option<Ranking>,
-}
-
-impl Episode {
-    /// The pid the kernel selected.
-    pub fn selected(&self) -> Option<i32> {
-        self.victims.iter().find(|v| v.selected).map(|v| v.pid)
-    }
-
-    /// Whether the episode concerns `target` (a cgroup path relative to the controller's
-    /// mount) or its descendants: a victim the (target-filtered) tracer saw, the OOM domain,
-    /// or a victim's cgroup.
-    pub fn in_target(&self, target: &str) -> bool {
-        let t = target.trim_matches('/');
-        let inside = |p: &str| {
-            let p = p.trim_matches('/');
-            t.is_empty() || p == t || p.strip_prefix(t).is_some_and(|r| r.starts_with('/'))
-        };
-        self.victims.iter().any(|v| v.traced)
-            || self.domain.memcg.as_deref().is_some_and(inside)
-            || self
-                .victims
-                .iter()
-                .any(|v| v.cgroup.as_deref().is_some_and(inside))
-    }
-
-    /// A human block: one headline, the victims, the ranked candidate table.
-    pub fn render_human(&self, out: &mut impl Write) -> io::Result<()> {
-        let opt = |v: Option<String>| v.unwrap_or_else(|| "?".into());
-        let scope = match self.domain.scope {
-            Some(Scope::Memcg) => "memcg",
-            Some(Scope::Global) => "global",
-            None => "?",
-        };
-        writeln!(
-            out,
-            "{:>14.6}  OOM-EPISODE #{} {scope} {}  {}  trigger {} ({}) gfp {} order {}",
-            self.ts,
-            self.id,
-            self.domain.memcg.as_deref().unwrap_or("-"),
-            self.constraint.as_deref().unwrap_or("-"),
-            opt(self.trigger.pid.map(|p| p.to_string())),
-            self.trigger.comm.as_deref().unwrap_or("?"),
-            self.trigger.gfp_mask.as_deref().unwrap_or("?"),
-            opt(self.trigger.order.map(|o| o.to_string())),
-        )?;
-        let pad = " ".repeat(16);
-        if let Some(g) = &self.group_kill {
-            writeln!(out, "{pad}memory.oom.group: every task of {g} killed")?;
-        }
-        for v in &self.victims {
-            let how: Vec<&str> = [
-                (v.selected, "selected"),
-                (v.logged, "logged"),
-                (v.traced, "traced"),
-            ]
-            .into_iter()
-            .filter_map(|(on, n)| on.then_some(n))
-            .collect();
-            writeln!(
-                out,
-                "{pad}killed {} ({}) adj {}  anon {} KiB  cgroup {}  [{}]",
-                v.pid,
-                v.comm.as_deref().unwrap_or("?"),
-                opt(v.oom_score_adj.map(|a| a.to_string())),
-                opt(v.anon_rss_kb.map(|a| a.to_string())),
-                v.cgroup.as_deref().unwrap_or("?"),
-                how.join(",")
-            )?;
-            for c in &v.adj_history {
-                writeln!(
-                    out,
-                    "{pad}  adj {} at {:.6} by {} ({})",
-                    c.oom_score_adj, c.ts, c.writer_pid, c.writer_comm
-                )?;
-            }
-        }
-        for r in &self.reaper {
-            writeln!(out, "{pad}reaper {} {}", r.step, r.pid)?;
-        }
-        match &self.selection {
-            None => writeln!(
-                out,
-                "{pad}no candidate table (vm.oom_dump_tasks=0, ratelimited, or no report)"
-            )?,
-            Some(sel) => {
-                writeln!(
-                    out,
-                    "{pad}candidates (totalpages {}, badness = rss + swap + pgtables + adj * (totalpages / 1000)):",
-                    sel.totalpages
-                )?;
-                writeln!(
-                    out,
-                    "{pad}  {:>4} {:>8} {:>9} {:>8} {:>6} {:>6} {:>6}  name",
-                    "rank", "pid", "points", "rss", "swap", "pgtbl", "adj"
-                )?;
-                for c in &sel.candidates {
-                    writeln!(
-                        out,
-                        "{pad}{} {:>4} {:>8} {:>9} {:>8} {:>6} {:>6} {:>6}  {}",
-                        if c.chosen { "=>" } else { "  " },
-                        opt(c.rank.map(|r| r.to_string())),
-                        c.pid,
-                        c.points.map_or("never".into(), |p| p.to_string()),
-                        opt(c.rss_pages.map(|r| r.to_string())),
-                        opt(c.swapents.map(|r| r.to_string())),
-                        opt(c.pgtables_bytes.map(|b| (b / page_size()).to_string())),
-                        opt(c.oom_score_adj.map(|r| r.to_string())),
-                        c.name
-                    )?;
-                }
-                match (&sel.disagreement, sel.agrees()) {
-                    (Some(d), _) => writeln!(out, "{pad}DISAGREEMENT: {d}")?,
-                    (None, Some(true)) => {
-                        writeln!(out, "{pad}oomlab's ranking agrees with the kernel's choice")?
-                    }
-                    _ => {}
-                }
-            }
-        }
-        out.flush()
-    }
-}
-
-/// The live side for `oomlab trace`: `/dev/kmsg` records and tracer events in, complete episodes
-/// (of the target, if any) out.
-pub struct Episodes {
-    builder: EpisodeBuilder,
-    kmsg: Option<(KmsgReader, mpsc::Receiver<Record>)>,
-    target: Option<String>,
-}
-
-impl Episodes {
-    /// Opens `/dev/kmsg` from its end. Without it (no permission) episodes come from the
-    /// tracepoints alone, without a candidate table; the reason is logged.
-    pub fn start(target: Option<String>) -> Episodes {
-        let kmsg = match KmsgReader::start() {
-            Ok(k) => Some(k),
-            Err(e) => {
-                log::warn!("OOM episodes without the kernel's candidate table: {e}");
-                None
-            }
-        };
-        Episodes {
-            builder: EpisodeBuilder::for_this_node(),
-            kmsg,
-            target,
-        }
-    }
-
-    pub fn has_kmsg(&self) -> bool {
-        self.kmsg.is_some()
-    }
-
-    /// The next kernel-log record (pending forever without `/dev/kmsg`).
-    pub async fn record(&mut self) -> Option<Record> {
-        match &mut self.kmsg {
-            Some((_, rx)) => rx.recv().await,
-            None => std::future::pending().await,
-        }
-    }
-
-    pub fn push_record(&mut self, rec: &Record) {
-        self.builder.push_record(rec, Instant::now());
-    }
-
-    pub fn push_event(&mut self, ev: &Event) {
-        self.builder.push_event(ev, Instant::now());
-    }
-
-    pub fn poll(&mut self) -> Vec<Episode> {
-        let eps = self.builder.poll(Instant::now());
-        self.keep_target(eps)
-    }
-
-    /// At the end of the trace: reads what the kernel log still holds, then closes everything.
-    pub fn flush(&mut self) -> Vec<Episode> {
-        let now = Instant::now();
-        if let Some((_, rx)) = &mut self.kmsg {
-            while let Ok(rec) = rx.try_recv() {
-                self.builder.push_record(&rec, now);
-            }
-        }
-        let eps = self.builder.flush();
-        self.keep_target(eps)
-    }
-
-    fn keep_target(&self, eps: Vec<Episode>) -> Vec<Episode> {
-        match &self.target {
-            Some(t) => eps.into_iter().filter(|e| e.in_target(t)).collect(),
-            None => eps,
-        }
-    }
-}
-
 /// A report being assembled from kernel-log lines.
 #[derive(Debug, Default)]
 struct Report {
@@ -325,7 +44,7 @@ struct Report {
     trigger_task: Option<(i32, String)>,
     memory: Vec<MemCounter>,
     stats_memcg: Option<String>,
-    rows: Vec<crate::trace::kmsg::TaskRow>,
+    rows: Vec<TaskRow>,
     summary: Option<OomSummary>,
     group: Option<String>,
     killed: Vec<Killed>,
@@ -337,8 +56,44 @@ impl Report {
     fn has_kill(&self) -> bool {
         !self.killed.is_empty()
     }
+
     fn victim_pids(&self) -> impl Iterator<Item = i32> + '_ {
         self.killed.iter().map(|k| k.pid)
+    }
+
+    /// A line of the report's body (not a header, kill or reaper line). After the kill only
+    /// group-kill lines belong to this report.
+    fn push(&mut self, line: OomLine, now: Instant) {
+        if self.has_kill() && !matches!(line, OomLine::GroupKill(_)) {
+            return;
+        }
+        self.last = Some(now);
+        let page_kb = page_size() / 1024;
+        match line {
+            OomLine::TriggerTask { pid, comm } => self.trigger_task = Some((pid, comm)),
+            OomLine::Memory(m) => self.memory.push(m),
+            OomLine::MemcgStats(p) => self.stats_memcg = Some(p),
+            OomLine::Task(t) => self.rows.push(t),
+            OomLine::Summary(s) => self.summary = Some(s),
+            OomLine::GroupKill(g) => self.group = Some(g),
+            OomLine::PagesRam(n) => self.memory.push(limit("pages_ram", n * page_kb)),
+            OomLine::PagesReserved(n) => self.memory.push(limit("pages_reserved", n * page_kb)),
+            OomLine::TotalSwapKb(kb) => self.memory.push(limit("total_swap", kb)),
+            OomLine::Header(_)
+            | OomLine::Killed(_)
+            | OomLine::Reaped(_)
+            | OomLine::TasksHeader(_) => {}
+        }
+    }
+}
+
+/// A global OOM's `show_mem` figure, kept beside the memcg counters as a limit.
+fn limit(name: &str, limit_kb: u64) -> MemCounter {
+    MemCounter {
+        name: name.into(),
+        usage_kb: 0,
+        limit_kb,
+        failcnt: 0,
     }
 }
 
@@ -424,24 +179,7 @@ impl EpisodeBuilder {
                     ..Report::default()
                 });
             }
-            OomLine::Killed(k) => {
-                // A second kill without a group-kill line is the next (ratelimited, header-less)
-                // OOM; so is a kill with no report open.
-                let continues = self
-                    .current
-                    .as_ref()
-                    .is_some_and(|r| !r.has_kill() || r.group.is_some());
-                if !continues {
-                    self.close_current();
-                    self.current = Some(Report {
-                        first_ts: Some(ts),
-                        ..Report::default()
-                    });
-                }
-                let r = self.current.as_mut().expect("opened above");
-                r.killed.push(k);
-                r.last = Some(now);
-            }
+            OomLine::Killed(k) => self.push_kill(k, ts, now),
             OomLine::Reaped(p) => {
                 // The reaper runs after the report, possibly while the next one prints.
                 let owner = self
@@ -454,46 +192,29 @@ impl EpisodeBuilder {
                 }
             }
             other => {
-                let Some(r) = self.current.as_mut() else {
-                    return;
-                };
-                // After the kill only group-kill and reaper lines belong to this report.
-                if r.has_kill() && !matches!(other, OomLine::GroupKill(_)) {
-                    return;
-                }
-                r.last = Some(now);
-                match other {
-                    OomLine::TriggerTask { pid, comm } => r.trigger_task = Some((pid, comm)),
-                    OomLine::Memory(m) => r.memory.push(m),
-                    OomLine::MemcgStats(p) => r.stats_memcg = Some(p),
-                    OomLine::Task(t) => r.rows.push(t),
-                    OomLine::Summary(s) => r.summary = Some(s),
-                    OomLine::GroupKill(g) => r.group = Some(g),
-                    OomLine::PagesRam(n) => r.memory.push(MemCounter {
-                        name: "pages_ram".into(),
-                        usage_kb: 0,
-                        limit_kb: n * (page_size() / 1024),
-                        failcnt: 0,
-                    }),
-                    OomLine::PagesReserved(n) => r.memory.push(MemCounter {
-                        name: "pages_reserved".into(),
-                        usage_kb: 0,
-                        limit_kb: n * (page_size() / 1024),
-                        failcnt: 0,
-                    }),
-                    OomLine::TotalSwapKb(kb) => r.memory.push(MemCounter {
-                        name: "total_swap".into(),
-                        usage_kb: 0,
-                        limit_kb: kb,
-                        failcnt: 0,
-                    }),
-                    OomLine::Header(_)
-                    | OomLine::Killed(_)
-                    | OomLine::Reaped(_)
-                    | OomLine::TasksHeader(_) => {}
+                if let Some(r) = self.current.as_mut() {
+                    r.push(other, now);
                 }
             }
         }
+    }
+
+    fn push_kill(&mut self, k: Killed, ts: Duration, now: Instant) {
+        // A second kill without a group-kill line is the next (ratelimited, header-less) OOM;
+        // so is a kill with no report open.
+        let continues = self
+            .current
+            .as_ref()
+            .is_some_and(|r| !r.has_kill() || r.group.is_some());
+        if !continues {
+            self.close_current();
+        }
+        let r = self.current.get_or_insert_with(|| Report {
+            first_ts: Some(ts),
+            ..Report::default()
+        });
+        r.killed.push(k);
+        r.last = Some(now);
     }
 
     fn close_current(&mut self) {
@@ -633,71 +354,17 @@ impl EpisodeBuilder {
 
     /// Builds the episode from a report and the events of its victims.
     fn finish(&mut self, r: Report) -> Episode {
-        let id = self.next_id();
         let mut ep = Episode {
-            id,
-            ts: 0.0,
             kmsg_ts: r.first_ts.map(|t| t.as_secs_f64()),
-            event_ts: None,
-            trigger: Trigger::default(),
-            domain: Domain {
-                scope: None,
-                memcg: None,
-            },
+            trigger: report_trigger(&r),
+            domain: report_domain(&r),
             constraint: r.summary.as_ref().map(|s| s.constraint.clone()),
             memory: r.memory.clone(),
-            victims: Vec::new(),
+            victims: logged_victims(&r),
             group_kill: r.group.clone(),
             kill_lines: r.killed.len(),
-            reaper: Vec::new(),
-            selection: None,
+            ..blank(self.next_id())
         };
-        if let Some(h) = &r.header {
-            ep.trigger.comm = Some(h.comm.clone());
-            ep.trigger.gfp_mask = Some(h.gfp_mask.clone());
-            ep.trigger.order = h.order;
-            ep.trigger.oom_score_adj = h.oom_score_adj;
-        }
-        if let Some((pid, comm)) = &r.trigger_task {
-            ep.trigger.pid = Some(*pid);
-            ep.trigger.comm.get_or_insert_with(|| comm.clone());
-        }
-        ep.domain.scope = r.killed.first().map(|k| k.scope).or_else(|| {
-            r.summary.as_ref().map(|s| {
-                if s.constraint == "CONSTRAINT_MEMCG" {
-                    Scope::Memcg
-                } else {
-                    Scope::Global
-                }
-            })
-        });
-        ep.domain.memcg = r
-            .summary
-            .as_ref()
-            .and_then(|s| s.oom_memcg.clone())
-            .or_else(|| r.stats_memcg.clone())
-            .or_else(|| r.group.clone());
-        for (i, k) in r.killed.iter().enumerate() {
-            if ep.victims.iter().any(|v| v.pid == k.pid) {
-                continue;
-            }
-            ep.victims.push(EpisodeVictim {
-                pid: k.pid,
-                comm: Some(k.comm.clone()),
-                oom_score_adj: k.oom_score_adj,
-                anon_rss_kb: k.anon_rss_kb,
-                file_rss_kb: k.file_rss_kb,
-                shmem_rss_kb: k.shmem_rss_kb,
-                pgtables_kb: k.pgtables_kb,
-                selected: i == 0,
-                logged: true,
-                traced: false,
-                cgroup: (i == 0)
-                    .then(|| r.summary.as_ref().and_then(|s| s.task_memcg.clone()))
-                    .flatten(),
-                adj_history: Vec::new(),
-            });
-        }
         // The tracepoint side: claim this report's mark_victim events.
         let pids: Vec<i32> = ep.victims.iter().map(|v| v.pid).collect();
         let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.victims)
@@ -708,52 +375,33 @@ impl EpisodeBuilder {
             self.merge_event(&mut ep, &ev);
         }
         self.attach_reaper(&mut ep);
-        for p in &r.reaped {
-            ep.reaper.push(ReaperNote {
-                pid: p.pid,
-                step: "reaped".into(),
-                anon_rss_kb: p.anon_rss_kb,
-            });
-        }
-        let selected = ep.selected();
-        if !r.rows.is_empty() {
-            let totalpages = match ep.domain.scope {
-                Some(Scope::Memcg) => badness::memcg_totalpages(&r.memory, self.total_swap_pages),
-                _ => global_totalpages(&r.memory).or(self.node_totalpages),
-            };
-            if let Some(total) = totalpages {
-                ep.selection = Some(badness::rank(
-                    &r.rows,
-                    total,
-                    selected.or(r.summary.as_ref().and_then(|s| s.pid)),
-                ));
-            }
-        }
+        ep.reaper.extend(r.reaped.iter().map(|p| ReaperNote {
+            pid: p.pid,
+            step: "reaped".into(),
+            anon_rss_kb: p.anon_rss_kb,
+        }));
+        ep.selection = self.ranking(&r, &ep);
         self.fill_adj(&mut ep);
         ep
     }
 
+    /// oomlab's ranking of the report's candidate table, when it has one and `totalpages` is
+    /// known.
+    fn ranking(&self, r: &Report, ep: &Episode) -> Option<Ranking> {
+        if r.rows.is_empty() {
+            return None;
+        }
+        let totalpages = match ep.domain.scope {
+            Some(Scope::Memcg) => badness::memcg_totalpages(&r.memory, self.total_swap_pages),
+            _ => global_totalpages(&r.memory).or(self.node_totalpages),
+        }?;
+        let chosen = ep.selected().or(r.summary.as_ref().and_then(|s| s.pid));
+        Some(badness::rank(&r.rows, totalpages, chosen))
+    }
+
     /// An episode from a `mark_victim` event no report claimed.
     fn episode_of_event(&mut self, ev: &Event) -> Episode {
-        let id = self.next_id();
-        let mut ep = Episode {
-            id,
-            ts: 0.0,
-            kmsg_ts: None,
-            event_ts: None,
-            trigger: Trigger::default(),
-            domain: Domain {
-                scope: None,
-                memcg: None,
-            },
-            constraint: None,
-            memory: Vec::new(),
-            victims: Vec::new(),
-            group_kill: None,
-            kill_lines: 0,
-            reaper: Vec::new(),
-            selection: None,
-        };
+        let mut ep = blank(self.next_id());
         self.merge_event(&mut ep, ev);
         if let Some(v) = ep.victims.first_mut() {
             v.selected = true;
@@ -811,6 +459,93 @@ impl EpisodeBuilder {
     }
 }
 
+/// An episode with an id and nothing known yet.
+fn blank(id: u64) -> Episode {
+    Episode {
+        id,
+        ts: 0.0,
+        kmsg_ts: None,
+        event_ts: None,
+        trigger: Trigger::default(),
+        domain: Domain {
+            scope: None,
+            memcg: None,
+        },
+        constraint: None,
+        memory: Vec::new(),
+        victims: Vec::new(),
+        group_kill: None,
+        kill_lines: 0,
+        reaper: Vec::new(),
+        selection: None,
+    }
+}
+
+/// The invoking task as the report names it: header, then `dump_stack`'s `CPU: … PID:` line.
+fn report_trigger(r: &Report) -> Trigger {
+    let mut t = Trigger::default();
+    if let Some(h) = &r.header {
+        t.comm = Some(h.comm.clone());
+        t.gfp_mask = Some(h.gfp_mask.clone());
+        t.order = h.order;
+        t.oom_score_adj = h.oom_score_adj;
+    }
+    if let Some((pid, comm)) = &r.trigger_task {
+        t.pid = Some(*pid);
+        t.comm.get_or_insert_with(|| comm.clone());
+    }
+    t
+}
+
+/// The scope from the kill line (else the constraint), the memcg from the summary (else the
+/// memcg stats header, else the group kill).
+fn report_domain(r: &Report) -> Domain {
+    let scope = r.killed.first().map(|k| k.scope).or_else(|| {
+        r.summary.as_ref().map(|s| {
+            if s.constraint == "CONSTRAINT_MEMCG" {
+                Scope::Memcg
+            } else {
+                Scope::Global
+            }
+        })
+    });
+    let memcg = r
+        .summary
+        .as_ref()
+        .and_then(|s| s.oom_memcg.clone())
+        .or_else(|| r.stats_memcg.clone())
+        .or_else(|| r.group.clone());
+    Domain { scope, memcg }
+}
+
+/// One victim per killed pid, in the order logged: the first is the selected one (the others
+/// died with it in a group kill, which logs the selected one twice).
+fn logged_victims(r: &Report) -> Vec<EpisodeVictim> {
+    let mut victims: Vec<EpisodeVictim> = Vec::new();
+    for (i, k) in r.killed.iter().enumerate() {
+        if victims.iter().any(|v| v.pid == k.pid) {
+            continue;
+        }
+        victims.push(EpisodeVictim {
+            pid: k.pid,
+            comm: Some(k.comm.clone()),
+            oom_score_adj: k.oom_score_adj,
+            anon_rss_kb: k.anon_rss_kb,
+            file_rss_kb: k.file_rss_kb,
+            shmem_rss_kb: k.shmem_rss_kb,
+            pgtables_kb: k.pgtables_kb,
+            selected: i == 0,
+            logged: true,
+            traced: false,
+            cgroup: (i == 0)
+                .then(|| r.summary.as_ref().and_then(|s| s.task_memcg.clone()))
+                .flatten(),
+            adj_history: Vec::new(),
+        });
+    }
+    victims
+}
+
 fn victim_pid(ev: &Event) -> i32 {
     match &ev.kind {
         EventKind::Victim(v) => v.pid,
@@ -861,7 +596,7 @@ mod tests {
     use crate::trace::{
         event::{AdjUpdate, Reaper, VictimContext},
         kmsg::parse_dump,
-        testing::kmsg_fixture as fixture,
+        testing::{fixture_episode, kmsg_fixture as fixture},
     };
 
     fn task(pid: u32, comm: &str) -> Task {
@@ -1094,11 +829,8 @@ mod tests {
     }
 
     #[test]
-    fn target_filter_and_human_block() {
-        let t0 = Instant::now();
-        let mut b = EpisodeBuilder::new(0, None);
-        feed(&mut b, "6.18-host-memcg.txt", t0);
-        let ep = b.poll(t0 + QUIET).pop().expect("episode");
+    fn target_filter_and_json() {
+        let ep = fixture_episode("6.18-host-memcg.txt");
         assert!(ep.in_target("/oomlab-test"));
         assert!(ep.in_target("oomlab-test/victims-fixture-18259/"));
         assert!(ep.in_target("/"));
@@ -1107,18 +839,6 @@ mod tests {
             "a sibling prefix is not a parent"
         );
         assert!(!ep.in_target("/other"));
-        let mut text = Vec::new();
-        ep.render_human(&mut text).expect("render");
-        let text = String::from_utf8(text).expect("utf8");
-        let chosen = text
-            .lines()
-            .find(|l| l.trim_start().starts_with("=>"))
-            .expect("marked row");
-        assert!(
-            chosen.contains("19495") && chosen.contains("7544"),
-            "{text}"
-        );
-        assert!(text.contains("agrees with the kernel"), "{text}");
         let v = serde_json::to_value(&ep).expect("json");
         assert_eq!(v["selection"]["candidates"][0]["pid"], 19495);
         assert_eq!(v["domain"]["scope"], "memcg");
