@@ -7,12 +7,15 @@ use std::{
 };
 
 use serde::Serialize;
-use tokio::time::Instant;
+use tokio::{
+    signal::unix::{signal, Signal, SignalKind},
+    time::{Instant, Interval},
+};
 
 use crate::{
     cgroup::{
         target::{self, TargetArgs},
-        Hierarchy,
+        Hierarchy, MemCgroup,
     },
     cli::exit,
     report::{
@@ -23,7 +26,8 @@ use crate::{
     sys::monotonic,
     trace::{
         enrich::cgroup_of_pid,
-        pump::{sleep_until, Pump, Pumped},
+        episode::{Episode, Episodes},
+        pump::{drive, sleep_until, Consumer, Pump},
         Event, EventKind, EventSet, ReclaimKey, Stats, TraceOptions, Tracer,
     },
 };
@@ -213,7 +217,7 @@ impl<W: Write> Sink<W> {
         self.out.flush()
     }
 
-    fn episode(&mut self, ep: &crate::trace::episode::Episode) -> std::io::Result<()> {
+    fn episode(&mut self, ep: &Episode) -> std::io::Result<()> {
         match self.fmt {
             OutputFormat::Json => json_line(&mut self.out, "oom_episode", ep),
             OutputFormat::Human => report::episode::render_human(ep, &mut self.out),
@@ -245,48 +249,167 @@ impl<W: Write> Sink<W> {
     }
 }
 
-async fn run_async(args: Args) -> anyhow::Result<i32> {
-    let target = if args.target.is_empty() {
-        None
-    } else {
-        let hier = Hierarchy::detect()?;
-        match target::resolve(&hier, &args.target) {
-            Ok(cg) => Some(cg),
-            Err(e) => {
-                eprintln!("oomlab trace: {e}");
-                return Ok(exit::USAGE);
+impl<W: Write> Sink<W> {
+    /// `ready`: what is traced and where. Every tracepoint is attached by then.
+    fn ready(&mut self, tracer: &Tracer, target: Option<&str>) -> std::io::Result<()> {
+        match self.fmt {
+            OutputFormat::Json => json_line(
+                &mut self.out,
+                "ready",
+                &Ready {
+                    ts: monotonic().as_secs_f64(),
+                    tracefs: tracer.tracefs.path.display().to_string(),
+                    target: target.map(str::to_owned),
+                    events: class_names(&self.events),
+                    attached: &tracer.attached,
+                },
+            ),
+            OutputFormat::Human => {
+                let scope = match target {
+                    Some(p) => format!("{p} and its descendants"),
+                    None => "node-wide".into(),
+                };
+                writeln!(
+                    self.out,
+                    "ready: tracing {} {scope} ({} tracepoints attached)",
+                    class_names(&self.events).join(","),
+                    tracer.attached.len()
+                )?;
+                self.out.flush()
             }
         }
+    }
+
+    /// Which optional hooks attached.
+    fn hooks(&mut self, hooks: &[crate::trace::HookResult]) -> std::io::Result<()> {
+        match self.fmt {
+            OutputFormat::Json => json_line(
+                &mut self.out,
+                "hooks",
+                &Hooks {
+                    ts: monotonic().as_secs_f64(),
+                    hooks,
+                },
+            ),
+            OutputFormat::Human => {
+                for h in hooks {
+                    let state = if h.attached {
+                        "attached"
+                    } else {
+                        "unavailable"
+                    };
+                    writeln!(self.out, "hook: {} {state}", h.hook)?;
+                }
+                self.out.flush()
+            }
+        }
+    }
+}
+
+/// The trace loop's consumer: the sink, the reclaim summary's timer and what ends the trace
+/// (the deadline, Ctrl-C, SIGTERM).
+struct Live<'a, W: Write> {
+    sink: Sink<W>,
+    tracer: &'a Tracer,
+    tick: Interval,
+    deadline: Option<Instant>,
+    sigint: Signal,
+    sigterm: Signal,
+}
+
+enum Wake {
+    Summary,
+    Stop,
+}
+
+impl<W: Write> Consumer for Live<'_, W> {
+    type Error = std::io::Error;
+    type Wake = Wake;
+
+    async fn wait(&mut self, stopping: bool) -> Wake {
+        tokio::select! {
+            _ = self.tick.tick(), if !stopping => Wake::Summary,
+            _ = sleep_until(self.deadline), if !stopping => Wake::Stop,
+            _ = self.sigint.recv(), if !stopping => Wake::Stop,
+            _ = self.sigterm.recv(), if !stopping => Wake::Stop,
+            else => std::future::pending().await,
+        }
+    }
+
+    async fn woke(&mut self, wake: Wake, pump: &mut Pump) -> std::io::Result<()> {
+        match wake {
+            Wake::Summary => self.sink.summary(self.tracer),
+            Wake::Stop => {
+                pump.stop();
+                Ok(())
+            }
+        }
+    }
+
+    fn events(&mut self, batch: &[Event]) -> std::io::Result<()> {
+        batch.iter().try_for_each(|ev| self.sink.event(ev))
+    }
+
+    fn episode(&mut self, ep: Episode) -> std::io::Result<()> {
+        self.sink.episode(&ep)
+    }
+}
+
+/// The `--cgroup`/`--pod`… target, if any; `Err` with the exit code when it does not resolve.
+fn resolve_target(args: &TargetArgs) -> anyhow::Result<Result<Option<MemCgroup>, i32>> {
+    if args.is_empty() {
+        return Ok(Ok(None));
+    }
+    let hier = Hierarchy::detect()?;
+    Ok(match target::resolve(&hier, args) {
+        Ok(cg) => Ok(Some(cg)),
+        Err(e) => {
+            eprintln!("oomlab trace: {e}");
+            Err(exit::USAGE)
+        }
+    })
+}
+
+/// `--scoreboard`: the processes' current scores, no tracing.
+fn print_scoreboard(output: OutputFormat, target: Option<&MemCgroup>) -> anyhow::Result<i32> {
+    let board = crate::trace::scoreboard::for_target(target)?;
+    let mut out = std::io::stdout().lock();
+    match output {
+        OutputFormat::Json => json_line(
+            &mut out,
+            "scoreboard",
+            &Scoreboard {
+                ts: monotonic().as_secs_f64(),
+                target: target.map(|t| t.path()),
+                processes: &board,
+            },
+        )?,
+        OutputFormat::Human => crate::trace::scoreboard::render(&board, &mut out)?,
+    }
+    Ok(exit::OK)
+}
+
+async fn run_async(args: Args) -> anyhow::Result<i32> {
+    let target = match resolve_target(&args.target)? {
+        Ok(target) => target,
+        Err(code) => return Ok(code),
     };
     if args.scoreboard {
-        let board = crate::trace::scoreboard::for_target(target.as_ref())?;
-        let mut out = std::io::stdout().lock();
-        match args.output {
-            OutputFormat::Json => json_line(
-                &mut out,
-                "scoreboard",
-                &Scoreboard {
-                    ts: monotonic().as_secs_f64(),
-                    target: target.as_ref().map(|t| t.path()),
-                    processes: &board,
-                },
-            )?,
-            OutputFormat::Human => crate::trace::scoreboard::render(&board, &mut out)?,
-        }
-        return Ok(exit::OK);
+        return print_scoreboard(args.output, target.as_ref());
     }
+    let target_path = target.as_ref().map(|t| t.path());
     // Opened before the tracer attaches, so no OOM report after `ready` is missed.
     let episodes = args
         .events
         .oom
-        .then(|| crate::trace::episode::Episodes::start(target.as_ref().map(|t| t.path())));
-    // The optional hooks are tried right after `ready`: on kernels that refuse them (this
-    // project's hosts) finding out costs a parse of the kernel's BTF, which `ready` need not wait
-    // for — every tracepoint is attached by then.
+        .then(|| Episodes::start(target_path.clone()));
+    // The optional hooks are tried right after `ready`: on kernels that refuse them finding out
+    // costs a parse of the kernel's BTF, which `ready` need not wait for — every tracepoint is
+    // attached by then.
     let opts = TraceOptions {
         hooks: false,
         events: args.events,
-        target: target.clone(),
+        target,
         ring_bytes: args.ring_buffer,
     };
     let (mut tracer, rx) = Tracer::start(&opts)?;
@@ -298,83 +421,24 @@ async fn run_async(args: Args) -> anyhow::Result<i32> {
         summary: ReclaimSummary::default(),
         reclaim_key: tracer.reclaim_key,
     };
-    let target_path = target.as_ref().map(|t| t.path());
-    match args.output {
-        OutputFormat::Json => json_line(
-            &mut sink.out,
-            "ready",
-            &Ready {
-                ts: monotonic().as_secs_f64(),
-                tracefs: tracer.tracefs.path.display().to_string(),
-                target: target_path.clone(),
-                events: class_names(&args.events),
-                attached: &tracer.attached,
-            },
-        )?,
-        OutputFormat::Human => {
-            let scope = match &target_path {
-                Some(p) => format!("{p} and its descendants"),
-                None => "node-wide".into(),
-            };
-            writeln!(
-                sink.out,
-                "ready: tracing {} {scope} ({} tracepoints attached)",
-                class_names(&args.events).join(","),
-                tracer.attached.len()
-            )?;
-            sink.out.flush()?;
-        }
-    }
+    sink.ready(&tracer, target_path.as_deref())?;
     if args.events.oom && !args.no_hooks {
-        let hooks = tracer.try_hooks();
-        match args.output {
-            OutputFormat::Json => json_line(
-                &mut sink.out,
-                "hooks",
-                &Hooks {
-                    ts: monotonic().as_secs_f64(),
-                    hooks,
-                },
-            )?,
-            OutputFormat::Human => {
-                for h in hooks {
-                    let state = if h.attached {
-                        "attached"
-                    } else {
-                        "unavailable"
-                    };
-                    writeln!(sink.out, "hook: {} {state}", h.hook)?;
-                }
-                sink.out.flush()?;
-            }
-        }
+        sink.hooks(tracer.try_hooks())?;
     }
-    let deadline = args.duration.map(|d| Instant::now() + d);
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(args.summary_interval);
     tick.tick().await;
-    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut live = Live {
+        sink,
+        tracer: &tracer,
+        tick,
+        deadline: args.duration.map(|d| Instant::now() + d),
+        sigint: signal(SignalKind::interrupt())?,
+        sigterm: signal(SignalKind::terminate())?,
+    };
     // At the end (deadline, Ctrl-C, SIGTERM) the pump drains what the kernel produced before
     // it and closes the open episodes; then the last summary and the drop count follow.
-    let mut pump = Pump::new(rx, episodes);
-    loop {
-        let stopping = pump.stopping();
-        tokio::select! {
-            item = pump.next() => match item {
-                Some(Pumped::Events(batch)) => {
-                    for ev in &batch {
-                        sink.event(ev)?;
-                    }
-                }
-                Some(Pumped::Episode(ep)) => sink.episode(&ep)?,
-                None => break,
-            },
-            _ = tick.tick(), if !stopping => sink.summary(&tracer)?,
-            _ = sleep_until(deadline), if !stopping => pump.stop(),
-            _ = &mut ctrl_c, if !stopping => pump.stop(),
-            _ = sigterm.recv(), if !stopping => pump.stop(),
-        }
-    }
+    drive(&mut Pump::new(rx, episodes), &mut live).await?;
+    let mut sink = live.sink;
     sink.summary(&tracer)?;
     let stats = tracer.stats();
     if stats.lost > 0 {

@@ -8,6 +8,7 @@ pub mod metrics;
 
 use std::{
     collections::HashMap,
+    convert::Infallible,
     net::SocketAddr,
     path::PathBuf,
     sync::{atomic::Ordering, Arc},
@@ -17,9 +18,10 @@ use std::{
 use bytes::{BufMut as _, Bytes, BytesMut};
 use tokio::{
     net::TcpListener,
-    signal::unix::{signal, SignalKind},
+    signal::unix::{signal, Signal, SignalKind},
     sync::broadcast,
     task::JoinHandle,
+    time::Interval,
 };
 
 pub use self::config::{Config, ConfigError};
@@ -32,7 +34,7 @@ use crate::{
     report,
     trace::{
         episode::{Episode, Episodes},
-        pump::{End, Pump, Pumped},
+        pump::{drive, Consumer, End, Pump},
         Event, EventClass, EventKind, EventSet, TraceError, TraceOptions, Tracer,
     },
 };
@@ -182,6 +184,19 @@ const CLOSE_GRACE: Duration = Duration::from_millis(250);
 const EPISODE_WAIT: Duration = Duration::from_secs(5);
 
 impl Daemon {
+    fn new(cfg: Config, hier: Hierarchy, metrics: Metrics, shared: Arc<Shared>) -> Daemon {
+        Daemon {
+            limits: Limits::new(cfg.top_n, cfg.max_comms_per_cgroup),
+            cfg,
+            hier,
+            metrics,
+            shared,
+            out: BytesMut::new(),
+            out_lines: 0,
+            pending: HashMap::new(),
+        }
+    }
+
     fn handle(&mut self, ev: &Event) {
         let mut line: Option<Vec<u8>> = None;
         let class = if matches!(
@@ -368,13 +383,6 @@ fn chunks_kept(stream_buffer: usize) -> usize {
     stream_buffer.div_ceil(CHUNK_EVENTS).max(1)
 }
 
-/// A stop signal: tell the service manager, and let the pump drain what the kernel still has.
-fn begin_stop(pump: &mut Pump, signal: &str) {
-    log::info!("{signal}: reading what the kernel still has, then stopping");
-    notify(&[sd_notify::NotifyState::Stopping]);
-    pump.stop();
-}
-
 /// How often the loop wakes without events: kernel drop counters, systemd watchdog.
 const TICK: Duration = Duration::from_secs(1);
 /// How often at most the heap's free memory is handed back to the kernel.
@@ -399,19 +407,159 @@ fn trim_heap() {
 #[cfg(not(target_env = "gnu"))]
 fn trim_heap() {}
 
-/// Runs until SIGTERM/SIGINT. Binds first (a taken port fails fast), then attaches, then tells
-/// systemd it is ready.
-pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
-    let cfg = opts.config()?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(ServeError::Signal)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(ServeError::Signal)?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(ServeError::Signal)?;
-    let listener = bind(cfg.listen).await?;
-    let hier = Hierarchy::detect()?;
+/// The signals the daemon answers: SIGHUP reloads, SIGTERM and SIGINT stop.
+struct Signals {
+    hup: Signal,
+    term: Signal,
+    int: Signal,
+}
 
-    // Programs for classes the config leaves out are not attached at all. A reload that adds a
-    // class needs a restart; one that removes a class filters here.
-    let trace_opts = TraceOptions {
+impl Signals {
+    fn install() -> Result<Signals, ServeError> {
+        let install = |kind| signal(kind).map_err(ServeError::Signal);
+        Ok(Signals {
+            term: install(SignalKind::terminate())?,
+            int: install(SignalKind::interrupt())?,
+            hup: install(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// The event loop's consumer: the daemon gets what the pump hands out; beside it run the
+/// housekeeping and watchdog timers and the signals.
+struct EventLoop<'a> {
+    daemon: Daemon,
+    server: Server,
+    opts: &'a ServeOptions,
+    tracer: &'a Tracer,
+    signals: Signals,
+    /// Kernel drop counters and victims whose episode never came.
+    housekeeping: Interval,
+    /// The systemd watchdog and the heap trim.
+    ticker: Interval,
+    last_trim: Instant,
+}
+
+enum Wake {
+    Housekeeping,
+    Tick,
+    Reload,
+    Stop(&'static str),
+}
+
+impl<'a> EventLoop<'a> {
+    fn new(
+        daemon: Daemon,
+        server: Server,
+        signals: Signals,
+        opts: &'a ServeOptions,
+        tracer: &'a Tracer,
+    ) -> Self {
+        let tick = sd_notify::watchdog_enabled()
+            .map(|wd| (wd / 2).min(TICK))
+            .unwrap_or(TICK);
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        EventLoop {
+            daemon,
+            server,
+            opts,
+            tracer,
+            signals,
+            housekeeping: tokio::time::interval(Duration::from_millis(100)),
+            ticker,
+            last_trim: Instant::now(),
+        }
+    }
+
+    /// SIGHUP: the config file again; a listener that cannot move keeps the old one.
+    async fn reload(&mut self) {
+        let mut reloading = vec![sd_notify::NotifyState::Reloading];
+        reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+        notify(&reloading);
+        match self.opts.config() {
+            Ok(cfg) => {
+                let server = &mut self.server;
+                if let Err(e) = server.reconfigure(&self.daemon.shared, &cfg).await {
+                    log::error!("config reload: {e}; still listening on {}", server.listen);
+                }
+                eprintln!(
+                    "oomlab serve: config reloaded (listening on http://{})",
+                    server.listen
+                );
+                self.daemon.reload(cfg);
+            }
+            Err(e) => log::error!("config reload failed, keeping the running config: {e}"),
+        }
+        notify(&[sd_notify::NotifyState::Ready]);
+    }
+
+    /// Pinged from the event loop itself, so a wedged loop gets restarted.
+    fn tick(&mut self) {
+        if self.last_trim.elapsed() >= TRIM_EVERY {
+            self.last_trim = Instant::now();
+            trim_heap();
+        }
+        notify(&[sd_notify::NotifyState::Watchdog]);
+    }
+}
+
+impl Consumer for EventLoop<'_> {
+    type Error = Infallible;
+    type Wake = Wake;
+
+    async fn wait(&mut self, stopping: bool) -> Wake {
+        let s = &mut self.signals;
+        tokio::select! {
+            _ = self.housekeeping.tick() => Wake::Housekeeping,
+            _ = self.ticker.tick() => Wake::Tick,
+            _ = s.hup.recv(), if !stopping => Wake::Reload,
+            _ = s.term.recv(), if !stopping => Wake::Stop("SIGTERM"),
+            _ = s.int.recv(), if !stopping => Wake::Stop("SIGINT"),
+        }
+    }
+
+    async fn woke(&mut self, wake: Wake, pump: &mut Pump) -> Result<(), Infallible> {
+        match wake {
+            Wake::Housekeeping => {
+                self.daemon.expire(false);
+                // Read often, so a scrape right after a flood shows its drops.
+                self.daemon.metrics.set_lost(self.tracer.stats().lost);
+            }
+            Wake::Tick => self.tick(),
+            Wake::Reload => self.reload().await,
+            Wake::Stop(signal) => {
+                // Tell the service manager, and let the pump drain what the kernel still has.
+                log::info!("{signal}: reading what the kernel still has, then stopping");
+                notify(&[sd_notify::NotifyState::Stopping]);
+                pump.stop();
+            }
+        }
+        Ok(())
+    }
+
+    fn events(&mut self, batch: &[Event]) -> Result<(), Infallible> {
+        for ev in batch {
+            self.daemon.handle(ev);
+        }
+        Ok(())
+    }
+
+    fn episode(&mut self, ep: Episode) -> Result<(), Infallible> {
+        self.daemon.episode(&ep);
+        Ok(())
+    }
+
+    /// What the turn gathered goes out as one chunk.
+    fn turned(&mut self) {
+        self.daemon.flush();
+    }
+}
+
+/// Programs for classes the config leaves out are not attached at all. A reload that adds a
+/// class needs a restart; one that removes a class filters in [`Daemon::handle`].
+fn trace_options(cfg: &Config) -> TraceOptions {
+    TraceOptions {
         events: EventSet {
             oom: cfg.traces(EventClass::Oom),
             adj: cfg.traces(EventClass::Adj),
@@ -419,10 +567,19 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
             cgroup: cfg.traces(EventClass::Cgroup),
         },
         ..TraceOptions::default()
-    };
+    }
+}
+
+/// Runs until SIGTERM/SIGINT. Binds first (a taken port fails fast), then attaches, then tells
+/// systemd it is ready.
+pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
+    let cfg = opts.config()?;
+    let signals = Signals::install()?;
+    let listener = bind(cfg.listen).await?;
+    let hier = Hierarchy::detect()?;
     // Opened before the tracer attaches, so no OOM report after READY is missed.
     let episodes = cfg.traces(EventClass::Oom).then(|| Episodes::start(None));
-    let (tracer, rx) = Tracer::start(&trace_opts)?;
+    let (tracer, rx) = Tracer::start(&trace_options(&cfg))?;
     let metrics = Metrics::new(&kernel_release());
     let (events, _) = broadcast::channel(chunks_kept(cfg.stream_buffer));
     let shared = Arc::new(Shared {
@@ -433,17 +590,8 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
         next_line: 0.into(),
         closing: tokio::sync::watch::Sender::new(false),
     });
-    let mut server = Server::start(listener, shared.clone(), &cfg);
-    let mut daemon = Daemon {
-        limits: Limits::new(cfg.top_n, cfg.max_comms_per_cgroup),
-        cfg,
-        hier,
-        metrics,
-        shared: shared.clone(),
-        out: BytesMut::new(),
-        out_lines: 0,
-        pending: HashMap::new(),
-    };
+    let server = Server::start(listener, shared.clone(), &cfg);
+    let daemon = Daemon::new(cfg, hier, metrics, shared.clone());
     log::info!(
         "serving /metrics, /events and /healthz on http://{}",
         daemon.cfg.listen
@@ -453,76 +601,34 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status("tracing; serving /metrics"),
     ]);
-
-    let tick = sd_notify::watchdog_enabled()
-        .map(|wd| (wd / 2).min(TICK))
-        .unwrap_or(TICK);
-    let mut ticker = tokio::time::interval(tick);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut housekeeping = tokio::time::interval(Duration::from_millis(100));
-    let mut last_trim = Instant::now();
+    let mut event_loop = EventLoop::new(daemon, server, signals, &opts, &tracer);
     // SIGTERM / SIGINT stop the pump: what the kernel produced before (a kill just before the
     // stop) is drained and its episode counted before the daemon exits.
-    let mut pump = Pump::new(rx, episodes);
-    let result = loop {
-        let stopping = pump.stopping();
-        tokio::select! {
-            // What has queued up is taken at once, and its lines go out as one chunk.
-            item = pump.next() => match item {
-                Some(Pumped::Events(batch)) => {
-                    for ev in &batch {
-                        daemon.handle(ev);
-                    }
-                }
-                Some(Pumped::Episode(ep)) => daemon.episode(&ep),
-                None if pump.end() == Some(End::TracerClosed) => {
-                    shared.healthy.store(false, Ordering::Relaxed);
-                    break Err(ServeError::TracerEnded);
-                }
-                None => break Ok(()),
-            },
-            _ = housekeeping.tick() => {
-                daemon.expire(false);
-                // Read often, so a scrape right after a flood shows its drops.
-                daemon.metrics.set_lost(tracer.stats().lost);
-            }
-            _ = ticker.tick() => {
-                if last_trim.elapsed() >= TRIM_EVERY {
-                    last_trim = Instant::now();
-                    trim_heap();
-                }
-                // Pinged from the event loop itself, so a wedged loop gets restarted.
-                notify(&[sd_notify::NotifyState::Watchdog]);
-            }
-            _ = sighup.recv(), if !stopping => {
-                let mut reloading = vec![sd_notify::NotifyState::Reloading];
-                reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
-                notify(&reloading);
-                match opts.config() {
-                    Ok(cfg) => {
-                        if let Err(e) = server.reconfigure(&shared, &cfg).await {
-                            log::error!("config reload: {e}; still listening on {}", server.listen);
-                        }
-                        eprintln!("oomlab serve: config reloaded (listening on http://{})", server.listen);
-                        daemon.reload(cfg);
-                    }
-                    Err(e) => log::error!("config reload failed, keeping the running config: {e}"),
-                }
-                notify(&[sd_notify::NotifyState::Ready]);
-            }
-            _ = sigterm.recv(), if !stopping => begin_stop(&mut pump, "SIGTERM"),
-            _ = sigint.recv(), if !stopping => begin_stop(&mut pump, "SIGINT"),
-        }
-        daemon.flush();
+    let Ok(end) = drive(&mut Pump::new(rx, episodes), &mut event_loop).await;
+    let EventLoop { daemon, server, .. } = event_loop;
+    let result = if end == End::TracerClosed {
+        shared.healthy.store(false, Ordering::Relaxed);
+        Err(ServeError::TracerEnded)
+    } else {
+        Ok(())
     };
+    close(daemon, server, &shared, result.is_err()).await;
+    // Detaches every program.
+    drop(tracer);
+    log::info!("programs detached");
+    result
+}
+
+/// The end: the last counts and lines out, then no new connections, and the open ones finish:
+/// `/events` clients get the last lines (those the drain found included) and the end of the
+/// stream, not a cut connection.
+async fn close(mut daemon: Daemon, server: Server, shared: &Shared, failed: bool) {
     log::info!("event stream drained");
     daemon.expire(true);
     daemon.flush();
-    if result.is_err() {
+    if failed {
         notify(&[sd_notify::NotifyState::Stopping]);
     }
-    // No new connections; the open ones finish: `/events` clients get the last lines (those
-    // the drain found included) and the end of the stream, not a cut connection.
     drop(server);
     if !shared.close_connections(CLOSE_GRACE).await {
         log::info!(
@@ -530,8 +636,4 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
         );
     }
     log::info!("connections closed");
-    // Detaches every program.
-    drop(tracer);
-    log::info!("programs detached");
-    result
 }

@@ -1,6 +1,6 @@
 //! The consumer side every long-running command shares (`trace`, `run`, `serve`): tracer events
 //! and `/dev/kmsg` records in, batches of events and complete OOM episodes out, and an orderly
-//! end.
+//! end. [`drive`] is the loop around it, with the command's own timers and signals beside it.
 //!
 //! Ending is the delicate part. When the end is asked for, what the kernel produced just before
 //! may still be in the ring buffer, the tracer's lanes or `/dev/kmsg` (a victim's `Killed
@@ -9,7 +9,7 @@
 //! [`DRAIN_MAX`]); then the open episodes are closed and handed out, and [`Pump::next`] returns
 //! `None`.
 
-use std::{collections::VecDeque, time::Duration};
+use std::{collections::VecDeque, future::Future, time::Duration};
 
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
@@ -177,6 +177,57 @@ pub async fn sleep_until(t: Option<Instant>) {
     }
 }
 
+/// A long-running command's side of [`drive`]: what it does with what the pump hands out, and
+/// what else it waits for (its timers, signals, stop requests).
+pub trait Consumer {
+    /// What ends the loop early (a sink that can no longer write).
+    type Error;
+    /// What [`Consumer::wait`] saw.
+    type Wake;
+
+    /// Waits for the command's own timers and signals. It must be cancel-safe: it is dropped
+    /// whenever the pump hands something out first. While `stopping` (the pump is draining),
+    /// stop requests and anything the drain must not wait for should be left out; when nothing
+    /// is left to wait for, it never resolves.
+    fn wait(&mut self, stopping: bool) -> impl Future<Output = Self::Wake>;
+
+    /// Acts on what [`Consumer::wait`] saw; a stop request calls [`Pump::stop`].
+    fn woke(
+        &mut self,
+        wake: Self::Wake,
+        pump: &mut Pump,
+    ) -> impl Future<Output = Result<(), Self::Error>>;
+
+    /// A batch of events, in the order [`Pump::next`] handed them out.
+    fn events(&mut self, batch: &[Event]) -> Result<(), Self::Error>;
+
+    /// A complete OOM episode.
+    fn episode(&mut self, ep: Episode) -> Result<(), Self::Error>;
+
+    /// After each turn of the loop that handed something out or woke the consumer, e.g. to
+    /// send what the turn gathered at once.
+    fn turned(&mut self) {}
+}
+
+/// Runs `pump` until it ends (the drain after [`Pump::stop`] is over, or the tracer closed),
+/// handing what it pumps to `consumer` and waiting for the consumer's own wake-ups beside it.
+/// Why the pump ended, or the consumer's first error.
+pub async fn drive<C: Consumer>(pump: &mut Pump, consumer: &mut C) -> Result<End, C::Error> {
+    loop {
+        let stopping = pump.stopping();
+        tokio::select! {
+            item = pump.next() => match item {
+                Some(Pumped::Events(batch)) => consumer.events(&batch)?,
+                Some(Pumped::Episode(ep)) => consumer.episode(*ep)?,
+                None => break,
+            },
+            wake = consumer.wait(stopping) => consumer.woke(wake, pump).await?,
+        }
+        consumer.turned();
+    }
+    Ok(pump.end().unwrap_or(End::Stopped))
+}
+
 #[cfg(test)]
 mod tests {
     use tokio::sync::mpsc;
@@ -327,5 +378,111 @@ mod tests {
         assert!(cancelled > 10, "the timer did cancel next(): {cancelled}");
         assert_eq!(pids(&got), (0..500).collect::<Vec<_>>());
         drop(feed.await);
+    }
+
+    /// Counts what it is handed; stops the pump at its first tick.
+    struct Counter {
+        events: Vec<i32>,
+        turns: usize,
+        tick: Interval,
+    }
+
+    impl Consumer for Counter {
+        type Error = std::convert::Infallible;
+        type Wake = ();
+
+        async fn wait(&mut self, stopping: bool) {
+            if stopping {
+                std::future::pending::<()>().await;
+            }
+            self.tick.tick().await;
+        }
+
+        async fn woke(&mut self, (): (), pump: &mut Pump) -> Result<(), Self::Error> {
+            pump.stop();
+            Ok(())
+        }
+
+        fn events(&mut self, batch: &[Event]) -> Result<(), Self::Error> {
+            self.events.extend(pids(batch));
+            Ok(())
+        }
+
+        fn episode(&mut self, _: Episode) -> Result<(), Self::Error> {
+            unreachable!("no episodes are built")
+        }
+
+        fn turned(&mut self) {
+            self.turns += 1;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drive_hands_out_everything_and_a_stop_from_a_wake_drains() {
+        let (_tx_oom, tx, mut pump) = pump();
+        for p in 0..10 {
+            tx.send(adj(p)).await.expect("send");
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.tick().await;
+        let counter = Counter {
+            events: Vec::new(),
+            turns: 0,
+            tick,
+        };
+        // On a task of its own: a consumer that is Send makes a drive future that is Send.
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(80)).await;
+            tx.send(adj(10)).await.expect("send while draining");
+            tx
+        });
+        let (end, counter) = tokio::spawn(async move {
+            let mut counter = counter;
+            let end = drive(&mut pump, &mut counter).await;
+            (end, counter)
+        })
+        .await
+        .expect("the driver task");
+        assert_eq!(end, Ok(End::Stopped));
+        assert_eq!(counter.events, (0..=10).collect::<Vec<_>>());
+        assert!(counter.turns >= 3, "{}", counter.turns);
+        drop(late.await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drive_ends_with_the_tracer_and_stops_at_an_error() {
+        let (tx_oom, tx, mut closed) = pump();
+        drop((tx_oom, tx));
+        let mut counter = Counter {
+            events: Vec::new(),
+            turns: 0,
+            tick: tokio::time::interval(Duration::from_secs(3600)),
+        };
+        counter.tick.tick().await;
+        assert_eq!(
+            drive(&mut closed, &mut counter).await,
+            Ok(End::TracerClosed)
+        );
+
+        struct Failing;
+        impl Consumer for Failing {
+            type Error = &'static str;
+            type Wake = ();
+            async fn wait(&mut self, _: bool) {
+                std::future::pending::<()>().await;
+            }
+            async fn woke(&mut self, (): (), _: &mut Pump) -> Result<(), Self::Error> {
+                Ok(())
+            }
+            fn events(&mut self, _: &[Event]) -> Result<(), Self::Error> {
+                Err("sink closed")
+            }
+            fn episode(&mut self, _: Episode) -> Result<(), Self::Error> {
+                Ok(())
+            }
+        }
+        let (_tx_oom, tx, mut pump) = pump();
+        tx.send(adj(1)).await.expect("send");
+        assert_eq!(drive(&mut pump, &mut Failing).await, Err("sink closed"));
     }
 }
