@@ -1,7 +1,10 @@
 //! `oomlab doctor`: what this kernel lets oomlab do, found by trying — mounting tracefs, reading
 //! formats, loading and attaching real programs — rather than by guessing from versions.
 
-use std::{fs, path::Path};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
 use caps::{CapSet, Capability};
 use serde::Serialize;
@@ -130,8 +133,37 @@ pub fn run() -> Report {
     let kernel_release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
+    let cgroup = check_cgroup(&mut problems);
+    let capabilities = check_capabilities(&mut problems);
+    let (tracefs, tracefs_path) = check_tracefs(&mut problems);
+    let (tracepoints, attach) = match &tracefs_path {
+        Some(tp) => (
+            check_tracepoints(tp, &mut problems),
+            check_attach(tp, &mut problems),
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
+    Report {
+        kernel_release,
+        cgroup,
+        tracefs,
+        btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
+        lockdown: read_lockdown(),
+        psi: fs::read_to_string("/proc/pressure/memory").is_ok(),
+        oom_dump_tasks: fs::read_to_string("/proc/sys/vm/oom_dump_tasks")
+            .ok()
+            .and_then(|t| t.trim().parse().ok()),
+        kmsg_readable: fs::File::open("/dev/kmsg").is_ok(),
+        capabilities,
+        tracepoints,
+        attach,
+        can_run: problems.is_empty(),
+        problems,
+    }
+}
 
-    let cgroup = match Hierarchy::detect() {
+fn check_cgroup(problems: &mut Vec<String>) -> CgroupCheck {
+    match Hierarchy::detect() {
         Ok(h) => CgroupCheck {
             mode: Some(h.mode),
             memory_version: Some(h.memory_version),
@@ -149,8 +181,10 @@ pub fn run() -> Report {
                 error: Some(e.to_string()),
             }
         }
-    };
+    }
+}
 
+fn check_capabilities(problems: &mut Vec<String>) -> Capabilities {
     let capabilities = Capabilities {
         euid: nix::unistd::geteuid().as_raw(),
         cap_bpf: has_cap(Capability::CAP_BPF),
@@ -165,8 +199,11 @@ pub fn run() -> Report {
         problems
             .push("missing CAP_PERFMON (or CAP_SYS_ADMIN): needed to attach tracepoints".into());
     }
+    capabilities
+}
 
-    let (tracefs, tracefs_path) = match trace::ensure_tracefs() {
+fn check_tracefs(problems: &mut Vec<String>) -> (TracefsCheck, Option<PathBuf>) {
+    match trace::ensure_tracefs() {
         Ok(t) => (
             TracefsCheck {
                 path: Some(t.path.display().to_string()),
@@ -186,83 +223,70 @@ pub fn run() -> Report {
                 None,
             )
         }
-    };
+    }
+}
 
+/// Every tracepoint of the catalogue: on this kernel or not, and its fields.
+fn check_tracepoints(tracefs: &Path, problems: &mut Vec<String>) -> Vec<TracepointCheck> {
     let mut tracepoints = Vec::new();
-    if let Some(tp) = &tracefs_path {
-        for &trace::TracepointSpec {
-            group,
-            event,
+    for &trace::TracepointSpec {
+        group,
+        event,
+        required,
+        ..
+    } in trace::TRACEPOINTS
+    {
+        let format = trace::read_format(tracefs, group, event).ok().flatten();
+        if format.is_none() && required {
+            problems.push(format!("required tracepoint {group}:{event} is missing"));
+        }
+        tracepoints.push(TracepointCheck {
+            name: format!("{group}:{event}"),
+            present: format.is_some(),
             required,
-            ..
-        } in trace::TRACEPOINTS
-        {
-            let format = trace::read_format(tp, group, event).ok().flatten();
-            if format.is_none() && required {
-                problems.push(format!("required tracepoint {group}:{event} is missing"));
-            }
-            tracepoints.push(TracepointCheck {
-                name: format!("{group}:{event}"),
-                present: format.is_some(),
-                required,
-                fields: format
-                    .map(|f| f.fields.into_iter().map(|f| f.name).collect())
-                    .unwrap_or_default(),
-            });
-        }
+            fields: format
+                .map(|f| f.fields.into_iter().map(|f| f.name).collect())
+                .unwrap_or_default(),
+        });
     }
+    tracepoints
+}
 
-    let mut attach = Vec::new();
-    if let Some(tp) = &tracefs_path {
-        match trace::build_config(tp)
-            .map_err(|e| e.to_string())
-            .and_then(|cfg| trace::load(&cfg).map_err(|e| e.to_string()))
-        {
-            Ok(mut bpf) => {
-                for spec in trace::TRACEPOINTS {
-                    if trace::read_format(tp, spec.group, spec.event)
-                        .ok()
-                        .flatten()
-                        .is_none()
-                    {
-                        continue;
-                    }
-                    let res = trace::attach_tracepoint(&mut bpf, spec);
-                    if let (Err(e), true) = (&res, spec.required) {
-                        problems.push(format!("cannot attach {}:{}: {e}", spec.group, spec.event));
-                    }
-                    attach.push(AttachCheck {
-                        name: format!("tracepoint:{}:{}", spec.group, spec.event),
-                        ok: res.is_ok(),
-                        error: res.err().map(|e| e.to_string()),
-                        reason: None,
-                    });
-                }
-                attach.push(attach_check(trace::try_kprobe(&mut bpf)));
-                attach.push(attach_check(trace::try_fentry(&mut bpf)));
-            }
-            Err(e) => problems.push(format!("cannot load the eBPF object: {e}")),
+/// Loads the object and attaches every tracepoint this kernel has, then the optional hooks.
+fn check_attach(tracefs: &Path, problems: &mut Vec<String>) -> Vec<AttachCheck> {
+    let loaded = trace::build_config(tracefs)
+        .map_err(|e| e.to_string())
+        .and_then(|cfg| trace::load(&cfg).map_err(|e| e.to_string()));
+    let mut bpf = match loaded {
+        Ok(bpf) => bpf,
+        Err(e) => {
+            problems.push(format!("cannot load the eBPF object: {e}"));
+            return Vec::new();
         }
-    }
-
-    let report = Report {
-        kernel_release,
-        cgroup,
-        tracefs,
-        btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
-        lockdown: read_lockdown(),
-        psi: fs::read_to_string("/proc/pressure/memory").is_ok(),
-        oom_dump_tasks: fs::read_to_string("/proc/sys/vm/oom_dump_tasks")
-            .ok()
-            .and_then(|t| t.trim().parse().ok()),
-        kmsg_readable: fs::File::open("/dev/kmsg").is_ok(),
-        capabilities,
-        tracepoints,
-        attach,
-        can_run: problems.is_empty(),
-        problems,
     };
-    report
+    let mut attach = Vec::new();
+    for spec in trace::TRACEPOINTS {
+        if trace::read_format(tracefs, spec.group, spec.event)
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            continue;
+        }
+        let res = trace::attach_tracepoint(&mut bpf, spec);
+        if let (Err(e), true) = (&res, spec.required) {
+            problems.push(format!("cannot attach {}:{}: {e}", spec.group, spec.event));
+        }
+        attach.push(AttachCheck {
+            name: format!("tracepoint:{}:{}", spec.group, spec.event),
+            ok: res.is_ok(),
+            error: res.err().map(|e| e.to_string()),
+            reason: None,
+        });
+    }
+    attach.push(attach_check(trace::try_kprobe(&mut bpf)));
+    attach.push(attach_check(trace::try_fentry(&mut bpf)));
+    attach
 }
 
 #[cfg(test)]

@@ -27,22 +27,7 @@ fn yes(b: bool) -> &'static str {
 
 fn print_human(r: &doctor::Report) {
     println!("kernel          {}", r.kernel_release);
-    match (&r.cgroup.memory_version, &r.cgroup.memory_mount) {
-        (Some(v), Some(m)) => println!(
-            "cgroup          mode {}; memory controller on cgroup {} at {m}{}",
-            r.cgroup.mode.map_or("?".into(), |m| m.to_string()),
-            v,
-            r.cgroup
-                .unified_mount
-                .as_deref()
-                .map(|u| format!(" (v2 mounted at {u})"))
-                .unwrap_or_default()
-        ),
-        _ => println!(
-            "cgroup          {}",
-            r.cgroup.error.as_deref().unwrap_or("unknown")
-        ),
-    }
+    print_cgroup(r);
     match &r.tracefs.path {
         Some(p) if r.tracefs.mounted_by_oomlab => {
             println!("tracefs         was not mounted: mounted it at {p}")
@@ -81,6 +66,31 @@ fn print_human(r: &doctor::Report) {
         yes(c.cap_perfmon),
         yes(c.cap_sys_admin)
     );
+    print_tracing(r);
+    print_verdict(r);
+}
+
+fn print_cgroup(r: &doctor::Report) {
+    match (&r.cgroup.memory_version, &r.cgroup.memory_mount) {
+        (Some(v), Some(m)) => println!(
+            "cgroup          mode {}; memory controller on cgroup {} at {m}{}",
+            r.cgroup.mode.map_or("?".into(), |m| m.to_string()),
+            v,
+            r.cgroup
+                .unified_mount
+                .as_deref()
+                .map(|u| format!(" (v2 mounted at {u})"))
+                .unwrap_or_default()
+        ),
+        _ => println!(
+            "cgroup          {}",
+            r.cgroup.error.as_deref().unwrap_or("unknown")
+        ),
+    }
+}
+
+/// The tracepoints found and what real attaches made of them.
+fn print_tracing(r: &doctor::Report) {
     println!("tracepoints");
     for t in &r.tracepoints {
         if t.present {
@@ -108,6 +118,9 @@ fn print_human(r: &doctor::Report) {
             }
         }
     }
+}
+
+fn print_verdict(r: &doctor::Report) {
     if r.can_run {
         println!("verdict         oomlab can run here");
     } else {
