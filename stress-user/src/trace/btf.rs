@@ -57,37 +57,90 @@ fn extra_len(kind: u32, vlen: u32) -> Option<u64> {
 
 /// The type id of the `FUNC` named `name` in the raw BTF file at `path`.
 pub fn func_id(path: &Path, name: &str) -> Result<u32, BtfError> {
-    let shown = || path.display().to_string();
-    let io_err = |source| BtfError::Io {
-        path: shown(),
-        source,
-    };
-    let mut r = BufReader::with_capacity(64 << 10, File::open(path).map_err(io_err)?);
+    find_func(path, name).map_err(|fault| {
+        let path = path.display().to_string();
+        match fault {
+            Fault::Io(source) => BtfError::Io { path, source },
+            Fault::Magic(magic) => BtfError::Magic { path, magic },
+            Fault::Kind { kind, id } => BtfError::Kind { path, kind, id },
+            Fault::NotFound => BtfError::NotFound {
+                path,
+                name: name.to_string(),
+            },
+        }
+    })
+}
 
+/// What went wrong, before the path is added to it.
+enum Fault {
+    Io(io::Error),
+    Magic(u16),
+    Kind { kind: u32, id: u32 },
+    NotFound,
+}
+
+impl From<io::Error> for Fault {
+    fn from(e: io::Error) -> Self {
+        Fault::Io(e)
+    }
+}
+
+/// Where the type and string sections are, from the start of the file: `(offset, length)`.
+struct Sections {
+    types: (u64, u64),
+    strings: (u64, u64),
+}
+
+fn u32_at(b: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+fn find_func(path: &Path, name: &str) -> Result<u32, Fault> {
+    let mut r = BufReader::with_capacity(64 << 10, File::open(path)?);
+    let sections = read_header(&mut r)?;
+    let offsets = name_offsets(&mut r, sections.strings, name)?;
+    if offsets.is_empty() {
+        return Err(Fault::NotFound);
+    }
+    func_named(&mut r, sections.types, &offsets)
+}
+
+/// `struct btf_header`: magic, version, flags, hdr_len, then the two sections.
+fn read_header(r: &mut impl Read) -> Result<Sections, Fault> {
     let mut head = [0u8; 24];
-    r.read_exact(&mut head).map_err(io_err)?;
-    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    r.read_exact(&mut head)?;
     let magic = u16::from_le_bytes([head[0], head[1]]);
     if magic != MAGIC {
-        return Err(BtfError::Magic {
-            path: shown(),
-            magic,
-        });
+        return Err(Fault::Magic(magic));
     }
     let hdr_len = u64::from(u32_at(&head, 4));
-    let (type_off, type_len) = (u64::from(u32_at(&head, 8)), u64::from(u32_at(&head, 12)));
-    let (str_off, str_len) = (u64::from(u32_at(&head, 16)), u64::from(u32_at(&head, 20)));
+    let section = |at: usize| {
+        (
+            hdr_len + u64::from(u32_at(&head, at)),
+            u64::from(u32_at(&head, at + 4)),
+        )
+    };
+    Ok(Sections {
+        types: section(8),
+        strings: section(16),
+    })
+}
 
-    // Every string offset at which `name` is a whole string: a string that ends with it counts
-    // too (a name may point into the tail of a longer string).
+/// Every string offset at which `name` is a whole string: a string that ends with it counts
+/// too (a name may point into the tail of a longer string).
+fn name_offsets(
+    r: &mut (impl BufRead + Seek),
+    (start, len): (u64, u64),
+    name: &str,
+) -> io::Result<HashSet<u64>> {
     let mut offsets = HashSet::new();
-    r.seek(SeekFrom::Start(hdr_len + str_off)).map_err(io_err)?;
-    let mut strings = (&mut r).take(str_len);
+    r.seek(SeekFrom::Start(start))?;
+    let mut strings = r.take(len);
     let mut s = Vec::with_capacity(256);
     let mut at = 0u64;
     loop {
         s.clear();
-        let n = strings.read_until(0, &mut s).map_err(io_err)?;
+        let n = strings.read_until(0, &mut s)?;
         if n == 0 {
             break;
         }
@@ -97,40 +150,34 @@ pub fn func_id(path: &Path, name: &str) -> Result<u32, BtfError> {
         }
         at += n as u64;
     }
-    if offsets.is_empty() {
-        return Err(BtfError::NotFound {
-            path: shown(),
-            name: name.to_string(),
-        });
-    }
+    Ok(offsets)
+}
 
-    r.seek(SeekFrom::Start(hdr_len + type_off))
-        .map_err(io_err)?;
-    let mut left = type_len;
+/// The id of the first `FUNC` record whose name is at one of `offsets`.
+fn func_named(
+    r: &mut BufReader<File>,
+    (start, len): (u64, u64),
+    offsets: &HashSet<u64>,
+) -> Result<u32, Fault> {
+    r.seek(SeekFrom::Start(start))?;
+    let mut left = len;
     let mut rec = [0u8; 12];
     // Type ids count from 1; 0 is `void`.
     let mut id = 1u32;
     while left >= 12 {
-        r.read_exact(&mut rec).map_err(io_err)?;
+        r.read_exact(&mut rec)?;
         let name_off = u64::from(u32_at(&rec, 0));
         let info = u32_at(&rec, 4);
         let (kind, vlen) = ((info >> 24) & 0x1f, info & 0xffff);
         if kind == KIND_FUNC && offsets.contains(&name_off) {
             return Ok(id);
         }
-        let extra = extra_len(kind, vlen).ok_or_else(|| BtfError::Kind {
-            path: shown(),
-            kind,
-            id,
-        })?;
-        r.seek_relative(extra as i64).map_err(io_err)?;
+        let extra = extra_len(kind, vlen).ok_or(Fault::Kind { kind, id })?;
+        r.seek_relative(extra as i64)?;
         left = left.saturating_sub(12 + extra);
         id += 1;
     }
-    Err(BtfError::NotFound {
-        path: shown(),
-        name: name.to_string(),
-    })
+    Err(Fault::NotFound)
 }
 
 #[cfg(test)]
