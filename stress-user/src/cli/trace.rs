@@ -142,18 +142,8 @@ struct Sink<W: Write> {
 
 impl<W: Write> Sink<W> {
     fn event(&mut self, ev: &Event) -> std::io::Result<()> {
-        let wanted = match &ev.kind {
-            EventKind::Victim(_)
-            | EventKind::OomKillHook(_)
-            | EventKind::Reaper(_)
-            | EventKind::ReclaimRetry(_)
-            | EventKind::CompactRetry(_) => self.events.oom,
-            EventKind::AdjUpdate(_) => self.events.adj,
-            EventKind::Reclaim(_) | EventKind::KswapdWake(_) => self.events.reclaim,
-            // Attached for the filter even when not asked for.
-            EventKind::Cgroup(_) => self.events.cgroup,
-        };
-        if !wanted {
+        // Cgroup events are attached for a target filter even when not asked for.
+        if !self.events.wants(ev.kind.class()) {
             return Ok(());
         }
         match &ev.kind {

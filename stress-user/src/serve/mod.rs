@@ -198,30 +198,8 @@ impl Daemon {
     }
 
     fn handle(&mut self, ev: &Event) {
-        let mut line: Option<Vec<u8>> = None;
-        let class = if matches!(
-            ev.kind,
-            EventKind::Victim(_)
-                | EventKind::OomKillHook(_)
-                | EventKind::Reaper(_)
-                | EventKind::ReclaimRetry(_)
-                | EventKind::CompactRetry(_)
-        ) {
-            Some(EventClass::Oom)
-        } else if matches!(ev.kind, EventKind::AdjUpdate(_)) {
-            Some(EventClass::Adj)
-        } else if matches!(ev.kind, EventKind::Reclaim(_) | EventKind::KswapdWake(_)) {
-            Some(EventClass::Reclaim)
-        } else if matches!(ev.kind, EventKind::Cgroup(_)) {
-            Some(EventClass::Cgroup)
-        } else {
-            // A kind this loop does not know yet: classify it by its JSON type.
-            let l = json(ev);
-            let class = type_of_line(&l).and_then(|t| EventClass::of_type(&t));
-            line = Some(l);
-            class
-        };
-        if class.is_some_and(|c| !self.cfg.traces(c)) {
+        // A class a reload took out is still attached until the next restart: filtered here.
+        if !self.cfg.traces(ev.kind.class()) {
             return;
         }
         let hier = &self.hier;
@@ -251,7 +229,7 @@ impl Daemon {
         }
         // Serialize only when someone listens.
         if self.shared.events.receiver_count() > 0 {
-            let line = line.unwrap_or_else(|| json(ev));
+            let line = json(ev);
             self.emit(&line);
         }
     }
@@ -342,11 +320,6 @@ fn json(ev: &Event) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     report::event_json_line(&mut out, ev).expect("writing JSON to a Vec cannot fail");
     out
-}
-
-fn type_of_line(line: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(line).ok()?;
-    Some(v.get("type")?.as_str()?.to_owned())
 }
 
 fn ready_line(tracer: &Tracer) -> Bytes {

@@ -6,6 +6,8 @@ use std::{mem::size_of, time::Duration};
 use serde::Serialize;
 use stress_common::{self as common, cgroup_op, kind, reaper_step, reclaim_kind, victim_fields};
 
+use super::catalogue::EventClass;
+
 /// The task that was running when the kernel event fired (`current`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Task {
@@ -193,6 +195,20 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// The `--events` class of this kind.
+    pub fn class(&self) -> EventClass {
+        match self {
+            EventKind::Victim(_)
+            | EventKind::OomKillHook(_)
+            | EventKind::Reaper(_)
+            | EventKind::ReclaimRetry(_)
+            | EventKind::CompactRetry(_) => EventClass::Oom,
+            EventKind::AdjUpdate(_) => EventClass::Adj,
+            EventKind::Reclaim(_) | EventKind::KswapdWake(_) => EventClass::Reclaim,
+            EventKind::Cgroup(_) => EventClass::Cgroup,
+        }
+    }
+
     /// The serde tag (`"event"`) of this kind, without serializing it.
     pub fn tag(&self) -> &'static str {
         match self {
