@@ -302,7 +302,8 @@ mod tests {
         assert_eq!(parse_lockdown("none integrity"), None);
     }
 
-    // The exact errors seen on this project's host kernel (shared ENVIRONMENT.md).
+    // The errors exactly as aya words them on a kernel built without kprobes that refuses
+    // fentry programs.
     #[test]
     fn recognises_the_host_errors() {
         let kprobe = r#"attach: FileError { filename: "/sys/bus/event_source/devices/kprobe/type", io_error: Os { code: 2, kind: NotFound, message: "No such file or directory" } }"#;

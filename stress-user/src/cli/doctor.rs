@@ -1,4 +1,5 @@
-//! `oomlab doctor [--output json]`.
+//! `oomlab doctor [--output json]`: what [`crate::doctor`] found, as aligned lines or one JSON
+//! document; the exit code says whether oomlab can run here.
 
 use crate::{cli::exit, doctor, report::OutputFormat};
 

@@ -2,7 +2,7 @@
 //!
 //! fentry needs the BTF id of the function it attaches to. aya's `Btf::from_sys_fs` builds the
 //! whole type graph for that (9.4 MiB of heap on 6.18, most of oomlab's peak RSS), and on kernels
-//! that then refuse the program (EPERM here) all of it is for nothing. This reader keeps one
+//! that then refuse the program (EPERM) all of it is for nothing. This reader keeps one
 //! string and one type record in memory at a time. Format: `Documentation/bpf/btf.rst`.
 
 use std::{

@@ -154,7 +154,7 @@ mod tests {
         assert!(!same_layout(&a, &b), "different events differ");
     }
 
-    /// Every layout oomlab declares resolves fully on the host kernel, at the offsets its
+    /// Every layout oomlab declares resolves fully on 6.18, at the offsets its
     /// format file gives (the ones the probes read).
     #[test]
     fn every_layout_is_complete_on_6_18() {

@@ -1,4 +1,5 @@
-//! Reads `/dev/kmsg` from its end in a tokio task and sends each new record on a channel.
+//! Follows `/dev/kmsg` from its end in a tokio task and sends each new record on a channel. The
+//! file is opened at once, so no record logged after [`KmsgReader::start`] is missed.
 
 use std::{
     fs::File,
