@@ -31,7 +31,7 @@ async fn mark_victim_reports_the_killed_child() {
     .expect("scratch cgroup with a 32 MiB limit");
     let cg = scratch.cgroup().clone();
     let kills_before = cg.oom_kills().expect("oom_kill counter");
-    let mut kmsg = common::Kmsg::open_at_end();
+    let mut kmsg = common::kmsg::Kmsg::open_at_end();
 
     let status = Command::new(env!("CARGO_BIN_EXE_oomlab"))
         .args([

@@ -4,13 +4,11 @@
 //! limit; pacing; and everything released at SIGTERM with exit 0.
 
 mod common;
-#[path = "inject_support.rs"]
-mod support;
 
 use std::time::{Duration, Instant};
 
+use common::inject::{hierarchy, mib, ratio, test_cgroup, usage, Injector, MIB};
 use stress_user::cgroup::Version;
-use support::{hierarchy, mib, ratio, test_cgroup, usage, Injector, MIB};
 
 /// Injects `size` with `workers` workers of `kind` into a fresh 2 GiB cgroup and compares with
 /// the kernel's counter; then SIGTERM must release everything.

@@ -2,13 +2,11 @@
 //! nothing created — no cgroup under `oomlab/` or `oomlab-test/`, no process in the target.
 
 mod common;
-#[path = "inject_support.rs"]
-mod support;
 
 use std::{collections::BTreeSet, os::unix::process::CommandExt, process::Command};
 
+use common::inject::{hierarchy, oomlab, test_cgroup, MIB};
 use stress_user::cgroup::{Hierarchy, MemCgroup, ScratchCgroup, OWNED_PARENT};
-use support::{hierarchy, oomlab, test_cgroup, MIB};
 
 /// Every cgroup directory under the two parents oomlab and its tests create in.
 fn cgroups(hier: &Hierarchy) -> BTreeSet<String> {

@@ -4,8 +4,6 @@
 //! workers asleep (about 0% CPU) while they hold.
 
 mod common;
-#[path = "inject_support.rs"]
-mod support;
 
 use std::{
     io::{BufRead, BufReader},
@@ -13,8 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::inject::{alive, hierarchy, mib, oomlab, signal, test_cgroup, usage, Injector, MIB};
 use stress_user::cgroup::{MemCgroup, OWNED_PARENT};
-use support::{alive, hierarchy, mib, oomlab, signal, test_cgroup, usage, Injector, MIB};
 
 fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

@@ -3,13 +3,11 @@
 //! `oom_kill` counter and the kernel log; `stop` exits 3; respawns are counted.
 
 mod common;
-#[path = "inject_support.rs"]
-mod support;
 
 use std::time::Duration;
 
+use common::inject::{hierarchy, test_cgroup, Injector, MIB};
 use stress_user::cgroup::{parse_flat_keyed, MemCgroup, ScratchCgroup, Version};
-use support::{hierarchy, test_cgroup, Injector, MIB};
 
 /// A test cgroup with a limit, its `oom_kill` counter read at creation.
 struct Target {
@@ -85,7 +83,7 @@ fn stop_reports_the_kill_and_exits_3() {
     let target = Target::new("oom-stop", 128 * MIB);
     let cg = &target.cg;
     let (hits_key, hits_before) = limit_hits(cg);
-    let mut kmsg = common::Kmsg::open_at_end();
+    let mut kmsg = common::kmsg::Kmsg::open_at_end();
     let mut inj = target.inject("256MiB", 2, "stop", &["--oom-score-adj", "900"]);
     let killed = inj.wait_for("worker_killed", Duration::from_secs(30));
     let pid = killed["pid"].as_i64().expect("pid");

@@ -138,7 +138,7 @@ fn demo_tells_the_seed_story_and_writes_a_report() {
         return;
     }
     let dir = TempDir::new("demo");
-    let mut kmsg = common::Kmsg::open_at_end();
+    let mut kmsg = common::kmsg::Kmsg::open_at_end();
     let out = run(&["--report", dir.0.to_str().expect("utf-8 path")]);
     let log = text(&out);
     let json: Value =

@@ -4,7 +4,6 @@
 //! exits cleanly on SIGTERM.
 
 mod common;
-mod serve_common;
 
 use std::{
     io::{Read, Write},
@@ -12,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serve_common::{free_port, get, is_type, try_get, Lines, Serve};
+use common::serve::{free_port, get, is_type, try_get, Lines, Serve};
 
 /// Writes to our own oom_score_adj: each one is an `oom:oom_score_adj_update` event. One open
 /// file and a pwrite each, so the flood is as fast as the kernel takes it.

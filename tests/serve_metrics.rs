@@ -4,7 +4,6 @@
 //! SIGTERM still reaches `/events`, which then ends cleanly.
 
 mod common;
-mod serve_common;
 
 use std::{
     os::unix::process::ExitStatusExt,
@@ -12,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serve_common::{is_type, metric_sum, Lines, Serve, OOMLAB};
+use common::serve::{is_type, metric_sum, Lines, Serve, OOMLAB};
 use stress_user::cgroup::{Hierarchy, ScratchCgroup};
 
 const KILLS: usize = 3;
@@ -65,7 +64,7 @@ fn metrics_and_events_match_the_kernel_and_trace() {
             .stdout(Stdio::null())
             .spawn()
             .expect("run oomlab app");
-        serve_common::wait_exit_unreaped(&child, Duration::from_secs(30));
+        common::serve::wait_exit_unreaped(&child, Duration::from_secs(30));
         victims.push(child);
     }
     let kills = cg.oom_kills().expect("oom_kill counter") - kills_before;
@@ -173,7 +172,7 @@ fn metrics_and_events_match_the_kernel_and_trace() {
         .stdout(Stdio::null())
         .spawn()
         .expect("run oomlab app");
-    serve_common::wait_exit_unreaped(&last, Duration::from_secs(30));
+    common::serve::wait_exit_unreaped(&last, Duration::from_secs(30));
     let took = serve.stop();
     let status = last.wait().expect("reap the last app");
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");

@@ -6,8 +6,6 @@
 //! READY=1) and a clean stop (STOPPING=1, exit 0).
 
 mod common;
-#[path = "serve_common.rs"]
-mod serve_common;
 
 use std::{
     os::unix::net::UnixDatagram,
@@ -86,12 +84,12 @@ fn ready_watchdog_reload_and_stop_reach_the_service_manager() {
         return;
     }
     let manager = Manager::bind();
-    let port = serve_common::free_port();
+    let port = common::serve::free_port();
     let config = std::env::temp_dir().join(common::unique("oomlab-notify") + ".toml");
     std::fs::write(&config, format!("listen = \"127.0.0.1:{port}\"\n")).expect("write config");
     // WatchdogSec=0.4s: the daemon must ping at least every 200 ms.
     let daemon = Daemon(
-        Command::new(serve_common::OOMLAB)
+        Command::new(common::serve::OOMLAB)
             .args(["serve", "--config"])
             .arg(&config)
             .env("NOTIFY_SOCKET", &manager.path)
@@ -110,7 +108,7 @@ fn ready_watchdog_reload_and_stop_reach_the_service_manager() {
         "READY carries a STATUS line: {first:?}"
     );
     // READY means serving: /healthz answers at once.
-    let (status, body) = serve_common::try_get(port, "/healthz", "").expect("GET /healthz");
+    let (status, body) = common::serve::try_get(port, "/healthz", "").expect("GET /healthz");
     assert_eq!(status, 200, "/healthz right after READY=1: {body}");
 
     // Pings over the next 1.2 s: at 200 ms that is 6; at least 3 even on a slow guest.

@@ -4,7 +4,6 @@
 //! filter, and a sibling cgroup's are not.
 
 mod common;
-mod trace_support;
 
 use std::{
     fs,
@@ -13,8 +12,8 @@ use std::{
     time::Duration,
 };
 
+use common::trace::{of_type, TraceChild};
 use stress_user::cgroup::{Hierarchy, MemCgroup, ScratchCgroup};
-use trace_support::{of_type, TraceChild};
 
 /// A child cgroup made by the test inside one of its scratch cgroups, removed on drop.
 struct ChildCgroup {

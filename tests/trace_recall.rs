@@ -4,7 +4,6 @@
 //! `oom_score_adj` writes are reported with their writer, inside or outside the target.
 
 mod common;
-mod trace_support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -13,8 +12,8 @@ use std::{
     time::Duration,
 };
 
+use common::trace::{of_type, TraceChild};
 use stress_user::cgroup::{Hierarchy, MemCgroup, ScratchCgroup};
-use trace_support::{of_type, TraceChild};
 
 const KILLS: usize = 60;
 
@@ -80,7 +79,7 @@ fn every_oom_kill_in_the_target_is_reported_once() {
     .expect("scratch cgroup with a 24 MiB limit");
     let cg = scratch.cgroup().clone();
     let kills_before = cg.oom_kills().expect("oom_kill counter");
-    let mut kmsg = common::Kmsg::open_at_end();
+    let mut kmsg = common::kmsg::Kmsg::open_at_end();
     let mut tracer = TraceChild::start(&["--cgroup", &cg.path(), "--events", "oom,adj"]);
 
     // A long-lived process in the target whose adj the test (outside the target) changes.
@@ -125,7 +124,7 @@ fn every_oom_kill_in_the_target_is_reported_once() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while kmsg_pids.len() < kills && std::time::Instant::now() < deadline {
         for line in kmsg.drain() {
-            if let Some(pid) = common::killed_pid(&line).filter(|p| ours.contains(p)) {
+            if let Some(pid) = common::kmsg::killed_pid(&line).filter(|p| ours.contains(p)) {
                 kmsg_pids.insert(pid);
             }
         }
@@ -202,7 +201,7 @@ fn a_flood_that_overflows_the_event_ring_loses_no_oom_kill() {
     .expect("scratch cgroup with a 24 MiB limit");
     let cg = scratch.cgroup().clone();
     let kills_before = cg.oom_kills().expect("oom_kill counter");
-    let mut kmsg = common::Kmsg::open_at_end();
+    let mut kmsg = common::kmsg::Kmsg::open_at_end();
     let mut tracer = TraceChild::start(&[
         "--cgroup",
         &cg.path(),
@@ -253,7 +252,7 @@ fn a_flood_that_overflows_the_event_ring_loses_no_oom_kill() {
     let logged: BTreeSet<i32> = kmsg
         .collect("Killed process ", usize::MAX, Duration::from_secs(2))
         .iter()
-        .filter_map(|l| common::killed_pid(l))
+        .filter_map(|l| common::kmsg::killed_pid(l))
         .filter(|p| victims.contains(p))
         .collect();
 

@@ -86,7 +86,7 @@ async fn oom_group_kills_every_task_and_each_is_traced() {
     cg.write("memory.oom.group", "1")
         .expect("set memory.oom.group");
     let before = events(&cg);
-    let mut kmsg = common::Kmsg::open_at_end();
+    let mut kmsg = common::kmsg::Kmsg::open_at_end();
 
     // Two quiet holders of 8 MiB, then one that asks for more than is left: the OOM killer
     // picks one task, and memory.oom.group takes the whole cgroup with it.

@@ -189,7 +189,7 @@ fn episode_names_the_kernels_victim_and_ranks_it_first() {
         );
 
         let kills_before = cg.oom_kills().expect("oom_kill counter");
-        let mut kmsg = common::Kmsg::open_at_end();
+        let mut kmsg = common::kmsg::Kmsg::open_at_end();
 
         let mut pusher = Command::new(env!("CARGO_BIN_EXE_oomlab"))
             .args([
@@ -277,7 +277,7 @@ fn episode_names_the_kernels_victim_and_ranks_it_first() {
             );
             for line in &later {
                 let victim = i64::from(
-                    common::killed_pid(line).unwrap_or_else(|| panic!("no pid in {line:?}")),
+                    common::kmsg::killed_pid(line).unwrap_or_else(|| panic!("no pid in {line:?}")),
                 );
                 assert!(
                     [pid(&small), pid(&large), pusher_pid].contains(&victim),

@@ -1,6 +1,5 @@
 //! Helpers for the `oomlab serve` tests: the daemon as a child process on a free loopback port,
 //! a plain HTTP/1.1 client, and line readers for `/events` and `oomlab trace --output json`.
-#![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::{
     io::{BufRead, BufReader, Read, Write},

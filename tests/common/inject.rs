@@ -1,6 +1,5 @@
-//! Helpers for the `oomlab inject` root tests (included with `#[path]` by each `inject_*` test):
-//! a running injector whose JSON lines are read on a thread, and a test cgroup with a limit.
-#![allow(dead_code, reason = "each test binary uses a different subset")]
+//! Helpers for the `oomlab inject` root tests: a running injector whose JSON lines are read on
+//! a thread, and a test cgroup with a limit.
 
 use std::{
     io::{BufRead, BufReader},
@@ -45,13 +44,8 @@ pub fn oomlab() -> Command {
 
 /// A cgroup under `oomlab-test/` with a limit, removed (with anything left inside) on drop.
 pub fn test_cgroup(hier: &Hierarchy, name: &str, limit: u64) -> ScratchCgroup {
-    ScratchCgroup::create(
-        hier,
-        super::common::TEST_PARENT,
-        &super::common::unique(name),
-        Some(limit),
-    )
-    .unwrap_or_else(|e| panic!("creating test cgroup {name}: {e}"))
+    ScratchCgroup::create(hier, super::TEST_PARENT, &super::unique(name), Some(limit))
+        .unwrap_or_else(|e| panic!("creating test cgroup {name}: {e}"))
 }
 
 /// A running `oomlab inject --output json`.

@@ -1,6 +1,5 @@
 //! Runs the real `oomlab trace --output json` as a child process for the trace_* root tests:
 //! waits for `ready`, collects every JSON line, stops it with SIGTERM like a user would.
-#![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::{
     io::{BufRead, BufReader},
