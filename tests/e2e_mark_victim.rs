@@ -4,45 +4,24 @@
 
 mod common;
 
-use std::{os::unix::process::ExitStatusExt, process::Command, time::Duration};
+use std::{os::unix::process::ExitStatusExt, time::Duration};
 
-use stress_user::{
-    cgroup::{Hierarchy, ScratchCgroup},
-    trace::{EventKind, TraceOptions, Tracer},
-};
+use common::{cgroup, kmsg::Kmsg, tracer};
+use stress_user::trace::EventKind;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mark_victim_reports_the_killed_child() {
     if !common::need_root("mark_victim_reports_the_killed_child") {
         return;
     }
-    let hier = Hierarchy::detect().expect("a memory cgroup controller");
-    let (_tracer, mut rx) = Tracer::start(&TraceOptions {
-        hooks: false,
-        ..TraceOptions::default()
-    })
-    .expect("tracer starts");
-    let scratch = ScratchCgroup::create(
-        &hier,
-        common::TEST_PARENT,
-        &common::unique("e2e"),
-        Some(32 << 20),
-    )
-    .expect("scratch cgroup with a 32 MiB limit");
+    let (_tracer, mut rx) = tracer::start(false);
+    let scratch = cgroup::scratch(&cgroup::hierarchy(), "e2e", Some(32 << 20));
     let cg = scratch.cgroup().clone();
     let kills_before = cg.oom_kills().expect("oom_kill counter");
-    let mut kmsg = common::kmsg::Kmsg::open_at_end();
+    let mut kmsg = Kmsg::open_at_end();
 
-    let status = Command::new(env!("CARGO_BIN_EXE_oomlab"))
-        .args([
-            "app",
-            "--size",
-            "64MiB",
-            "--oom-score-adj",
-            "500",
-            "--cgroup",
-        ])
-        .arg(cg.path())
+    let status = common::app(&cg.path(), "64MiB")
+        .args(["--oom-score-adj", "500"])
         .status()
         .expect("run oomlab app");
     assert_eq!(
@@ -53,15 +32,13 @@ async fn mark_victim_reports_the_killed_child() {
 
     // The child's pid is only known through the kernel: find the victim event, then check it
     // against the kernel log and the counter.
-    let victim = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let ev = rx.recv().await.expect("tracer channel open");
-            if let EventKind::Victim(v) = ev.kind {
-                if v.comm.as_deref() == Some("oomlab") && v.oom_score_adj == Some(500) {
-                    return v;
-                }
-            }
+    let victim = tracer::first(&mut rx, Duration::from_secs(5), |kind| match kind {
+        EventKind::Victim(v)
+            if v.comm.as_deref() == Some("oomlab") && v.oom_score_adj == Some(500) =>
+        {
+            Some(v)
         }
+        _ => None,
     })
     .await
     .expect("a mark_victim event within 5 s");

@@ -7,14 +7,17 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::inject::{hierarchy, mib, ratio, test_cgroup, usage, Injector, MIB};
+use common::{
+    cgroup::{self, usage},
+    inject::{mib, ratio, Injector, MIB},
+};
 use stress_user::cgroup::Version;
 
 /// Injects `size` with `workers` workers of `kind` into a fresh 2 GiB cgroup and compares with
 /// the kernel's counter; then SIGTERM must release everything.
 fn charge_and_check(kind: &str, size: u64, workers: usize) {
-    let hier = hierarchy();
-    let scratch = test_cgroup(&hier, &format!("acc-{kind}-{workers}"), 2 * mib(1024));
+    let hier = cgroup::hierarchy();
+    let scratch = cgroup::scratch(&hier, &format!("acc-{kind}-{workers}"), Some(2 * mib(1024)));
     let cg = scratch.cgroup().clone();
     let base = usage(&cg);
     let mut inj = Injector::start(&[
@@ -70,10 +73,7 @@ fn charge_and_check(kind: &str, size: u64, workers: usize) {
         cg.procs().expect("cgroup.procs").is_empty(),
         "workers left behind"
     );
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while usage(&cg) > base + size / 50 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_until(Duration::from_secs(2), || usage(&cg) <= base + size / 50);
     assert!(
         usage(&cg) <= base + size / 50,
         "{kind}: {} MiB still charged after the run (baseline {} MiB)",
@@ -129,8 +129,8 @@ fn seed_case_four_workers_200mib_in_500mib() {
     if !common::need_root("seed_case_four_workers_200mib_in_500mib") {
         return;
     }
-    let hier = hierarchy();
-    let scratch = test_cgroup(&hier, "seed", 500 * MIB);
+    let hier = cgroup::hierarchy();
+    let scratch = cgroup::scratch(&hier, "seed", Some(500 * MIB));
     let cg = scratch.cgroup().clone();
     let base = usage(&cg);
     let mut inj = Injector::start(&["--cgroup", &cg.path(), "--workers", "4", "--size", "200MiB"]);
@@ -158,8 +158,8 @@ fn percent_is_of_the_target_limit() {
     if !common::need_root("percent_is_of_the_target_limit") {
         return;
     }
-    let hier = hierarchy();
-    let scratch = test_cgroup(&hier, "pct", 400 * MIB);
+    let hier = cgroup::hierarchy();
+    let scratch = cgroup::scratch(&hier, "pct", Some(400 * MIB));
     let cg = scratch.cgroup().clone();
     let base = usage(&cg);
     let mut inj = Injector::start(&["--cgroup", &cg.path(), "--workers", "2", "--size", "25%"]);
@@ -183,8 +183,8 @@ fn ramp_and_rate_pace_the_growth() {
     if !common::need_root("ramp_and_rate_pace_the_growth") {
         return;
     }
-    let hier = hierarchy();
-    let scratch = test_cgroup(&hier, "pace", 1024 * MIB);
+    let hier = cgroup::hierarchy();
+    let scratch = cgroup::scratch(&hier, "pace", Some(1024 * MIB));
     let cg = scratch.cgroup().clone();
     for pace in [["--ramp", "2s"], ["--rate", "100MiB/s"]] {
         let base = usage(&cg);
@@ -236,9 +236,9 @@ fn thp_random_mlock_redirty_are_what_the_kernel_sees() {
     if !common::need_root("thp_random_mlock_redirty_are_what_the_kernel_sees") {
         return;
     }
-    let hier = hierarchy();
+    let hier = cgroup::hierarchy();
     let size = sized(256);
-    let scratch = test_cgroup(&hier, "opts", 2 * size);
+    let scratch = cgroup::scratch(&hier, "opts", Some(2 * size));
     let cg = scratch.cgroup().clone();
     let base = usage(&cg);
     let size_arg = size.to_string();

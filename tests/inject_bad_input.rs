@@ -5,13 +5,16 @@ mod common;
 
 use std::{collections::BTreeSet, os::unix::process::CommandExt, process::Command};
 
-use common::inject::{hierarchy, oomlab, test_cgroup, MIB};
+use common::{
+    cgroup::{self, TEST_PARENT},
+    inject::MIB,
+};
 use stress_user::cgroup::{Hierarchy, MemCgroup, ScratchCgroup, OWNED_PARENT};
 
 /// Every cgroup directory under the two parents oomlab and its tests create in.
 fn cgroups(hier: &Hierarchy) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    for parent in [OWNED_PARENT, common::TEST_PARENT] {
+    for parent in [OWNED_PARENT, TEST_PARENT] {
         if let Ok(rd) = std::fs::read_dir(hier.memory_mount.join(parent)) {
             for e in rd.filter_map(Result::ok) {
                 if e.file_type().is_ok_and(|t| t.is_dir()) {
@@ -47,7 +50,7 @@ fn refused(hier: &Hierarchy, target: &MemCgroup, mut cmd: Command, needles: &[&s
 }
 
 fn inject(args: &[&str]) -> Command {
-    let mut c = oomlab();
+    let mut c = common::oomlab();
     c.arg("inject").args(args).args(["--duration", "1s"]);
     c
 }
@@ -57,15 +60,9 @@ fn every_bad_input_is_refused_before_anything_is_created() {
     if !common::need_root("every_bad_input_is_refused_before_anything_is_created") {
         return;
     }
-    let hier = hierarchy();
-    let limited = test_cgroup(&hier, "bad-limited", 100 * MIB);
-    let unlimited = ScratchCgroup::create(
-        &hier,
-        common::TEST_PARENT,
-        &common::unique("bad-unlimited"),
-        None,
-    )
-    .expect("unlimited test cgroup");
+    let hier = cgroup::hierarchy();
+    let limited = cgroup::scratch(&hier, "bad-limited", Some(100 * MIB));
+    let unlimited = cgroup::scratch(&hier, "bad-unlimited", None);
     let lim = limited.cgroup().path();
     let unl = unlimited.cgroup().path();
     let t = limited.cgroup();

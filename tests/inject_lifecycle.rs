@@ -11,27 +11,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::inject::{alive, hierarchy, mib, oomlab, signal, test_cgroup, usage, Injector, MIB};
+use common::{
+    cgroup::{self, usage},
+    inject::{alive, mib, Injector, MIB},
+};
+use nix::sys::signal::Signal;
 use stress_user::cgroup::{MemCgroup, OWNED_PARENT};
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    f()
-}
 
 #[test]
 fn agent_sigkilled_ten_times_leaves_nothing_running() {
     if !common::need_root("agent_sigkilled_ten_times_leaves_nothing_running") {
         return;
     }
-    let hier = hierarchy();
-    let scratch = test_cgroup(&hier, "sigkill", 1024 * MIB);
+    let hier = cgroup::hierarchy();
+    let scratch = cgroup::scratch(&hier, "sigkill", Some(1024 * MIB));
     let existing = scratch.cgroup().clone();
     let mut previous_leftover: Option<MemCgroup> = None;
     for round in 0..10 {
@@ -67,12 +60,12 @@ fn agent_sigkilled_ten_times_leaves_nothing_running() {
             );
         }
         assert!(
-            wait_until(Duration::from_secs(5), || usage(&cg) > base + mib(50)),
+            common::wait_until(Duration::from_secs(5), || usage(&cg) > base + mib(50)),
             "round {round}: injection did not start"
         );
         let workers = inj.worker_pids();
-        signal(inj.pid(), libc::SIGKILL);
-        let _ = inj.child.wait();
+        common::signal(inj.pid(), Signal::SIGKILL);
+        let _ = inj.child.0.wait();
         std::thread::sleep(Duration::from_secs(1));
         for pid in &workers {
             assert!(
@@ -97,7 +90,10 @@ fn agent_sigkilled_ten_times_leaves_nothing_running() {
         }
     }
     let last = previous_leftover.expect("round 9 left a scratch cgroup");
-    let out = oomlab().arg("cleanup").output().expect("oomlab cleanup");
+    let out = common::oomlab()
+        .arg("cleanup")
+        .output()
+        .expect("oomlab cleanup");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "cleanup: {text}");
     assert!(
@@ -117,12 +113,11 @@ fn working_set_is_held_while_the_app_grows_and_shrinks() {
     if !common::need_root("working_set_is_held_while_the_app_grows_and_shrinks") {
         return;
     }
-    let hier = hierarchy();
-    let scratch = test_cgroup(&hier, "wset", 600 * MIB);
+    let hier = cgroup::hierarchy();
+    let scratch = cgroup::scratch(&hier, "wset", Some(600 * MIB));
     let cg = scratch.cgroup().clone();
-    let mut app = oomlab()
-        .args(["app", "--size", "20MiB", "--grow", "50MiB", "--cgroup"])
-        .arg(cg.path())
+    let mut app = common::app(&cg.path(), "20MiB")
+        .args(["--grow", "50MiB"])
         .stdout(Stdio::piped())
         .spawn()
         .expect("start oomlab app");
@@ -141,7 +136,7 @@ fn working_set_is_held_while_the_app_grows_and_shrinks() {
     inj.wait_for("target_reached", Duration::from_secs(10));
     let near = |cg: &MemCgroup| working_set(cg).abs_diff(goal) <= goal / 20;
     assert!(
-        wait_until(Duration::from_secs(2), || near(&cg)),
+        common::wait_until(Duration::from_secs(2), || near(&cg)),
         "ws {} MiB",
         working_set(&cg) / MIB
     );
@@ -149,12 +144,12 @@ fn working_set_is_held_while_the_app_grows_and_shrinks() {
         .as_u64()
         .expect("held");
 
-    signal(app.id() as i32, libc::SIGUSR1);
+    common::signal(app.id() as i32, Signal::SIGUSR1);
     let grew = app_out.next().expect("app line").expect("utf-8");
     assert!(grew.contains("grew by 50.0 MiB"), "{grew}");
     let t = Instant::now();
     assert!(
-        wait_until(Duration::from_secs(1), || near(&cg)),
+        common::wait_until(Duration::from_secs(1), || near(&cg)),
         "the injector did not back off within 1 s: ws {} MiB",
         working_set(&cg) / MIB
     );
@@ -171,11 +166,11 @@ fn working_set_is_held_while_the_app_grows_and_shrinks() {
         gave_back / MIB
     );
 
-    signal(app.id() as i32, libc::SIGUSR2);
+    common::signal(app.id() as i32, Signal::SIGUSR2);
     let shrank = app_out.next().expect("app line").expect("utf-8");
     assert!(shrank.contains("shrank"), "{shrank}");
     assert!(
-        wait_until(Duration::from_secs(1), || near(&cg)
+        common::wait_until(Duration::from_secs(1), || near(&cg)
             && working_set(&cg) > goal - goal / 20),
         "the injector did not grow back within 1 s: ws {} MiB",
         working_set(&cg) / MIB
@@ -219,8 +214,8 @@ fn workers_sleep_while_holding() {
     if !common::need_root("workers_sleep_while_holding") {
         return;
     }
-    let hier = hierarchy();
-    let scratch = test_cgroup(&hier, "idle", 1024 * MIB);
+    let hier = cgroup::hierarchy();
+    let scratch = cgroup::scratch(&hier, "idle", Some(1024 * MIB));
     let cg = scratch.cgroup().clone();
     let size = mib(256).to_string();
     let mut inj = Injector::start(&["--cgroup", &cg.path(), "--size", &size, "--workers", "2"]);

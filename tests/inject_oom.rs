@@ -6,7 +6,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::inject::{hierarchy, test_cgroup, Injector, MIB};
+use common::{
+    cgroup,
+    inject::{Injector, MIB},
+    kmsg::Kmsg,
+};
 use stress_user::cgroup::{parse_flat_keyed, MemCgroup, ScratchCgroup, Version};
 
 /// A test cgroup with a limit, its `oom_kill` counter read at creation.
@@ -18,7 +22,7 @@ struct Target {
 
 impl Target {
     fn new(name: &str, limit: u64) -> Target {
-        let scratch = test_cgroup(&hierarchy(), name, limit);
+        let scratch = cgroup::scratch(&cgroup::hierarchy(), name, Some(limit));
         let cg = scratch.cgroup().clone();
         let kills_before = cg.oom_kills().expect("oom_kill");
         Target {
@@ -83,7 +87,7 @@ fn stop_reports_the_kill_and_exits_3() {
     let target = Target::new("oom-stop", 128 * MIB);
     let cg = &target.cg;
     let (hits_key, hits_before) = limit_hits(cg);
-    let mut kmsg = common::kmsg::Kmsg::open_at_end();
+    let mut kmsg = Kmsg::open_at_end();
     let mut inj = target.inject("256MiB", 2, "stop", &["--oom-score-adj", "900"]);
     let killed = inj.wait_for("worker_killed", Duration::from_secs(30));
     let pid = killed["pid"].as_i64().expect("pid");

@@ -7,37 +7,14 @@
 
 mod common;
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    process::{Command, Output},
-};
+use std::{fs, path::Path, process::Output};
 
+use common::{cgroup, guard::TempPath, kmsg::Kmsg};
 use serde_json::Value;
-use stress_user::cgroup::{Hierarchy, ScratchCgroup, Version};
-
-const OOMLAB: &str = env!("CARGO_BIN_EXE_oomlab");
-
-/// A temp directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(common::unique(&format!("oomlab-run-{name}")));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
+use stress_user::cgroup::Version;
 
 fn run(args: &[&str]) -> Output {
-    Command::new(OOMLAB)
+    common::oomlab()
         .arg("run")
         .args(args)
         .output()
@@ -54,15 +31,13 @@ fn text(o: &Output) -> String {
 }
 
 fn memory_version() -> Version {
-    Hierarchy::detect()
-        .expect("a memory cgroup controller")
-        .memory_version
+    cgroup::hierarchy().memory_version
 }
 
 /// No scratch cgroup of this run is left under `oomlab/`.
 fn assert_cleaned_up(report: &Value) {
     let cg = report["cgroup"].as_str().expect("cgroup in report");
-    let hier = Hierarchy::detect().expect("hierarchy");
+    let hier = cgroup::hierarchy();
     if cg.starts_with("/oomlab/") {
         assert!(
             !hier.memory_mount.join(&cg[1..]).exists(),
@@ -72,11 +47,11 @@ fn assert_cleaned_up(report: &Value) {
 }
 
 /// Runs an example (compiled in) and checks its expectations held.
-fn run_example(name: &str, text_toml: &str, group_kill: bool) -> (Value, TempDir) {
-    let dir = TempDir::new(name);
-    let file = dir.0.join(format!("{name}.toml"));
+fn run_example(name: &str, text_toml: &str, group_kill: bool) -> (Value, TempPath) {
+    let dir = TempPath::dir(&format!("run-{name}"));
+    let file = dir.path().join(format!("{name}.toml"));
     fs::write(&file, text_toml).expect("write example");
-    let report = dir.0.join("report");
+    let report = dir.path().join("report");
     let out = run(&[
         file.to_str().expect("utf-8 path"),
         "--report",
@@ -137,13 +112,14 @@ fn demo_tells_the_seed_story_and_writes_a_report() {
     if !common::need_root("demo_tells_the_seed_story_and_writes_a_report") {
         return;
     }
-    let dir = TempDir::new("demo");
-    let mut kmsg = common::kmsg::Kmsg::open_at_end();
-    let out = run(&["--report", dir.0.to_str().expect("utf-8 path")]);
+    let dir = TempPath::dir("run-demo");
+    let mut kmsg = Kmsg::open_at_end();
+    let out = run(&["--report", dir.path().to_str().expect("utf-8 path")]);
     let log = text(&out);
-    let json: Value =
-        serde_json::from_str(&fs::read_to_string(dir.0.join("report.json")).expect("report.json"))
-            .expect("valid JSON");
+    let json: Value = serde_json::from_str(
+        &fs::read_to_string(dir.path().join("report.json")).expect("report.json"),
+    )
+    .expect("valid JSON");
     let overkill = common::in_vm() && out.status.code() == Some(1) && app_overkilled(&json);
     if overkill {
         eprintln!(
@@ -183,7 +159,7 @@ fn demo_tells_the_seed_story_and_writes_a_report() {
         s1["charged_bytes"].as_f64().expect("charged"),
     );
     // In the test VMs sizes are divided by 8 but each worker process still costs ~1 MiB.
-    let allowance = if std::env::var("OOMLAB_VM").as_deref() == Ok("1") {
+    let allowance = if common::in_vm() {
         4.0 * 1048576.0
     } else {
         0.0
@@ -243,7 +219,7 @@ fn demo_tells_the_seed_story_and_writes_a_report() {
     let app_pid = app_ep["victim_pid"].as_i64().expect("pid");
 
     // The SVG: the four series in the legend, the app's kill labelled, the reclaim panel.
-    let svg = fs::read_to_string(dir.0.join("timeline.svg")).expect("timeline.svg");
+    let svg = fs::read_to_string(dir.path().join("timeline.svg")).expect("timeline.svg");
     let texts = svg_texts(&svg);
     for needle in [
         "usage",
@@ -265,7 +241,7 @@ fn demo_tells_the_seed_story_and_writes_a_report() {
     );
     assert!(svg.matches("<polyline").count() >= 4, "line series drawn");
 
-    let md = fs::read_to_string(dir.0.join("report.md")).expect("report.md");
+    let md = fs::read_to_string(dir.path().join("report.md")).expect("report.md");
     for needle in [
         "## Stages",
         "## OOM episodes",
@@ -374,15 +350,15 @@ fn v2_example(
     example: &str,
     key: &str,
     group_kill: bool,
-) -> Option<(Value, TempDir)> {
+) -> Option<(Value, TempPath)> {
     if !common::need_root(test) {
         return None;
     }
     if memory_version() == Version::V2 {
         return Some(run_example(name, example, group_kill));
     }
-    let dir = TempDir::new(name);
-    let file = dir.0.join(format!("{name}.toml"));
+    let dir = TempPath::dir(&format!("run-{name}"));
+    let file = dir.path().join(format!("{name}.toml"));
     fs::write(&file, example).expect("write");
     let out = run(&[file.to_str().expect("utf-8")]);
     let line = example
@@ -427,17 +403,10 @@ fn failing_expectation_exits_1_with_the_reason() {
         return;
     }
     // An existing cgroup the test owns, so its kernel counter can be read afterwards.
-    let hier = Hierarchy::detect().expect("hierarchy");
-    let scratch = ScratchCgroup::create(
-        &hier,
-        common::TEST_PARENT,
-        &common::unique("run-fail"),
-        Some(128 << 20),
-    )
-    .expect("test cgroup");
+    let scratch = cgroup::scratch(&cgroup::hierarchy(), "run-fail", Some(128 << 20));
     let cg = scratch.cgroup().clone();
-    let dir = TempDir::new("fail");
-    let file = dir.0.join("fail.toml");
+    let dir = TempPath::dir("run-fail");
+    let file = dir.path().join("fail.toml");
     fs::write(
         &file,
         format!(
@@ -464,7 +433,7 @@ fn failing_expectation_exits_1_with_the_reason() {
 
 #[test]
 fn malformed_files_name_the_line() {
-    let dir = TempDir::new("bad");
+    let dir = TempPath::dir("run-bad");
     let cases: [(&str, &str, usize, &str); 3] = [
         (
             "unknown-key.toml",
@@ -486,7 +455,7 @@ fn malformed_files_name_the_line() {
         ),
     ];
     for (name, body, line, needle) in cases {
-        let file = dir.0.join(name);
+        let file = dir.path().join(name);
         fs::write(&file, body).expect("write");
         let out = run(&[file.to_str().expect("utf-8")]);
         let err = String::from_utf8_lossy(&out.stderr);

@@ -11,7 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::serve::{free_port, get, is_type, try_get, Lines, Serve};
+use common::{
+    lines::is_type,
+    serve::{free_port, get, try_get, Serve},
+};
+use nix::sys::signal::Signal;
 
 /// Writes to our own oom_score_adj: each one is an `oom:oom_score_adj_update` event. One open
 /// file and a pwrite each, so the flood is as fast as the kernel takes it.
@@ -72,7 +76,7 @@ fn http_edges_slow_clients_and_reload() {
     // A client that asks for /events and never reads, while events flood in.
     let mut stalled = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect");
     write!(stalled, "GET /events HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
-    let mut live = Lines::events(port);
+    let mut live = common::serve::events(port);
     live.wait_for(Duration::from_secs(5), |v| is_type(v, "ready"))
         .expect("ready line on /events");
     let before = serve.metric("oomlab_oom_score_adj_updates_total");
@@ -141,14 +145,11 @@ fn http_edges_slow_clients_and_reload() {
     std::thread::sleep(Duration::from_millis(300));
     drop(idle);
     drop(live);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while try_get(port, "/healthz", "").map(|r| r.0).ok() != Some(200) {
-        assert!(
-            Instant::now() < deadline,
-            "serves again once the idle connections are gone"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let healthy = |port| try_get(port, "/healthz", "").map(|r| r.0).ok() == Some(200);
+    assert!(
+        common::wait_until(Duration::from_secs(10), || healthy(port)),
+        "serves again once the idle connections are gone"
+    );
 
     let refused = serve.metric("oomlab_http_connections_refused_total");
     assert!(
@@ -163,21 +164,17 @@ fn http_edges_slow_clients_and_reload() {
         format!("listen = \"127.0.0.1:{port}\"\ntop_m = 1\n"),
     )
     .expect("write config");
-    let pid = nix::unistd::Pid::from_raw(serve.child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    let pid = serve.child.id() as i32;
+    common::signal(pid, Signal::SIGHUP);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(serve.get("/healthz").0, 200, "a bad config is refused");
     let new_port = free_port();
     std::fs::write(&config, format!("listen = \"127.0.0.1:{new_port}\"\n")).expect("write");
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while try_get(new_port, "/healthz", "").map(|r| r.0).ok() != Some(200) {
-        assert!(
-            Instant::now() < deadline,
-            "the reload moves to port {new_port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::signal(pid, Signal::SIGHUP);
+    assert!(
+        common::wait_until(Duration::from_secs(5), || healthy(new_port)),
+        "the reload moves to port {new_port}"
+    );
     assert!(
         TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err(),
         "the old port is closed"

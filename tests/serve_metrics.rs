@@ -7,12 +7,17 @@ mod common;
 
 use std::{
     os::unix::process::ExitStatusExt,
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
-use common::serve::{is_type, metric_sum, Lines, Serve, OOMLAB};
-use stress_user::cgroup::{Hierarchy, ScratchCgroup};
+use common::{
+    cgroup,
+    guard::Reap,
+    lines::{is_type, Lines},
+    serve::{metric_sum, Serve},
+};
+use nix::sys::signal::Signal;
 
 const KILLS: usize = 3;
 
@@ -21,29 +26,24 @@ fn metrics_and_events_match_the_kernel_and_trace() {
     if !common::need_root("metrics_and_events_match_the_kernel_and_trace") {
         return;
     }
-    let hier = Hierarchy::detect().expect("a memory cgroup controller");
-    let scratch = ScratchCgroup::create(
-        &hier,
-        common::TEST_PARENT,
-        &common::unique("serve"),
-        Some(32 << 20),
-    )
-    .expect("scratch cgroup with a 32 MiB limit");
+    let scratch = cgroup::scratch(&cgroup::hierarchy(), "serve", Some(32 << 20));
     let cg = scratch.cgroup().clone();
 
     let mut serve = Serve::start("");
-    let mut events = Lines::events(serve.port);
+    let mut events = common::serve::events(serve.port);
     events
         .wait_for(Duration::from_secs(5), |v| is_type(v, "ready"))
         .expect("/events starts with a ready line");
 
-    let mut trace = Command::new(OOMLAB)
-        .args(["trace", "--output", "json"])
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start oomlab trace");
-    let mut traced = Lines::stdout(trace.stdout.take().expect("trace stdout"));
+    let mut trace = Reap(
+        common::oomlab()
+            .args(["trace", "--output", "json"])
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start oomlab trace"),
+    );
+    let mut traced = Lines::objects(trace.0.stdout.take().expect("trace stdout"));
     traced
         .wait_for(Duration::from_secs(20), |v| is_type(v, "ready"))
         .expect("oomlab trace prints ready");
@@ -51,16 +51,8 @@ fn metrics_and_events_match_the_kernel_and_trace() {
     let kills_before = cg.oom_kills().expect("oom_kill counter");
     let mut victims = Vec::new();
     for _ in 0..KILLS {
-        let child = Command::new(OOMLAB)
-            .args([
-                "app",
-                "--size",
-                "64MiB",
-                "--oom-score-adj",
-                "300",
-                "--cgroup",
-            ])
-            .arg(cg.path())
+        let child = common::app(&cg.path(), "64MiB")
+            .args(["--oom-score-adj", "300"])
             .stdout(Stdio::null())
             .spawn()
             .expect("run oomlab app");
@@ -156,19 +148,13 @@ fn metrics_and_events_match_the_kernel_and_trace() {
         let status = child.wait().expect("reap the app");
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(trace.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM oomlab trace");
-    let _ = trace.wait();
+    common::signal(trace.0.id() as i32, Signal::SIGTERM);
+    let _ = trace.0.wait();
 
     // One more kill, and SIGTERM as soon as the victim is dead: the daemon reads what the
     // kernel produced before the stop, and /events carries those lines and then ends (the
     // stream is finished, not cut).
-    let mut last = Command::new(OOMLAB)
-        .args(["app", "--size", "64MiB", "--cgroup"])
-        .arg(cg.path())
+    let mut last = common::app(&cg.path(), "64MiB")
         .stdout(Stdio::null())
         .spawn()
         .expect("run oomlab app");

@@ -9,24 +9,29 @@ mod common;
 
 use std::{
     os::unix::net::UnixDatagram,
-    process::{Child, Command, Stdio},
+    path::PathBuf,
+    process::Stdio,
     time::{Duration, Instant},
 };
 
-use nix::{sys::signal, unistd::Pid};
+use common::{
+    guard::{Reap, TempPath},
+    serve::{free_port, try_get},
+};
+use nix::sys::signal::Signal;
 
 /// The manager's end of the notify socket, removed on drop.
 struct Manager {
     sock: UnixDatagram,
-    path: std::path::PathBuf,
+    file: TempPath,
 }
 
 impl Manager {
     fn bind() -> Manager {
-        let path = std::env::temp_dir().join(common::unique("oomlab-notify") + ".sock");
-        let _ = std::fs::remove_file(&path);
-        let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
-        Manager { sock, path }
+        let file = TempPath::file(temp_file("sock"));
+        let _ = std::fs::remove_file(file.path());
+        let sock = UnixDatagram::bind(file.path()).expect("bind the notify socket");
+        Manager { sock, file }
     }
 
     /// The next datagram, or `None` after `timeout`.
@@ -56,26 +61,13 @@ impl Manager {
     }
 }
 
-impl Drop for Manager {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
+/// `oomlab-notify-<pid>.<ext>` in the temp dir.
+fn temp_file(ext: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{}.{ext}", common::unique("oomlab-notify")))
 }
 
-/// The daemon, SIGKILLed on drop if the test ends early.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-fn send(d: &Daemon, sig: signal::Signal) {
-    signal::kill(Pid::from_raw(d.0.id() as i32), sig).expect("signal the daemon we started");
+fn send(d: &Reap, sig: Signal) {
+    common::signal(d.0.id() as i32, sig);
 }
 
 #[test]
@@ -84,15 +76,16 @@ fn ready_watchdog_reload_and_stop_reach_the_service_manager() {
         return;
     }
     let manager = Manager::bind();
-    let port = common::serve::free_port();
-    let config = std::env::temp_dir().join(common::unique("oomlab-notify") + ".toml");
-    std::fs::write(&config, format!("listen = \"127.0.0.1:{port}\"\n")).expect("write config");
+    let port = free_port();
+    let config = TempPath::file(temp_file("toml"));
+    std::fs::write(config.path(), format!("listen = \"127.0.0.1:{port}\"\n"))
+        .expect("write config");
     // WatchdogSec=0.4s: the daemon must ping at least every 200 ms.
-    let daemon = Daemon(
-        Command::new(common::serve::OOMLAB)
+    let daemon = Reap(
+        common::oomlab()
             .args(["serve", "--config"])
-            .arg(&config)
-            .env("NOTIFY_SOCKET", &manager.path)
+            .arg(config.path())
+            .env("NOTIFY_SOCKET", manager.file.path())
             .env("WATCHDOG_USEC", "400000")
             .stdin(Stdio::null())
             .spawn()
@@ -108,7 +101,7 @@ fn ready_watchdog_reload_and_stop_reach_the_service_manager() {
         "READY carries a STATUS line: {first:?}"
     );
     // READY means serving: /healthz answers at once.
-    let (status, body) = common::serve::try_get(port, "/healthz", "").expect("GET /healthz");
+    let (status, body) = try_get(port, "/healthz", "").expect("GET /healthz");
     assert_eq!(status, 200, "/healthz right after READY=1: {body}");
 
     // Pings over the next 1.2 s: at 200 ms that is 6; at least 3 even on a slow guest.
@@ -127,7 +120,7 @@ fn ready_watchdog_reload_and_stop_reach_the_service_manager() {
     );
 
     // SIGHUP: RELOADING=1 with the monotonic timestamp systemd requires, then READY=1 again.
-    send(&daemon, signal::Signal::SIGHUP);
+    send(&daemon, Signal::SIGHUP);
     let reload = manager.until("RELOADING=1", Duration::from_secs(20));
     let msg = reload.last().expect("the RELOADING message");
     let usec: u64 = msg
@@ -144,10 +137,9 @@ fn ready_watchdog_reload_and_stop_reach_the_service_manager() {
     manager.until("READY=1", Duration::from_secs(20));
 
     // SIGTERM: STOPPING=1, then a clean exit.
-    send(&daemon, signal::Signal::SIGTERM);
+    send(&daemon, Signal::SIGTERM);
     manager.until("STOPPING=1", Duration::from_secs(10));
     let mut daemon = daemon;
     let status = daemon.0.wait().expect("wait for oomlab serve");
     assert!(status.success(), "oomlab serve exited with {status}");
-    let _ = std::fs::remove_file(&config);
 }

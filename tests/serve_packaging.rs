@@ -10,26 +10,13 @@ use std::{
     process::{Command, Output},
 };
 
+use common::guard::TempPath;
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("stress-user sits in the workspace root")
         .to_path_buf()
-}
-
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("oomlab-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create a scratch dir");
-    dir
-}
-
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn stderr(o: &Output) -> String {
@@ -72,9 +59,8 @@ fn systemd_unit_verifies_and_is_hardened() {
         );
     }
     // verify checks that ExecStart is executable: point it at the binary just built.
-    let dir = scratch_dir("unit");
-    let _guard = RemoveOnDrop(dir.clone());
-    let unit = dir.join("oomlab.service");
+    let dir = TempPath::dir("unit");
+    let unit = dir.path().join("oomlab.service");
     std::fs::write(
         &unit,
         text.replace("/usr/local/bin/oomlab", env!("CARGO_BIN_EXE_oomlab")),
@@ -90,7 +76,7 @@ fn systemd_unit_verifies_and_is_hardened() {
         out.status
     );
 
-    let broken = dir.join("broken.service");
+    let broken = dir.path().join("broken.service");
     std::fs::write(
         &broken,
         text.replace("/usr/local/bin/oomlab", env!("CARGO_BIN_EXE_oomlab"))
@@ -226,9 +212,8 @@ fn kubernetes_manifests_validate() {
     );
 
     // A misspelt field must be refused, or the check above proves nothing.
-    let scratch = scratch_dir("k8s");
-    let _guard = RemoveOnDrop(scratch.clone());
-    let broken = scratch.join("daemonset.yaml");
+    let scratch = TempPath::dir("k8s");
+    let broken = scratch.path().join("daemonset.yaml");
     let text = std::fs::read_to_string(&ds_path).expect("read daemonset.yaml");
     assert!(text.contains("hostPID: true"));
     std::fs::write(&broken, text.replace("hostPID: true", "hostPid: true"))

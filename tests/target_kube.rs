@@ -10,10 +10,14 @@ use std::{
     ffi::CString,
     fs,
     os::unix::{ffi::OsStrExt, fs::symlink},
-    process::{Child, Command},
+    process::Command,
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use common::{
+    cgroup::{self, TEST_PARENT},
+    guard::Reap,
+};
 use stress_user::cgroup::{
     kube::{self, Driver, Qos},
     target::{self, TargetArgs, TargetError},
@@ -28,8 +32,8 @@ struct Tree {
 
 impl Tree {
     fn new(name: &str) -> Tree {
-        let hier = Hierarchy::detect().expect("a memory cgroup controller");
-        let top = hier.cgroup(format!("{}/{}", common::TEST_PARENT, common::unique(name)));
+        let hier = cgroup::hierarchy();
+        let top = hier.cgroup(format!("{TEST_PARENT}/{}", common::unique(name)));
         assert!(!top.exists(), "{} is left from an earlier run", top.path());
         fs::create_dir_all(top.dir()).expect("create the test's top cgroup");
         Tree { hier, top }
@@ -58,16 +62,6 @@ impl Drop for Tree {
                 eprintln!("cleanup: rmdir {}: {e}", node.cgroup.path());
             }
         }
-    }
-}
-
-/// A process this test started; killed and reaped when dropped, so its cgroup can go.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -232,7 +226,8 @@ fn pods_and_containers_in_both_drivers() {
 
     // A real process in the containerd scope: --pid finds the same cgroup, and the path the
     // kernel gives for it (what the tracer reads for a victim) names the pod and container.
-    let child = Proc(
+    // Reaped on drop, so its cgroup can go.
+    let child = Reap(
         Command::new("sleep")
             .arg("60")
             .spawn()

@@ -12,8 +12,8 @@ use std::{
     time::Duration,
 };
 
-use common::trace::{of_type, TraceChild};
-use stress_user::cgroup::{Hierarchy, MemCgroup, ScratchCgroup};
+use common::{cgroup, guard::TempPath, lines::of_type, trace::TraceChild};
+use stress_user::cgroup::MemCgroup;
 
 /// A child cgroup made by the test inside one of its scratch cgroups, removed on drop.
 struct ChildCgroup {
@@ -69,24 +69,13 @@ fn file_cache_over_the_limit_is_reclaimed_and_reported() {
     if !common::need_root("file_cache_over_the_limit_is_reclaimed_and_reported") {
         return;
     }
-    let hier = Hierarchy::detect().expect("a memory cgroup controller");
-    let scratch = ScratchCgroup::create(
-        &hier,
-        common::TEST_PARENT,
-        &common::unique("reclaim"),
-        Some(16 << 20),
-    )
-    .expect("scratch cgroup with a 16 MiB limit");
+    let scratch = cgroup::scratch(&cgroup::hierarchy(), "reclaim", Some(16 << 20));
     let cg = scratch.cgroup().clone();
     // A real filesystem: tmpfs pages are shmem and, without swap, cannot be reclaimed.
-    let file = PathBuf::from(format!("/var/tmp/oomlab-reclaim-{}", std::process::id()));
-    struct Rm(PathBuf);
-    impl Drop for Rm {
-        fn drop(&mut self) {
-            let _ = fs::remove_file(&self.0);
-        }
-    }
-    let _rm = Rm(file.clone());
+    let file = TempPath::file(PathBuf::from(format!(
+        "/var/tmp/oomlab-reclaim-{}",
+        std::process::id()
+    )));
 
     let mut tracer = TraceChild::start(&[
         "--cgroup",
@@ -101,7 +90,7 @@ fn file_cache_over_the_limit_is_reclaimed_and_reported() {
         .arg(format!(
             "echo $$ > {procs} && dd if=/dev/zero of={f} bs=1M count=64 2>/dev/null && cat {f} > /dev/null",
             procs = cg.dir().join("cgroup.procs").display(),
-            f = file.display()
+            f = file.path().display()
         ))
         .status()
         .expect("run dd + cat in the cgroup");
@@ -163,11 +152,9 @@ fn cgroup_lifecycle_under_a_filter() {
     if !common::need_root("cgroup_lifecycle_under_a_filter") {
         return;
     }
-    let hier = Hierarchy::detect().expect("a memory cgroup controller");
-    let target = ScratchCgroup::create(&hier, common::TEST_PARENT, &common::unique("cgt"), None)
-        .expect("target cgroup");
-    let other = ScratchCgroup::create(&hier, common::TEST_PARENT, &common::unique("cgo"), None)
-        .expect("sibling cgroup");
+    let hier = cgroup::hierarchy();
+    let target = cgroup::scratch(&hier, "cgt", None);
+    let other = cgroup::scratch(&hier, "cgo", None);
     let (t, o) = (target.cgroup().clone(), other.cgroup().clone());
     let mut tracer = TraceChild::start(&["--cgroup", &t.path(), "--events", "cgroup,oom,adj"]);
 

@@ -8,20 +8,24 @@ mod common;
 use std::{
     collections::{BTreeMap, BTreeSet},
     os::unix::process::ExitStatusExt,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::Duration,
 };
 
-use common::trace::{of_type, TraceChild};
-use stress_user::cgroup::{Hierarchy, MemCgroup, ScratchCgroup};
+use common::{
+    cgroup,
+    kmsg::{killed_pid, Kmsg},
+    lines::of_type,
+    trace::TraceChild,
+};
+use stress_user::cgroup::MemCgroup;
 
 const KILLS: usize = 60;
 
 /// `oomlab app` holding 1 MiB in `cg` for `duration`, a process whose adj the tests rewrite.
 fn spawn_holder(cg: &MemCgroup, duration: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_oomlab"))
-        .args(["app", "--size", "1MiB", "--duration", duration, "--cgroup"])
-        .arg(cg.path())
+    common::app(&cg.path(), "1MiB")
+        .args(["--duration", duration])
         .stdout(Stdio::null())
         .spawn()
         .expect("start the holder")
@@ -29,27 +33,21 @@ fn spawn_holder(cg: &MemCgroup, duration: &str) -> Child {
 
 /// Waits until the kernel lists `pid` in `cg` (a new process may still be on its way in).
 fn wait_joined(cg: &MemCgroup, pid: i32) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !cg.procs().expect("procs").contains(&pid) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "holder never joined the cgroup"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let joined = || cg.procs().expect("procs").contains(&pid);
+    assert!(
+        common::wait_until(Duration::from_secs(10), joined),
+        "holder never joined the cgroup"
+    );
 }
 
 /// Runs `oomlab app` allocating 48 MiB in `cg` (with `adj` when given), which the test's small
 /// limit must OOM-kill; returns its pid.
 fn oom_victim(cg: &MemCgroup, adj: Option<i32>) -> i32 {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oomlab"));
-    cmd.args(["app", "--size", "48MiB"]);
+    let mut cmd = common::app(&cg.path(), "48MiB");
     if let Some(adj) = adj {
         cmd.args(["--oom-score-adj", &adj.to_string()]);
     }
     let child = cmd
-        .arg("--cgroup")
-        .arg(cg.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -69,17 +67,10 @@ fn every_oom_kill_in_the_target_is_reported_once() {
     if !common::need_root("every_oom_kill_in_the_target_is_reported_once") {
         return;
     }
-    let hier = Hierarchy::detect().expect("a memory cgroup controller");
-    let scratch = ScratchCgroup::create(
-        &hier,
-        common::TEST_PARENT,
-        &common::unique("recall"),
-        Some(24 << 20),
-    )
-    .expect("scratch cgroup with a 24 MiB limit");
+    let scratch = cgroup::scratch(&cgroup::hierarchy(), "recall", Some(24 << 20));
     let cg = scratch.cgroup().clone();
     let kills_before = cg.oom_kills().expect("oom_kill counter");
-    let mut kmsg = common::kmsg::Kmsg::open_at_end();
+    let mut kmsg = Kmsg::open_at_end();
     let mut tracer = TraceChild::start(&["--cgroup", &cg.path(), "--events", "oom,adj"]);
 
     // A long-lived process in the target whose adj the test (outside the target) changes.
@@ -121,15 +112,14 @@ fn every_oom_kill_in_the_target_is_reported_once() {
     // The kernel log names every victim; others' OOMs on the node are told apart by pid.
     let ours: BTreeSet<i32> = expected_adj.keys().copied().collect();
     let mut kmsg_pids = BTreeSet::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while kmsg_pids.len() < kills && std::time::Instant::now() < deadline {
+    common::wait_until(Duration::from_secs(10), || {
         for line in kmsg.drain() {
-            if let Some(pid) = common::kmsg::killed_pid(&line).filter(|p| ours.contains(p)) {
+            if let Some(pid) = killed_pid(&line).filter(|p| ours.contains(p)) {
                 kmsg_pids.insert(pid);
             }
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        kmsg_pids.len() >= kills
+    });
 
     // Victim events reach the tracer within milliseconds; give it a moment, then stop it.
     tracer.wait_for(Duration::from_secs(3), |v| {
@@ -191,17 +181,10 @@ fn a_flood_that_overflows_the_event_ring_loses_no_oom_kill() {
         return;
     }
     const VICTIMS: usize = 10;
-    let hier = Hierarchy::detect().expect("a memory cgroup controller");
-    let scratch = ScratchCgroup::create(
-        &hier,
-        common::TEST_PARENT,
-        &common::unique("flood"),
-        Some(24 << 20),
-    )
-    .expect("scratch cgroup with a 24 MiB limit");
+    let scratch = cgroup::scratch(&cgroup::hierarchy(), "flood", Some(24 << 20));
     let cg = scratch.cgroup().clone();
     let kills_before = cg.oom_kills().expect("oom_kill counter");
-    let mut kmsg = common::kmsg::Kmsg::open_at_end();
+    let mut kmsg = Kmsg::open_at_end();
     let mut tracer = TraceChild::start(&[
         "--cgroup",
         &cg.path(),
@@ -252,7 +235,7 @@ fn a_flood_that_overflows_the_event_ring_loses_no_oom_kill() {
     let logged: BTreeSet<i32> = kmsg
         .collect("Killed process ", usize::MAX, Duration::from_secs(2))
         .iter()
-        .filter_map(|l| common::kmsg::killed_pid(l))
+        .filter_map(|l| killed_pid(l))
         .filter(|p| victims.contains(p))
         .collect();
 

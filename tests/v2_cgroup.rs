@@ -8,24 +8,23 @@ mod common;
 use std::{
     collections::BTreeSet,
     os::unix::process::ExitStatusExt,
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, ExitStatus, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
+use common::{cgroup, kmsg::Kmsg, tracer};
 use stress_user::{
-    cgroup::{parse_flat_keyed, Hierarchy, MemCgroup, ScratchCgroup, Version},
-    trace::{EventKind, TraceOptions, Tracer},
+    cgroup::{parse_flat_keyed, Hierarchy, MemCgroup, Version},
+    trace::EventKind,
 };
-
-const OOMLAB: &str = env!("CARGO_BIN_EXE_oomlab");
 
 /// The hierarchy when the memory controller is on cgroup v2, else says why the test skips.
 fn v2_hierarchy(test: &str) -> Option<Hierarchy> {
     if !common::need_root(test) {
         return None;
     }
-    let hier = Hierarchy::detect().expect("a memory cgroup controller");
+    let hier = cgroup::hierarchy();
     if hier.memory_version != Version::V2 {
         eprintln!(
             "skipped: {test} needs cgroup v2 memory controller (memory is on cgroup {} here; cargo xtask vm-test runs it on v2)",
@@ -37,9 +36,8 @@ fn v2_hierarchy(test: &str) -> Option<Hierarchy> {
 }
 
 fn app(cg: &MemCgroup, size: &str, duration: &str) -> Child {
-    Command::new(OOMLAB)
-        .args(["app", "--size", size, "--duration", duration, "--cgroup"])
-        .arg(cg.path())
+    common::app(&cg.path(), size)
+        .args(["--duration", duration])
         .stdout(Stdio::null())
         .spawn()
         .expect("start oomlab app")
@@ -70,36 +68,23 @@ async fn oom_group_kills_every_task_and_each_is_traced() {
     let Some(hier) = v2_hierarchy(test) else {
         return;
     };
-    let (_tracer, mut rx) = Tracer::start(&TraceOptions {
-        hooks: false,
-        ..TraceOptions::default()
-    })
-    .expect("tracer starts");
-    let scratch = ScratchCgroup::create(
-        &hier,
-        common::TEST_PARENT,
-        &common::unique("v2-group"),
-        Some(48 << 20),
-    )
-    .expect("scratch cgroup with a 48 MiB limit");
+    let (_tracer, mut rx) = tracer::start(false);
+    let scratch = cgroup::scratch(&hier, "v2-group", Some(48 << 20));
     let cg = scratch.cgroup().clone();
     cg.write("memory.oom.group", "1")
         .expect("set memory.oom.group");
     let before = events(&cg);
-    let mut kmsg = common::kmsg::Kmsg::open_at_end();
+    let mut kmsg = Kmsg::open_at_end();
 
     // Two quiet holders of 8 MiB, then one that asks for more than is left: the OOM killer
     // picks one task, and memory.oom.group takes the whole cgroup with it.
     let mut holders: Vec<Child> = (0..2).map(|_| app(&cg, "8MiB", "120s")).collect();
-    let charged = Instant::now() + Duration::from_secs(60);
-    while cg.usage().expect("memory.current") < 16 << 20 {
-        assert!(
-            Instant::now() < charged,
-            "holders did not charge 16 MiB: {:?}",
-            cg.snapshot()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    let charged = || cg.usage().expect("memory.current") >= 16 << 20;
+    assert!(
+        common::wait_until(Duration::from_secs(60), charged),
+        "holders did not charge 16 MiB: {:?}",
+        cg.snapshot()
+    );
     let mut big = app(&cg, "64MiB", "120s");
     let mut pids: BTreeSet<i32> = holders.iter().map(|c| c.id() as i32).collect();
     pids.insert(big.id() as i32);
@@ -129,27 +114,19 @@ async fn oom_group_kills_every_task_and_each_is_traced() {
         assert_eq!(delta("oom_group_kill"), 1, "one group kill: {after:?}");
     }
 
+    let ours = |kind: EventKind| match kind {
+        EventKind::Victim(v) if pids.contains(&v.pid) => Some(v.pid),
+        _ => None,
+    };
     let mut traced: Vec<i32> = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        while traced.len() < pids.len() {
-            let ev = rx.recv().await.expect("tracer channel open");
-            if let EventKind::Victim(v) = ev.kind {
-                if pids.contains(&v.pid) {
-                    traced.push(v.pid);
-                }
-            }
-        }
+    tracer::first(&mut rx, Duration::from_secs(10), |kind| {
+        traced.extend(ours(kind));
+        (traced.len() >= pids.len()).then_some(())
     })
     .await;
     // Late duplicates would show here.
-    let _ = tokio::time::timeout(Duration::from_millis(500), async {
-        while let Some(ev) = rx.recv().await {
-            if let EventKind::Victim(v) = ev.kind {
-                if pids.contains(&v.pid) {
-                    traced.push(v.pid);
-                }
-            }
-        }
+    tracer::during(&mut rx, Duration::from_millis(500), |kind| {
+        traced.extend(ours(kind));
     })
     .await;
     assert_eq!(
@@ -168,7 +145,6 @@ async fn oom_group_kills_every_task_and_each_is_traced() {
         cg.path()
     );
     let mut seen: Vec<String> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
     let killed_lines = |seen: &[String]| {
         seen.iter()
             .filter(|m| {
@@ -177,12 +153,10 @@ async fn oom_group_kills_every_task_and_each_is_traced() {
             })
             .count() as u64
     };
-    while Instant::now() < deadline
-        && !(seen.iter().any(|m| m.contains(&group_line)) && killed_lines(&seen) >= kills)
-    {
+    common::wait_until(Duration::from_secs(5), || {
         seen.extend(kmsg.drain());
-        thread::sleep(Duration::from_millis(20));
-    }
+        seen.iter().any(|m| m.contains(&group_line)) && killed_lines(&seen) >= kills
+    });
     assert!(
         seen.iter().any(|m| m.contains(&group_line)),
         "/dev/kmsg has no {group_line:?}"
@@ -214,13 +188,7 @@ fn memory_high_throttling_shows_in_the_cgroups_pressure() {
     let Some(hier) = v2_hierarchy(test) else {
         return;
     };
-    let scratch = ScratchCgroup::create(
-        &hier,
-        common::TEST_PARENT,
-        &common::unique("v2-psi"),
-        Some(64 << 20),
-    )
-    .expect("scratch cgroup with a 64 MiB limit");
+    let scratch = cgroup::scratch(&hier, "v2-psi", Some(64 << 20));
     let cg = scratch.cgroup().clone();
     // Without swap nothing anonymous can be reclaimed: going over memory.high means reclaim
     // that fails and a throttling sleep, both accounted as memory stall of this cgroup.

@@ -5,14 +5,10 @@
 
 mod common;
 
-use std::{
-    collections::BTreeMap, os::unix::process::ExitStatusExt, process::Command, time::Duration,
-};
+use std::{collections::BTreeMap, os::unix::process::ExitStatusExt, time::Duration};
 
-use stress_user::{
-    cgroup::{Hierarchy, ScratchCgroup},
-    trace::{EventKind, TraceOptions, Tracer},
-};
+use common::cgroup;
+use stress_user::trace::EventKind;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oom_kill_process_hooks_attach_and_fire_once_per_kill() {
@@ -21,7 +17,7 @@ async fn oom_kill_process_hooks_attach_and_fire_once_per_kill() {
         return;
     }
     let in_vm = common::in_vm();
-    let (tracer, mut rx) = Tracer::start(&TraceOptions::default()).expect("tracer starts");
+    let (tracer, mut rx) = common::tracer::start(true);
     let attached: Vec<&str> = tracer
         .hooks
         .iter()
@@ -45,19 +41,10 @@ async fn oom_kill_process_hooks_attach_and_fire_once_per_kill() {
         return;
     }
 
-    let hier = Hierarchy::detect().expect("a memory cgroup controller");
-    let scratch = ScratchCgroup::create(
-        &hier,
-        common::TEST_PARENT,
-        &common::unique("v2-hooks"),
-        Some(32 << 20),
-    )
-    .expect("scratch cgroup with a 32 MiB limit");
+    let scratch = cgroup::scratch(&cgroup::hierarchy(), "v2-hooks", Some(32 << 20));
     let cg = scratch.cgroup().clone();
     let kills_before = cg.oom_kills().expect("oom_kill counter");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_oomlab"))
-        .args(["app", "--size", "64MiB", "--cgroup"])
-        .arg(cg.path())
+    let mut child = common::app(&cg.path(), "64MiB")
         .spawn()
         .expect("run oomlab app");
     let pid = child.id();
@@ -72,29 +59,22 @@ async fn oom_kill_process_hooks_attach_and_fire_once_per_kill() {
 
     // Every attached hook reports the kill of our child, once; a short quiet period after the
     // first report catches duplicates.
+    let ours = |kind: EventKind| match kind {
+        EventKind::OomKillHook(h) if h.task.tgid == pid => Some(h.hook),
+        _ => None,
+    };
     let mut per_hook: BTreeMap<&str, u64> = BTreeMap::new();
-    let first = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let ev = rx.recv().await.expect("tracer channel open");
-            if let EventKind::OomKillHook(h) = ev.kind {
-                if h.task.tgid == pid {
-                    return h.hook;
-                }
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| {
-        panic!("no oom_kill_process hook event for pid {pid} within 10 s (attached: {attached:?})")
-    });
+    let first = common::tracer::first(&mut rx, Duration::from_secs(10), ours)
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "no oom_kill_process hook event for pid {pid} within 10 s (attached: {attached:?})"
+            )
+        });
     *per_hook.entry(first).or_default() += 1;
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Some(ev) = rx.recv().await {
-            if let EventKind::OomKillHook(h) = ev.kind {
-                if h.task.tgid == pid {
-                    *per_hook.entry(h.hook).or_default() += 1;
-                }
-            }
+    common::tracer::during(&mut rx, Duration::from_secs(2), |kind| {
+        if let Some(hook) = ours(kind) {
+            *per_hook.entry(hook).or_default() += 1;
         }
     })
     .await;

@@ -9,33 +9,27 @@ mod common;
 use std::{
     io::{BufRead, BufReader},
     os::unix::process::ExitStatusExt,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
+    process::Stdio,
+    time::Duration,
 };
 
+use common::{
+    cgroup,
+    guard::Reap,
+    kmsg::{killed_pid, Kmsg},
+    lines::{spawn_json, Lines},
+};
 use serde_json::Value;
-use stress_user::cgroup::{Hierarchy, ScratchCgroup};
 
 /// Loading and verifying the eBPF programs takes seconds under TCG emulation in the VM matrix
 /// (two guests sharing two cores); this is a deadline, not a speed check.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Kills the child (by its pid, which this test started) when the test ends, however it ends.
-struct Reap(Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts `oomlab app` in `cg` and waits until it holds its memory.
 fn app(cg: &str, size: &str, adj: i32, duration: &str) -> Reap {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_oomlab"))
-        .args(["app", "--size", size, "--oom-score-adj", &adj.to_string()])
-        .args(["--cgroup", cg, "--duration", duration])
+    let mut child = common::app(cg, size)
+        .args(["--oom-score-adj", &adj.to_string()])
+        .args(["--duration", duration])
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn oomlab app");
@@ -54,44 +48,32 @@ fn pid(c: &Reap) -> i64 {
     i64::from(c.0.id())
 }
 
-/// `oomlab trace` with its JSON lines read on a thread.
-fn trace(args: &[&str]) -> (Reap, mpsc::Receiver<Value>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_oomlab"))
-        .arg("trace")
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn oomlab trace");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            let v: Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("trace printed a non-JSON line {line:?}: {e}"));
-            if tx.send(v).is_err() {
-                return;
-            }
-        }
+/// `oomlab trace` of the OOM events in the cgroup `path`, its JSON lines read on a thread, once
+/// it is ready.
+fn trace(path: &str) -> (Reap, Lines) {
+    let (child, mut rx) = spawn_json(
+        common::oomlab().arg("trace").args([
+            "--output",
+            "json",
+            "--events",
+            "oom",
+            "--cgroup",
+            path,
+            "--duration",
+            "600s",
+        ]),
+        "oomlab trace",
+    );
+    wait_for(&mut rx, "ready line", READY_TIMEOUT, |v| {
+        v["type"] == "ready"
     });
-    (Reap(child), rx)
+    (child, rx)
 }
 
-fn wait_for(
-    rx: &mpsc::Receiver<Value>,
-    what: &str,
-    timeout: Duration,
-    f: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(v) if f(&v) => return v,
-            Ok(_) => {}
-            Err(e) => panic!("no {what} from oomlab trace within {timeout:?}: {e}"),
-        }
-    }
+/// The next line of the trace that `f` accepts.
+fn wait_for(rx: &mut Lines, what: &str, timeout: Duration, f: impl Fn(&Value) -> bool) -> Value {
+    rx.next_where(timeout, f)
+        .unwrap_or_else(|e| panic!("no {what} from oomlab trace within {timeout:?}: {e}"))
 }
 
 #[test]
@@ -99,28 +81,11 @@ fn episode_names_the_kernels_victim_and_ranks_it_first() {
     if !common::need_root("episode_names_the_kernels_victim_and_ranks_it_first") {
         return;
     }
-    let hier = Hierarchy::detect().expect("a memory cgroup controller");
-    let scratch = ScratchCgroup::create(
-        &hier,
-        common::TEST_PARENT,
-        &common::unique("victims"),
-        Some(32 << 20),
-    )
-    .expect("scratch cgroup with a 32 MiB limit");
+    let scratch = cgroup::scratch(&cgroup::hierarchy(), "victims", Some(32 << 20));
     let cg = scratch.cgroup().clone();
     let path = cg.path();
 
-    let (_trace, rx) = trace(&[
-        "--output",
-        "json",
-        "--events",
-        "oom",
-        "--cgroup",
-        &path,
-        "--duration",
-        "600s",
-    ]);
-    wait_for(&rx, "ready line", READY_TIMEOUT, |v| v["type"] == "ready");
+    let (_trace, mut rx) = trace(&path);
     // The kernel prints its full OOM report at most 10 times per 5 s node-wide, and the tests
     // before this one (a 60-kill storm) use that up: let the window pass, so the first attempt
     // gets its table. A retry in the same cgroup has been seen to cost a second kill.
@@ -142,7 +107,7 @@ fn episode_names_the_kernels_victim_and_ranks_it_first() {
         let fav = pid(&favoured);
 
         // The scoreboard sees the three, the adj-500 one first.
-        let out = Command::new(env!("CARGO_BIN_EXE_oomlab"))
+        let out = common::oomlab()
             .args([
                 "trace",
                 "--scoreboard",
@@ -189,18 +154,10 @@ fn episode_names_the_kernels_victim_and_ranks_it_first() {
         );
 
         let kills_before = cg.oom_kills().expect("oom_kill counter");
-        let mut kmsg = common::kmsg::Kmsg::open_at_end();
+        let mut kmsg = Kmsg::open_at_end();
 
-        let mut pusher = Command::new(env!("CARGO_BIN_EXE_oomlab"))
-            .args([
-                "app",
-                "--size",
-                "8MiB",
-                "--cgroup",
-                &path,
-                "--duration",
-                "1s",
-            ])
+        let mut pusher = common::app(&path, "8MiB")
+            .args(["--duration", "1s"])
             .stdout(Stdio::null())
             .spawn()
             .expect("start the pushing oomlab app");
@@ -212,7 +169,7 @@ fn episode_names_the_kernels_victim_and_ranks_it_first() {
         );
 
         let episode = wait_for(
-            &rx,
+            &mut rx,
             "oom_episode for our cgroup",
             Duration::from_secs(15),
             |v| {
@@ -276,15 +233,14 @@ fn episode_names_the_kernels_victim_and_ranks_it_first() {
                 later.len()
             );
             for line in &later {
-                let victim = i64::from(
-                    common::kmsg::killed_pid(line).unwrap_or_else(|| panic!("no pid in {line:?}")),
-                );
+                let victim =
+                    i64::from(killed_pid(line).unwrap_or_else(|| panic!("no pid in {line:?}")));
                 assert!(
                     [pid(&small), pid(&large), pusher_pid].contains(&victim),
                     "a later kill hit {victim}, which is not one of the test's processes: {line}"
                 );
                 wait_for(
-                    &rx,
+                    &mut rx,
                     "oom_episode for the later kill",
                     Duration::from_secs(15),
                     |v| {
@@ -365,32 +321,14 @@ fn every_kill_of_a_storm_is_one_episode() {
         return;
     }
     const KILLS: usize = 20;
-    let hier = Hierarchy::detect().expect("a memory cgroup controller");
-    let scratch = ScratchCgroup::create(
-        &hier,
-        common::TEST_PARENT,
-        &common::unique("victims-storm"),
-        Some(32 << 20),
-    )
-    .expect("scratch cgroup with a 32 MiB limit");
+    let scratch = cgroup::scratch(&cgroup::hierarchy(), "victims-storm", Some(32 << 20));
     let cg = scratch.cgroup().clone();
     let path = cg.path();
     let kills_before = cg.oom_kills().expect("oom_kill counter");
-    let (trace, rx) = trace(&[
-        "--output",
-        "json",
-        "--events",
-        "oom",
-        "--cgroup",
-        &path,
-        "--duration",
-        "600s",
-    ]);
-    wait_for(&rx, "ready line", READY_TIMEOUT, |v| v["type"] == "ready");
+    let (trace, mut rx) = trace(&path);
     let mut pids = Vec::new();
     for _ in 0..KILLS {
-        let child = Command::new(env!("CARGO_BIN_EXE_oomlab"))
-            .args(["app", "--size", "48MiB", "--cgroup", &path])
+        let child = common::app(&path, "48MiB")
             .stdout(Stdio::null())
             .spawn()
             .expect("spawn oomlab app");
@@ -413,7 +351,7 @@ fn every_kill_of_a_storm_is_one_episode() {
     let mut episodes = Vec::new();
     let mut victim_lines = 0;
     while victim_lines < KILLS {
-        let v = wait_for(&rx, "oom_victim line", Duration::from_secs(60), |v| {
+        let v = wait_for(&mut rx, "oom_victim line", Duration::from_secs(60), |v| {
             v["type"] == "oom_episode" || v["type"] == "oom_victim"
         });
         if v["type"] == "oom_victim" {
@@ -428,7 +366,7 @@ fn every_kill_of_a_storm_is_one_episode() {
     // SAFETY: kill(2) on the trace process this test started.
     assert_eq!(unsafe { libc::kill(trace.0.id() as i32, libc::SIGTERM) }, 0);
     loop {
-        let v = wait_for(&rx, "end of trace", Duration::from_secs(20), |v| {
+        let v = wait_for(&mut rx, "end of trace", Duration::from_secs(20), |v| {
             v["type"] == "oom_episode" || v["type"] == "lost"
         });
         if v["type"] == "lost" {

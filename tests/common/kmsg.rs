@@ -8,7 +8,7 @@ use std::{
 };
 
 /// The victim's pid in a kernel `Killed process <pid> (<comm>) …` message.
-pub fn killed_pid(msg: &str) -> Option<i32> {
+pub(crate) fn killed_pid(msg: &str) -> Option<i32> {
     msg.split("Killed process ")
         .nth(1)?
         .split_whitespace()
@@ -18,14 +18,14 @@ pub fn killed_pid(msg: &str) -> Option<i32> {
 }
 
 /// Reads new `/dev/kmsg` records from the moment it was opened.
-pub struct Kmsg {
+pub(crate) struct Kmsg {
     file: File,
     /// Messages read by `collect` beyond the ones it returned, handed out first next time.
     held: Vec<String>,
 }
 
 impl Kmsg {
-    pub fn open_at_end() -> Kmsg {
+    pub(crate) fn open_at_end() -> Kmsg {
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NONBLOCK)
@@ -40,7 +40,7 @@ impl Kmsg {
     }
 
     /// The messages (text after `;`) logged since open or the last call.
-    pub fn drain(&mut self) -> Vec<String> {
+    pub(crate) fn drain(&mut self) -> Vec<String> {
         let mut out = std::mem::take(&mut self.held);
         let mut buf = vec![0u8; 8192];
         loop {
@@ -63,7 +63,7 @@ impl Kmsg {
 
     /// The first `n` messages containing `needle`, in order, waiting up to `timeout` for them;
     /// fewer if the deadline passes. Messages not looked at are kept for the next call.
-    pub fn collect(&mut self, needle: &str, n: usize, timeout: Duration) -> Vec<String> {
+    pub(crate) fn collect(&mut self, needle: &str, n: usize, timeout: Duration) -> Vec<String> {
         let deadline = Instant::now() + timeout;
         let mut found = Vec::new();
         loop {
@@ -85,16 +85,7 @@ impl Kmsg {
     }
 
     /// Waits up to `timeout` for a message containing `needle`.
-    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        let mut seen = Vec::new();
-        while Instant::now() < deadline {
-            seen.extend(self.drain());
-            if let Some(m) = seen.iter().find(|m| m.contains(needle)) {
-                return Some(m.clone());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+    pub(crate) fn wait_for(&mut self, needle: &str, timeout: Duration) -> Option<String> {
+        self.collect(needle, 1, timeout).pop()
     }
 }
