@@ -55,6 +55,92 @@ fn inject(args: &[&str]) -> Command {
     c
 }
 
+/// Drops CAP_SYS_RESOURCE from `cmd`'s bounding set before exec, so the new image never has it.
+fn drop_cap_sys_resource(cmd: &mut Command) {
+    let cap = caps::Capability::CAP_SYS_RESOURCE.index();
+    let cap_sys_resource = libc::c_ulong::from(cap);
+    // SAFETY: prctl only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap_sys_resource, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Each row: the arguments, and what stderr must say about them. `lim` and `unl` are test
+/// cgroups with and without a limit; `taken` names a cgroup under `oomlab/` that exists, `over`
+/// one that does not.
+fn cases<'a>(
+    lim: &'a str,
+    unl: &'a str,
+    taken: &'a str,
+    over: &'a str,
+) -> Vec<(Vec<&'a str>, &'static [&'static str])> {
+    // 10 MiB into the limited cgroup, and `more`.
+    let lim_10mib = |more: &[&'a str]| [&["--cgroup", lim, "--size", "10MiB"][..], more].concat();
+    vec![
+        (
+            vec!["--cgroup", lim, "--size", "0"],
+            &["\"0\" is zero", "positive"],
+        ),
+        (vec!["--cgroup", lim, "--size", "-5MiB"], &["\"-5MiB\""]),
+        (
+            vec!["--cgroup", lim, "--size", "lots"],
+            &["invalid size \"lots\"", "200MiB"],
+        ),
+        (
+            vec!["--cgroup", unl, "--size", "50%"],
+            &["no memory limit", "absolute size"],
+        ),
+        (
+            lim_10mib(&["--oom-score-adj", "1001"]),
+            &["1001", "--oom-score-adj"],
+        ),
+        (lim_10mib(&["--oom-score-adj", "-1001"]), &["-1001"]),
+        (
+            vec!["--new", taken, "--limit", "100MiB", "--size", "10MiB"],
+            &["already exists", "oomlab cleanup"],
+        ),
+        (
+            vec!["--cgroup", lim, "--size", "200MiB"],
+            &["will OOM", "--allow-oom"],
+        ),
+        (
+            vec!["--new", over, "--limit", "100MiB", "--size", "101MiB"],
+            &["will OOM"],
+        ),
+        (
+            vec!["--cgroup", unl, "--size", "100TiB"],
+            &["MemAvailable", "5%", "--force"],
+        ),
+        (
+            vec!["--cgroup", "/oomlab-test/does-not-exist", "--size", "10MiB"],
+            &["does not exist"],
+        ),
+        (
+            vec!["--cgroup", "../..", "--size", "10MiB"],
+            &["leaves the memory controller's mount"],
+        ),
+        (
+            vec!["--cgroup", "/", "--size", "10MiB"],
+            &["refusing", "--force"],
+        ),
+        (vec!["--size", "10MiB"], &["no target"]),
+        (lim_10mib(&["--working-set", "10MiB"]), &["--working-set"]),
+        (
+            lim_10mib(&["--kind", "file", "--file-dir", "/dev/shm"]),
+            &["tmpfs", "--file-dir"],
+        ),
+        (
+            lim_10mib(&["--redirty", "0s"]),
+            &["--redirty must be above zero"],
+        ),
+    ]
+}
+
 #[test]
 fn every_bad_input_is_refused_before_anything_is_created() {
     if !common::need_root("every_bad_input_is_refused_before_anything_is_created") {
@@ -71,102 +157,7 @@ fn every_bad_input_is_refused_before_anything_is_created() {
     let taken_name = common::unique("taken");
 
     let over_name = common::unique("over");
-    // Each row: the arguments, and what stderr must say about them.
-    let cases: Vec<(Vec<&str>, &[&str])> = vec![
-        (
-            vec!["--cgroup", &lim, "--size", "0"],
-            &["\"0\" is zero", "positive"],
-        ),
-        (vec!["--cgroup", &lim, "--size", "-5MiB"], &["\"-5MiB\""]),
-        (
-            vec!["--cgroup", &lim, "--size", "lots"],
-            &["invalid size \"lots\"", "200MiB"],
-        ),
-        (
-            vec!["--cgroup", &unl, "--size", "50%"],
-            &["no memory limit", "absolute size"],
-        ),
-        (
-            vec![
-                "--cgroup",
-                &lim,
-                "--size",
-                "10MiB",
-                "--oom-score-adj",
-                "1001",
-            ],
-            &["1001", "--oom-score-adj"],
-        ),
-        (
-            vec![
-                "--cgroup",
-                &lim,
-                "--size",
-                "10MiB",
-                "--oom-score-adj",
-                "-1001",
-            ],
-            &["-1001"],
-        ),
-        (
-            vec!["--new", &taken_name, "--limit", "100MiB", "--size", "10MiB"],
-            &["already exists", "oomlab cleanup"],
-        ),
-        (
-            vec!["--cgroup", &lim, "--size", "200MiB"],
-            &["will OOM", "--allow-oom"],
-        ),
-        (
-            vec!["--new", &over_name, "--limit", "100MiB", "--size", "101MiB"],
-            &["will OOM"],
-        ),
-        (
-            vec!["--cgroup", &unl, "--size", "100TiB"],
-            &["MemAvailable", "5%", "--force"],
-        ),
-        (
-            vec!["--cgroup", "/oomlab-test/does-not-exist", "--size", "10MiB"],
-            &["does not exist"],
-        ),
-        (
-            vec!["--cgroup", "../..", "--size", "10MiB"],
-            &["leaves the memory controller's mount"],
-        ),
-        (
-            vec!["--cgroup", "/", "--size", "10MiB"],
-            &["refusing", "--force"],
-        ),
-        (vec!["--size", "10MiB"], &["no target"]),
-        (
-            vec![
-                "--cgroup",
-                &lim,
-                "--size",
-                "10MiB",
-                "--working-set",
-                "10MiB",
-            ],
-            &["--working-set"],
-        ),
-        (
-            vec![
-                "--cgroup",
-                &lim,
-                "--size",
-                "10MiB",
-                "--kind",
-                "file",
-                "--file-dir",
-                "/dev/shm",
-            ],
-            &["tmpfs", "--file-dir"],
-        ),
-        (
-            vec!["--cgroup", &lim, "--size", "10MiB", "--redirty", "0s"],
-            &["--redirty must be above zero"],
-        ),
-    ];
-    for (args, needles) in &cases {
+    for (args, needles) in &cases(&lim, &unl, &taken_name, &over_name) {
         refused(&hier, t, inject(args), needles);
     }
 
@@ -175,10 +166,7 @@ fn every_bad_input_is_refused_before_anything_is_created() {
     nobody.uid(65534).gid(65534);
     refused(&hier, t, nobody, &["must run as root", "euid is 65534"]);
 
-    // Root without CAP_SYS_RESOURCE cannot lower oom_score_adj: dropped from the bounding set
-    // before exec, so the new image never has it.
-    let cap = caps::Capability::CAP_SYS_RESOURCE.index();
-    let cap_sys_resource = libc::c_ulong::from(cap);
+    // Root without CAP_SYS_RESOURCE cannot lower oom_score_adj.
     let mut no_cap = inject(&[
         "--cgroup",
         &lim,
@@ -187,15 +175,7 @@ fn every_bad_input_is_refused_before_anything_is_created() {
         "--oom-score-adj",
         "-500",
     ]);
-    // SAFETY: prctl only, between fork and exec.
-    unsafe {
-        no_cap.pre_exec(move || {
-            if libc::prctl(libc::PR_CAPBSET_DROP, cap_sys_resource, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    drop_cap_sys_resource(&mut no_cap);
     refused(
         &hier,
         t,

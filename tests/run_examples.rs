@@ -107,6 +107,44 @@ fn svg_texts(svg: &str) -> Vec<String> {
         .collect()
 }
 
+/// The demo report's timeline.svg (the four series in the legend, the app's kill labelled,
+/// the reclaim panel) and report.md (every section).
+fn check_report_files(dir: &Path, app_pid: i64) {
+    // The SVG: the four series in the legend, the app's kill labelled, the reclaim panel.
+    let svg = fs::read_to_string(dir.join("timeline.svg")).expect("timeline.svg");
+    let texts = svg_texts(&svg);
+    for needle in [
+        "usage",
+        "working set",
+        "injected (workers' RSS)",
+        "limit",
+        "MiB/s reclaimed",
+    ] {
+        assert!(
+            texts.iter().any(|t| t == needle),
+            "legend entry {needle:?} missing from the SVG texts: {texts:?}"
+        );
+    }
+    assert!(
+        texts
+            .iter()
+            .any(|t| t == &format!("OOM kill: node {app_pid}")),
+        "the app's kill is not labelled: {texts:?}"
+    );
+    assert!(svg.matches("<polyline").count() >= 4, "line series drawn");
+
+    let md = fs::read_to_string(dir.join("report.md")).expect("report.md");
+    for needle in [
+        "## Stages",
+        "## OOM episodes",
+        "## Expectations",
+        "**killed**",
+        "![timeline](timeline.svg)",
+    ] {
+        assert!(md.contains(needle), "{needle:?} missing from report.md");
+    }
+}
+
 #[test]
 fn demo_tells_the_seed_story_and_writes_a_report() {
     if !common::need_root("demo_tells_the_seed_story_and_writes_a_report") {
@@ -218,39 +256,7 @@ fn demo_tells_the_seed_story_and_writes_a_report() {
     }
     let app_pid = app_ep["victim_pid"].as_i64().expect("pid");
 
-    // The SVG: the four series in the legend, the app's kill labelled, the reclaim panel.
-    let svg = fs::read_to_string(dir.path().join("timeline.svg")).expect("timeline.svg");
-    let texts = svg_texts(&svg);
-    for needle in [
-        "usage",
-        "working set",
-        "injected (workers' RSS)",
-        "limit",
-        "MiB/s reclaimed",
-    ] {
-        assert!(
-            texts.iter().any(|t| t == needle),
-            "legend entry {needle:?} missing from the SVG texts: {texts:?}"
-        );
-    }
-    assert!(
-        texts
-            .iter()
-            .any(|t| t == &format!("OOM kill: node {app_pid}")),
-        "the app's kill is not labelled: {texts:?}"
-    );
-    assert!(svg.matches("<polyline").count() >= 4, "line series drawn");
-
-    let md = fs::read_to_string(dir.path().join("report.md")).expect("report.md");
-    for needle in [
-        "## Stages",
-        "## OOM episodes",
-        "## Expectations",
-        "**killed**",
-        "![timeline](timeline.svg)",
-    ] {
-        assert!(md.contains(needle), "{needle:?} missing from report.md");
-    }
+    check_report_files(dir.path(), app_pid);
     assert_cleaned_up(&json);
 }
 

@@ -12,7 +12,7 @@ use std::{
 };
 
 use common::{
-    lines::is_type,
+    lines::{is_type, Lines},
     serve::{free_port, get, try_get, Serve},
 };
 use nix::sys::signal::Signal;
@@ -32,15 +32,14 @@ fn adj_flood(n: u32) {
     f.write_at(b"0", 0).expect("reset oom_score_adj");
 }
 
-#[test]
-fn http_edges_slow_clients_and_reload() {
-    if !common::need_root("http_edges_slow_clients_and_reload") {
-        return;
-    }
-    let mut serve = Serve::start("max_connections = 8\nstream_buffer = 64\n");
-    let port = serve.port;
+/// `/healthz` answers 200 on `port`.
+fn healthy(port: u16) -> bool {
+    try_get(port, "/healthz", "").map(|r| r.0).ok() == Some(200)
+}
 
-    // Unknown paths, writes, oversized and too many headers.
+/// Unknown paths, writes, oversized and too many headers are refused; the daemon still serves.
+fn refuses_bad_requests(serve: &Serve) {
+    let port = serve.port;
     assert_eq!(serve.get("/nope").0, 404);
     assert_eq!(serve.get("/metrics/../etc/passwd").0, 404);
     let (status, _) = {
@@ -72,8 +71,13 @@ fn http_edges_slow_clients_and_reload() {
         "200 headers: {status:?}"
     );
     assert_eq!(serve.get("/healthz"), (200, "ok\n".into()));
+}
 
-    // A client that asks for /events and never reads, while events flood in.
+/// A client that asks for `/events` and never reads while adj events flood in: the daemon
+/// keeps answering, counts every event or its loss, and the stalled client skips events while
+/// a live one sees them. Returns the live client's stream.
+fn flood_a_stalled_client(serve: &Serve) -> Lines {
+    let port = serve.port;
     let mut stalled = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect");
     write!(stalled, "GET /events HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
     let mut live = common::serve::events(port);
@@ -135,29 +139,12 @@ fn http_edges_slow_clients_and_reload() {
         .expect("the stalled client can still read");
     assert!(n > 0, "stalled stream still open");
     drop(stalled);
+    live
+}
 
-    // Idle connections beyond max_connections are closed at once; the daemon still serves
-    // once they go.
-    let idle: Vec<TcpStream> = (0..12)
-        .map(|_| TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect idle"))
-        .collect();
-    // Let the accept loop see them all: those beyond the cap are closed and counted.
-    std::thread::sleep(Duration::from_millis(300));
-    drop(idle);
-    drop(live);
-    let healthy = |port| try_get(port, "/healthz", "").map(|r| r.0).ok() == Some(200);
-    assert!(
-        common::wait_until(Duration::from_secs(10), || healthy(port)),
-        "serves again once the idle connections are gone"
-    );
-
-    let refused = serve.metric("oomlab_http_connections_refused_total");
-    assert!(
-        refused >= 4.0,
-        "12 idle connections with max_connections = 8: {refused} refused"
-    );
-
-    // SIGHUP: a bad key keeps the running config, a new port moves the listener.
+/// SIGHUP with a bad key keeps the running config; with a new port it moves the listener.
+fn reload_moves_the_port(serve: &mut Serve) {
+    let port = serve.port;
     let config = serve.config.clone().expect("config path");
     std::fs::write(
         &config,
@@ -183,6 +170,43 @@ fn http_edges_slow_clients_and_reload() {
     assert!(get(new_port, "/metrics", "")
         .1
         .contains("oomlab_build_info{"));
+}
+
+#[test]
+fn http_edges_slow_clients_and_reload() {
+    if !common::need_root("http_edges_slow_clients_and_reload") {
+        return;
+    }
+    let mut serve = Serve::start("max_connections = 8\nstream_buffer = 64\n");
+    let port = serve.port;
+
+    refuses_bad_requests(&serve);
+
+    // A client that asks for /events and never reads, while events flood in.
+    let live = flood_a_stalled_client(&serve);
+
+    // Idle connections beyond max_connections are closed at once; the daemon still serves
+    // once they go.
+    let idle: Vec<TcpStream> = (0..12)
+        .map(|_| TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect idle"))
+        .collect();
+    // Let the accept loop see them all: those beyond the cap are closed and counted.
+    std::thread::sleep(Duration::from_millis(300));
+    drop(idle);
+    drop(live);
+    assert!(
+        common::wait_until(Duration::from_secs(10), || healthy(port)),
+        "serves again once the idle connections are gone"
+    );
+
+    let refused = serve.metric("oomlab_http_connections_refused_total");
+    assert!(
+        refused >= 4.0,
+        "12 idle connections with max_connections = 8: {refused} refused"
+    );
+
+    // SIGHUP: a bad key keeps the running config, a new port moves the listener.
+    reload_moves_the_port(&mut serve);
 
     let took = serve.stop();
     eprintln!("SIGTERM to exit: {took:?}");

@@ -21,6 +21,120 @@ use nix::sys::signal::Signal;
 
 const KILLS: usize = 3;
 
+/// `/metrics` counts `kills` OOM kills for the cgroup `path`, labelled with the victim's comm
+/// and the episode's constraint.
+fn check_kill_counters(serve: &Serve, path: &str, kills: u64) {
+    let needle = format!("cgroup=\"{path}\"");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let counted = loop {
+        let (_, text) = serve.get("/metrics");
+        let n = metric_sum(&text, "oomlab_oom_kills_total{", &needle);
+        if n >= kills as f64 || Instant::now() > deadline {
+            break (n, text);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        counted.0, kills as f64,
+        "oomlab_oom_kills_total for {path} must equal the kernel's oom_kill delta; /metrics:\n{}",
+        counted.1
+    );
+    assert!(
+        counted.1.contains(&format!(
+            "oomlab_oom_kills_total{{cgroup=\"{path}\",pod_uid=\"\",container_id=\"\",comm=\"oomlab\"",
+        )),
+        "victim series carries comm and empty pod labels outside kubelet trees:\n{}",
+        counted.1
+    );
+
+    // The constraint comes from the kernel's report of each episode (unknown only when the
+    // kernel ratelimited its report away).
+    for line in counted
+        .1
+        .lines()
+        .filter(|l| l.starts_with("oomlab_oom_kills_total{") && l.contains(&needle))
+    {
+        assert!(
+            line.contains("constraint=\"CONSTRAINT_MEMCG\"")
+                || line.contains("constraint=\"unknown\""),
+            "a memcg OOM: {line}"
+        );
+    }
+    assert!(
+        counted.1.contains("oomlab_oom_episodes_total "),
+        "{}",
+        counted.1
+    );
+}
+
+/// `/events` and `oomlab trace --output json` carry the same `oom_victim` line for `pid`,
+/// killed in the cgroup `path`.
+fn same_victim_line(events: &mut Lines, traced: &mut Lines, pid: i64, path: &str) {
+    let is_victim = |v: &serde_json::Value| {
+        is_type(v, "oom_victim") && v.get("pid").and_then(|p| p.as_i64()) == Some(pid)
+    };
+    let from_serve = events
+        .wait_for(Duration::from_secs(10), is_victim)
+        .unwrap_or_else(|| panic!("/events has no oom_victim for pid {pid}"));
+    let from_trace = traced
+        .wait_for(Duration::from_secs(10), is_victim)
+        .unwrap_or_else(|| panic!("oomlab trace has no oom_victim for pid {pid}"));
+    // Each tracer instance runs its own copy of the program, which stamps the event with
+    // its own bpf_ktime_get_ns(): the same kernel event, microseconds apart.
+    let ts = |v: &serde_json::Value| v["ts"].as_f64().expect("ts is a number");
+    assert!(
+        (ts(&from_serve) - ts(&from_trace)).abs() < 0.05,
+        "the same event: {from_serve} vs {from_trace}"
+    );
+    // How each instance learnt the victim's cgroup (its /proc read, or the attach event it
+    // saw) depends on which won the race with the victim's exit; the cgroup itself must
+    // agree.
+    let (mut a, mut b) = (from_serve.clone(), from_trace.clone());
+    for v in [&mut a, &mut b] {
+        v["ts"] = serde_json::Value::Null;
+        v["cgroup_source"] = serde_json::Value::Null;
+    }
+    assert_eq!(a["cgroup"], path, "victim's cgroup: {from_serve}");
+    assert_eq!(
+        a, b,
+        "/events and `trace --output json` must carry the same line"
+    );
+    assert_eq!(from_serve["oom_score_adj"], 300, "{from_serve}");
+}
+
+/// One more kill in the cgroup `path`, and SIGTERM to the daemon as soon as the victim is
+/// dead: its lines still reach `/events`, which then ends.
+fn last_kill_reaches_events(serve: &mut Serve, events: &mut Lines, path: &str) {
+    let mut last = common::app(path, "64MiB")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run oomlab app");
+    common::serve::wait_exit_unreaped(&last, Duration::from_secs(30));
+    let took = serve.stop();
+    let status = last.wait().expect("reap the last app");
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    eprintln!("SIGTERM right after the last kill: exit in {took:?}");
+    assert!(
+        events.wait_end(Duration::from_secs(5)),
+        "/events ends when the daemon exits"
+    );
+    let pid = i64::from(last.id());
+    let has = |ty: &str| {
+        events.seen.iter().any(|v| {
+            is_type(v, ty)
+                && (v["pid"].as_i64() == Some(pid)
+                    || v["victims"]
+                        .as_array()
+                        .is_some_and(|vs| vs.iter().any(|x| x["pid"].as_i64() == Some(pid))))
+        })
+    };
+    assert!(has("oom_victim"), "the last victim {pid} reached /events");
+    assert!(
+        has("oom_episode"),
+        "the last episode (victim {pid}) reached /events"
+    );
+}
+
 #[test]
 fn metrics_and_events_match_the_kernel_and_trace() {
     if !common::need_root("metrics_and_events_match_the_kernel_and_trace") {
@@ -66,83 +180,10 @@ fn metrics_and_events_match_the_kernel_and_trace() {
     );
 
     // Counters follow the events within moments; wait (bounded) until they settle.
-    let needle = format!("cgroup=\"{}\"", cg.path());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let counted = loop {
-        let (_, text) = serve.get("/metrics");
-        let n = metric_sum(&text, "oomlab_oom_kills_total{", &needle);
-        if n >= kills as f64 || Instant::now() > deadline {
-            break (n, text);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(
-        counted.0,
-        kills as f64,
-        "oomlab_oom_kills_total for {} must equal the kernel's oom_kill delta; /metrics:\n{}",
-        cg.path(),
-        counted.1
-    );
-    assert!(
-        counted.1.contains(&format!(
-            "oomlab_oom_kills_total{{cgroup=\"{}\",pod_uid=\"\",container_id=\"\",comm=\"oomlab\"",
-            cg.path()
-        )),
-        "victim series carries comm and empty pod labels outside kubelet trees:\n{}",
-        counted.1
-    );
-
-    // The constraint comes from the kernel's report of each episode (unknown only when the
-    // kernel ratelimited its report away).
-    for line in counted
-        .1
-        .lines()
-        .filter(|l| l.starts_with("oomlab_oom_kills_total{") && l.contains(&needle))
-    {
-        assert!(
-            line.contains("constraint=\"CONSTRAINT_MEMCG\"")
-                || line.contains("constraint=\"unknown\""),
-            "a memcg OOM: {line}"
-        );
-    }
-    assert!(
-        counted.1.contains("oomlab_oom_episodes_total "),
-        "{}",
-        counted.1
-    );
+    check_kill_counters(&serve, &cg.path(), kills);
 
     for child in &victims {
-        let pid = i64::from(child.id());
-        let is_victim = |v: &serde_json::Value| {
-            is_type(v, "oom_victim") && v.get("pid").and_then(|p| p.as_i64()) == Some(pid)
-        };
-        let from_serve = events
-            .wait_for(Duration::from_secs(10), is_victim)
-            .unwrap_or_else(|| panic!("/events has no oom_victim for pid {pid}"));
-        let from_trace = traced
-            .wait_for(Duration::from_secs(10), is_victim)
-            .unwrap_or_else(|| panic!("oomlab trace has no oom_victim for pid {pid}"));
-        // Each tracer instance runs its own copy of the program, which stamps the event with
-        // its own bpf_ktime_get_ns(): the same kernel event, microseconds apart.
-        let ts = |v: &serde_json::Value| v["ts"].as_f64().expect("ts is a number");
-        assert!(
-            (ts(&from_serve) - ts(&from_trace)).abs() < 0.05,
-            "the same event: {from_serve} vs {from_trace}"
-        );
-        // How each instance learnt the victim's cgroup (its /proc read, or the attach event it
-        // saw) depends on which won the race with the victim's exit; the cgroup itself must
-        // agree.
-        let (mut a, mut b) = (from_serve.clone(), from_trace.clone());
-        for v in [&mut a, &mut b] {
-            v["ts"] = serde_json::Value::Null;
-            v["cgroup_source"] = serde_json::Value::Null;
-        }
-        assert_eq!(a["cgroup"], cg.path(), "victim's cgroup: {from_serve}");
-        assert_eq!(
-            a, b,
-            "/events and `trace --output json` must carry the same line"
-        );
-        assert_eq!(from_serve["oom_score_adj"], 300, "{from_serve}");
+        same_victim_line(&mut events, &mut traced, i64::from(child.id()), &cg.path());
     }
     for mut child in victims {
         let status = child.wait().expect("reap the app");
@@ -154,34 +195,7 @@ fn metrics_and_events_match_the_kernel_and_trace() {
     // One more kill, and SIGTERM as soon as the victim is dead: the daemon reads what the
     // kernel produced before the stop, and /events carries those lines and then ends (the
     // stream is finished, not cut).
-    let mut last = common::app(&cg.path(), "64MiB")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("run oomlab app");
-    common::serve::wait_exit_unreaped(&last, Duration::from_secs(30));
-    let took = serve.stop();
-    let status = last.wait().expect("reap the last app");
-    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
-    eprintln!("SIGTERM right after the last kill: exit in {took:?}");
-    assert!(
-        events.wait_end(Duration::from_secs(5)),
-        "/events ends when the daemon exits"
-    );
-    let pid = i64::from(last.id());
-    let has = |ty: &str| {
-        events.seen.iter().any(|v| {
-            is_type(v, ty)
-                && (v["pid"].as_i64() == Some(pid)
-                    || v["victims"]
-                        .as_array()
-                        .is_some_and(|vs| vs.iter().any(|x| x["pid"].as_i64() == Some(pid))))
-        })
-    };
-    assert!(has("oom_victim"), "the last victim {pid} reached /events");
-    assert!(
-        has("oom_episode"),
-        "the last episode (victim {pid}) reached /events"
-    );
+    last_kill_reaches_events(&mut serve, &mut events, &cg.path());
     drop(serve);
     drop(scratch);
     assert!(!cg.exists(), "scratch cgroup removed");

@@ -140,6 +140,88 @@ fn kernfs_id(dir: &std::path::Path) -> u64 {
     handle.id
 }
 
+/// `--container` finds `want` by the full id `cid` and by its 12-character prefix, with the
+/// QoS class, cgroup driver and runtime of its path.
+fn check_container(
+    h: &Hierarchy,
+    cid: &str,
+    want: &str,
+    (qos, driver, runtime): (Qos, Driver, Option<&str>),
+) {
+    for given in [cid, &cid[..12]] {
+        let (cg, r) = target::resolve_container(h, given)
+            .unwrap_or_else(|e| panic!("--container {given}: {e}"));
+        assert_eq!(cg.path(), want, "--container {given}");
+        assert_eq!(
+            (
+                r.qos,
+                r.driver,
+                r.runtime.as_deref(),
+                r.container_id.as_deref()
+            ),
+            (qos, driver, runtime, Some(cid)),
+            "{want}"
+        );
+    }
+    assert_eq!(
+        target::resolve(h, &container(cid)).expect("resolve").path(),
+        want
+    );
+}
+
+/// A process moved into the container `cid` (pod `uid`, cgroup `scope_path`): `--pid` finds
+/// that cgroup, and the path the kernel gives for it names the pod and container.
+fn real_process_in_the_scope(h: &Hierarchy, uid: &str, cid: &str, scope_path: &str) {
+    // Reaped on drop, so its cgroup can go.
+    let child = Reap(
+        Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("start sleep"),
+    );
+    let pid = i32::try_from(child.0.id()).expect("pid fits i32");
+    let scope = target::resolve_container(h, cid)
+        .expect("containerd scope")
+        .0;
+    scope.add_proc(pid).expect("move sleep into the scope");
+    assert_eq!(
+        target::resolve_pid(h, pid).expect("--pid").path(),
+        scope_path
+    );
+    let proc_cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("proc cgroup");
+    let kernel_path = stress_user::cgroup::cgroup_of(&proc_cgroup, h.memory_version)
+        .expect("a memory line in /proc/PID/cgroup");
+    let r = kube::parse_path(&kernel_path).expect("kubelet naming in the victim's path");
+    assert_eq!(r.pod_uid, uid);
+    assert_eq!(r.container_id.as_deref(), Some(cid));
+    assert_eq!(r.runtime.as_deref(), Some("cri-containerd"));
+    assert_eq!(r.qos, Qos::BestEffort);
+    drop(child);
+}
+
+/// The kubelet's own levels of the tree `t` are refused without `--force`; the cgroups in
+/// `writable` (pods and containers) are not.
+fn check_protected(t: &Tree, writable: [&str; 3]) {
+    let h = &t.hier;
+    for rel in [
+        "kubepods",
+        "kubepods/burstable",
+        "kubepods/besteffort",
+        "kubepods.slice",
+        "kubepods.slice/kubepods-besteffort.slice",
+        "kubepods.slice/kubepods-burstable.slice",
+    ] {
+        let cg = h.resolve(&t.path(rel)).expect("exists");
+        let err = target::check_writable(&cg, false).expect_err(rel);
+        assert!(matches!(err, TargetError::Protected { .. }), "{rel}: {err}");
+        assert!(err.to_string().contains("--force"), "{err}");
+        target::check_writable(&cg, true).expect("--force");
+    }
+    for path in writable {
+        target::check_writable(&h.resolve(path).expect("exists"), false).expect(path);
+    }
+}
+
 #[test]
 fn pods_and_containers_in_both_drivers() {
     if !common::need_root("pods_and_containers_in_both_drivers") {
@@ -203,73 +285,15 @@ fn pods_and_containers_in_both_drivers() {
             Some("docker"),
         ),
     ] {
-        for given in [&cid[..], &cid[..12]] {
-            let (cg, r) = target::resolve_container(h, given)
-                .unwrap_or_else(|e| panic!("--container {given}: {e}"));
-            assert_eq!(&cg.path(), want, "--container {given}");
-            assert_eq!(
-                (
-                    r.qos,
-                    r.driver,
-                    r.runtime.as_deref(),
-                    r.container_id.as_deref()
-                ),
-                (qos, driver, runtime, Some(cid.as_str())),
-                "{want}"
-            );
-        }
-        assert_eq!(
-            target::resolve(h, &container(cid)).expect("resolve").path(),
-            *want
-        );
+        check_container(h, cid, want, (qos, driver, runtime));
     }
 
     // A real process in the containerd scope: --pid finds the same cgroup, and the path the
     // kernel gives for it (what the tracer reads for a victim) names the pod and container.
-    // Reaped on drop, so its cgroup can go.
-    let child = Reap(
-        Command::new("sleep")
-            .arg("60")
-            .spawn()
-            .expect("start sleep"),
-    );
-    let pid = i32::try_from(child.0.id()).expect("pid fits i32");
-    let scope = target::resolve_container(h, &c[2])
-        .expect("containerd scope")
-        .0;
-    scope.add_proc(pid).expect("move sleep into the scope");
-    assert_eq!(
-        target::resolve_pid(h, pid).expect("--pid").path(),
-        sd_besteffort
-    );
-    let proc_cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("proc cgroup");
-    let kernel_path = stress_user::cgroup::cgroup_of(&proc_cgroup, h.memory_version)
-        .expect("a memory line in /proc/PID/cgroup");
-    let r = kube::parse_path(&kernel_path).expect("kubelet naming in the victim's path");
-    assert_eq!(r.pod_uid, u[2]);
-    assert_eq!(r.container_id.as_deref(), Some(c[2].as_str()));
-    assert_eq!(r.runtime.as_deref(), Some("cri-containerd"));
-    assert_eq!(r.qos, Qos::BestEffort);
-    drop(child);
+    real_process_in_the_scope(h, &u[2], &c[2], &sd_besteffort);
 
     // Protected levels of the test's kubelet trees; pods and containers are fine.
-    for rel in [
-        "kubepods",
-        "kubepods/burstable",
-        "kubepods/besteffort",
-        "kubepods.slice",
-        "kubepods.slice/kubepods-besteffort.slice",
-        "kubepods.slice/kubepods-burstable.slice",
-    ] {
-        let cg = h.resolve(&t.path(rel)).expect("exists");
-        let err = target::check_writable(&cg, false).expect_err(rel);
-        assert!(matches!(err, TargetError::Protected { .. }), "{rel}: {err}");
-        assert!(err.to_string().contains("--force"), "{err}");
-        target::check_writable(&cg, true).expect("--force");
-    }
-    for path in [&fs_burstable, &sd_besteffort, &t.path(&sd_pod)] {
-        target::check_writable(&h.resolve(path).expect("exists"), false).expect(path);
-    }
+    check_protected(&t, [&fs_burstable, &sd_besteffort, &t.path(&sd_pod)]);
 
     // Descendants of the systemd tree, with the kernel's ids.
     let root = h.resolve(&t.path("kubepods.slice")).expect("exists");

@@ -76,6 +76,156 @@ fn wait_for(rx: &mut Lines, what: &str, timeout: Duration, f: impl Fn(&Value) ->
         .unwrap_or_else(|e| panic!("no {what} from oomlab trace within {timeout:?}: {e}"))
 }
 
+/// `oomlab trace --scoreboard` of the cgroup `path` lists exactly `ours`, `fav` (adj 500) first
+/// with the kernel's own oom_score.
+fn check_scoreboard(path: &str, ours: [i64; 3], fav: i64) {
+    let out = common::oomlab()
+        .args([
+            "trace",
+            "--scoreboard",
+            "--output",
+            "json",
+            "--cgroup",
+            path,
+        ])
+        .output()
+        .expect("run oomlab trace --scoreboard");
+    assert!(out.status.success(), "scoreboard failed: {out:?}");
+    let board: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(board["type"], "scoreboard");
+    let procs = board["processes"].as_array().expect("processes");
+    let listed: Vec<i64> = procs
+        .iter()
+        .map(|p| p["pid"].as_i64().expect("pid"))
+        .collect();
+    let mut sorted = listed.clone();
+    sorted.sort_unstable();
+    let mut expected = ours.to_vec();
+    expected.sort_unstable();
+    assert_eq!(
+        sorted, expected,
+        "scoreboard lists exactly the cgroup's processes"
+    );
+    assert_eq!(listed[0], fav, "highest oom_score first: {board}");
+    assert_eq!(procs[0]["oom_score_adj"], 500);
+    // Its oom_score is the kernel's own, read back from /proc.
+    let kernel_score: i64 = std::fs::read_to_string(format!("/proc/{fav}/oom_score"))
+        .expect("oom_score")
+        .trim()
+        .parse()
+        .expect("number");
+    let shown = procs[0]["oom_score"].as_i64().expect("oom_score");
+    assert!(
+        (shown - kernel_score).abs() <= 5,
+        "scoreboard {shown} vs /proc {kernel_score}"
+    );
+}
+
+/// The `kills - 1` kills after the first: each hit one of `others` (the test's processes) and
+/// has an episode of its own. Returns their `/dev/kmsg` lines.
+fn later_kills_are_reported(
+    kmsg: &mut Kmsg,
+    rx: &mut Lines,
+    kills: u64,
+    others: [i64; 3],
+) -> Vec<String> {
+    let later = kmsg.collect(
+        "Killed process ",
+        (kills - 1) as usize,
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        later.len() as u64,
+        kills - 1,
+        "oom_kill counter moved by {kills}, /dev/kmsg has {} later kill(s): {later:#?}",
+        later.len()
+    );
+    for line in &later {
+        let victim = i64::from(killed_pid(line).unwrap_or_else(|| panic!("no pid in {line:?}")));
+        assert!(
+            others.contains(&victim),
+            "a later kill hit {victim}, which is not one of the test's processes: {line}"
+        );
+        wait_for(
+            rx,
+            "oom_episode for the later kill",
+            Duration::from_secs(15),
+            |v| {
+                v["type"] == "oom_episode"
+                    && v["victims"]
+                        .as_array()
+                        .is_some_and(|vs| vs.iter().any(|x| x["pid"].as_i64() == Some(victim)))
+            },
+        );
+    }
+    later
+}
+
+/// The kernel's first kill after the pusher started (from `kmsg`) is `fav`, and `episode`
+/// names it as its one victim, seen in the log and by mark_victim.
+fn check_first_kill(kmsg: &mut Kmsg, episode: &Value, fav: i64) {
+    let kernel_line = kmsg
+        .collect("Killed process ", 1, Duration::from_secs(5))
+        .pop()
+        .unwrap_or_else(|| panic!("/dev/kmsg has no 'Killed process' line; episode: {episode:#}"));
+    assert!(
+        kernel_line.contains(&format!("Killed process {fav} ")),
+        "the kernel's first victim is not the adj-500 app {fav}: {kernel_line}"
+    );
+    assert!(kernel_line.contains("oom_score_adj:500"), "{kernel_line}");
+
+    let victims = episode["victims"].as_array().expect("victims");
+    assert_eq!(victims.len(), 1, "one victim: {episode:#}");
+    assert_eq!(victims[0]["pid"].as_i64(), Some(fav), "{episode:#}");
+    assert_eq!(victims[0]["selected"], true);
+    assert_eq!(victims[0]["logged"], true);
+    assert_eq!(
+        victims[0]["traced"], true,
+        "mark_victim matched the report: {episode:#}"
+    );
+}
+
+/// The episode's candidate table agrees with the kernel: `fav` chosen and ranked first among
+/// `ours` and the pusher, though `large` holds more, with the kernel's badness.
+fn check_selection(episode: &Value, ours: [i64; 3], fav: i64, large: i64) {
+    assert_eq!(episode["constraint"], "CONSTRAINT_MEMCG");
+    assert_eq!(episode["domain"]["scope"], "memcg");
+
+    let sel = &episode["selection"];
+    assert_eq!(sel["totalpages"], 8192, "32 MiB limit, no swap: {sel:#}");
+    assert_eq!(sel["kernel_pid"].as_i64(), Some(fav));
+    assert_eq!(sel["predicted_pid"].as_i64(), Some(fav), "{sel:#}");
+    assert!(sel["disagreement"].is_null(), "{sel:#}");
+    let cands = sel["candidates"].as_array().expect("candidates");
+    assert_eq!(cands[0]["pid"].as_i64(), Some(fav));
+    assert_eq!(cands[0]["chosen"], true);
+    assert_eq!(cands[0]["rank"], 1);
+    let table: Vec<i64> = cands
+        .iter()
+        .map(|c| c["pid"].as_i64().expect("pid"))
+        .collect();
+    for p in ours {
+        assert!(table.contains(&p), "candidate table lacks {p}: {table:?}");
+    }
+    assert_eq!(table.len(), 4, "our three plus the pusher: {table:?}");
+    // The scenario is meaningful only if the victim was not simply the largest.
+    let rss = |p: i64| {
+        cands
+            .iter()
+            .find(|c| c["pid"].as_i64() == Some(p))
+            .and_then(|c| c["rss_pages"].as_i64())
+            .expect("rss")
+    };
+    assert!(rss(large) > rss(fav), "{sel:#}");
+    // Badness by hand from the table, as the kernel computes it.
+    let c0 = &cands[0];
+    let by_hand = c0["rss_pages"].as_i64().expect("rss")
+        + c0["swapents"].as_i64().expect("swap")
+        + c0["pgtables_bytes"].as_i64().expect("pgtables") / 4096
+        + 500 * (8192 / 1000);
+    assert_eq!(c0["points"].as_i64(), Some(by_hand));
+}
+
 #[test]
 fn episode_names_the_kernels_victim_and_ranks_it_first() {
     if !common::need_root("episode_names_the_kernels_victim_and_ranks_it_first") {
@@ -107,51 +257,7 @@ fn episode_names_the_kernels_victim_and_ranks_it_first() {
         let fav = pid(&favoured);
 
         // The scoreboard sees the three, the adj-500 one first.
-        let out = common::oomlab()
-            .args([
-                "trace",
-                "--scoreboard",
-                "--output",
-                "json",
-                "--cgroup",
-                &path,
-            ])
-            .output()
-            .expect("run oomlab trace --scoreboard");
-        assert!(out.status.success(), "scoreboard failed: {out:?}");
-        let board: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
-        assert_eq!(board["type"], "scoreboard");
-        let procs = board["processes"].as_array().expect("processes");
-        let listed: Vec<i64> = procs
-            .iter()
-            .map(|p| p["pid"].as_i64().expect("pid"))
-            .collect();
-        let mut sorted = listed.clone();
-        sorted.sort_unstable();
-        let mut expected = ours.to_vec();
-        expected.sort_unstable();
-        assert_eq!(
-            sorted, expected,
-            "scoreboard lists exactly the cgroup's processes"
-        );
-        assert_eq!(
-            listed[0],
-            pid(&favoured),
-            "highest oom_score first: {board}"
-        );
-        assert_eq!(procs[0]["oom_score_adj"], 500);
-        // Its oom_score is the kernel's own, read back from /proc.
-        let kernel_score: i64 =
-            std::fs::read_to_string(format!("/proc/{}/oom_score", pid(&favoured)))
-                .expect("oom_score")
-                .trim()
-                .parse()
-                .expect("number");
-        let shown = procs[0]["oom_score"].as_i64().expect("oom_score");
-        assert!(
-            (shown - kernel_score).abs() <= 5,
-            "scoreboard {shown} vs /proc {kernel_score}"
-        );
+        check_scoreboard(&path, ours, fav);
 
         let kills_before = cg.oom_kills().expect("oom_kill counter");
         let mut kmsg = Kmsg::open_at_end();
@@ -180,31 +286,7 @@ fn episode_names_the_kernels_victim_and_ranks_it_first() {
             },
         );
         // The first kill after the pusher started is the kernel's pick; it must be the adj-500 app.
-        let kernel_line = kmsg
-            .collect("Killed process ", 1, Duration::from_secs(5))
-            .pop()
-            .unwrap_or_else(|| {
-                panic!("/dev/kmsg has no 'Killed process' line; episode: {episode:#}")
-            });
-        assert!(
-            kernel_line.contains(&format!("Killed process {fav} ")),
-            "the kernel's first victim is not the adj-500 app {fav}: {kernel_line}"
-        );
-        assert!(kernel_line.contains("oom_score_adj:500"), "{kernel_line}");
-
-        let victims = episode["victims"].as_array().expect("victims");
-        assert_eq!(victims.len(), 1, "one victim: {episode:#}");
-        assert_eq!(
-            victims[0]["pid"].as_i64(),
-            Some(pid(&favoured)),
-            "{episode:#}"
-        );
-        assert_eq!(victims[0]["selected"], true);
-        assert_eq!(victims[0]["logged"], true);
-        assert_eq!(
-            victims[0]["traced"], true,
-            "mark_victim matched the report: {episode:#}"
-        );
+        check_first_kill(&mut kmsg, &episode, fav);
         let mut favoured = favoured;
         let status = favoured.0.wait().expect("wait for the victim");
         assert_eq!(
@@ -221,36 +303,8 @@ fn episode_names_the_kernels_victim_and_ranks_it_first() {
         // Such a kill is legitimate kernel behaviour, so instead of a count the test demands that
         // oomlab reports every one of them, each with the victim /dev/kmsg names.
         if kills > 1 {
-            let later = kmsg.collect(
-                "Killed process ",
-                (kills - 1) as usize,
-                Duration::from_secs(5),
-            );
-            assert_eq!(
-                later.len() as u64,
-                kills - 1,
-                "oom_kill counter moved by {kills}, /dev/kmsg has {} later kill(s): {later:#?}",
-                later.len()
-            );
-            for line in &later {
-                let victim =
-                    i64::from(killed_pid(line).unwrap_or_else(|| panic!("no pid in {line:?}")));
-                assert!(
-                    [pid(&small), pid(&large), pusher_pid].contains(&victim),
-                    "a later kill hit {victim}, which is not one of the test's processes: {line}"
-                );
-                wait_for(
-                    &mut rx,
-                    "oom_episode for the later kill",
-                    Duration::from_secs(15),
-                    |v| {
-                        v["type"] == "oom_episode"
-                            && v["victims"].as_array().is_some_and(|vs| {
-                                vs.iter().any(|x| x["pid"].as_i64() == Some(victim))
-                            })
-                    },
-                );
-            }
+            let others = [pid(&small), pid(&large), pusher_pid];
+            let later = later_kills_are_reported(&mut kmsg, &mut rx, kills, others);
             eprintln!(
                 "note: attempt {attempt}: {kills} OOM kills, each reported; later: {later:#?}"
             );
@@ -263,46 +317,7 @@ fn episode_names_the_kernels_victim_and_ranks_it_first() {
             std::thread::sleep(Duration::from_secs(6));
             continue;
         }
-        assert_eq!(episode["constraint"], "CONSTRAINT_MEMCG");
-        assert_eq!(episode["domain"]["scope"], "memcg");
-
-        let sel = &episode["selection"];
-        assert_eq!(sel["totalpages"], 8192, "32 MiB limit, no swap: {sel:#}");
-        assert_eq!(sel["kernel_pid"].as_i64(), Some(pid(&favoured)));
-        assert_eq!(
-            sel["predicted_pid"].as_i64(),
-            Some(pid(&favoured)),
-            "{sel:#}"
-        );
-        assert!(sel["disagreement"].is_null(), "{sel:#}");
-        let cands = sel["candidates"].as_array().expect("candidates");
-        assert_eq!(cands[0]["pid"].as_i64(), Some(pid(&favoured)));
-        assert_eq!(cands[0]["chosen"], true);
-        assert_eq!(cands[0]["rank"], 1);
-        let table: Vec<i64> = cands
-            .iter()
-            .map(|c| c["pid"].as_i64().expect("pid"))
-            .collect();
-        for p in ours {
-            assert!(table.contains(&p), "candidate table lacks {p}: {table:?}");
-        }
-        assert_eq!(table.len(), 4, "our three plus the pusher: {table:?}");
-        // The scenario is meaningful only if the victim was not simply the largest.
-        let rss = |p: i64| {
-            cands
-                .iter()
-                .find(|c| c["pid"].as_i64() == Some(p))
-                .and_then(|c| c["rss_pages"].as_i64())
-                .expect("rss")
-        };
-        assert!(rss(pid(&large)) > rss(pid(&favoured)), "{sel:#}");
-        // Badness by hand from the table, as the kernel computes it.
-        let c0 = &cands[0];
-        let by_hand = c0["rss_pages"].as_i64().expect("rss")
-            + c0["swapents"].as_i64().expect("swap")
-            + c0["pgtables_bytes"].as_i64().expect("pgtables") / 4096
-            + 500 * (8192 / 1000);
-        assert_eq!(c0["points"].as_i64(), Some(by_hand));
+        check_selection(&episode, ours, fav, pid(&large));
 
         drop((small, large));
         drop(scratch);
