@@ -377,7 +377,7 @@ fn every_kill_of_a_storm_is_one_episode() {
     }
     // SIGTERM ends the trace cleanly, at once: the last victim's `Killed process` line may not
     // have reached the trace's /dev/kmsg reader yet, so this checks that oomlab drains the ring
-    // buffer and /dev/kmsg before it flushes the open episodes and prints the final `lost` line.
+    // buffers and /dev/kmsg before it flushes the open episodes and prints the final `lost` line.
     // SAFETY: kill(2) on the trace process this test started.
     assert_eq!(unsafe { libc::kill(trace.0.id() as i32, libc::SIGTERM) }, 0);
     loop {

@@ -1,7 +1,7 @@
 //! Types shared by oomlab's eBPF programs (`stress-ebpf`) and its user-space side (`stress-user`).
 //!
 //! Everything here is `#[repr(C)]`, `Copy` and free of implicit padding, so the kernel side can
-//! write it into the ring buffer and user space can read it back byte for byte. Tracepoint field
+//! write it into the ring buffers and user space can read it back byte for byte. Tracepoint field
 //! offsets are never compiled in: user space reads them from the running kernel's `format` files
 //! and hands them over in [`Config`] before the programs are loaded.
 #![cfg_attr(not(test), no_std)]
@@ -108,11 +108,11 @@ tracepoint_layout!(
     ]
 );
 tracepoint_layout!(
-    /// `sched:sched_process_fork`: only used to grow the v1 pid filter to children.
+    /// `sched:sched_process_fork`: only used to grow the target's pid set to children.
     process_fork, "sched", "sched_process_fork", [PARENT_PID = "parent_pid", CHILD_PID = "child_pid"]
 );
 tracepoint_layout!(
-    /// `sched:sched_process_exit`: only used to shrink the v1 pid filter.
+    /// `sched:sched_process_exit`: only used to shrink the target's pid set.
     process_exit, "sched", "sched_process_exit", [PID = "pid"]
 );
 
@@ -141,17 +141,18 @@ pub struct Config {
     /// One of the `RECLAIM_KEY_*` constants: how `RECLAIM_STATS` is keyed.
     pub reclaim_key: u32,
     pub _pad: u32,
-    /// With [`FILTER_CGROUP_V2`]: only events whose current task is in this cgroup v2 id or a
-    /// descendant.
+    /// Not read by the programs: with [`FILTER_CGROUP_V2`] they look the current task's cgroup
+    /// up in the `FILTER_CGROUP_SET` map, which holds the target and every descendant. Zero.
     pub filter_cgroup_id: u64,
 }
 
 /// No filtering: node-wide.
 pub const FILTER_NONE: u32 = 0;
-/// Keep events of tasks whose pid is in the `FILTER_PIDS` map (kept up to date by user space and
-/// by `cgroup_attach_task`), used on cgroup v1.
+/// Keep events of tasks whose tgid is in the `FILTER_PID_SET` map (seeded by user space, kept up
+/// to date by `cgroup_attach_task` and the `sched` fork/exit hooks), used on cgroup v1.
 pub const FILTER_PIDS: u32 = 1;
-/// Keep events of tasks whose cgroup v2 id is in the `FILTER_CGROUPS` map.
+/// Keep events of tasks whose cgroup v2 id is in the `FILTER_CGROUP_SET` map (the target and its
+/// descendants), used on cgroup v2.
 pub const FILTER_CGROUP_V2: u32 = 2;
 
 /// `RECLAIM_STATS` keyed by the reclaiming task's cgroup v2 id (the memory cgroup on v2).
@@ -190,7 +191,7 @@ impl Default for Config {
     }
 }
 
-/// Fixed numeric kinds of the events in the ring buffer; the first field of every event.
+/// Fixed numeric kinds of the events in the ring buffers; the first field of every event.
 pub mod kind {
     pub const MARK_VICTIM: u32 = 1;
     pub const ADJ_UPDATE: u32 = 2;
@@ -229,7 +230,7 @@ pub mod victim_fields {
     pub const UID: u32 = 1 << 2;
     pub const PGTABLES: u32 = 1 << 3;
     pub const OOM_SCORE_ADJ: u32 = 1 << 4;
-    /// The victim's pid is in the v1 pid filter (it lived in the target when it was chosen).
+    /// The victim's pid is in the target's pid set (it lived in the target when it was chosen).
     pub const IN_FILTER: u32 = 1 << 5;
 }
 
@@ -278,8 +279,8 @@ pub struct Reclaim {
     pub latency_ns: u64,
 }
 
-/// Per-cgroup reclaim totals, aggregated in the kernel (per-CPU map `RECLAIM_STATS`, key: see
-/// [`Config::reclaim_key`]), so a summary survives ring-buffer drops.
+/// Reclaim totals per cgroup (per tgid on v1, see [`Config::reclaim_key`]), aggregated in the
+/// kernel in the per-CPU map `RECLAIM_STATS`, so a summary survives ring-buffer drops.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ReclaimStats {
@@ -380,9 +381,9 @@ pub struct OomKillProcess {
 
 /// Indexes of the per-CPU `STATS` counters.
 pub mod stat {
-    /// Events written to the ring buffer.
+    /// Events written to either ring buffer.
     pub const PRODUCED: u32 = 0;
-    /// Events lost because the ring buffer was full.
+    /// Events lost because their ring buffer was full.
     pub const DROPPED: u32 = 1;
     /// Of those, OOM events (victims, reaper, kill hooks) lost because their own ring was full.
     pub const OOM_DROPPED: u32 = 2;
@@ -403,7 +404,7 @@ mod tests {
     use super::*;
 
     // The eBPF side and user space must agree byte for byte; sizes that are multiples of 8 keep
-    // events aligned in the ring buffer and prove there is no trailing padding.
+    // events aligned in the ring buffers and prove there is no trailing padding.
     #[test]
     fn layouts_have_no_padding() {
         assert_eq!(size_of::<Field>(), 8);

@@ -1,5 +1,6 @@
-//! Shared plumbing of the probes: the ring buffer, the drop counters, the run-time config and
-//! reading tracepoint fields at the offsets user space found in the kernel's `format` files.
+//! Shared plumbing of the probes: the two ring buffers, the drop counters, the run-time config,
+//! the target filter and reading tracepoint fields at the offsets user space found in the
+//! kernel's `format` files.
 
 use aya_ebpf::{
     helpers::{
@@ -30,7 +31,9 @@ static OOM_EVENTS: RingBuf = RingBuf::with_byte_size(256 << 10, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::N, 0);
 
-/// cgroup v1 filter: tgids of interest, seeded by user space and grown on `cgroup_attach_task`.
+/// Tgids in the target: seeded by user space from `cgroup.procs`, kept in step by
+/// `cgroup_attach_task` and the `sched` fork/exit hooks. On cgroup v1 it is the filter itself;
+/// on v2 it tells whether the task an adj write changes is in the target.
 #[map]
 pub static FILTER_PID_SET: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
@@ -98,7 +101,7 @@ pub fn cgroup_in_filter(root: i32, id: u64) -> bool {
     unsafe { FILTER_CGROUP_SET.get(id) }.is_some()
 }
 
-/// Reserves room for one `T`; counts a drop when the ring buffer is full.
+/// Reserves room for one `T` in `EVENTS`; counts a drop when that ring is full.
 #[inline(always)]
 pub fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
     reserve_in(&EVENTS, None)

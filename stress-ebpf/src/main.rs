@@ -1,6 +1,7 @@
-//! oomlab's kernel side: classic tracepoints on `oom`, `vmscan` and `cgroup`, plus optional
-//! kprobe/fentry hooks on `oom_kill_process`. Every program writes one typed event (see
-//! `stress-common`) into the single ring buffer `EVENTS`; field offsets come from `CONFIG`.
+//! oomlab's kernel side: classic tracepoints on `oom`, `vmscan`, `cgroup` and `sched`, plus
+//! optional kprobe/fentry hooks on `oom_kill_process`. A program writes at most one typed event
+//! (see `stress-common`) into one of two ring buffers: `OOM_EVENTS` (victims, reaper steps, kill
+//! hooks) or `EVENTS` (the rest; see `emit`). Field offsets come from `CONFIG`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 

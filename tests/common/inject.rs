@@ -14,8 +14,8 @@ use super::{
 
 pub(crate) const MIB: u64 = 1 << 20;
 
-/// The VMs of `cargo xtask vm-test` have 1 GiB of slow, emulated memory: there the big sizes
-/// shrink 8× (the checks stay the same).
+/// On nodes under 4 GiB (the VMs of `cargo xtask vm-test` have 1 GiB of slow, emulated memory)
+/// the big sizes shrink 8× (the checks stay the same).
 pub(crate) fn scale_down() -> u64 {
     let total_kib = MemInfo::read()
         .ok()

@@ -1,6 +1,6 @@
 //! `cgroup:*` tracepoints (mkdir, rmdir, task moves) and the `sched` fork/exit hooks that keep
-//! the v1 pid filter in step with the target: a task moved into the target, or forked by a task
-//! already in it, joins the set; one moved out or exited leaves it.
+//! the target's pid set (`FILTER_PID_SET`) in step: a task moved into the target, or forked by
+//! a task already in it, joins the set; one moved out or exited leaves it.
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
