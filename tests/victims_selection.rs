@@ -76,6 +76,16 @@ fn wait_for(rx: &mut Lines, what: &str, timeout: Duration, f: impl Fn(&Value) ->
         .unwrap_or_else(|e| panic!("no {what} from oomlab trace within {timeout:?}: {e}"))
 }
 
+/// The next `oom_episode` of the trace with `pid` among its victims, within 15 s.
+fn episode_of(rx: &mut Lines, what: &str, pid: i64) -> Value {
+    wait_for(rx, what, Duration::from_secs(15), |v| {
+        v["type"] == "oom_episode"
+            && v["victims"]
+                .as_array()
+                .is_some_and(|vs| vs.iter().any(|x| x["pid"].as_i64() == Some(pid)))
+    })
+}
+
 /// `oomlab trace --scoreboard` of the cgroup `path` lists exactly `ours`, `fav` (adj 500) first
 /// with the kernel's own oom_score.
 fn check_scoreboard(path: &str, ours: [i64; 3], fav: i64) {
@@ -146,17 +156,7 @@ fn later_kills_are_reported(
             others.contains(&victim),
             "a later kill hit {victim}, which is not one of the test's processes: {line}"
         );
-        wait_for(
-            rx,
-            "oom_episode for the later kill",
-            Duration::from_secs(15),
-            |v| {
-                v["type"] == "oom_episode"
-                    && v["victims"]
-                        .as_array()
-                        .is_some_and(|vs| vs.iter().any(|x| x["pid"].as_i64() == Some(victim)))
-            },
-        );
+        episode_of(rx, "oom_episode for the later kill", victim);
     }
     later
 }
@@ -274,17 +274,7 @@ fn episode_names_the_kernels_victim_and_ranks_it_first() {
             "the pusher should survive (adj 500 outranks it): {pushed:?}"
         );
 
-        let episode = wait_for(
-            &mut rx,
-            "oom_episode for our cgroup",
-            Duration::from_secs(15),
-            |v| {
-                v["type"] == "oom_episode"
-                    && v["victims"]
-                        .as_array()
-                        .is_some_and(|vs| vs.iter().any(|x| x["pid"].as_i64() == Some(fav)))
-            },
-        );
+        let episode = episode_of(&mut rx, "oom_episode for our cgroup", fav);
         // The first kill after the pusher started is the kernel's pick; it must be the adj-500 app.
         check_first_kill(&mut kmsg, &episode, fav);
         let mut favoured = favoured;
