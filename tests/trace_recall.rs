@@ -86,7 +86,7 @@ fn every_oom_kill_in_the_target_is_reported_once() {
     // The holder may still be on its way into the cgroup: wait until the kernel says it is.
     wait_joined(&cg, holder_pid);
     std::fs::write(format!("/proc/{holder_pid}/oom_score_adj"), "123").expect("write adj");
-    let me = std::process::id() as i64;
+    let me = i64::from(std::process::id());
     let adj = tracer
         .wait_for(Duration::from_secs(5), |v| {
             v["type"] == "oom_score_adj" && v["pid"] == holder_pid && v["oom_score_adj"] == 123
