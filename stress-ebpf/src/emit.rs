@@ -35,18 +35,18 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::N, 0);
 /// `cgroup_attach_task` and the `sched` fork/exit hooks. On cgroup v1 it is the filter itself;
 /// on v2 it tells whether the task an adj write changes is in the target.
 #[map]
-pub static FILTER_PID_SET: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+pub(crate) static FILTER_PID_SET: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
 /// Ids of the target cgroup and its descendants, in the memory controller's hierarchy
 /// (`Config::filter_root`). Seeded by user space and grown by it on `cgroup_mkdir` events under
 /// the target; on v2 it is the filter itself, on v1 it tells `cgroup_attach_task` which moves
 /// bring a task into the target.
 #[map]
-pub static FILTER_CGROUP_SET: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
+pub(crate) static FILTER_CGROUP_SET: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
 
 /// Reads `CONFIG` through a volatile load so the compiler cannot fold the zeroed initialiser.
 #[inline(always)]
-pub fn config<T: Copy + 'static>(f: impl FnOnce(&'static Config) -> &'static T) -> T {
+pub(crate) fn config<T: Copy + 'static>(f: impl FnOnce(&'static Config) -> &'static T) -> T {
     // SAFETY: CONFIG is a valid static; the volatile read only defeats constant folding.
     unsafe { core::ptr::read_volatile(f(&CONFIG)) }
 }
@@ -61,7 +61,7 @@ fn bump(index: u32) {
 
 /// True when the current task passes the user's target filter (node-wide when none is set).
 #[inline(always)]
-pub fn current_wanted() -> bool {
+pub(crate) fn current_wanted() -> bool {
     match config(|c| &c.filter_mode) {
         FILTER_PIDS => {
             let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -80,20 +80,20 @@ pub fn current_wanted() -> bool {
 
 /// True when a target filter is set (either kind).
 #[inline(always)]
-pub fn filtering() -> bool {
+pub(crate) fn filtering() -> bool {
     config(|c| &c.filter_mode) != stress_common::FILTER_NONE
 }
 
 /// True when `tgid` is in the v1 pid set.
 #[inline(always)]
-pub fn pid_in_filter(tgid: u32) -> bool {
+pub(crate) fn pid_in_filter(tgid: u32) -> bool {
     // SAFETY: the value is only tested for presence.
     unsafe { FILTER_PID_SET.get(tgid) }.is_some()
 }
 
 /// True when the cgroup `id` of hierarchy `root` is the target or one of its descendants.
 #[inline(always)]
-pub fn cgroup_in_filter(root: i32, id: u64) -> bool {
+pub(crate) fn cgroup_in_filter(root: i32, id: u64) -> bool {
     if root != config(|c| &c.filter_root) {
         return false;
     }
@@ -103,13 +103,13 @@ pub fn cgroup_in_filter(root: i32, id: u64) -> bool {
 
 /// Reserves room for one `T` in `EVENTS`; counts a drop when that ring is full.
 #[inline(always)]
-pub fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
+pub(crate) fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
     reserve_in(&EVENTS, None)
 }
 
 /// Like [`reserve`], in the OOM events' own ring (drops also counted as `OOM_DROPPED`).
 #[inline(always)]
-pub fn reserve_oom<T: 'static>() -> Option<RingBufEntry<T>> {
+pub(crate) fn reserve_oom<T: 'static>() -> Option<RingBufEntry<T>> {
     reserve_in(&OOM_EVENTS, Some(stat::OOM_DROPPED))
 }
 
@@ -130,7 +130,7 @@ fn reserve_in<T: 'static>(ring: &RingBuf, also_dropped: Option<u32>) -> Option<R
 
 /// Fills the common header with the current task and the clock.
 #[inline(always)]
-pub fn header(kind: u32) -> EventHeader {
+pub(crate) fn header(kind: u32) -> EventHeader {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: these helpers have no preconditions.
     let (cpu, ts_ns, cgroup_id) = unsafe {
@@ -153,7 +153,7 @@ pub fn header(kind: u32) -> EventHeader {
 
 /// An unsigned field of 1, 2, 4 or 8 bytes, zero-extended; `None` when absent or unreadable.
 #[inline(always)]
-pub fn read_unsigned(ctx: &TracePointContext, f: Field) -> Option<u64> {
+pub(crate) fn read_unsigned(ctx: &TracePointContext, f: Field) -> Option<u64> {
     let off = f.offset as usize;
     // SAFETY: read_at goes through bpf_probe_read_kernel, which tolerates any address.
     unsafe {
@@ -169,15 +169,15 @@ pub fn read_unsigned(ctx: &TracePointContext, f: Field) -> Option<u64> {
 
 /// A field as a signed value, sign-extended when the format says `signed:1`.
 #[inline(always)]
-pub fn read_signed(ctx: &TracePointContext, f: Field) -> Option<i64> {
+pub(crate) fn read_signed(ctx: &TracePointContext, f: Field) -> Option<i64> {
     let raw = read_unsigned(ctx, f)?;
     if f.signed == 0 {
         return Some(raw as i64);
     }
     Some(match f.size {
-        1 => raw as u8 as i8 as i64,
-        2 => raw as u16 as i16 as i64,
-        4 => raw as u32 as i32 as i64,
+        1 => i64::from(raw as u8 as i8),
+        2 => i64::from(raw as u16 as i16),
+        4 => i64::from(raw as u32 as i32),
         _ => raw as i64,
     })
 }
@@ -185,7 +185,7 @@ pub fn read_signed(ctx: &TracePointContext, f: Field) -> Option<i64> {
 /// Copies a string field (`__data_loc char[]` or a fixed `char[N]`) into `dst`, NUL-terminated.
 /// On failure `dst` starts with NUL so user space reads an empty string, never stale bytes.
 #[inline(always)]
-pub fn read_str(ctx: &TracePointContext, f: Field, dst: &mut [u8]) {
+pub(crate) fn read_str(ctx: &TracePointContext, f: Field, dst: &mut [u8]) {
     if dst.is_empty() {
         return;
     }

@@ -4,6 +4,13 @@
 //! hooks) or `EVENTS` (the rest; see `emit`). Field offsets come from `CONFIG`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(
+        clippy::needless_pass_by_value,
+        reason = "aya's program macros hand each program its context by value"
+    )
+)]
 
 #[cfg(target_arch = "bpf")]
 mod emit;

@@ -6,7 +6,7 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{run as sh, target_dir};
 
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     sh("cargo", &["build", "--release", "--package", "stress-user"])?;
     let target = target_dir();
     let oomlab = target.join("release/oomlab");

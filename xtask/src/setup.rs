@@ -83,7 +83,7 @@ fn missing_apt_packages() -> Vec<&'static str> {
         .collect()
 }
 
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     let start = Instant::now();
     let mut did = Vec::new();
 

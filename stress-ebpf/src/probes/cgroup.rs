@@ -15,14 +15,14 @@ use crate::emit::{
 };
 
 #[tracepoint]
-pub fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
+pub(crate) fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
     match dir(&ctx, cgroup_op::MKDIR) {
         Ok(r) | Err(r) => r,
     }
 }
 
 #[tracepoint]
-pub fn cgroup_rmdir(ctx: TracePointContext) -> u32 {
+pub(crate) fn cgroup_rmdir(ctx: TracePointContext) -> u32 {
     match dir(&ctx, cgroup_op::RMDIR) {
         Ok(r) | Err(r) => r,
     }
@@ -58,7 +58,7 @@ fn dir(ctx: &TracePointContext, op: u32) -> Result<u32, u32> {
 }
 
 #[tracepoint]
-pub fn cgroup_attach_task(ctx: TracePointContext) -> u32 {
+pub(crate) fn cgroup_attach_task(ctx: TracePointContext) -> u32 {
     match try_attach(&ctx) {
         Ok(r) | Err(r) => r,
     }
@@ -105,7 +105,7 @@ fn try_attach(ctx: &TracePointContext) -> Result<u32, u32> {
 
 /// Attached only with a target filter: a child of a task in the target is in the target.
 #[tracepoint]
-pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+pub(crate) fn sched_process_fork(ctx: TracePointContext) -> u32 {
     match try_fork(&ctx) {
         Ok(r) | Err(r) => r,
     }
@@ -128,7 +128,7 @@ fn try_fork(ctx: &TracePointContext) -> Result<u32, u32> {
 
 /// Attached only with a target filter: keeps the set from filling with dead pids.
 #[tracepoint]
-pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+pub(crate) fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if !filtering() {
         return 0;
     }

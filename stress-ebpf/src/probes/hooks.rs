@@ -29,14 +29,14 @@ fn emit(hook: u32) -> Result<u32, u32> {
 }
 
 #[kprobe(function = "oom_kill_process")]
-pub fn kprobe_oom_kill_process(_ctx: ProbeContext) -> u32 {
+pub(crate) fn kprobe_oom_kill_process(_ctx: ProbeContext) -> u32 {
     match emit(HOOK_KPROBE) {
         Ok(r) | Err(r) => r,
     }
 }
 
 #[fentry(function = "oom_kill_process")]
-pub fn fentry_oom_kill_process(_ctx: FEntryContext) -> u32 {
+pub(crate) fn fentry_oom_kill_process(_ctx: FEntryContext) -> u32 {
     match emit(HOOK_FENTRY) {
         Ok(r) | Err(r) => r,
     }

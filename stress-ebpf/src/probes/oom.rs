@@ -16,7 +16,7 @@ use crate::emit::{
 /// Not filtered in the kernel: the victim can live in another cgroup than the task that
 /// triggered the OOM, and kills are rare; user space filters on the victim's own cgroup.
 #[tracepoint]
-pub fn mark_victim(ctx: TracePointContext) -> u32 {
+pub(crate) fn mark_victim(ctx: TracePointContext) -> u32 {
     match try_mark_victim(&ctx) {
         Ok(r) | Err(r) => r,
     }
@@ -88,7 +88,7 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<u32, u32> {
 }
 
 #[tracepoint]
-pub fn oom_score_adj_update(ctx: TracePointContext) -> u32 {
+pub(crate) fn oom_score_adj_update(ctx: TracePointContext) -> u32 {
     match try_oom_score_adj_update(&ctx) {
         Ok(r) | Err(r) => r,
     }
@@ -121,7 +121,7 @@ fn try_oom_score_adj_update(ctx: &TracePointContext) -> Result<u32, u32> {
 
 /// `oom:reclaim_retry_zone`: fired in the allocating task, so filtered on it.
 #[tracepoint]
-pub fn reclaim_retry_zone(ctx: TracePointContext) -> u32 {
+pub(crate) fn reclaim_retry_zone(ctx: TracePointContext) -> u32 {
     match try_reclaim_retry_zone(&ctx) {
         Ok(r) | Err(r) => r,
     }
@@ -156,7 +156,7 @@ fn try_reclaim_retry_zone(ctx: &TracePointContext) -> Result<u32, u32> {
 
 /// `oom:compact_retry` (kernels with compaction).
 #[tracepoint]
-pub fn compact_retry(ctx: TracePointContext) -> u32 {
+pub(crate) fn compact_retry(ctx: TracePointContext) -> u32 {
     match try_compact_retry(&ctx) {
         Ok(r) | Err(r) => r,
     }
@@ -209,28 +209,28 @@ fn reaper(ctx: &TracePointContext, step: u32) -> Result<u32, u32> {
 }
 
 #[tracepoint]
-pub fn wake_reaper(ctx: TracePointContext) -> u32 {
+pub(crate) fn wake_reaper(ctx: TracePointContext) -> u32 {
     match reaper(&ctx, reaper_step::WAKE) {
         Ok(r) | Err(r) => r,
     }
 }
 
 #[tracepoint]
-pub fn start_task_reaping(ctx: TracePointContext) -> u32 {
+pub(crate) fn start_task_reaping(ctx: TracePointContext) -> u32 {
     match reaper(&ctx, reaper_step::START) {
         Ok(r) | Err(r) => r,
     }
 }
 
 #[tracepoint]
-pub fn finish_task_reaping(ctx: TracePointContext) -> u32 {
+pub(crate) fn finish_task_reaping(ctx: TracePointContext) -> u32 {
     match reaper(&ctx, reaper_step::FINISH) {
         Ok(r) | Err(r) => r,
     }
 }
 
 #[tracepoint]
-pub fn skip_task_reaping(ctx: TracePointContext) -> u32 {
+pub(crate) fn skip_task_reaping(ctx: TracePointContext) -> u32 {
     match reaper(&ctx, reaper_step::SKIP) {
         Ok(r) | Err(r) => r,
     }

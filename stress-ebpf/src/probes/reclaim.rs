@@ -121,28 +121,28 @@ fn end(ctx: &TracePointContext, kind: u32) -> Result<u32, u32> {
 }
 
 #[tracepoint]
-pub fn memcg_reclaim_begin(ctx: TracePointContext) -> u32 {
+pub(crate) fn memcg_reclaim_begin(ctx: TracePointContext) -> u32 {
     match begin(&ctx, reclaim_kind::MEMCG) {
         Ok(r) | Err(r) => r,
     }
 }
 
 #[tracepoint]
-pub fn memcg_reclaim_end(ctx: TracePointContext) -> u32 {
+pub(crate) fn memcg_reclaim_end(ctx: TracePointContext) -> u32 {
     match end(&ctx, reclaim_kind::MEMCG) {
         Ok(r) | Err(r) => r,
     }
 }
 
 #[tracepoint]
-pub fn direct_reclaim_begin(ctx: TracePointContext) -> u32 {
+pub(crate) fn direct_reclaim_begin(ctx: TracePointContext) -> u32 {
     match begin(&ctx, reclaim_kind::DIRECT) {
         Ok(r) | Err(r) => r,
     }
 }
 
 #[tracepoint]
-pub fn direct_reclaim_end(ctx: TracePointContext) -> u32 {
+pub(crate) fn direct_reclaim_end(ctx: TracePointContext) -> u32 {
     match end(&ctx, reclaim_kind::DIRECT) {
         Ok(r) | Err(r) => r,
     }
@@ -150,7 +150,7 @@ pub fn direct_reclaim_end(ctx: TracePointContext) -> u32 {
 
 /// Not filtered: kswapd is a kernel thread working for the whole node.
 #[tracepoint]
-pub fn kswapd_wake(ctx: TracePointContext) -> u32 {
+pub(crate) fn kswapd_wake(ctx: TracePointContext) -> u32 {
     match try_kswapd_wake(&ctx) {
         Ok(r) | Err(r) => r,
     }

@@ -90,7 +90,7 @@ impl ScratchCgroup {
             for pid in &procs {
                 let _ = signal::kill(Pid::from_raw(*pid), signal::Signal::SIGKILL);
             }
-            match std::fs::remove_dir(self.cgroup.dir()) {
+            match fs::remove_dir(self.cgroup.dir()) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
                 Err(e) if Instant::now() > deadline => {
@@ -110,13 +110,13 @@ impl ScratchCgroup {
 /// Creates `rel` below a cgroup v2 mount, enabling the memory controller on the way down: a v2
 /// cgroup only has `memory.*` files when its parent lists `memory` in `cgroup.subtree_control`.
 /// Existing ancestors are kept; the last component must be new.
-fn create_v2(mount: &std::path::Path, rel: &str) -> Result<(), String> {
+fn create_v2(mount: &Path, rel: &str) -> Result<(), String> {
     let parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
     let mut dir = mount.to_path_buf();
     for (i, part) in parts.iter().enumerate() {
         enable_memory_v2(&dir)?;
         dir.push(part);
-        match std::fs::create_dir(&dir) {
+        match fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && i + 1 < parts.len() => {}
             Err(e) => return Err(format!("mkdir {}: {e}", dir.display())),
@@ -126,14 +126,14 @@ fn create_v2(mount: &std::path::Path, rel: &str) -> Result<(), String> {
 }
 
 /// Adds `memory` to a v2 cgroup's `cgroup.subtree_control` unless it is already there.
-fn enable_memory_v2(dir: &std::path::Path) -> Result<(), String> {
+fn enable_memory_v2(dir: &Path) -> Result<(), String> {
     let file = dir.join("cgroup.subtree_control");
-    let current = std::fs::read_to_string(&file)
-        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let current =
+        fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     if subtree_has_memory(&current) {
         return Ok(());
     }
-    std::fs::write(&file, "+memory").map_err(|e| {
+    fs::write(&file, "+memory").map_err(|e| {
         let hint = match e.raw_os_error() {
             Some(libc::EBUSY) => " (cgroup v2 refuses while processes sit directly in that cgroup; move them to a child)",
             Some(libc::ENOENT) => " (the memory controller is not available there: see its cgroup.controllers)",

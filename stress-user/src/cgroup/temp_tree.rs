@@ -12,7 +12,7 @@ pub(crate) struct TempTree {
 
 impl TempTree {
     /// A fresh tree; unique per call, as tests run in parallel.
-    pub fn new(name: &str) -> TempTree {
+    pub(crate) fn new(name: &str) -> TempTree {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let root = std::env::temp_dir().join(format!("oomlab-{name}-{}-{n}", std::process::id()));
@@ -22,13 +22,13 @@ impl TempTree {
     }
 
     /// Creates `rel` (and its parents) below the root.
-    pub fn mkdir(&self, rel: &str) -> &Self {
+    pub(crate) fn mkdir(&self, rel: &str) -> &Self {
         fs::create_dir_all(self.root.join(rel.trim_start_matches('/')))
             .expect("mkdir in temp tree");
         self
     }
 
-    pub fn hierarchy(&self) -> Hierarchy {
+    pub(crate) fn hierarchy(&self) -> Hierarchy {
         Hierarchy {
             mode: Mode::V2,
             unified: Some(self.root.clone()),

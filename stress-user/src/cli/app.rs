@@ -60,7 +60,7 @@ fn hold_with_grow(extra: u64, duration: Option<Duration>) -> anyhow::Result<()> 
     Ok(())
 }
 
-pub fn run(args: Args) -> anyhow::Result<i32> {
+pub(super) fn run(args: &Args) -> anyhow::Result<i32> {
     let bytes = match args.size.resolve(None) {
         Ok(b) => b,
         Err(e) => {

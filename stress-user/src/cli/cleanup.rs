@@ -12,7 +12,7 @@ pub struct Args {
     dry_run: bool,
 }
 
-pub fn run(args: Args) -> anyhow::Result<i32> {
+pub(super) fn run(args: &Args) -> anyhow::Result<i32> {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("oomlab cleanup: must run as root (it removes cgroups under /{OWNED_PARENT})");
         return Ok(exit::USAGE);

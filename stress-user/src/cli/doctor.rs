@@ -9,7 +9,7 @@ pub struct Args {
     output: OutputFormat,
 }
 
-pub fn run(args: Args) -> anyhow::Result<i32> {
+pub(super) fn run(args: &Args) -> anyhow::Result<i32> {
     let r = doctor::run();
     match args.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&r)?),

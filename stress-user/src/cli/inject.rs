@@ -110,13 +110,13 @@ fn usage(e: impl std::fmt::Display) -> anyhow::Result<i32> {
     Ok(exit::USAGE)
 }
 
-pub fn run(args: Args) -> anyhow::Result<i32> {
+pub(super) fn run(args: &Args) -> anyhow::Result<i32> {
     let hier = Hierarchy::detect()?;
     remove_leftovers(&hier);
     let target = if args.new.is_some() {
         None
     } else {
-        match existing_target(&hier, &args) {
+        match existing_target(&hier, args) {
             Ok(cg) => Some(cg),
             Err(e) => return usage(e),
         }
@@ -127,7 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         (None, Some(r)) => Pace::Rate(r),
         (None, None) => Pace::Fast,
     };
-    let req = request(&args, target, pace);
+    let req = request(args, target, pace);
     let node = NodeMemory::read()?;
     let plan = match plan::check(&hier, &req, node) {
         Ok(p) => p,

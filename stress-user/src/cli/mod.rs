@@ -55,12 +55,12 @@ pub enum Command {
 /// Runs the parsed command and returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     let result = match cli.command {
-        Command::Doctor(a) => doctor::run(a),
+        Command::Doctor(a) => doctor::run(&a),
         Command::Trace(a) => trace::run(a),
         Command::Run(a) => run::run(a),
-        Command::App(a) => app::run(a),
-        Command::Inject(a) => inject::run(a),
-        Command::Cleanup(a) => cleanup::run(a),
+        Command::App(a) => app::run(&a),
+        Command::Inject(a) => inject::run(&a),
+        Command::Cleanup(a) => cleanup::run(&a),
         Command::Worker(a) => Ok(crate::inject::worker::worker_main(a)),
         Command::Serve(a) => serve::run(a),
     };

@@ -33,7 +33,7 @@ fn vm_scale() -> bool {
     std::env::var("OOMLAB_VM").is_ok_and(|v| v == "1")
 }
 
-pub fn run(args: Args) -> anyhow::Result<i32> {
+pub(super) fn run(args: Args) -> anyhow::Result<i32> {
     let (name, text) = match &args.experiment {
         Some(p) => match std::fs::read_to_string(p) {
             Ok(t) => (p.display().to_string(), t),

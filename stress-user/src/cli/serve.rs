@@ -20,7 +20,7 @@ pub struct Args {
     allow_remote: bool,
 }
 
-pub fn run(args: Args) -> anyhow::Result<i32> {
+pub(super) fn run(args: Args) -> anyhow::Result<i32> {
     let opts = ServeOptions {
         config: args.config,
         listen: args.listen,

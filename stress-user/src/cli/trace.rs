@@ -108,7 +108,7 @@ struct Lost {
 struct Summary<'a> {
     ts: f64,
     #[serde(flatten)]
-    row: &'a crate::report::trace::ReclaimRow,
+    row: &'a report::trace::ReclaimRow,
 }
 
 fn class_names(set: &EventSet) -> Vec<&'static str> {
@@ -123,7 +123,7 @@ fn class_names(set: &EventSet) -> Vec<&'static str> {
     .collect()
 }
 
-pub fn run(args: Args) -> anyhow::Result<i32> {
+pub(super) fn run(args: Args) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -163,7 +163,7 @@ impl<W: Write> Sink<W> {
                     let mut v = serde_json::to_value(ev).map_err(std::io::Error::other)?;
                     v["wts"] = monotonic().as_secs_f64().into();
                     v["rts"] = ev.read_at.as_secs_f64().into();
-                    json_line(&mut self.out, crate::report::event_type(ev.kind.tag()), &v)
+                    json_line(&mut self.out, report::event_type(ev.kind.tag()), &v)
                 } else {
                     event_json_line(&mut self.out, ev)
                 }

@@ -249,8 +249,8 @@ mod tests {
         }
     }
 
-    fn one(e: Expectations, o: &Observed) -> Verdict {
-        let mut v = evaluate(&e, o);
+    fn one(e: &Expectations, o: &Observed) -> Verdict {
+        let mut v = evaluate(e, o);
         assert_eq!(v.len(), 1, "{v:?}");
         v.remove(0)
     }
@@ -262,19 +262,19 @@ mod tests {
             victim: Some(VictimRole::Worker),
             ..Default::default()
         };
-        assert!(one(worker.clone(), &o).passed);
+        assert!(one(&worker, &o).passed);
         // The app died after three workers: the first pick was still a worker.
         let mut mixed = o.clone();
         mixed.victims.push("app:node".into());
         mixed.oom_kills = 4;
-        let v = one(worker.clone(), &mixed);
+        let v = one(&worker, &mixed);
         assert!(v.passed);
         assert!(v.observed.contains("3 workers, app node"), "{}", v.observed);
         let app = Expectations {
             victim: Some(VictimRole::Named("node".into())),
             ..Default::default()
         };
-        let v = one(app.clone(), &o);
+        let v = one(&app, &o);
         assert!(!v.passed);
         assert!(
             v.observed.starts_with("first victim: worker"),
@@ -283,19 +283,19 @@ mod tests {
         );
         let mut app_first = o.clone();
         app_first.victims.insert(0, "app:node".into());
-        assert!(one(app.clone(), &app_first).passed);
+        assert!(one(&app, &app_first).passed);
         let any_app = Expectations {
             victim: Some(VictimRole::App),
             ..Default::default()
         };
-        assert!(one(any_app.clone(), &app_first).passed);
-        assert!(!one(any_app, &o).passed);
+        assert!(one(&any_app, &app_first).passed);
+        assert!(!one(&any_app, &o).passed);
         let none = Expectations {
             victim: Some(VictimRole::None),
             ..Default::default()
         };
-        assert!(!one(none.clone(), &o).passed);
-        assert!(one(none, &Observed::default()).passed);
+        assert!(!one(&none, &o).passed);
+        assert!(one(&none, &Observed::default()).passed);
     }
 
     #[test]
@@ -303,7 +303,7 @@ mod tests {
         let mut o = obs();
         o.oom_kills = 5;
         let v = one(
-            Expectations {
+            &Expectations {
                 victim: Some(VictimRole::Worker),
                 ..Default::default()
             },
@@ -319,7 +319,7 @@ mod tests {
             ..Default::default()
         };
         let v = one(
-            Expectations {
+            &Expectations {
                 victim: Some(VictimRole::Worker),
                 ..Default::default()
             },
@@ -384,9 +384,9 @@ mod tests {
             app_survives: Some(false),
             ..Default::default()
         };
-        assert!(!one(e.clone(), &o).passed);
+        assert!(!one(&e, &o).passed);
         o.apps_alive[0].1 = false;
-        let v = one(e, &o);
+        let v = one(&e, &o);
         assert!(v.passed);
         assert_eq!(v.observed, "dead: node");
     }

@@ -1451,7 +1451,7 @@ pub fn write_report(dir: &Path, report: &RunReport) -> Result<(), String> {
     let json = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
     let write = |name: &str, text: &str| {
         let p = dir.join(name);
-        fs::File::create(&p)
+        File::create(&p)
             .and_then(|mut f| f.write_all(text.as_bytes()))
             .map_err(|e| format!("writing {}: {e}", p.display()))
     };

@@ -197,8 +197,8 @@ impl<'a> Agent<'a> {
         Ok(self.finish(&steer, stop))
     }
 
-    fn emit(&mut self, ev: AgentEvent) {
-        (self.emit)(&ev);
+    fn emit(&mut self, ev: &AgentEvent) {
+        (self.emit)(ev);
     }
 
     fn workers(&self) -> impl Iterator<Item = &Worker> {
@@ -214,7 +214,7 @@ impl<'a> Agent<'a> {
             file: "/proc/self/exe",
             reason: format!("starting worker {i} in {}: {e}", self.cg.path()),
         })?;
-        self.emit(AgentEvent::WorkerStarted(WorkerStarted {
+        self.emit(&AgentEvent::WorkerStarted(WorkerStarted {
             worker: i,
             pid: w.pid,
             born: w.birth,
@@ -450,7 +450,7 @@ impl<'a> Agent<'a> {
     fn reached(&mut self, steer: &mut Steering, r: &Reading, working_set_bytes: Option<u64>) {
         let seconds = steer.inject_start.elapsed().as_secs_f64();
         steer.reached_at = Some(seconds);
-        self.emit(AgentEvent::TargetReached(TargetReached {
+        self.emit(&AgentEvent::TargetReached(TargetReached {
             seconds,
             requested_bytes: self.plan.goal.bytes(),
             charged_bytes: r.charged,
@@ -459,7 +459,7 @@ impl<'a> Agent<'a> {
     }
 
     fn sample(&mut self, r: &Reading) {
-        self.emit(AgentEvent::Sample(Sample {
+        self.emit(&AgentEvent::Sample(Sample {
             elapsed_s: self.start.elapsed().as_secs_f64(),
             requested_bytes: self.plan.goal.bytes(),
             charged_bytes: r.charged,
@@ -535,7 +535,7 @@ impl<'a> Agent<'a> {
             stopped_by,
             exit_code,
         };
-        self.emit(AgentEvent::Summary(summary.clone()));
+        self.emit(&AgentEvent::Summary(summary.clone()));
         summary
     }
 }

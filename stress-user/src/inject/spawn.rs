@@ -245,7 +245,7 @@ impl Prepared {
             libc::syscall(
                 libc::SYS_clone3,
                 &args as *const CloneArgs,
-                std::mem::size_of::<CloneArgs>(),
+                size_of::<CloneArgs>(),
             )
         };
         match pid {

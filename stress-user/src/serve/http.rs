@@ -123,7 +123,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, limits: Limits) {
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, req)) }
+                async move { Ok::<_, Infallible>(route(&shared, &req)) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -157,7 +157,7 @@ fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) 
     resp
 }
 
-fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
     const TEXT: &str = "text/plain; charset=utf-8";
     let path = req.uri().path();
     let known = matches!(path, "/metrics" | "/events" | "/healthz" | "/");

@@ -261,7 +261,7 @@ impl Metrics {
                 .collect();
             for c in dead {
                 if let Some(slot) = limits.cgroups.remove(&c) {
-                    self.forget(&c, slot);
+                    self.forget(&c, &slot);
                 }
             }
             if limits.cgroups.len() >= limits.top_n {
@@ -272,7 +272,7 @@ impl Metrics {
         true
     }
 
-    fn forget(&self, cgroup: &str, slot: Slot) {
+    fn forget(&self, cgroup: &str, slot: &Slot) {
         for labels in &slot.kill_series {
             self.oom_kills.remove(labels);
         }

@@ -13,11 +13,11 @@ use anyhow::{bail, Context as _, Result};
 
 const MEMCG: &str = "/sys/fs/cgroup/memory";
 
-pub struct BenchCgroup(pub PathBuf);
+pub(super) struct BenchCgroup(pub PathBuf);
 
 impl BenchCgroup {
     /// `oomlab-test/<name>` with a hard limit; `bench` names the caller in the error.
-    pub fn create(bench: &str, name: &str, limit: u64) -> Result<BenchCgroup> {
+    pub(super) fn create(bench: &str, name: &str, limit: u64) -> Result<BenchCgroup> {
         if !Path::new(MEMCG).join("memory.limit_in_bytes").exists() {
             bail!("bench {bench} needs the cgroup v1 memory controller at {MEMCG}");
         }
@@ -28,7 +28,7 @@ impl BenchCgroup {
     }
 
     /// The path as oomlab takes it (`/oomlab-test/<name>`).
-    pub fn rel(&self) -> String {
+    pub(super) fn rel(&self) -> String {
         format!(
             "/{}",
             self.0
@@ -39,11 +39,11 @@ impl BenchCgroup {
     }
 
     /// `cgroup.procs`, for a shell that joins the cgroup.
-    pub fn procs_file(&self) -> PathBuf {
+    pub(super) fn procs_file(&self) -> PathBuf {
         self.0.join("cgroup.procs")
     }
 
-    pub fn procs(&self) -> Vec<i32> {
+    pub(super) fn procs(&self) -> Vec<i32> {
         fs::read_to_string(self.procs_file())
             .unwrap_or_default()
             .lines()
@@ -51,14 +51,14 @@ impl BenchCgroup {
             .collect()
     }
 
-    pub fn usage(&self) -> u64 {
+    pub(super) fn usage(&self) -> u64 {
         fs::read_to_string(self.0.join("memory.usage_in_bytes"))
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0)
     }
 
-    pub fn oom_kills(&self) -> u64 {
+    pub(super) fn oom_kills(&self) -> u64 {
         fs::read_to_string(self.0.join("memory.oom_control"))
             .unwrap_or_default()
             .lines()

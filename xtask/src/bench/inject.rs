@@ -173,7 +173,7 @@ fn mark(ok: bool) -> &'static str {
     }
 }
 
-pub fn run() -> Result<()> {
+pub(super) fn run() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("bench inject needs root (it creates memory cgroups)");

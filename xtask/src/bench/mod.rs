@@ -9,7 +9,7 @@ mod trace;
 use anyhow::Result;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum Bench {
+pub(crate) enum Bench {
     /// Time to charge 2 GiB / 8 GiB vs stress-ng; CPU while holding; accuracy.
     Inject,
     /// Time to ready, RSS, overhead, OOM-storm recall and latency vs bpftrace.
@@ -18,7 +18,7 @@ pub enum Bench {
     Serve,
 }
 
-pub fn run(which: Bench) -> Result<()> {
+pub(crate) fn run(which: Bench) -> Result<()> {
     match which {
         Bench::Inject => inject::run(),
         Bench::Trace => trace::run(),

@@ -87,7 +87,7 @@ impl Drop for Daemon {
     }
 }
 
-pub fn run() -> Result<()> {
+pub(super) fn run() -> Result<()> {
     let secs: u64 = std::env::var("OOMLAB_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -135,7 +135,7 @@ fn say(report: &mut Vec<String>, line: String) {
     report.push(line);
 }
 
-pub fn run() -> Result<()> {
+pub(super) fn run() -> Result<()> {
     sh("cargo", &["build", "--release", "-p", "stress-user"])?;
     let bin = target_dir().join("release").join("oomlab");
     if !bin.exists() {

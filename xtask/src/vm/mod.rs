@@ -29,7 +29,7 @@ use self::{
 use crate::target_dir;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum KernelChoice {
+pub(crate) enum KernelChoice {
     #[value(name = "6.1")]
     V6_1,
     #[value(name = "6.12")]
@@ -48,7 +48,7 @@ impl KernelChoice {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct VmTestArgs {
+pub(crate) struct VmTestArgs {
     /// Which Debian kernel(s) to boot; `all` runs them side by side (one vCPU each).
     #[arg(long, value_enum, default_value = "all")]
     pub kernel: KernelChoice,
@@ -72,7 +72,7 @@ pub struct VmTestArgs {
 
 impl VmTestArgs {
     /// What `cargo xtask test` runs after the host tests.
-    pub fn all_kernels() -> Self {
+    pub(crate) fn all_kernels() -> Self {
         VmTestArgs {
             kernel: KernelChoice::All,
             tests: Vec::new(),
@@ -84,7 +84,7 @@ impl VmTestArgs {
     }
 }
 
-pub fn run(args: &VmTestArgs) -> Result<()> {
+pub(crate) fn run(args: &VmTestArgs) -> Result<()> {
     let out = target_dir().join("vm");
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     if args.matrix_only {

@@ -171,7 +171,7 @@ fn forward_lines(stdout: impl Read, tx: &mpsc::Sender<String>) {
 }
 
 /// Marker lines from the guest; anything else on the console is output.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Marker<'a> {
     Boot(&'a str),
     SetupError(&'a str),

@@ -247,7 +247,7 @@ impl EpisodeBuilder {
         // A closed report still collects reaper lines until its quiet period ends.
         while self.closed.front().is_some_and(|r| quiet(r, QUIET)) {
             let r = self.closed.pop_front().expect("checked");
-            out.push(self.finish(r));
+            out.push(self.finish(&r));
         }
         // Victims no report claimed: the kernel printed nothing (victim already exiting) or the
         // log is not readable.
@@ -338,7 +338,7 @@ impl EpisodeBuilder {
         self.close_current();
         let mut out = Vec::new();
         while let Some(r) = self.closed.pop_front() {
-            out.push(self.finish(r));
+            out.push(self.finish(&r));
         }
         for (_, ev) in std::mem::take(&mut self.victims) {
             out.push(self.episode_of_event(&ev));
@@ -353,14 +353,14 @@ impl EpisodeBuilder {
     }
 
     /// Builds the episode from a report and the events of its victims.
-    fn finish(&mut self, r: Report) -> Episode {
+    fn finish(&mut self, r: &Report) -> Episode {
         let mut ep = Episode {
             kmsg_ts: r.first_ts.map(|t| t.as_secs_f64()),
-            trigger: report_trigger(&r),
-            domain: report_domain(&r),
+            trigger: report_trigger(r),
+            domain: report_domain(r),
             constraint: r.summary.as_ref().map(|s| s.constraint.clone()),
             memory: r.memory.clone(),
-            victims: logged_victims(&r),
+            victims: logged_victims(r),
             group_kill: r.group.clone(),
             kill_lines: r.killed.len(),
             ..blank(self.next_id())
@@ -380,7 +380,7 @@ impl EpisodeBuilder {
             step: "reaped".into(),
             anon_rss_kb: p.anon_rss_kb,
         }));
-        ep.selection = self.ranking(&r, &ep);
+        ep.selection = self.ranking(r, &ep);
         self.fill_adj(&mut ep);
         ep
     }
