@@ -27,22 +27,6 @@ impl EventClass {
         EventClass::Reclaim,
         EventClass::Cgroup,
     ];
-
-    /// The class of a JSON line `type` as `oomlab trace --output json` writes it; `None` for
-    /// lines that are not kernel events (`ready`, `lost`).
-    pub fn of_type(ty: &str) -> Option<EventClass> {
-        if ty.starts_with("oom_score_adj") {
-            Some(EventClass::Adj)
-        } else if ty.starts_with("oom") || ty.contains("reap") {
-            Some(EventClass::Oom)
-        } else if ty.contains("reclaim") || ty.starts_with("kswapd") {
-            Some(EventClass::Reclaim)
-        } else if ty.starts_with("cgroup") {
-            Some(EventClass::Cgroup)
-        } else {
-            None
-        }
-    }
 }
 
 /// The `--events` selection.
@@ -285,22 +269,5 @@ mod tests {
         assert!(EventSet::parse("oom,bogus").unwrap_err().contains("bogus"));
         assert!(EventSet::parse("").is_err());
         assert!(TRACEPOINTS.iter().filter(|t| t.required).count() == 1);
-    }
-
-    #[test]
-    fn json_types_map_to_classes() {
-        for (ty, class) in [
-            ("oom_victim", Some(EventClass::Oom)),
-            ("oom_episode", Some(EventClass::Oom)),
-            ("oom_kill_hook", Some(EventClass::Oom)),
-            ("oom_score_adj", Some(EventClass::Adj)),
-            ("reclaim", Some(EventClass::Reclaim)),
-            ("reclaim_summary", Some(EventClass::Reclaim)),
-            ("cgroup", Some(EventClass::Cgroup)),
-            ("ready", None),
-            ("lost", None),
-        ] {
-            assert_eq!(EventClass::of_type(ty), class, "{ty}");
-        }
     }
 }

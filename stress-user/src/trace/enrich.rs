@@ -101,7 +101,7 @@ pub struct TargetState {
     /// The memory controller's hierarchy id (`root` in the `cgroup:*` events).
     pub root: i32,
     pub cgroups: BpfHashMap<MapData, u64, u8>,
-    /// v1 only: the pid set.
+    /// The target's pids (both versions: an adj write's target task is not `current`).
     pub pids: Option<BpfHashMap<MapData, u32, u8>>,
 }
 
