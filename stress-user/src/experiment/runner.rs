@@ -643,7 +643,7 @@ fn run_stage(
         .inject
         .as_ref()
         .and_then(|i| i.oom_score_adj)
-        .map(resolve_adj);
+        .map(Adj::resolve);
     let what = match &stage.inject {
         Some(inj) => format!(
             "inject {}{}, {} worker{}{}{}, hold {}",
@@ -818,11 +818,7 @@ fn run_stage(
             .max()
             .unwrap_or(0);
         if let (Some(sum), Some(req)) = (&summary, requested) {
-            let sized = stage
-                .inject
-                .as_ref()
-                .is_some_and(|inj| matches!(inj.amount, Amount::Size(_)));
-            if sized && limit.is_none_or(|l| req < l) {
+            if stage.by_size() && limit.is_none_or(|l| req < l) {
                 let dev = (sum.charged_bytes as f64 - req as f64) / req as f64 * 100.0;
                 s.say(&format!(
                     "   charged  {} in cgroup {} for {} requested ({dev:+.1}%); peak usage {} of {}",
@@ -866,30 +862,6 @@ fn run_stage(
         apps_alive,
         pressure,
     })
-}
-
-/// The workers' adj: `lowest` is -1000 with CAP_SYS_RESOURCE, else oomlab's own (an adj may
-/// only be lowered with that capability).
-fn resolve_adj(a: Adj) -> i32 {
-    match a {
-        Adj::Value(v) => v,
-        Adj::Lowest => {
-            if caps::has_cap(
-                None,
-                caps::CapSet::Effective,
-                caps::Capability::CAP_SYS_RESOURCE,
-            )
-            .unwrap_or(false)
-            {
-                -1000
-            } else {
-                fs::read_to_string("/proc/self/oom_score_adj")
-                    .ok()
-                    .and_then(|t| t.trim().parse().ok())
-                    .unwrap_or(0)
-            }
-        }
-    }
 }
 
 /// An event from the injector's agent, put on the run's clock.
@@ -1250,12 +1222,8 @@ fn build_report(
             .map(|x| x.working_set_bytes)
             .max()
             .unwrap_or(0);
-        let sized = st
-            .inject
-            .as_ref()
-            .is_some_and(|i| matches!(i.amount, Amount::Size(_)));
         let charged = match (&r.summary, r.requested) {
-            (Some(sum), Some(req)) if sized => vec![(req, sum.charged_bytes)],
+            (Some(sum), Some(req)) if st.by_size() => vec![(req, sum.charged_bytes)],
             _ => Vec::new(),
         };
         stages.push(StageReport {
@@ -1269,7 +1237,7 @@ fn build_report(
                 .inject
                 .as_ref()
                 .and_then(|i| i.oom_score_adj)
-                .map(resolve_adj),
+                .map(Adj::resolve),
             charged_bytes: r.summary.as_ref().map(|x| x.charged_bytes),
             seconds_to_target: r.summary.as_ref().and_then(|x| x.seconds_to_target),
             peak_usage_bytes: samples.iter().map(|x| x.usage_bytes).max().unwrap_or(0),
@@ -1300,11 +1268,7 @@ fn build_report(
             charged: stages
                 .iter()
                 .zip(&exp.stages)
-                .filter(|(_, st)| {
-                    st.inject
-                        .as_ref()
-                        .is_some_and(|i| matches!(i.amount, Amount::Size(_)))
-                })
+                .filter(|(_, st)| st.by_size())
                 .filter_map(|(r, _)| Some((r.requested_bytes?, r.charged_bytes?)))
                 .collect(),
             peak_working_set: s

@@ -176,6 +176,16 @@ fn self_oom_score_adj() -> i32 {
         .unwrap_or(0)
 }
 
+/// The lowest adj oomlab may give a process: -1000 with CAP_SYS_RESOURCE, else its own (an adj
+/// may only be lowered with that capability).
+pub(crate) fn lowest_oom_score_adj() -> i32 {
+    if has_cap(caps::Capability::CAP_SYS_RESOURCE) {
+        -1000
+    } else {
+        self_oom_score_adj()
+    }
+}
+
 /// Checks the request against the node and the target; creates nothing.
 pub fn check(hier: &Hierarchy, req: &Request, node: NodeMemory) -> Result<Plan, InjectError> {
     check_privileges(req)?;

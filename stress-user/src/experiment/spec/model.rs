@@ -64,6 +64,16 @@ pub enum Adj {
     Lowest,
 }
 
+impl Adj {
+    /// The adj the workers get on this host.
+    pub fn resolve(self) -> i32 {
+        match self {
+            Adj::Value(v) => v,
+            Adj::Lowest => crate::inject::plan::lowest_oom_score_adj(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Inject {
     pub amount: Amount,
@@ -83,6 +93,15 @@ pub struct Stage {
     pub hold: Duration,
     pub settle: Duration,
     pub expect: Expectations,
+}
+
+impl Stage {
+    /// It injects a size (not a working set): what was charged can be held against it.
+    pub fn by_size(&self) -> bool {
+        self.inject
+            .as_ref()
+            .is_some_and(|i| matches!(i.amount, Amount::Size(_)))
+    }
 }
 
 /// Who the OOM killer must pick first in the scope (`None`: nobody is killed). Later kills,
