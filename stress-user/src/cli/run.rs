@@ -71,7 +71,7 @@ pub(super) fn run(args: Args) -> anyhow::Result<i32> {
         }
     };
     if let Some(dir) = &args.report {
-        if let Err(e) = runner::write_report(dir, &report) {
+        if let Err(e) = report::files::write_files(dir, &report) {
             eprintln!("oomlab run: {e}");
             return Ok(exit::FAILED);
         }

@@ -7,7 +7,7 @@ use std::{
     collections::HashMap,
     ffi::OsString,
     fs::{self, File},
-    io::{BufRead as _, BufReader, IsTerminal as _, Write as _},
+    io::{BufRead as _, BufReader, IsTerminal as _},
     os::unix::process::ExitStatusExt as _,
     path::{Path, PathBuf},
     sync::{
@@ -1407,23 +1407,6 @@ fn why(candidates: &[Candidate], totalpages: u64, role: &str) -> String {
         ));
     }
     text
-}
-
-/// Writes `report.json`, `timeline.svg` and `report.md` into `dir` (created if missing).
-pub fn write_report(dir: &Path, report: &RunReport) -> Result<(), String> {
-    fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let json = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
-    let write = |name: &str, text: &str| {
-        let p = dir.join(name);
-        File::create(&p)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-            .map_err(|e| format!("writing {}: {e}", p.display()))
-    };
-    write("report.json", &json)?;
-    let svg = crate::report::plot::timeline_svg(report).map_err(|e| e.to_string())?;
-    write("timeline.svg", &svg)?;
-    write("report.md", &crate::report::markdown::render(report))?;
-    Ok(())
 }
 
 #[cfg(test)]
