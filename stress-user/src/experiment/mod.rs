@@ -2,6 +2,7 @@
 //! in stages while the tracer watches, and checks expectations at the end — one process, one
 //! clock, so kernel events and injector samples line up.
 
+mod apps;
 pub mod expect;
 pub mod runner;
 pub mod spec;

@@ -5,10 +5,8 @@
 
 use std::{
     collections::HashMap,
-    ffi::OsString,
-    fs::{self, File},
-    io::{BufRead as _, BufReader, IsTerminal as _},
-    os::unix::process::ExitStatusExt as _,
+    fs,
+    io::IsTerminal as _,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -22,8 +20,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::{
+    apps::{self, AppProc},
     expect::{evaluate, Observed},
-    spec::{Adj, Amount, App, AppKind, Experiment, SpecError, Stage, Target},
+    spec::{Adj, Amount, AppKind, Experiment, SpecError, Stage, Target},
 };
 use crate::{
     cgroup::{
@@ -37,7 +36,6 @@ use crate::{
         control::Pace,
         event::{self, AgentEvent},
         plan::{self, NodeMemory, Request},
-        spawn::{spawn, Child, Io, SpawnOptions},
     },
     report::{
         inject::timed_json_line,
@@ -58,7 +56,6 @@ use crate::{
 };
 
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
-const APP_READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long after the last stage the run waits for late kernel-log lines and events.
 const FLUSH_WAIT: Duration = Duration::from_millis(700);
 
@@ -197,60 +194,6 @@ fn lock(s: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 /// Host memory as `free` reports it (procps-ng 4: used = total − available), in bytes.
 fn host_memory() -> (u64, u64) {
     NodeMemory::read().map_or((0, 0), |m| (m.total.saturating_sub(m.available), m.total))
-}
-
-/// A process started by the run.
-struct AppProc {
-    app: App,
-    child: Child,
-    pid: i32,
-    /// Set once it has exited: (seconds, how).
-    exited: Option<(f64, String)>,
-}
-
-fn status_text(s: std::process::ExitStatus) -> String {
-    match (s.signal(), s.code()) {
-        (Some(sig), _) => nix::sys::signal::Signal::try_from(sig).map_or_else(
-            |_| format!("signal {sig}"),
-            |x| format!("killed by {}", x.as_str()),
-        ),
-        (None, Some(c)) => format!("exited with {c}"),
-        _ => "ended".into(),
-    }
-}
-
-/// Starts an app inside `cg`: it joins the cgroup before exec (every page it maps is charged
-/// there), dies with oomlab, and gets its oom_score_adj before it runs.
-fn spawn_app(
-    app: &App,
-    cg: &MemCgroup,
-    exe: &Path,
-) -> Result<(Child, Option<BufReader<File>>), String> {
-    let (program, args, stdout) = match &app.kind {
-        AppKind::Builtin { size } => (
-            exe.to_path_buf(),
-            vec!["app".into(), "--size".into(), size.to_string().into()],
-            Io::Pipe,
-        ),
-        AppKind::Command(argv) => (
-            PathBuf::from(&argv[0]),
-            argv[1..].iter().map(OsString::from).collect(),
-            Io::Null,
-        ),
-    };
-    let mut child = spawn(&SpawnOptions {
-        program,
-        args,
-        cgroup_dir: cg.dir(),
-        clone_into_cgroup: false,
-        oom_score_adj: app.oom_score_adj,
-        own_process_group: false,
-        stdin: Io::Null,
-        stdout,
-    })
-    .map_err(|e| format!("starting app {}: {e}", app.name))?;
-    let out = child.stdout.take().map(BufReader::new);
-    Ok((child, out))
 }
 
 /// The target cgroup for the run, and the scratch guard that removes it.
@@ -458,23 +401,13 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunReport, RunError> {
     let result = run_stages(exp, opts, &hier, &cg, &exe, &shared, &mut apps);
 
     // Let go of the apps, then give late events and kernel-log lines time to arrive.
-    for a in &mut apps {
-        if a.exited.is_none() {
-            if let Ok(Some(st)) = a.child.try_wait() {
-                a.exited = Some((lock(&shared).t(), status_text(st)));
-            }
+    for a in apps.iter_mut().filter(|a| a.exited.is_none()) {
+        if let Some(how) = a.poll_exit() {
+            a.exited = Some((lock(&shared).t(), how));
         }
     }
-    let apps_alive_at_end: Vec<(String, bool)> = apps
-        .iter()
-        .map(|a| (a.app.name.clone(), a.exited.is_none()))
-        .collect();
-    for a in &mut apps {
-        if a.exited.is_none() {
-            let _ = a.child.kill();
-            let _ = a.child.wait();
-        }
-    }
+    let apps_alive_at_end = apps::alive(&apps);
+    apps.iter_mut().for_each(AppProc::kill);
     thread::sleep(FLUSH_WAIT);
     sampling.store(false, Ordering::SeqCst);
     let _ = sampler.join();
@@ -522,8 +455,8 @@ fn run_stages(
     apps: &mut Vec<AppProc>,
 ) -> Result<Vec<StageRun>, RunError> {
     for app in &exp.apps {
-        let (child, out) = spawn_app(app, cg, exe).map_err(RunError::Failed)?;
-        let pid = child.pid();
+        let (mut proc, out) = AppProc::spawn(app, cg, exe)?;
+        let pid = proc.pid;
         {
             let mut s = lock(shared);
             s.roles.insert(pid, format!("app:{}", app.name));
@@ -534,48 +467,9 @@ fn run_stages(
                 app.name.clone(),
             );
         }
-        let mut proc = AppProc {
-            app: app.clone(),
-            child,
-            pid,
-            exited: None,
-        };
-        // The built-in app says when it holds its memory.
-        if let Some(mut out) = out {
-            let (tx, rx) = std::sync::mpsc::channel();
-            thread::spawn(move || {
-                let mut line = String::new();
-                let _ = out.read_line(&mut line);
-                let _ = tx.send(line);
-                // Keep the pipe open for the app's life, so a later write cannot SIGPIPE it.
-                let mut sink = Vec::new();
-                let _ = std::io::Read::read_to_end(&mut out, &mut sink);
-            });
-            match rx.recv_timeout(APP_READY_TIMEOUT) {
-                Ok(l) if l.starts_with("app ") => {}
-                _ => {
-                    let how = match proc.child.try_wait() {
-                        Ok(Some(st)) => status_text(st),
-                        _ => "did not report ready".into(),
-                    };
-                    apps.push(proc);
-                    return Err(RunError::Failed(format!(
-                        "app {} (pid {pid}) {how} within {} s",
-                        app.name,
-                        APP_READY_TIMEOUT.as_secs()
-                    )));
-                }
-            }
-        } else {
-            thread::sleep(Duration::from_millis(300));
-        }
-        if let Ok(Some(st)) = proc.child.try_wait() {
-            let how = status_text(st);
+        if let Err(e) = proc.wait_ready(out) {
             apps.push(proc);
-            return Err(RunError::Failed(format!(
-                "app {} (pid {pid}) {how} right after it started",
-                app.name
-            )));
+            return Err(e);
         }
         let s = lock(shared);
         let what = match &app.kind {
@@ -758,8 +652,7 @@ fn run_stage(
     let now = lock(shared).t();
     for a in apps.iter_mut() {
         if a.exited.is_none() {
-            if let Ok(Some(st)) = a.child.try_wait() {
-                let how = status_text(st);
+            if let Some(how) = a.poll_exit() {
                 let mut s = lock(shared);
                 s.say(&format!(
                     "{now:>8.2}s  app {} (pid {}) {how}",
@@ -775,10 +668,7 @@ fn run_stage(
             }
         }
     }
-    let apps_alive = apps
-        .iter()
-        .map(|a| (a.app.name.clone(), a.exited.is_none()))
-        .collect();
+    let apps_alive = apps::alive(apps);
     let oom_end = cg.oom_kills().unwrap_or(oom_base);
     let pressure = cg
         .pressure_counters()
