@@ -3,9 +3,15 @@
 //! clock, so kernel events and injector samples line up.
 
 mod apps;
+mod collector;
 pub mod expect;
+mod report_build;
 pub mod runner;
+mod sampler;
 pub mod spec;
+mod stage_plan;
+mod target;
+mod trace_feed;
 
 pub use spec::{parse, Experiment, SpecError};
 

@@ -10,6 +10,7 @@ pub mod inject;
 pub mod markdown;
 pub mod plot;
 pub mod run;
+pub mod run_live;
 pub mod timeline;
 pub mod trace;
 
