@@ -104,8 +104,9 @@ struct Lost {
     lost_oom: u64,
 }
 
+/// A `reclaim_summary` JSON line: the reclaim folded since the last one.
 #[derive(Serialize)]
-struct Summary<'a> {
+struct ReclaimSummaryLine<'a> {
     ts: f64,
     #[serde(flatten)]
     row: &'a report::trace::ReclaimRow,
@@ -196,7 +197,7 @@ impl<W: Write> Sink<W> {
                 OutputFormat::Json => json_line(
                     &mut self.out,
                     "reclaim_summary",
-                    &Summary {
+                    &ReclaimSummaryLine {
                         ts: now.as_secs_f64(),
                         row,
                     },
