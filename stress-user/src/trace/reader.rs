@@ -2,6 +2,7 @@
 //! and enriches them, and hands them to the consumer in two lanes, OOM events first.
 
 use std::{
+    collections::VecDeque,
     io,
     os::fd::AsRawFd,
     sync::{
@@ -84,6 +85,9 @@ const READER_POLL_MS: i32 = 100;
 /// Records of `EVENTS` read between two looks at `OOM_EVENTS`.
 const READER_BATCH: usize = 256;
 
+/// At most this many `EVENTS` records are read ahead of an OOM record (see `read_ahead`).
+const READ_AHEAD_MAX: usize = 256;
+
 /// Starts the reader thread on the `EVENTS` and `OOM_EVENTS` rings. It ends when the returned
 /// flag is set (noticed within [`READER_POLL_MS`]) or the consumer drops its [`Events`].
 pub(super) fn spawn(
@@ -104,6 +108,7 @@ pub(super) fn spawn(
         tx,
         tx_oom,
         stopping: stop.clone(),
+        ahead: VecDeque::new(),
     };
     // An OS thread, not a tokio task: enrichment reads /proc/PID of victims, and the kernel
     // holds a victim's task_lock while it prints `Killed process` to the console (milliseconds
@@ -122,6 +127,8 @@ struct Reader {
     tx: mpsc::Sender<Event>,
     tx_oom: mpsc::Sender<Event>,
     stopping: Arc<AtomicBool>,
+    /// `EVENTS` records decoded ahead of an OOM record and not yet forwarded, oldest first.
+    ahead: VecDeque<Event>,
 }
 
 impl Reader {
@@ -150,43 +157,73 @@ impl Reader {
     /// Forwards every record waiting in the OOM ring to the OOM lane; false once the consumer is
     /// gone.
     fn pump_oom(&mut self) -> bool {
-        while let Some(item) = self.oom_ring.next() {
-            if let Some(ev) = decode(&mut self.enricher, &item) {
-                drop(item);
+        loop {
+            let Some(record) = self.oom_ring.next().map(|item| item.to_vec()) else {
+                return true;
+            };
+            self.read_ahead();
+            if let Some(ev) = decode(&mut self.enricher, &record) {
                 if self.tx_oom.blocking_send(ev).is_err() {
                     return false;
                 }
             }
         }
-        true
     }
 
-    /// Forwards up to [`READER_BATCH`] records of `EVENTS`, serving the OOM lane while the other
-    /// one is full. Whether there were any; `None` once the consumer is gone.
+    /// Decodes what already waits in `EVENTS` before an OOM record is enriched. Those records
+    /// happened first, and a victim's `cgroup_attach_task` among them is what names its cgroup
+    /// once /proc no longer does (a dying task shows `/` there on v1): without this, a reader
+    /// woken late by a busy CPU enriched the victim before the attach that preceded it. They
+    /// are still forwarded after the OOM record, in their own order.
+    fn read_ahead(&mut self) {
+        while self.ahead.len() < READ_AHEAD_MAX {
+            let Some(item) = self.ring.next() else { break };
+            let ev = decode(&mut self.enricher, &item);
+            drop(item);
+            self.ahead.extend(ev);
+        }
+    }
+
+    /// Forwards up to [`READER_BATCH`] records of `EVENTS` (those read ahead first), serving
+    /// the OOM lane while the other one is full. Whether there were any; `None` once the
+    /// consumer is gone.
     fn forward_batch(&mut self) -> Option<bool> {
         let mut busy = false;
         for _ in 0..READER_BATCH {
-            let Some(item) = self.ring.next() else { break };
-            busy = true;
-            let Some(mut ev) = decode(&mut self.enricher, &item) else {
-                continue;
+            let ev = if let Some(ev) = self.ahead.pop_front() {
+                ev
+            } else {
+                let Some(item) = self.ring.next() else { break };
+                busy = true;
+                let ev = decode(&mut self.enricher, &item);
+                drop(item);
+                match ev {
+                    Some(ev) => ev,
+                    None => continue,
+                }
             };
-            drop(item);
-            loop {
-                match self.tx.try_send(ev) {
-                    Ok(()) => break,
-                    Err(mpsc::error::TrySendError::Closed(_)) => return None,
-                    Err(mpsc::error::TrySendError::Full(back)) => {
-                        ev = back;
-                        if !self.pump_oom() {
-                            return None;
-                        }
-                        std::thread::sleep(FULL_LANE_WAIT);
+            busy = true;
+            self.send_rest(ev)?;
+        }
+        Some(busy)
+    }
+
+    /// Queues one event in the other lane, serving the OOM lane while it is full; `None` once
+    /// the consumer is gone.
+    fn send_rest(&mut self, mut ev: Event) -> Option<()> {
+        loop {
+            match self.tx.try_send(ev) {
+                Ok(()) => return Some(()),
+                Err(mpsc::error::TrySendError::Closed(_)) => return None,
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    ev = back;
+                    if !self.pump_oom() {
+                        return None;
                     }
+                    std::thread::sleep(FULL_LANE_WAIT);
                 }
             }
         }
-        Some(busy)
     }
 
     /// Waits until either ring has records, or [`READER_POLL_MS`] passed; false when poll(2)
