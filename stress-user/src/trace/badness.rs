@@ -20,32 +20,41 @@ pub fn badness(row: &TaskRow, totalpages: u64) -> Option<i64> {
     if adj == i64::from(OOM_SCORE_ADJ_MIN) {
         return None;
     }
-    let pages =
-        row.rss? + row.swapents.unwrap_or(0) + row.pgtables_bytes.unwrap_or(0) / page_size();
+    let pages = row
+        .rss?
+        .saturating_add(row.swapents.unwrap_or(0))
+        .saturating_add(row.pgtables_bytes.unwrap_or(0) / page_size());
     let pages = i64::try_from(pages).ok()?;
     let per_unit = i64::try_from(totalpages / 1000).ok()?;
-    Some(pages + adj * per_unit)
+    Some(pages.saturating_add(adj.saturating_mul(per_unit)))
+}
+
+/// Pages in `kb` kilobytes, saturating: the figures come from the kernel log.
+pub(crate) fn kb_to_pages(kb: u64) -> u64 {
+    kb.saturating_mul(1024) / page_size()
 }
 
 /// `totalpages` for a memcg OOM: `mem_cgroup_get_max` — the limit plus the swap the cgroup may
 /// still use (bounded by the node's swap). `counters` are the report's `memory:`,
 /// `memory+swap:` (v1) or `swap:` (v2) lines.
 pub fn memcg_totalpages(counters: &[MemCounter], total_swap_pages: u64) -> Option<u64> {
-    let limit = counters.iter().find(|c| c.name == "memory")?.limit_kb * 1024 / page_size();
+    let limit = kb_to_pages(counters.iter().find(|c| c.name == "memory")?.limit_kb);
     let swap = if let Some(memsw) = counters.iter().find(|c| c.name == "memory+swap") {
-        (memsw.limit_kb * 1024 / page_size()).saturating_sub(limit)
+        kb_to_pages(memsw.limit_kb).saturating_sub(limit)
     } else if let Some(sw) = counters.iter().find(|c| c.name == "swap") {
-        sw.limit_kb * 1024 / page_size()
+        kb_to_pages(sw.limit_kb)
     } else {
         0
     };
-    Some(limit + swap.min(total_swap_pages))
+    Some(limit.saturating_add(swap.min(total_swap_pages)))
 }
 
 /// `totalpages` for a global OOM: `totalram_pages() + total_swap_pages` (`show_mem`'s
 /// `pages RAM` minus `pages reserved` is the managed RAM).
 pub fn global_totalpages(ram_pages: u64, reserved_pages: u64, total_swap_pages: u64) -> u64 {
-    ram_pages.saturating_sub(reserved_pages) + total_swap_pages
+    ram_pages
+        .saturating_sub(reserved_pages)
+        .saturating_add(total_swap_pages)
 }
 
 /// One candidate of the kernel's table with its recomputed badness.
@@ -266,13 +275,11 @@ mod tests {
             let mut p = OomParser::new();
             let (mut rows, mut counters, mut killed) = (Vec::new(), Vec::new(), None);
             for rec in parse_dump(&text) {
-                for line in rec.lines() {
-                    match p.parse(line) {
-                        Some(OomLine::Task(t)) => rows.push(t),
-                        Some(OomLine::Memory(m)) => counters.push(m),
-                        Some(OomLine::Killed(k)) => killed = Some(k.pid),
-                        _ => {}
-                    }
+                match p.parse(rec.line()) {
+                    Some(OomLine::Task(t)) => rows.push(t),
+                    Some(OomLine::Memory(m)) => counters.push(m),
+                    Some(OomLine::Killed(k)) => killed = Some(k.pid),
+                    _ => {}
                 }
             }
             let total = memcg_totalpages(&counters, 0).expect("memory: line");

@@ -76,8 +76,13 @@ impl Report {
             OomLine::Task(t) => self.rows.push(t),
             OomLine::Summary(s) => self.summary = Some(s),
             OomLine::GroupKill(g) => self.group = Some(g),
-            OomLine::PagesRam(n) => self.memory.push(limit("pages_ram", n * page_kb)),
-            OomLine::PagesReserved(n) => self.memory.push(limit("pages_reserved", n * page_kb)),
+            OomLine::PagesRam(n) => self
+                .memory
+                .push(limit("pages_ram", n.saturating_mul(page_kb))),
+            OomLine::PagesReserved(n) => {
+                self.memory
+                    .push(limit("pages_reserved", n.saturating_mul(page_kb)));
+            }
             OomLine::TotalSwapKb(kb) => self.memory.push(limit("total_swap", kb)),
             OomLine::Header(_)
             | OomLine::Killed(_)
@@ -159,12 +164,14 @@ impl EpisodeBuilder {
         &self.adj
     }
 
-    /// Feeds one `/dev/kmsg` record.
+    /// Feeds one `/dev/kmsg` record. Only the kernel's own records count: anything user space
+    /// wrote to `/dev/kmsg` carries another facility, whatever its text says.
     pub fn push_record(&mut self, rec: &Record, now: Instant) {
-        for line in rec.lines() {
-            if let Some(l) = self.parser.parse(line) {
-                self.push_line(l, rec.ts, now);
-            }
+        if !rec.from_kernel() {
+            return;
+        }
+        if let Some(l) = self.parser.parse(rec.line()) {
+            self.push_line(l, rec.ts, now);
         }
     }
 
@@ -200,6 +207,20 @@ impl EpisodeBuilder {
     }
 
     fn push_kill(&mut self, k: Killed, ts: Duration, now: Instant) {
+        // The report names its victim (`oom-kill:…,pid=N`) before the kill line: a kill line
+        // for another pid is not this report's, and no report prints one.
+        let named = self
+            .current
+            .as_ref()
+            .filter(|r| !r.has_kill())
+            .and_then(|r| r.summary.as_ref()?.pid);
+        if named.is_some_and(|p| p != k.pid) {
+            log::debug!(
+                "kill line for {} inside the report of {named:?} ignored",
+                k.pid
+            );
+            return;
+        }
         // A second kill without a group-kill line is the next (ratelimited, header-less) OOM;
         // so is a kill with no report open.
         let continues = self
@@ -581,7 +602,7 @@ fn global_totalpages(memory: &[MemCounter]) -> Option<u64> {
         memory
             .iter()
             .find(|c| c.name == name)
-            .map(|c| c.limit_kb * 1024 / page_size())
+            .map(|c| badness::kb_to_pages(c.limit_kb))
     };
     Some(badness::global_totalpages(
         pages("pages_ram")?,
@@ -901,5 +922,46 @@ mod tests {
         assert_eq!(eps.len(), 1, "{eps:#?}");
         let v = &eps[0].victims[0];
         assert_eq!((v.pid, v.logged, v.traced), (19495, true, true));
+    }
+
+    #[test]
+    fn forged_user_lines_make_no_episode() {
+        let t0 = Instant::now();
+        let mut b = EpisodeBuilder::new(0, None);
+        // The same report, as `echo … > /dev/kmsg` logs it: facility user (prio 8 + level).
+        for rec in parse_dump(&fixture("6.18-host-memcg.txt")) {
+            let forged = Record { facility: 1, ..rec };
+            b.push_record(&forged, t0);
+        }
+        assert!(b.poll(t0 + STALE).is_empty());
+        assert!(b.flush().is_empty());
+    }
+
+    #[test]
+    fn a_comm_with_an_escaped_newline_and_keys_is_one_episode() {
+        let t0 = Instant::now();
+        let mut b = EpisodeBuilder::new(0, None);
+        let text = fixture("6.18-host-memcg.txt")
+            .replace(
+                "task=oomlab,pid=19495",
+                "task=x,oom_memcg=/\\x0ab,pid=19495",
+            )
+            .replace("19495 (oomlab)", "19495 (x,oom_memcg=/\\x0ab)");
+        for rec in parse_dump(&text) {
+            b.push_record(&rec, t0);
+        }
+        b.push_event(&victim_event(19495, 19655), t0);
+        let eps = b.poll(t0 + QUIET);
+        assert_eq!(eps.len(), 1, "{eps:#?}");
+        let ep = &eps[0];
+        assert_eq!(ep.constraint.as_deref(), Some("CONSTRAINT_MEMCG"));
+        assert_eq!(
+            ep.domain.memcg.as_deref(),
+            Some("/oomlab-test/victims-fixture-18259")
+        );
+        let v = &ep.victims[0];
+        assert_eq!((v.pid, v.logged, v.traced), (19495, true, true));
+        assert_eq!(v.comm.as_deref(), Some("x,oom_memcg=/\nb"));
+        assert!(b.flush().is_empty());
     }
 }

@@ -6,7 +6,7 @@ mod record;
 mod report;
 
 pub use reader::{KmsgError, KmsgReader};
-pub use record::{parse_dump, Record};
+pub use record::{parse_dump, unescape, Record};
 pub use report::{
     Killed, MemCounter, OomHeader, OomLine, OomParser, OomSummary, Reaped, Scope, TaskRow,
 };

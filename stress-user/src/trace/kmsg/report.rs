@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::unescape;
 use crate::sys::page_size;
 
 /// `<comm> invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, oom_score_adj=0`
@@ -134,8 +135,8 @@ impl OomParser {
         Self::default()
     }
 
-    /// Parses one message line; `None` when the line is not part of an OOM report this parser
-    /// knows.
+    /// Parses one message line, `\xNN` escapes still in (task names and paths are unescaped
+    /// once cut out); `None` when the line is not part of an OOM report this parser knows.
     pub fn parse(&mut self, line: &str) -> Option<OomLine> {
         let line = line.trim_end();
         if let Some(h) = parse_header(line) {
@@ -169,14 +170,14 @@ impl OomParser {
             if let Some(path) =
                 rest.strip_suffix(" are going to be killed due to memory.oom.group set")
             {
-                return Some(OomLine::GroupKill(path.to_string()));
+                return Some(OomLine::GroupKill(unescape(path)));
             }
         }
         if let Some(path) = line
             .strip_prefix("Memory cgroup stats for ")
             .and_then(|r| r.strip_suffix(':'))
         {
-            return Some(OomLine::MemcgStats(path.to_string()));
+            return Some(OomLine::MemcgStats(unescape(path)));
         }
         if let Some(m) = parse_counter(line) {
             return Some(OomLine::Memory(m));
@@ -201,9 +202,10 @@ impl OomParser {
 }
 
 fn parse_header(line: &str) -> Option<OomHeader> {
-    let (comm, rest) = line.split_once(" invoked oom-killer: ")?;
+    // The comm comes first and the rest never holds the marker: split at its last occurrence.
+    let (comm, rest) = line.rsplit_once(" invoked oom-killer: ")?;
     let mut h = OomHeader {
-        comm: comm.to_string(),
+        comm: unescape(comm),
         gfp_mask: String::new(),
         order: None,
         oom_score_adj: None,
@@ -226,8 +228,8 @@ fn split_top_level(s: &str) -> Vec<&str> {
     let (mut depth, mut start) = (0i32, 0);
     for (i, c) in s.char_indices() {
         match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
+            '(' => depth = depth.saturating_add(1),
+            ')' => depth = depth.saturating_sub(1),
             ',' if depth <= 0 => {
                 out.push(&s[start..i]);
                 start = i + 1;
@@ -264,7 +266,7 @@ fn parse_row(line: &str, cols: &[String]) -> Option<TaskRow> {
             "rss_shmem" => row.rss_shmem = u,
             "pgtables_bytes" => row.pgtables_bytes = u,
             // Kernels before 4.15 printed page-table pages instead of bytes.
-            "nr_ptes" => row.pgtables_bytes = u.map(|p| p * page_size()),
+            "nr_ptes" => row.pgtables_bytes = u.and_then(|p| p.checked_mul(page_size())),
             "swapents" => row.swapents = u,
             "oom_score_adj" => row.oom_score_adj = i32::try_from(value).ok(),
             other => {
@@ -272,35 +274,66 @@ fn parse_row(line: &str, cols: &[String]) -> Option<TaskRow> {
             }
         }
     }
+    // The name is the last column and the only free text: whatever follows the numbers,
+    // spaces, brackets and escapes included.
     if name_col == "name" {
-        row.name = rest.to_string();
+        row.name = unescape(rest);
     }
     if row.rss.is_none() {
         if let (Some(a), Some(f), Some(s)) = (row.rss_anon, row.rss_file, row.rss_shmem) {
-            row.rss = Some(a + f + s);
+            row.rss = a.checked_add(f).and_then(|af| af.checked_add(s));
         }
     }
     Some(row)
 }
 
+/// The summary's keys before `task=`, in the order `dump_oom_summary` prints them (`cpuset=` only
+/// with cpusets, `oom_memcg=` for a memcg OOM, `global_oom` otherwise).
+const SUMMARY_KEYS: [&str; 7] = [
+    "constraint=",
+    ",nodemask=",
+    ",cpuset=",
+    ",mems_allowed=",
+    ",oom_memcg=",
+    ",global_oom",
+    ",task_memcg=",
+];
+
+/// Parses by position, not by splitting on commas: the comm (`task=`) is free text that may
+/// hold `,` and `=`, nodemasks are range lists with commas (`0-1,3`) and paths are names. The
+/// comm is followed only by `,pid=N,uid=N` (cut from the right) and preceded by the first
+/// `,task=` (a comm cannot move it, as it comes after); the other keys are found in order in
+/// what precedes it, so nothing in the comm can set them.
 fn parse_summary(rest: &str) -> OomSummary {
     let mut s = OomSummary::default();
-    // `nodemask=(null)` and cpuset paths have no commas; split on every comma.
-    for kv in rest.split(',') {
-        let Some((k, v)) = kv.split_once('=') else {
-            continue;
-        };
-        let v = v.to_string();
-        match k {
-            "constraint" => s.constraint = v,
-            "nodemask" => s.nodemask = Some(v),
-            "cpuset" => s.cpuset = Some(v),
-            "mems_allowed" => s.mems_allowed = Some(v),
-            "oom_memcg" => s.oom_memcg = Some(v),
-            "task_memcg" => s.task_memcg = Some(v),
-            "task" => s.task = Some(v),
-            "pid" => s.pid = v.parse().ok(),
-            "uid" => s.uid = v.parse().ok(),
+    let (head, uid) = rest.rsplit_once(",uid=").unwrap_or((rest, ""));
+    let (head, pid) = head.rsplit_once(",pid=").unwrap_or((head, ""));
+    let (head, task) = match head.split_once(",task=") {
+        Some((h, t)) => (h, Some(t)),
+        None => (head, None),
+    };
+    s.task = task.map(unescape);
+    s.pid = pid.parse().ok();
+    s.uid = uid.parse().ok();
+    let mut found: Vec<(&str, usize, usize)> = Vec::new();
+    let mut from = 0;
+    for key in SUMMARY_KEYS {
+        if let Some(at) = head.get(from..).and_then(|h| h.find(key)) {
+            let start = from.saturating_add(at);
+            from = start.saturating_add(key.len());
+            found.push((key, start, from));
+        }
+    }
+    for (i, (key, _, value_start)) in found.iter().enumerate() {
+        let value_end = found.get(i + 1).map_or(head.len(), |next| next.1);
+        let v = head.get(*value_start..value_end).unwrap_or_default();
+        match key.trim_start_matches(',').trim_end_matches('=') {
+            "constraint" => s.constraint = v.to_string(),
+            "nodemask" => s.nodemask = Some(v.to_string()),
+            "cpuset" => s.cpuset = Some(unescape(v)),
+            "mems_allowed" => s.mems_allowed = Some(v.to_string()),
+            "oom_memcg" => s.oom_memcg = Some(unescape(v)),
+            "task_memcg" => s.task_memcg = Some(unescape(v)),
             _ => {}
         }
     }
@@ -312,12 +345,8 @@ fn parse_summary(rest: &str) -> OomSummary {
 fn pid_comm(s: &str) -> Option<(i32, String, &str)> {
     let (pid, rest) = s.split_once(" (")?;
     let pid = pid.trim().parse().ok()?;
-    let i = rest.rfind(')')?;
-    Some((
-        pid,
-        rest[..i].to_string(),
-        rest[i + 1..].trim_start_matches([',', ' ']),
-    ))
+    let (comm, tail) = rest.rsplit_once(')')?;
+    Some((pid, unescape(comm), tail.trim_start_matches([',', ' '])))
 }
 
 /// `key:valuekB` pairs separated by `, ` or spaces.
@@ -401,15 +430,15 @@ fn parse_trigger(line: &str) -> Option<OomLine> {
     }
     let (_, rest) = line.split_once(" PID: ")?;
     let (pid, rest) = rest.split_once(" Comm: ")?;
-    // The comm is followed by ` Not tainted` / ` Tainted:`; a comm with spaces is rare here.
+    // The comm is followed by ` Not tainted` / ` Tainted:` and the kernel version, which hold
+    // neither marker again: cut at the last one.
     let comm = rest
-        .split(" Not tainted")
-        .next()
-        .and_then(|c| c.split(" Tainted:").next())
-        .unwrap_or(rest);
+        .rsplit_once(" Not tainted")
+        .or_else(|| rest.rsplit_once(" Tainted:"))
+        .map_or(rest, |(c, _)| c);
     Some(OomLine::TriggerTask {
         pid: pid.trim().parse().ok()?,
-        comm: comm.trim().to_string(),
+        comm: unescape(comm.trim()),
     })
 }
 
@@ -422,8 +451,7 @@ mod tests {
         let mut p = OomParser::new();
         parse_dump(&fixture(name))
             .iter()
-            .flat_map(|r| r.lines().map(str::to_string).collect::<Vec<_>>())
-            .filter_map(|l| p.parse(&l))
+            .filter_map(|r| p.parse(r.line()))
             .collect()
     }
 
@@ -620,5 +648,140 @@ mod tests {
             Some(OomLine::PagesRam(262_014))
         );
         assert_eq!(p.parse("Total swap = 0kB"), Some(OomLine::TotalSwapKb(0)));
+    }
+
+    /// Names a tenant can give its process (`prctl(PR_SET_NAME)`), as `/dev/kmsg` escapes them.
+    const HOSTILE: [(&str, &str); 9] = [
+        ("plain", "plain"),
+        ("a\"b", "a\"b"),
+        ("x,oom_memcg=/", "x,oom_memcg=/"),
+        ("a\\x0ab", "a\nb"),
+        ("Killed process", "Killed process"),
+        ("\\x1b[31m", "\x1b[31m"),
+        ("\\xe5\\x90\\x8d\\xe5\\x89\\x8d", "名前"),
+        ("[ 1] ) (x", "[ 1] ) (x"),
+        ("t,pid=1,uid=2", "t,pid=1,uid=2"),
+    ];
+
+    #[test]
+    fn hostile_comm_cannot_set_summary_keys() {
+        for (escaped, comm) in HOSTILE {
+            let line = format!(
+                "oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=0-1,3,cpuset=/,mems_allowed=0-1,\
+                 oom_memcg=/lab,task_memcg=/lab/app,task={escaped},pid=4242,uid=1000"
+            );
+            let Some(OomLine::Summary(s)) = OomParser::new().parse(&line) else {
+                panic!("{line}: not a summary")
+            };
+            assert_eq!(
+                s,
+                OomSummary {
+                    constraint: "CONSTRAINT_MEMCG".into(),
+                    nodemask: Some("0-1,3".into()),
+                    cpuset: Some("/".into()),
+                    mems_allowed: Some("0-1".into()),
+                    oom_memcg: Some("/lab".into()),
+                    task_memcg: Some("/lab/app".into()),
+                    task: Some(comm.into()),
+                    pid: Some(4242),
+                    uid: Some(1000),
+                },
+                "{line}"
+            );
+        }
+        // A global OOM has no oom_memcg: a comm that spells one does not supply it.
+        let Some(OomLine::Summary(s)) = OomParser::new().parse(
+            "oom-kill:constraint=CONSTRAINT_NONE,nodemask=(null),cpuset=/,mems_allowed=0,\
+             global_oom,task_memcg=/,task=x,oom_memcg=/,pid=7,uid=0",
+        ) else {
+            panic!("summary")
+        };
+        assert_eq!(
+            (
+                s.oom_memcg,
+                s.task_memcg.as_deref(),
+                s.task.as_deref(),
+                s.pid
+            ),
+            (None, Some("/"), Some("x,oom_memcg=/"), Some(7))
+        );
+    }
+
+    #[test]
+    fn hostile_comm_keeps_every_number_of_a_row_and_kill_line() {
+        for (escaped, comm) in HOSTILE {
+            let mut p = OomParser::new();
+            p.parse("[  pid  ]   uid  tgid total_vm      rss rss_anon rss_file rss_shmem pgtables_bytes swapents oom_score_adj name");
+            let row = format!(
+                "[  4242]  1000  4242    24000    9000     8000     1000         0   200704        3          -998 {escaped}"
+            );
+            let Some(OomLine::Task(r)) = p.parse(&row) else {
+                panic!("{row}: not a row")
+            };
+            assert_eq!(
+                (r.pid, r.uid, r.tgid, r.total_vm, r.rss),
+                (4242, Some(1000), Some(4242), Some(24000), Some(9000)),
+                "{row}"
+            );
+            assert_eq!(
+                (
+                    r.rss_anon,
+                    r.rss_file,
+                    r.rss_shmem,
+                    r.pgtables_bytes,
+                    r.swapents
+                ),
+                (Some(8000), Some(1000), Some(0), Some(200_704), Some(3)),
+                "{row}"
+            );
+            assert_eq!(
+                (r.oom_score_adj, r.name.as_str()),
+                (Some(-998), comm),
+                "{row}"
+            );
+            let kill = format!(
+                "Memory cgroup out of memory: Killed process 4242 ({escaped}) total-vm:96000kB, \
+                 anon-rss:32000kB, file-rss:4kB, shmem-rss:0kB, UID:1000 pgtables:196kB oom_score_adj:-998"
+            );
+            let Some(OomLine::Killed(k)) = p.parse(&kill) else {
+                panic!("{kill}: not a kill line")
+            };
+            assert_eq!(
+                (k.pid, k.comm.as_str(), k.scope),
+                (4242, comm, Scope::Memcg)
+            );
+            assert_eq!(
+                (k.anon_rss_kb, k.uid, k.pgtables_kb, k.oom_score_adj),
+                (Some(32000), Some(1000), Some(196), Some(-998))
+            );
+            let header = format!(
+                "{escaped} invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, oom_score_adj=-998"
+            );
+            let Some(OomLine::Header(h)) = p.parse(&header) else {
+                panic!("{header}: not a header")
+            };
+            assert_eq!((h.comm.as_str(), h.oom_score_adj), (comm, Some(-998)));
+        }
+    }
+
+    #[test]
+    fn kernel_numbers_do_not_overflow() {
+        let mut p = OomParser::new();
+        p.parse("[  pid  ]   uid  tgid total_vm      rss rss_anon rss_file rss_shmem nr_ptes swapents oom_score_adj name");
+        let max = u64::MAX;
+        assert_eq!(
+            p.parse(&format!("[ 1] 0 1 0 {max} {max} {max} {max} {max} 0 0 x")),
+            None,
+            "a number beyond the kernel's long degrades the row"
+        );
+        let Some(OomLine::Task(r)) = p.parse(
+            "[ 1] 0 1 0 9 9223372036854775807 9223372036854775807 9 9223372036854775807 0 0 x",
+        ) else {
+            panic!("row")
+        };
+        assert_eq!(
+            (r.rss, r.rss_anon, r.pgtables_bytes),
+            (Some(9), Some(i64::MAX as u64), None)
+        );
     }
 }
