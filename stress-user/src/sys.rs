@@ -45,6 +45,20 @@ pub fn monotonic_ns() -> u64 {
     u64::try_from(monotonic().as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// Sets the calling thread's comm (`prctl(PR_SET_NAME)`; the kernel keeps the first 15 bytes).
+/// The main thread's comm is the process's name in `/proc/PID/comm`, the tracepoints and the
+/// kernel's OOM report.
+pub fn set_comm(name: &str) -> io::Result<()> {
+    let name = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a comm cannot hold NUL"))?;
+    // SAFETY: PR_SET_NAME reads at most 16 bytes of a NUL-terminated string that outlives the
+    // call.
+    if unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The lines of `/proc/meminfo` oomlab reads, in KiB; a missing line is `None`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemInfo {
@@ -98,6 +112,11 @@ mod tests {
         assert_eq!(page_align(1), p);
         assert_eq!(page_align(p), p);
         assert_eq!(page_align(0), 0);
+    }
+
+    #[test]
+    fn set_comm_rejects_nul() {
+        assert!(set_comm("a\0b").is_err());
     }
 
     #[test]

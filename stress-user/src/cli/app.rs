@@ -30,6 +30,10 @@ pub struct Args {
     /// changes, for `oomlab inject --working-set`).
     #[arg(long, value_name = "SIZE")]
     grow: Option<SizeSpec>,
+    /// Rename itself (`prctl(PR_SET_NAME)`) before allocating: tests give the app the names a
+    /// tenant could choose (newlines, commas, escapes) to check the tracer against them.
+    #[arg(long, hide = true)]
+    comm: Option<String>,
 }
 
 static GROW: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
@@ -72,6 +76,9 @@ pub(super) fn run(args: &Args) -> anyhow::Result<i32> {
         let cg = Hierarchy::detect()?.resolve(path)?;
         cg.add_proc(0)
             .with_context(|| format!("joining {}", cg.path()))?;
+    }
+    if let Some(comm) = &args.comm {
+        crate::sys::set_comm(comm).context("setting the comm")?;
     }
     if let Some(adj) = args.oom_score_adj {
         fs::write("/proc/self/oom_score_adj", adj.to_string())
