@@ -7,7 +7,7 @@ use crate::{
     sys::page_size,
     trace::{
         badness::Ranking,
-        episode::{Episode, EpisodeVictim},
+        episode::{Episode, EpisodeVictim, KmsgState},
         kmsg::Scope,
     },
 };
@@ -17,6 +17,12 @@ const PAD: &str = "                ";
 
 fn opt(v: Option<String>) -> String {
     v.unwrap_or_else(|| "?".into())
+}
+
+/// A task name as a terminal may show it: a tenant picks its comm, and a newline or an escape
+/// sequence in it must not forge a line or recolour the screen.
+pub(crate) fn shown(name: Option<&str>) -> String {
+    name.map_or_else(|| "?".into(), |n| n.escape_debug().to_string())
 }
 
 /// A human block: one headline, the victims, the ranked candidate table.
@@ -34,10 +40,21 @@ pub fn render_human(ep: &Episode, out: &mut impl Write) -> io::Result<()> {
         ep.domain.memcg.as_deref().unwrap_or("-"),
         ep.constraint.as_deref().unwrap_or("-"),
         opt(ep.trigger.pid.map(|p| p.to_string())),
-        ep.trigger.comm.as_deref().unwrap_or("?"),
+        shown(ep.trigger.comm.as_deref()),
         ep.trigger.gfp_mask.as_deref().unwrap_or("?"),
         opt(ep.trigger.order.map(|o| o.to_string())),
     )?;
+    match ep.kmsg {
+        KmsgState::Complete => {}
+        KmsgState::Truncated => writeln!(
+            out,
+            "{PAD}kernel log: part of the OOM report (ratelimited, cut or late)"
+        )?,
+        KmsgState::Missing => writeln!(
+            out,
+            "{PAD}kernel log: no OOM report (ratelimited, late or unreadable); from the tracepoints"
+        )?,
+    }
     if let Some(g) = &ep.group_kill {
         writeln!(out, "{PAD}memory.oom.group: every task of {g} killed")?;
     }
@@ -70,7 +87,7 @@ fn victim(v: &EpisodeVictim, out: &mut impl Write) -> io::Result<()> {
         out,
         "{PAD}killed {} ({}) adj {}  anon {} KiB  cgroup {}  [{}]",
         v.pid,
-        v.comm.as_deref().unwrap_or("?"),
+        shown(v.comm.as_deref()),
         opt(v.oom_score_adj.map(|a| a.to_string())),
         opt(v.anon_rss_kb.map(|a| a.to_string())),
         v.cgroup.as_deref().unwrap_or("?"),
@@ -110,7 +127,7 @@ fn candidates(sel: &Ranking, out: &mut impl Write) -> io::Result<()> {
             opt(c.swapents.map(|r| r.to_string())),
             opt(c.pgtables_bytes.map(|b| (b / page_size()).to_string())),
             opt(c.oom_score_adj.map(|r| r.to_string())),
-            c.name
+            shown(Some(&c.name))
         )?;
     }
     match (&sel.disagreement, sel.agrees()) {

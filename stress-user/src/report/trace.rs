@@ -37,7 +37,7 @@ pub fn human_line(ev: &Event) -> Option<String> {
             format!(
                 "{ts:>14.6}  OOM-KILL  pid {:<8} {:<16} adj {:>5}  anon {:>8} KiB  file {:>6} KiB  cgroup {}  trigger {} ({}){tags}",
                 v.pid,
-                v.comm.as_deref().unwrap_or("?"),
+                super::episode::shown(v.comm.as_deref()),
                 opt(v.oom_score_adj),
                 opt(v.anon_rss_kb),
                 opt(v.file_rss_kb),

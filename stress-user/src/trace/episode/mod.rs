@@ -74,6 +74,21 @@ pub struct ReaperNote {
     pub anon_rss_kb: Option<u64>,
 }
 
+/// How much of the kernel's OOM report the episode is built from. The `mark_victim`
+/// tracepoint says that a kill happened; the report only adds to it, and may be ratelimited,
+/// late, cut or unreadable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KmsgState {
+    /// The report's header and its `Killed process` line.
+    Complete,
+    /// Part of a report: no header (the kernel ratelimited the dump) or no kill line within
+    /// the wait for it.
+    Truncated,
+    /// No report: the episode comes from the tracepoints alone.
+    Missing,
+}
+
 /// One OOM, as complete as the kernel's log and tracepoints allow.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Episode {
@@ -101,6 +116,8 @@ pub struct Episode {
     /// The candidate table with oomlab's ranking (None when the kernel printed no table:
     /// `vm.oom_dump_tasks=0`, ratelimited, or no report at all).
     pub selection: Option<Ranking>,
+    /// What the kernel log contributed.
+    pub kmsg: KmsgState,
 }
 
 impl Episode {
