@@ -84,6 +84,14 @@ impl Kmsg {
         }
     }
 
+    /// Whether the kernel printed the `oom-kill:` summary of an OOM report for `pid` (waiting
+    /// up to 2 s): the kernel ratelimits its OOM reports (10 per 5 s, node-wide; the `Killed
+    /// process` line is always printed), and without a report no constraint is known.
+    pub(crate) fn reported(&mut self, pid: i64) -> bool {
+        self.wait_for(&format!(",pid={pid},uid="), Duration::from_secs(2))
+            .is_some()
+    }
+
     /// Waits up to `timeout` for a message containing `needle`.
     pub(crate) fn wait_for(&mut self, needle: &str, timeout: Duration) -> Option<String> {
         self.collect(needle, 1, timeout).pop()
