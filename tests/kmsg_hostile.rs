@@ -18,7 +18,7 @@ use common::{
     cgroup,
     kmsg::Kmsg,
     lines::{is_type, of_type},
-    serve::{metric_sum, Serve},
+    serve::{kill_series, Serve},
     trace::TraceChild,
 };
 use serde_json::Value;
@@ -137,26 +137,13 @@ fn check_episode(ep: &Value, pid: i64, name: &str, path: &str, with_report: bool
 
 /// `/metrics` counts the kernel's kills for the cgroup, each labelled with the real constraint.
 fn check_metrics(serve: &Serve, path: &str, kills: u64, all_reported: bool) {
-    let needle = format!("cgroup=\"{path}\"");
-    // The daemon counts a kill when its episode closes, moments after the trace beside it did.
-    let deadline = Instant::now() + EPISODE_WITHIN * 2;
-    let (counted, text) = loop {
-        let (_, text) = serve.get("/metrics");
-        let n = metric_sum(&text, "oomlab_oom_kills_total{", &needle);
-        if n >= kills as f64 || Instant::now() > deadline {
-            break (n, text);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (counted, text) = serve.wait_kills(path, kills, EPISODE_WITHIN * 2);
     assert_eq!(
         counted, kills as f64,
         "oomlab_oom_kills_total for {path} is the kernel's oom_kill delta:\n{text}"
     );
     if all_reported {
-        for line in text
-            .lines()
-            .filter(|l| l.starts_with("oomlab_oom_kills_total{") && l.contains(&needle))
-        {
+        for line in kill_series(&text, path) {
             assert!(
                 line.contains("constraint=\"CONSTRAINT_MEMCG\""),
                 "a memcg OOM: {line}"

@@ -5,18 +5,14 @@
 
 mod common;
 
-use std::{
-    os::unix::process::ExitStatusExt,
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::{os::unix::process::ExitStatusExt, process::Stdio, time::Duration};
 
 use common::{
     cgroup,
     guard::Reap,
     kmsg::Kmsg,
     lines::{is_type, Lines},
-    serve::{metric_sum, Serve},
+    serve::{kill_series, Serve},
 };
 use nix::sys::signal::Signal;
 
@@ -25,16 +21,8 @@ const KILLS: usize = 3;
 /// `/metrics` counts `kills` OOM kills for the cgroup `path`, labelled with the victim's comm
 /// and the episode's constraint (`all_reported`: the kernel printed a report for each kill).
 fn check_kill_counters(serve: &Serve, path: &str, kills: u64, all_reported: bool) {
-    let needle = format!("cgroup=\"{path}\"");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let counted = loop {
-        let (_, text) = serve.get("/metrics");
-        let n = metric_sum(&text, "oomlab_oom_kills_total{", &needle);
-        if n >= kills as f64 || Instant::now() > deadline {
-            break (n, text);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    // Counters follow the events within moments; wait (bounded) until they settle.
+    let counted = serve.wait_kills(path, kills, Duration::from_secs(10));
     assert_eq!(
         counted.0, kills as f64,
         "oomlab_oom_kills_total for {path} must equal the kernel's oom_kill delta; /metrics:\n{}",
@@ -57,10 +45,8 @@ fn check_kill_counters(serve: &Serve, path: &str, kills: u64, all_reported: bool
         "constraint=\"unknown\""
     };
     assert!(
-        counted
-            .1
-            .lines()
-            .filter(|l| l.starts_with("oomlab_oom_kills_total{") && l.contains(&needle))
+        kill_series(&counted.1, path)
+            .iter()
             .all(|l| l.contains("constraint=\"CONSTRAINT_MEMCG\"") || l.contains(wanted)),
         "a memcg OOM is labelled CONSTRAINT_MEMCG:\n{}",
         counted.1
@@ -186,7 +172,6 @@ fn metrics_and_events_match_the_kernel_and_trace() {
     );
 
     let all_reported = victims.iter().all(|c| kmsg.reported(i64::from(c.id())));
-    // Counters follow the events within moments; wait (bounded) until they settle.
     check_kill_counters(&serve, &cg.path(), kills, all_reported);
 
     for child in &victims {

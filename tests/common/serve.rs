@@ -80,6 +80,24 @@ impl Serve {
         metric_value(&text, series)
     }
 
+    /// `/metrics` once `oomlab_oom_kills_total` for the cgroup `path` reaches `kills` (a kill
+    /// is counted when its episode closes) or `timeout` passes, with that count.
+    pub(crate) fn wait_kills(&self, path: &str, kills: u64, timeout: Duration) -> (f64, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (_, text) = self.get("/metrics");
+            let n = metric_sum(
+                &text,
+                "oomlab_oom_kills_total{",
+                &format!("cgroup=\"{path}\""),
+            );
+            if n >= kills as f64 || Instant::now() > deadline {
+                return (n, text);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Sends SIGTERM and waits (bounded) for a clean exit; returns how long it took.
     pub(crate) fn stop(&mut self) -> Duration {
         let start = Instant::now();
@@ -117,6 +135,14 @@ impl Drop for Serve {
             let _ = std::fs::remove_file(p);
         }
     }
+}
+
+/// The `oomlab_oom_kills_total` series of the cgroup `path`.
+pub(crate) fn kill_series<'a>(text: &'a str, path: &str) -> Vec<&'a str> {
+    let needle = format!("cgroup=\"{path}\"");
+    text.lines()
+        .filter(|l| l.starts_with("oomlab_oom_kills_total{") && l.contains(&needle))
+        .collect()
 }
 
 /// Sum of every series of `family` whose label text contains `needle`.

@@ -394,7 +394,7 @@ impl EpisodeBuilder {
 
     fn next_id(&mut self) -> u64 {
         let id = self.next_id;
-        self.next_id += 1;
+        self.next_id = self.next_id.saturating_add(1);
         id
     }
 
