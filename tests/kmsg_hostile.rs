@@ -153,6 +153,57 @@ fn check_metrics(serve: &Serve, path: &str, kills: u64, all_reported: bool) {
 }
 
 #[test]
+fn without_the_kernel_log_every_kill_is_an_episode_in_time() {
+    let test = "without_the_kernel_log_every_kill_is_an_episode_in_time";
+    if !common::need_root(test) {
+        return;
+    }
+    let restricted =
+        std::fs::read_to_string("/proc/sys/kernel/dmesg_restrict").is_ok_and(|v| v.trim() == "1");
+    if !restricted {
+        eprintln!("skipped: {test}: kernel.dmesg_restrict is 0, so /dev/kmsg stays readable without CAP_SYSLOG");
+        return;
+    }
+    let scratch = cgroup::scratch(&cgroup::hierarchy(), "nokmsg", Some(32 << 20));
+    let cg = scratch.cgroup().clone();
+    let path = cg.path();
+    // Root without CAP_SYSLOG: BPF works, /dev/kmsg does not open.
+    let mut setpriv = std::process::Command::new("setpriv");
+    setpriv.args(["--bounding-set=-syslog", common::OOMLAB]);
+    let mut trace = TraceChild::start_as(&mut setpriv, &["--cgroup", &path, "--events", "oom"]);
+    for name in ["plain", "a\nb"] {
+        let child = common::app(&path, "96MiB")
+            .args(["--comm", name])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("run oomlab app");
+        let pid = i64::from(child.id());
+        common::serve::wait_exit_unreaped(&child, Duration::from_secs(30));
+        let killed = Instant::now();
+        let ep = trace
+            .wait_for(EPISODE_WITHIN * 3, |v| {
+                is_type(v, "oom_episode") && names_pid(v, pid)
+            })
+            .unwrap_or_else(|| panic!("no episode for {pid} ({name:?})"));
+        let took = killed.elapsed();
+        let mut child = child;
+        let _ = child.wait();
+        eprintln!("{name:?} without /dev/kmsg: episode {took:?} after the kill");
+        assert!(took <= EPISODE_WITHIN, "{name:?}: {took:?}: {ep}");
+        assert_eq!(ep["kmsg"], "missing", "{ep}");
+        assert_eq!(ep["victims"][0]["comm"].as_str(), Some(name), "{ep}");
+        assert_eq!(ep["victims"][0]["traced"], true, "{ep}");
+    }
+    let lines = trace.stop();
+    assert_eq!(
+        of_type(&lines, "oom_episode").len(),
+        2,
+        "one episode per kill"
+    );
+    drop(scratch);
+}
+
+#[test]
 fn forged_kernel_log_lines_make_no_episode() {
     if !common::need_root("forged_kernel_log_lines_make_no_episode") {
         return;

@@ -1,7 +1,7 @@
 //! Runs the real `oomlab trace --output json` as a child process for the trace_* root tests:
 //! waits for `ready`, collects every JSON line, stops it with SIGTERM like a user would.
 
-use std::time::Duration;
+use std::{process::Command, time::Duration};
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -19,11 +19,14 @@ pub(crate) struct TraceChild {
 impl TraceChild {
     /// Starts `oomlab trace --output json ARGS…` and waits for its `ready` line.
     pub(crate) fn start(args: &[&str]) -> TraceChild {
+        TraceChild::start_as(&mut super::oomlab(), args)
+    }
+
+    /// [`TraceChild::start`] with `cmd` as the program: `oomlab`, or a wrapper that runs it
+    /// (e.g. `setpriv … oomlab`).
+    pub(crate) fn start_as(cmd: &mut Command, args: &[&str]) -> TraceChild {
         let (child, mut lines) = spawn_json(
-            super::oomlab()
-                .arg("trace")
-                .args(["--output", "json"])
-                .args(args),
+            cmd.arg("trace").args(["--output", "json"]).args(args),
             "oomlab trace",
         );
         let first = lines

@@ -30,7 +30,7 @@ pub const QUIET: Duration = Duration::from_millis(300);
 /// episode closes with what it has: the tracepoint is the proof of the kill, and a report that
 /// is ratelimited, late, cut or garbled must neither delay nor split it. With the tracer's
 /// 100 ms poll an episode is out within a second of its kill.
-pub const VICTIM_GRACE: Duration = Duration::from_millis(800);
+pub const VICTIM_GRACE: Duration = Duration::from_millis(700);
 /// A report that never reaches `Killed process` (no killable task, aborted) is closed after this.
 pub const STALE: Duration = Duration::from_secs(5);
 /// How often the `oom_score_adj` timeline drops the processes that exited. A pid found gone at
