@@ -43,6 +43,36 @@ fn names_pid(ep: &Value, pid: i64) -> bool {
         .is_some_and(|vs| vs.iter().any(|v| v["pid"].as_i64() == Some(pid)))
 }
 
+/// Runs an app named `name` into the OOM killer in `path` and returns its pid and its episode,
+/// which must come within [`EPISODE_WITHIN`] of the kill.
+fn kill_named(trace: &mut TraceChild, path: &str, name: &str) -> (i64, Value) {
+    let mut child = common::app(path, "96MiB")
+        .args(["--comm", name])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run oomlab app");
+    let pid = i64::from(child.id());
+    common::serve::wait_exit_unreaped(&child, Duration::from_secs(30));
+    let killed = Instant::now();
+    let ep = trace
+        .wait_for(EPISODE_WITHIN * 3, |v| {
+            is_type(v, "oom_episode") && names_pid(v, pid)
+        })
+        .unwrap_or_else(|| panic!("no episode for {pid} ({name:?})"));
+    let took = killed.elapsed();
+    let status = child.wait().expect("reap the app");
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{name:?}: {status:?}");
+    eprintln!(
+        "{name:?}: pid {pid}, episode {took:?} after the kill, kmsg {}",
+        ep["kmsg"]
+    );
+    assert!(
+        took <= EPISODE_WITHIN,
+        "{name:?}: the episode came {took:?} after the kill: {ep}"
+    );
+    (pid, ep)
+}
+
 #[test]
 fn hostile_names_are_counted_once_and_in_time() {
     if !common::need_root("hostile_names_are_counted_once_and_in_time") {
@@ -59,31 +89,7 @@ fn hostile_names_are_counted_once_and_in_time() {
     let mut pids = Vec::new();
     let mut reported = Vec::new();
     for name in NAMES {
-        let child = common::app(&path, "96MiB")
-            .args(["--comm", name])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("run oomlab app");
-        let pid = i64::from(child.id());
-        common::serve::wait_exit_unreaped(&child, Duration::from_secs(30));
-        let killed = Instant::now();
-        let ep = trace
-            .wait_for(EPISODE_WITHIN * 3, |v| {
-                is_type(v, "oom_episode") && names_pid(v, pid)
-            })
-            .unwrap_or_else(|| panic!("no episode for {pid} ({name:?})"));
-        let took = killed.elapsed();
-        let mut child = child;
-        let status = child.wait().expect("reap the app");
-        assert_eq!(status.signal(), Some(libc::SIGKILL), "{name:?}: {status:?}");
-        eprintln!(
-            "{name:?}: pid {pid}, episode {took:?} after the kill, kmsg {}",
-            ep["kmsg"]
-        );
-        assert!(
-            took <= EPISODE_WITHIN,
-            "{name:?}: the episode came {took:?} after the kill: {ep}"
-        );
+        let (pid, ep) = kill_named(&mut trace, &path, name);
         let with_report = kmsg.reported(pid);
         check_episode(&ep, pid, name, &path, with_report);
         pids.push(pid);
@@ -172,24 +178,7 @@ fn without_the_kernel_log_every_kill_is_an_episode_in_time() {
     setpriv.args(["--bounding-set=-syslog", common::OOMLAB]);
     let mut trace = TraceChild::start_as(&mut setpriv, &["--cgroup", &path, "--events", "oom"]);
     for name in ["plain", "a\nb"] {
-        let child = common::app(&path, "96MiB")
-            .args(["--comm", name])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("run oomlab app");
-        let pid = i64::from(child.id());
-        common::serve::wait_exit_unreaped(&child, Duration::from_secs(30));
-        let killed = Instant::now();
-        let ep = trace
-            .wait_for(EPISODE_WITHIN * 3, |v| {
-                is_type(v, "oom_episode") && names_pid(v, pid)
-            })
-            .unwrap_or_else(|| panic!("no episode for {pid} ({name:?})"));
-        let took = killed.elapsed();
-        let mut child = child;
-        let _ = child.wait();
-        eprintln!("{name:?} without /dev/kmsg: episode {took:?} after the kill");
-        assert!(took <= EPISODE_WITHIN, "{name:?}: {took:?}: {ep}");
+        let (_, ep) = kill_named(&mut trace, &path, name);
         assert_eq!(ep["kmsg"], "missing", "{ep}");
         assert_eq!(ep["victims"][0]["comm"].as_str(), Some(name), "{ep}");
         assert_eq!(ep["victims"][0]["traced"], true, "{ep}");
