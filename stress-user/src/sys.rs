@@ -45,6 +45,10 @@ pub fn monotonic_ns() -> u64 {
     u64::try_from(monotonic().as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// The comm every `oomlab __worker` gives itself when it starts, so that a tracer, in any
+/// process, can tell a worker victim by the kernel's own event.
+pub const WORKER_COMM: &str = "oomlab-worker";
+
 /// Sets the calling thread's comm (`prctl(PR_SET_NAME)`; the kernel keeps the first 15 bytes).
 /// The main thread's comm is the process's name in `/proc/PID/comm`, the tracepoints and the
 /// kernel's OOM report.

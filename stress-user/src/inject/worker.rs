@@ -274,6 +274,10 @@ pub fn parse_command(line: &str) -> Option<Order> {
 
 /// The worker side: runs in the child after exec. Returns the exit code.
 pub fn worker_main(args: WorkerArgs) -> i32 {
+    // The name tracers know workers by (see `trace::enrich::is_oomlab_worker`).
+    if let Err(e) = crate::sys::set_comm(crate::sys::WORKER_COMM) {
+        log::warn!("worker keeps its comm: {e}");
+    }
     // SAFETY: fds 0 and 1 are the pipes the agent set up and nothing else in this process uses.
     let mut stdin = unsafe { File::from_raw_fd(0) };
     let stdout = unsafe { File::from_raw_fd(1) };

@@ -13,7 +13,10 @@ use std::{
 use aya::maps::{HashMap as BpfHashMap, MapData};
 
 use super::event::{CgroupOp, Event, EventKind, VictimContext};
-use crate::cgroup::{self, kube, Version};
+use crate::{
+    cgroup::{self, kube, Version},
+    sys::WORKER_COMM,
+};
 
 /// The memory cgroup of a process, relative to the controller's mount (`/a/b`), from
 /// `/proc/PID/cgroup`; `None` once the process is gone.
@@ -22,43 +25,20 @@ pub fn cgroup_of_pid(pid: u32, version: Version) -> Option<String> {
     cgroup::cgroup_of(&text, version)
 }
 
-/// True when `pid` is an `oomlab inject` worker: a child of an `oomlab inject` process running
-/// the same executable (workers are that binary re-executed as `oomlab __worker`).
+/// Whether a victim is an oomlab worker, from what the kernel says of it: its comm in the
+/// `mark_victim` event (6.9+ kernels carry it), else `/proc/PID/comm` read now (older kernels;
+/// a task's comm stays readable while it exits, unlike the cmdline or the parent's `/proc`,
+/// which raced the victim's exit).
 ///
-/// The victim's own /proc/PID/cmdline would say `__worker` directly, but reading it takes the
-/// victim's mmap lock, which its exit is holding: tens of milliseconds of delay on the event.
-/// `stat`, `exe` and the parent's cmdline do not touch the dying mm.
-pub fn is_oomlab_worker(pid: u32) -> bool {
-    let Some(ppid) = fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| parent_of_stat(&s))
-    else {
-        return false;
-    };
-    let exe = |p: u32| fs::read_link(format!("/proc/{p}/exe")).ok();
-    let same_exe = matches!((exe(pid), exe(ppid)), (Some(a), Some(b)) if a == b);
-    same_exe
-        && fs::read(format!("/proc/{ppid}/cmdline"))
-            .map(|raw| cmdline_is_injector(&raw))
-            .unwrap_or(false)
-}
-
-/// The ppid in a `/proc/PID/stat` line (`pid (comm) state ppid …`; comm may hold spaces and
-/// parentheses, so split after the last `)`).
-pub fn parent_of_stat(stat: &str) -> Option<u32> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// The NUL-separated argv of `/proc/PID/cmdline` of `oomlab inject …` (the subcommand, not the
-/// program name: the binary can be renamed).
-pub fn cmdline_is_injector(raw: &[u8]) -> bool {
-    raw.split(|&b| b == 0).nth(1) == Some(b"inject")
-}
-
-/// `oomlab __worker …`, for callers that can afford to read the process's own cmdline.
-pub fn cmdline_is_worker(raw: &[u8]) -> bool {
-    raw.split(|&b| b == 0).skip(1).any(|arg| arg == b"__worker")
+/// Any process may name itself [`WORKER_COMM`]: a tracer in another process can only know that
+/// the victim called itself a worker. `oomlab run`, which starts both, could ask the kernel's
+/// pid set of its own workers instead.
+pub fn is_oomlab_worker(pid: u32, event_comm: Option<&str>) -> bool {
+    match event_comm {
+        Some(comm) => comm == WORKER_COMM,
+        None => fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim_end_matches('\n') == WORKER_COMM),
+    }
 }
 
 /// `top` itself or below it.
@@ -74,7 +54,12 @@ pub fn path_under(path: &str, top: &str) -> bool {
 ///
 /// A victim already in `do_exit` shows `/` in /proc/PID/cgroup on v1: that answer is not
 /// trusted; `moved_to` (the last `cgroup_attach_task` seen for the pid) is used instead.
-pub fn victim_context(pid: u32, version: Option<Version>, moved_to: Option<&str>) -> VictimContext {
+pub fn victim_context(
+    pid: u32,
+    comm: Option<&str>,
+    version: Option<Version>,
+    moved_to: Option<&str>,
+) -> VictimContext {
     let from_proc = version
         .and_then(|v| cgroup_of_pid(pid, v))
         .filter(|p| p != "/");
@@ -89,7 +74,7 @@ pub fn victim_context(pid: u32, version: Option<Version>, moved_to: Option<&str>
         pod_uid: kube.as_ref().map(|k| k.pod_uid.clone()),
         container_id: kube.and_then(|k| k.container_id),
         cgroup,
-        oomlab_worker: is_oomlab_worker(pid),
+        oomlab_worker: is_oomlab_worker(pid, comm),
     }
 }
 
@@ -230,7 +215,7 @@ impl Enricher {
         match &mut ev.kind {
             EventKind::Victim(v) => {
                 let moved = self.moved.get(&(v.pid as u32)).map(String::as_str);
-                v.context = victim_context(v.pid as u32, self.version, moved);
+                v.context = victim_context(v.pid as u32, v.comm.as_deref(), self.version, moved);
                 let keep = match (&self.target, &v.context.cgroup) {
                     (None, _) => true,
                     _ if v.in_filter => true,
@@ -306,31 +291,15 @@ mod tests {
     }
 
     #[test]
-    fn injector_and_parent() {
-        assert!(cmdline_is_injector(
-            b"/usr/bin/oomlab\0inject\0--cgroup\0/x\0"
-        ));
-        assert!(!cmdline_is_injector(b"oomlab\0trace\0inject\0"));
-        assert_eq!(parent_of_stat("42 (a (b) c) S 7 42 42 0"), Some(7));
-        assert_eq!(parent_of_stat("garbage"), None);
+    fn workers_by_the_kernels_comm() {
         let me = std::process::id();
-        let stat = fs::read_to_string(format!("/proc/{me}/stat")).expect("own stat");
-        assert_eq!(
-            parent_of_stat(&stat),
-            Some(std::os::unix::process::parent_id())
+        assert!(is_oomlab_worker(me, Some(WORKER_COMM)));
+        assert!(!is_oomlab_worker(me, Some("oomlab")));
+        assert!(!is_oomlab_worker(me, None), "the test runner is no worker");
+        assert!(
+            !is_oomlab_worker(u32::MAX - 1, None),
+            "gone: not known as one"
         );
-        assert!(!is_oomlab_worker(me), "the test runner is no worker");
-    }
-
-    #[test]
-    fn workers_by_argv_not_by_name() {
-        assert!(cmdline_is_worker(
-            b"/usr/bin/oomlab\0__worker\0--size\x001MiB\0"
-        ));
-        assert!(cmdline_is_worker(b"renamed\0__worker\0"));
-        assert!(!cmdline_is_worker(b"__worker\0"));
-        assert!(!cmdline_is_worker(b"oomlab\0app\0--size\0__workerx\0"));
-        assert!(!cmdline_is_worker(b""));
     }
 
     fn attach(pid: u32, path: &str, root: i32) -> Event {
@@ -393,18 +362,18 @@ mod tests {
     #[test]
     fn own_process_context() {
         let me = std::process::id();
-        let ctx = victim_context(me, Some(Version::V1), None);
+        let ctx = victim_context(me, None, Some(Version::V1), None);
         assert!(!ctx.oomlab_worker);
         // Not asserting the cgroup: a unit test may run where no v1 memory controller exists.
         assert_eq!(ctx.cgroup.is_some(), ctx.cgroup_source == Some("proc"));
         // A pid that does not exist: only the attach record can tell.
-        let gone = victim_context(u32::MAX - 1, Some(Version::V1), Some("/x/y"));
+        let gone = victim_context(u32::MAX - 1, None, Some(Version::V1), Some("/x/y"));
         assert_eq!(
             (gone.cgroup.as_deref(), gone.cgroup_source),
             (Some("/x/y"), Some("attach"))
         );
         assert_eq!(
-            victim_context(u32::MAX - 1, Some(Version::V1), None).cgroup,
+            victim_context(u32::MAX - 1, None, Some(Version::V1), None).cgroup,
             None
         );
     }
