@@ -29,8 +29,15 @@ pub(crate) fn is_root() -> bool {
 }
 
 /// Returns false (and says why) when the test cannot run here.
+///
+/// Under `CI=true` a missing root is a failure, not a skip: a CI run that skipped every root
+/// test would otherwise pass having tested nothing.
 pub(crate) fn need_root(test: &str) -> bool {
     if !is_root() {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "{test} needs root (real cgroups, eBPF and OOM kills) and CI=true: run CI as root"
+        );
         eprintln!("skipped: {test} needs root (real cgroups, eBPF and OOM kills)");
         return false;
     }
