@@ -5,6 +5,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod doctor;
 pub mod experiment;
+pub mod explain;
 pub mod inject;
 pub mod report;
 pub mod serve;
