@@ -2,20 +2,24 @@
 //! -k`, syslog, a `/dev/kmsg` dump) or from this node's ring buffer, with the live tracer's
 //! parsers, episode builder and `oom_badness` ranking — no eBPF, no root for a file.
 
+mod assemble;
 mod format;
 mod line;
 mod records;
 mod source;
 mod time;
+mod verdict;
 
 use std::io;
 
 pub use self::{
+    assemble::{episodes, Explained, Node, PodCgroup},
     format::{detect, LogFormat},
     line::{escape, Line},
     records::records,
     source::{text, Source},
     time::{parse_since, this_year, Stamp},
+    verdict::verdict,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -45,4 +49,30 @@ pub enum ExplainError {
         if *boot { "in seconds (5425.4)" } else { "as a UTC time (2026-12-01 23:24:00)" }
     )]
     SinceClock { format: LogFormat, boot: bool },
+}
+
+/// What a log holds.
+#[derive(Debug)]
+pub struct Explanation {
+    pub format: LogFormat,
+    /// Lines read (for "no OOM report in N lines").
+    pub lines: usize,
+    pub episodes: Vec<Explained>,
+}
+
+/// Detects the format of `text` (read from `name`) and explains the OOMs in it.
+pub fn explain(
+    text: &str,
+    name: &str,
+    since: Option<Stamp>,
+    node: Node,
+) -> Result<Explanation, ExplainError> {
+    let year = this_year();
+    let format = detect(text, year).ok_or_else(|| ExplainError::Format { name: name.into() })?;
+    let recs = records(text, format, year, since)?;
+    Ok(Explanation {
+        format,
+        lines: text.lines().count(),
+        episodes: episodes(&recs, node),
+    })
 }
