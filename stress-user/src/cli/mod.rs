@@ -3,6 +3,7 @@
 mod app;
 mod cleanup;
 mod doctor;
+mod explain;
 mod inject;
 mod run;
 mod serve;
@@ -36,6 +37,9 @@ pub enum Command {
     Doctor(doctor::Args),
     /// Trace OOM kills and oom_score_adj changes in real time.
     Trace(trace::Args),
+    /// Explain the OOM kills of a saved kernel log (dmesg, journalctl -k, kern.log, a /dev/kmsg
+    /// dump) or of this node's ring buffer: victims, candidates ranked by badness, a verdict.
+    Explain(explain::Args),
     /// Run an experiment (a TOML file, or the built-in demo): inject and trace together,
     /// check expectations, write a report with a timeline plot.
     Run(run::Args),
@@ -57,6 +61,7 @@ pub fn run(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Doctor(a) => doctor::run(&a),
         Command::Trace(a) => trace::run(a),
+        Command::Explain(a) => explain::run(&a),
         Command::Run(a) => run::run(a),
         Command::App(a) => app::run(&a),
         Command::Inject(a) => inject::run(&a),

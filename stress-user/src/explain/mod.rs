@@ -41,8 +41,6 @@ pub enum ExplainError {
          (and kernel.dmesg_restrict may forbid it); or explain a saved log: oomlab explain FILE"
     )]
     RingBuffer(#[source] io::Error),
-    #[error("{name}: not a kernel log oomlab knows (dmesg, dmesg -T, journalctl -k in short, short-monotonic, short-iso or json, syslog, a /dev/kmsg dump)")]
-    Format { name: String },
     #[error(
         "--since: this {format} log is stamped {}; give --since {}",
         if *boot { "in seconds since boot" } else { "with the wall clock" },
@@ -54,25 +52,29 @@ pub enum ExplainError {
 /// What a log holds.
 #[derive(Debug)]
 pub struct Explanation {
-    pub format: LogFormat,
+    /// `None`: no line is in a format oomlab knows (dmesg, dmesg -T, journalctl -k in short,
+    /// short-monotonic, short-iso or json, syslog, a `/dev/kmsg` dump).
+    pub format: Option<LogFormat>,
     /// Lines read (for "no OOM report in N lines").
     pub lines: usize,
     pub episodes: Vec<Explained>,
 }
 
-/// Detects the format of `text` (read from `name`) and explains the OOMs in it.
-pub fn explain(
-    text: &str,
-    name: &str,
-    since: Option<Stamp>,
-    node: Node,
-) -> Result<Explanation, ExplainError> {
+/// Detects the format of `text` and explains the OOMs in it.
+pub fn explain(text: &str, since: Option<Stamp>, node: Node) -> Result<Explanation, ExplainError> {
     let year = this_year();
-    let format = detect(text, year).ok_or_else(|| ExplainError::Format { name: name.into() })?;
+    let lines = text.lines().count();
+    let Some(format) = detect(text, year) else {
+        return Ok(Explanation {
+            format: None,
+            lines,
+            episodes: Vec::new(),
+        });
+    };
     let recs = records(text, format, year, since)?;
     Ok(Explanation {
-        format,
-        lines: text.lines().count(),
+        format: Some(format),
+        lines,
         episodes: episodes(&recs, node),
     })
 }

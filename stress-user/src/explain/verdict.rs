@@ -98,7 +98,7 @@ pub fn verdict(ep: &Episode) -> String {
     }
     match ep.kmsg {
         KmsgState::Truncated if victim.is_some() && ep.trigger.gfp_mask.is_none() => {
-            format!("truncated (rate-limited: only the kill line was logged): {s}")
+            format!("truncated (only the kill line: a rate-limited report, or the log starts inside it): {s}")
         }
         KmsgState::Truncated if victim.is_some() => format!("truncated: {s}"),
         KmsgState::Truncated | KmsgState::Complete | KmsgState::Missing => s,

@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// Lines under the headline start below its text, past the timestamp column.
-const PAD: &str = "                ";
+pub(crate) const PAD: &str = "                ";
 
 fn opt(v: Option<String>) -> String {
     v.unwrap_or_else(|| "?".into())

@@ -3,6 +3,7 @@
 //! back into the tracer or the injector.
 
 pub mod episode;
+pub mod explain;
 pub mod files;
 #[cfg(test)]
 mod fixture;
