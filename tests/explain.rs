@@ -1,5 +1,5 @@
 //! `oomlab explain` on kernel logs saved from real OOM kills, compared with what `oomlab trace`
-//! reported live for the same kills; and its answers to bad input. No root needed.
+//! reported live for the same kills; and its answers to bad input. Only the last test needs root.
 //!
 //! `tests/data/explain/6.18*/` were captured on the build host (6.18, cgroup v1) while `oomlab
 //! trace --output json` ran (`trace.json`): `kmsg.txt` is `dd if=/dev/kmsg iflag=nonblock`,
@@ -7,7 +7,10 @@
 //! does not run there, so the `journalctl -k` renderings (short, short-monotonic, short-iso,
 //! json) and rsyslog's `kern.log` were written from `kmsg.txt` by `make-journal-formats.py`,
 //! as those tools print kernel records. 6.1 and 6.12 are covered by the `/dev/kmsg` dumps the
-//! VM matrix recorded (`tests/data/kmsg/`), read as saved logs here.
+//! VM matrix recorded (`tests/data/kmsg/`), read as saved logs here. One root test kills an app
+//! here and reads the live ring buffer (`oomlab explain` with no argument).
+
+mod common;
 
 use std::{
     io::Write,
@@ -15,6 +18,7 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
+use common::{cgroup, lines::is_type, trace::TraceChild};
 use serde_json::Value;
 
 fn data(rel: &str) -> PathBuf {
@@ -326,4 +330,46 @@ fn bad_input() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("invalid UTF-8 at byte offset 18"), "{err}");
+}
+
+#[test]
+fn the_live_ring_buffer_gives_the_traces_episode() {
+    if !common::need_root("the_live_ring_buffer_gives_the_traces_episode") {
+        return;
+    }
+    let scratch = cgroup::scratch(&cgroup::hierarchy(), "explain", Some(32 << 20));
+    let path = scratch.cgroup().path();
+    let mut trace = TraceChild::start(&["--cgroup", &path, "--events", "oom"]);
+    let status = common::app(&path, "96MiB")
+        .args(["--comm", "explain-hog"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run oomlab app");
+    assert!(!status.success(), "the app must be OOM-killed: {status:?}");
+    let live = trace
+        .wait_for(std::time::Duration::from_secs(10), |v| {
+            is_type(v, "oom_episode") && v["victims"][0]["comm"] == "explain-hog"
+        })
+        .expect("the trace's episode");
+    let pid = live["victims"][0]["pid"].clone();
+    trace.stop();
+    let out = explain(&["--output", "json"], None);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("json"));
+    assert_eq!(
+        lines.next().map(|l| l["format"].clone()),
+        Some("kmsg-dump".into())
+    );
+    let saved = lines
+        .find(|e| e["victims"][0]["pid"] == pid)
+        .unwrap_or_else(|| panic!("no episode of {pid} in the ring buffer: {text}"));
+    assert_eq!(essence(&saved), essence(&live));
 }
