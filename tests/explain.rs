@@ -21,9 +21,14 @@ use std::{
 use common::{cgroup, lines::is_type, trace::TraceChild};
 use serde_json::Value;
 
+/// `tests/data/REL`, found without `..`: the VM matrix's guest has the workspace's
+/// `tests/data` at its host path, but no `stress-user/` to step back out of.
 fn data(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/data")
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    crate_dir
+        .parent()
+        .unwrap_or(crate_dir)
+        .join("tests/data")
         .join(rel)
 }
 
