@@ -104,3 +104,42 @@ pub fn verdict(ep: &Episode) -> String {
         KmsgState::Truncated | KmsgState::Complete | KmsgState::Missing => s,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::{badness::rank, kmsg::TaskRow};
+
+    fn row(pid: i32, rss: u64, adj: i32, name: &str) -> TaskRow {
+        TaskRow {
+            pid,
+            rss: Some(rss),
+            oom_score_adj: Some(adj),
+            name: name.into(),
+            ..TaskRow::default()
+        }
+    }
+
+    #[test]
+    fn a_negative_adj_is_named_as_the_reason() {
+        let rows = [
+            row(1, 1000, 0, "cache"),
+            row(2, 5000, -997, "db"),
+            row(3, 9000, -1000, "kubelet"),
+            row(4, 10, 0, "pause"),
+        ];
+        let sel = rank(&rows, 8192, Some(1));
+        assert_eq!(
+            ranked(&sel, 1, "cache"),
+            "killed cache (1): highest badness (1000 points); db (2) was protected by adj -997, \
+             kubelet (3) is exempt (adj -1000)"
+        );
+        let sel = rank(&rows[..1], 8192, Some(1));
+        assert_eq!(
+            ranked(&sel, 1, "cache"),
+            "killed cache (1): highest badness (1000 points)"
+        );
+        let sel = rank(&rows, 8192, Some(4));
+        assert!(ranked(&sel, 4, "pause").starts_with("killed pause (4), not oomlab's pick: "));
+    }
+}
