@@ -38,7 +38,7 @@ enum Cmd {
         #[arg(value_enum)]
         which: bench::Bench,
     },
-    /// The root integration tests inside QEMU on Debian's 6.1 and 6.12 kernels (cgroup v2).
+    /// The root integration tests inside QEMU on Debian's 5.10, 6.1 and 6.12 kernels (cgroup v2).
     VmTest(vm::VmTestArgs),
 }
 

@@ -7,6 +7,7 @@ use std::{fs, path::Path, process::Command};
 use anyhow::{Context as _, Result};
 use serde_json::Value;
 
+use super::kernel::SERIES;
 use crate::workspace_root;
 
 /// README section the kernel matrix is written between.
@@ -118,11 +119,11 @@ fn matrix(rows: &[(String, Value)]) -> String {
 /// when asked.
 pub(super) fn write_matrix(out: &Path, update_readme: bool) -> Result<()> {
     let mut rows = Vec::new();
-    for (dir, label) in [
-        ("host", "host (build machine)"),
-        ("6.1", "Debian 6.1 (VM)"),
-        ("6.12", "Debian 6.12 (VM)"),
-    ] {
+    let kernels = SERIES.iter().map(|s| (s.name, s.label));
+    for (dir, label) in [("host", "host (build machine)")]
+        .into_iter()
+        .chain(kernels)
+    {
         let file = out.join(dir).join("doctor.json");
         let Ok(text) = fs::read_to_string(&file) else {
             eprintln!("xtask vm-test: no {}; its row is left out", file.display());

@@ -1,5 +1,5 @@
-//! `cargo xtask vm-test`: every root integration test of stress-user on Debian's 6.1 and 6.12
-//! cloud kernels with cgroup v2, in QEMU with TCG (nested KVM dies on these machines). Kernels
+//! `cargo xtask vm-test`: every root integration test of stress-user on Debian's 5.10, 6.1 and
+//! 6.12 cloud kernels with cgroup v2, in QEMU with TCG (nested KVM dies on these machines). Kernels
 //! come from Debian's archive and are cached; one initramfs carries busybox, the test binaries,
 //! oomlab and the glibc they load; results come back per test over the serial console.
 //!
@@ -20,7 +20,7 @@ use anyhow::{bail, Context as _, Result};
 
 use self::{
     initramfs::build_initramfs,
-    kernel::kernel_image,
+    kernel::{kernel_image, Series, SERIES},
     matrix::{host_doctor, write_matrix},
     plan::{build_tests, plan},
     qemu::Guest,
@@ -30,6 +30,8 @@ use crate::target_dir;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum KernelChoice {
+    #[value(name = "5.10")]
+    V5_10,
     #[value(name = "6.1")]
     V6_1,
     #[value(name = "6.12")]
@@ -38,12 +40,14 @@ pub(crate) enum KernelChoice {
 }
 
 impl KernelChoice {
-    fn series(self) -> Vec<&'static str> {
-        match self {
-            KernelChoice::V6_1 => vec!["6.1"],
-            KernelChoice::V6_12 => vec!["6.12"],
-            KernelChoice::All => vec!["6.1", "6.12"],
-        }
+    fn series(self) -> Vec<Series> {
+        let only = match self {
+            KernelChoice::V5_10 => "5.10",
+            KernelChoice::V6_1 => "6.1",
+            KernelChoice::V6_12 => "6.12",
+            KernelChoice::All => return SERIES.to_vec(),
+        };
+        SERIES.into_iter().filter(|s| s.name == only).collect()
     }
 }
 
@@ -115,7 +119,7 @@ pub(crate) fn run(args: &VmTestArgs) -> Result<()> {
     let series = args.kernel.series();
     let mut kernels = Vec::new();
     for s in &series {
-        kernels.push((*s, kernel_image(s)?));
+        kernels.push((s.name, kernel_image(s)?));
     }
     let expected: Vec<(String, String)> = plan
         .iter()
@@ -136,7 +140,7 @@ pub(crate) fn run(args: &VmTestArgs) -> Result<()> {
 
     let mut failed = 0;
     let mut errors = Vec::new();
-    for (s, run) in series.iter().zip(runs) {
+    for (s, run) in series.iter().map(|s| s.name).zip(runs) {
         match run {
             Ok(run) => {
                 print_results(s, &run);
