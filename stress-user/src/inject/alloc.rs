@@ -228,21 +228,33 @@ impl Region {
             // its way); report it rather than touch pages one by one into the same wall.
             return Err(err);
         }
-        self.touch();
+        self.fault_in();
         Ok(())
     }
 
     /// Writes one byte in every page, making each dirty (and charged) again.
     pub fn touch(&self) {
+        // SAFETY: each_page passes only pointers inside our mapping.
+        self.each_page(|p| unsafe { p.write_volatile(p.read_volatile()) });
+    }
+
+    /// Writes a zero into every page of the fresh, zero-filled mapping, without reading it
+    /// first: a read fault maps the huge zero page, and the write after it splits that into
+    /// small pages (since 5.8), so `--thp` would get no huge page where MADV_POPULATE_WRITE is
+    /// missing.
+    fn fault_in(&self) {
+        // SAFETY: as in touch.
+        self.each_page(|p| unsafe { p.write_volatile(0) });
+    }
+
+    /// Calls `f` with a pointer to the first byte of every page of the mapping.
+    fn each_page(&self, f: impl Fn(*mut u8)) {
         let page = crate::sys::page_size() as usize;
         let base = self.ptr.as_ptr();
         let mut off = 0;
         while off < self.len {
             // SAFETY: off < len, inside our mapping.
-            unsafe {
-                let p = base.add(off);
-                p.write_volatile(p.read_volatile());
-            }
+            f(unsafe { base.add(off) });
             off += page;
         }
     }
