@@ -31,10 +31,13 @@ async fn mark_victim_reports_the_killed_child() {
     );
 
     // The child's pid is only known through the kernel: find the victim event, then check it
-    // against the kernel log and the counter.
+    // against the kernel log and the counter. Where the tracepoint carries only the pid, the
+    // kernel log alone says it was this child (comm and adj below).
+    let details = common::victim_details();
     let victim = tracer::first(&mut rx, Duration::from_secs(5), |kind| match kind {
         EventKind::Victim(v)
-            if v.comm.as_deref() == Some("oomlab") && v.oom_score_adj == Some(500) =>
+            if !details
+                || (v.comm.as_deref() == Some("oomlab") && v.oom_score_adj == Some(500)) =>
         {
             Some(v)
         }
@@ -54,10 +57,16 @@ async fn mark_victim_reports_the_killed_child() {
         killed.contains("oom_score_adj:500"),
         "kernel log should carry adj 500: {killed}"
     );
-    assert!(
-        victim.anon_rss_kb.unwrap_or(0) > 16 << 10,
-        "victim rss: {victim:?}"
-    );
+    if details {
+        assert!(
+            victim.anon_rss_kb.unwrap_or(0) > 16 << 10,
+            "victim rss: {victim:?}"
+        );
+    } else {
+        eprintln!(
+            "skipped: the victim event's rss: this kernel's oom:mark_victim has only pid (the pid, the kernel log's comm and adj, and the counter were checked)"
+        );
+    }
     assert_eq!(
         cg.oom_kills().expect("oom_kill counter"),
         kills_before + 1,

@@ -154,10 +154,18 @@ fn every_oom_kill_in_the_target_is_reported_once() {
         reported_set, ours,
         "only our processes, none from other cgroups"
     );
+    let details = common::victim_details();
+    if !details {
+        eprintln!(
+            "skipped: each victim's comm and adj: this kernel's oom:mark_victim has only pid (pids, cgroups and counts were checked)"
+        );
+    }
     for v in victims {
         let pid = v["pid"].as_i64().expect("pid") as i32;
-        assert_eq!(v["comm"], "oomlab", "victim comm: {v}");
-        assert_eq!(v["oom_score_adj"], expected_adj[&pid], "victim adj: {v}");
+        if details {
+            assert_eq!(v["comm"], "oomlab", "victim comm: {v}");
+            assert_eq!(v["oom_score_adj"], expected_adj[&pid], "victim adj: {v}");
+        }
         assert_eq!(v["cgroup"], cg.path(), "victim cgroup: {v}");
         assert_eq!(v["oomlab_worker"], false, "{v}");
         assert!(v["ts"].as_f64().is_some_and(|t| t > 0.0), "timestamp: {v}");

@@ -60,6 +60,14 @@ pub(crate) fn skip_in_vm(test: &str, why: &str) -> bool {
     false
 }
 
+/// Whether this kernel's `oom:mark_victim` carries the victim's comm, oom_score_adj and rss
+/// (doctor's check, from the tracepoint's format); where it has only the pid, tests skip what
+/// depends on those fields and say so.
+pub(crate) fn victim_details() -> bool {
+    let tracefs = stress_user::trace::ensure_tracefs().expect("tracefs").path;
+    stress_user::doctor::features::mark_victim_details(&tracefs)
+}
+
 /// `name` made unique to this test process, for the cgroups and files it creates.
 pub(crate) fn unique(name: &str) -> String {
     format!("{name}-{}", std::process::id())

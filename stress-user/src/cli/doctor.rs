@@ -68,6 +68,7 @@ fn print_human(r: &doctor::Report) {
         yes(c.cap_sys_admin)
     );
     print_tracing(r);
+    print_features(r);
     print_verdict(r);
 }
 
@@ -117,6 +118,18 @@ fn print_tracing(r: &doctor::Report) {
             if let Some(e) = &a.error {
                 println!("  {:<42}   error: {e}", "");
             }
+        }
+    }
+}
+
+/// Optional features: present, or what oomlab does without them.
+fn print_features(r: &doctor::Report) {
+    println!("features");
+    for f in &r.features {
+        if f.present {
+            println!("  {:<42} yes", f.name);
+        } else {
+            println!("  {:<42} no: {}", f.name, f.without);
         }
     }
 }

@@ -12,7 +12,7 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 
-use super::event::{CgroupOp, Event, EventKind, VictimContext};
+use super::event::{CgroupOp, Event, EventKind, Victim, VictimContext};
 use crate::{
     cgroup::{self, kube, Version},
     sys::WORKER_COMM,
@@ -75,6 +75,19 @@ pub fn victim_context(
         container_id: kube.and_then(|k| k.container_id),
         cgroup,
         oomlab_worker: is_oomlab_worker(pid, comm),
+    }
+}
+
+/// What a kernel whose `oom:mark_victim` has only the pid leaves out, read from /proc while the
+/// victim still exists: its comm and oom_score_adj (neither read waits on the dying mm).
+fn fill_from_proc(v: &mut Victim) {
+    let pid = v.pid;
+    let read = |file: &str| fs::read_to_string(format!("/proc/{pid}/{file}")).ok();
+    if v.comm.is_none() {
+        v.comm = read("comm").map(|c| c.trim_end().to_string());
+    }
+    if v.oom_score_adj.is_none() {
+        v.oom_score_adj = read("oom_score_adj").and_then(|a| a.trim().parse().ok());
     }
 }
 
@@ -215,6 +228,7 @@ impl Enricher {
         match &mut ev.kind {
             EventKind::Victim(v) => {
                 let moved = self.moved.get(&(v.pid as u32)).map(String::as_str);
+                fill_from_proc(v);
                 v.context = victim_context(v.pid as u32, v.comm.as_deref(), self.version, moved);
                 let keep = match (&self.target, &v.context.cgroup) {
                     (None, _) => true,

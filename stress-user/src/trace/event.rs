@@ -19,7 +19,8 @@ pub struct Task {
 }
 
 /// `oom:mark_victim`: the task the OOM killer chose. Fields the running kernel's layout lacks
-/// are `None` (before 6.9 only `pid` exists).
+/// are `None` (before 6.9 only `pid` exists); user space then reads comm and oom_score_adj from
+/// /proc on arrival, while the victim still exists.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Victim {
     pub pid: i32,

@@ -1,6 +1,8 @@
 //! `oomlab doctor`: what this kernel lets oomlab do, found by trying — mounting tracefs, reading
 //! formats, loading and attaching real programs — rather than by guessing from versions.
 
+pub mod features;
+
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -68,6 +70,8 @@ pub struct Report {
     pub capabilities: Capabilities,
     pub tracepoints: Vec<TracepointCheck>,
     pub attach: Vec<AttachCheck>,
+    /// Optional kernel features; oomlab runs without them, with less.
+    pub features: Vec<features::FeatureCheck>,
     pub can_run: bool,
     /// Why oomlab cannot run (empty when it can).
     pub problems: Vec<String>,
@@ -157,6 +161,7 @@ pub fn run() -> Report {
         capabilities,
         tracepoints,
         attach,
+        features: features::check(tracefs_path.as_deref()),
         can_run: problems.is_empty(),
         problems,
     }
