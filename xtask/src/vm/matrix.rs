@@ -58,6 +58,24 @@ fn hook(doctor: &Value, prefix: &str) -> String {
     format!("no ({why})")
 }
 
+/// The optional features doctor found missing, by name; `none` when it found them all.
+fn missing_features(d: &Value) -> String {
+    let missing: Vec<&str> = d["features"]
+        .as_array()
+        .map(|f| {
+            f.iter()
+                .filter(|f| f["present"].as_bool() == Some(false))
+                .filter_map(|f| f["name"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    if missing.is_empty() {
+        "none".into()
+    } else {
+        missing.join(", ")
+    }
+}
+
 /// One table row from one `oomlab doctor --output json`.
 fn matrix_row(label: &str, d: &Value) -> String {
     let c = &d["cgroup"];
@@ -93,20 +111,21 @@ fn matrix_row(label: &str, d: &Value) -> String {
         })
         .unwrap_or(0);
     format!(
-        "| {label} | `{}` | {} | {memory} | {} | {tracepoints}, {attached} attached | {} | {} | {} |",
+        "| {label} | `{}` | {} | {memory} | {} | {tracepoints}, {attached} attached | {} | {} | {} | {} |",
         d["kernel_release"].as_str().unwrap_or("?"),
         c["mode"].as_str().unwrap_or("?"),
         yes_no(&d["btf"]),
         hook(d, "kprobe:"),
         hook(d, "fentry:"),
         yes_no(&d["psi"]),
+        missing_features(d),
     )
 }
 
 fn matrix(rows: &[(String, Value)]) -> String {
     let mut s = String::from(
-        "| kernel | release | cgroup mode | memory controller | BTF | tracepoints (present, attached) | kprobe `oom_kill_process` | fentry `oom_kill_process` | PSI |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+        "| kernel | release | cgroup mode | memory controller | BTF | tracepoints (present, attached) | kprobe `oom_kill_process` | fentry `oom_kill_process` | PSI | features missing |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (label, d) in rows {
         s.push_str(&matrix_row(label, d));
@@ -174,6 +193,7 @@ mod tests {
             "kernel_release": "6.1.0-56-cloud-amd64",
             "cgroup": {"mode": "v2", "memory_version": "v2", "memory_mount": "/sys/fs/cgroup"},
             "btf": true, "psi": true,
+            "features": [{"name": "MADV_POPULATE_WRITE", "present": true}, {"name": "oom:mark_victim victim details", "present": false}],
             "tracepoints": [{"name": "oom:mark_victim", "present": true}, {"name": "vmscan:x", "present": false}],
             "attach": [
                 {"name": "tracepoint:oom:mark_victim", "ok": true},
@@ -184,7 +204,7 @@ mod tests {
         let row = matrix_row("Debian 6.1 (VM)", &d);
         assert_eq!(
             row,
-            "| Debian 6.1 (VM) | `6.1.0-56-cloud-amd64` | v2 | v2 at `/sys/fs/cgroup` | yes | 1/2 (missing vmscan:x), 1 attached | yes | no (the kernel refused to load the program (EPERM)) | yes |"
+            "| Debian 6.1 (VM) | `6.1.0-56-cloud-amd64` | v2 | v2 at `/sys/fs/cgroup` | yes | 1/2 (missing vmscan:x), 1 attached | yes | no (the kernel refused to load the program (EPERM)) | yes | oom:mark_victim victim details |"
         );
         let first = splice_readme("# x\n", "T1\n");
         assert!(first.starts_with("# x\n\n## Kernel matrix\n"));
