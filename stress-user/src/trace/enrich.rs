@@ -227,8 +227,9 @@ impl Enricher {
     pub fn process(&mut self, ev: &mut Event) -> bool {
         match &mut ev.kind {
             EventKind::Victim(v) => {
-                let moved = self.moved.get(&(v.pid as u32)).map(String::as_str);
+                // First: the victim's /proc entry goes when its parent reaps it.
                 fill_from_proc(v);
+                let moved = self.moved.get(&(v.pid as u32)).map(String::as_str);
                 v.context = victim_context(v.pid as u32, v.comm.as_deref(), self.version, moved);
                 let keep = match (&self.target, &v.context.cgroup) {
                     (None, _) => true,
