@@ -65,7 +65,7 @@ pub fn check(tracefs: Option<&Path>) -> Vec<FeatureCheck> {
         FeatureCheck {
             name: "oom:mark_victim victim details",
             present: tracefs.is_some_and(mark_victim_details),
-            without: "victim events carry only the pid; the kernel log's Killed process line still names comm, oom_score_adj and rss",
+            without: "the kernel gives victims only their pid: comm and oom_score_adj are read from /proc while the victim exists, rss only from the kernel log's Killed process line",
         },
         FeatureCheck {
             name: "MADV_POPULATE_WRITE",
