@@ -42,6 +42,10 @@ pub struct Format {
     pub id: u32,
     pub common: Vec<FieldDesc>,
     pub fields: Vec<FieldDesc>,
+    /// Lines that could not be read (`line N: why: text`): their field is absent, the rest of
+    /// the tracepoint still works.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,12 +55,6 @@ pub enum FormatError {
         path: String,
         #[source]
         source: io::Error,
-    },
-    #[error("malformed tracepoint format, line {line}: {reason}: {text:?}")]
-    Malformed {
-        line: usize,
-        reason: &'static str,
-        text: String,
     },
     #[error("tracepoint format has no `name:` line")]
     NoName,
@@ -71,31 +69,34 @@ impl Format {
         Self::parse(&text)
     }
 
+    /// A line that cannot be read is skipped and noted in `skipped` (and logged): one garbled
+    /// field leaves that field absent, as on a kernel without it, instead of the whole tracer
+    /// failing to start.
     pub fn parse(text: &str) -> Result<Self, FormatError> {
         let mut name = None;
         let mut id = 0;
         let mut common = Vec::new();
         let mut fields = Vec::new();
+        let mut skipped = Vec::new();
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim();
+            let mut skip = |why: &str| {
+                let note = format!("line {}: {why}: {raw:?}", i + 1);
+                log::warn!("tracepoint format: skipping {note}");
+                skipped.push(note);
+            };
             if let Some(rest) = line.strip_prefix("name:") {
                 name = Some(rest.trim().to_string());
             } else if let Some(rest) = line.strip_prefix("ID:") {
-                id = rest.trim().parse().map_err(|_| FormatError::Malformed {
-                    line: i + 1,
-                    reason: "ID is not a number",
-                    text: raw.to_string(),
-                })?;
+                match rest.trim().parse() {
+                    Ok(n) => id = n,
+                    Err(_) => skip("ID is not a number"),
+                }
             } else if line.starts_with("field:") {
-                let field = parse_field(line).ok_or_else(|| FormatError::Malformed {
-                    line: i + 1,
-                    reason: "expected `field:TYPE NAME; offset:N; size:N; signed:N;`",
-                    text: raw.to_string(),
-                })?;
-                if field.name.starts_with("common_") {
-                    common.push(field);
-                } else {
-                    fields.push(field);
+                match parse_field(line) {
+                    Some(f) if f.name.starts_with("common_") => common.push(f),
+                    Some(f) => fields.push(f),
+                    None => skip("expected `field:TYPE NAME; offset:N; size:N; signed:N;`"),
                 }
             }
         }
@@ -104,6 +105,7 @@ impl Format {
             id,
             common,
             fields,
+            skipped,
         })
     }
 
@@ -257,11 +259,34 @@ mod tests {
 
     #[test]
     fn malformed_lines_are_named() {
-        let err = Format::parse(
+        let fmt = Format::parse(
             "name: x\nID: 1\nformat:\n\tfield:int pid;\toffset:eight;\tsize:4;\tsigned:1;\n",
         )
-        .expect_err("bad offset");
-        assert!(err.to_string().contains("line 4"), "{err}");
+        .expect("a bad field is skipped");
+        assert_eq!(fmt.skipped.len(), 1, "{:?}", fmt.skipped);
+        assert!(fmt.skipped[0].starts_with("line 4: "), "{:?}", fmt.skipped);
         assert!(matches!(Format::parse("ID: 3\n"), Err(FormatError::NoName)));
+    }
+
+    #[test]
+    fn one_garbage_line_leaves_the_other_fields() {
+        let text = fs::read_to_string(kernel_fixtures().join("6.18-host/oom/mark_victim.format"))
+            .expect("fixture");
+        let good = Format::parse(&text).expect("fixture parses");
+        let garbled = text.replacen("field:int pid;", "field:\u{1}\u{fffd};;;", 1);
+        let garbled = garbled.replacen("ID: 609", "ID: six", 1);
+        assert_ne!(garbled, text, "the fixture has the lines replaced");
+        let fmt = Format::parse(&garbled).expect("still a format");
+        assert_eq!(fmt.skipped.len(), 2, "{:?}", fmt.skipped);
+        assert_eq!(fmt.field("pid"), None);
+        assert_eq!(fmt.fields.len(), good.fields.len() - 1);
+        for f in &fmt.fields {
+            assert_eq!(good.field(&f.name), Some(f), "{} kept as it was", f.name);
+        }
+        // The tracepoint loses only that field's slot in the eBPF layout.
+        let layout: [Field; mark_victim::N] = fmt.layout(mark_victim::FIELDS);
+        let whole: [Field; mark_victim::N] = good.layout(mark_victim::FIELDS);
+        assert!(!layout[mark_victim::PID].is_present());
+        assert_eq!(layout[mark_victim::COMM], whole[mark_victim::COMM]);
     }
 }
