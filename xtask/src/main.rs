@@ -1,8 +1,10 @@
 //! oomlab's developer commands — what cargo cannot do alone: install the eBPF toolchain, run the
-//! root integration tests one at a time, and the demo. `setup` runs first in every command.
+//! root integration tests one at a time, fuzz the parsers, and the demo. `setup` runs first in
+//! every command.
 
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 mod vm;
 
@@ -40,6 +42,8 @@ enum Cmd {
     },
     /// The root integration tests inside QEMU on Debian's 5.10, 6.1 and 6.12 kernels (cgroup v2).
     VmTest(vm::VmTestArgs),
+    /// Runs the parser fuzz targets (cargo-fuzz, nightly) for a while each.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> Result<()> {
@@ -51,6 +55,7 @@ fn main() -> Result<()> {
         Cmd::Demo => demo::run(),
         Cmd::Bench { which } => bench::run(which),
         Cmd::VmTest(args) => vm::run(&args),
+        Cmd::Fuzz(args) => fuzz::run_all(&args),
     }
 }
 

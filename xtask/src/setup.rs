@@ -173,6 +173,12 @@ pub(crate) fn run() -> Result<()> {
         ));
     }
 
+    // 5. cargo-fuzz (builds with stable; `cargo xtask fuzz` runs it on nightly).
+    if !on_path("cargo-fuzz") {
+        sh("cargo", &["install", "cargo-fuzz", "--locked"], &[])?;
+        did.push("installed cargo-fuzz".to_string());
+    }
+
     if did.is_empty() {
         eprintln!(
             "xtask setup: everything present ({} ms)",
