@@ -31,6 +31,9 @@ pub(crate) const TARGETS: &[(&str, &[&str])] = &[
     ("serve_config", &[]),
 ];
 
+/// Seconds each target runs inside `cargo xtask test`.
+pub(crate) const CI_SECONDS: u64 = 5;
+
 /// `cargo fuzz` flags shared by the build and every run, so a run never rebuilds: overflow
 /// checks on, as they are for the kernel's numbers in a debug build.
 const BUILD_FLAGS: &[&str] = &["--debug-assertions"];

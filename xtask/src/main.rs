@@ -27,7 +27,8 @@ struct Cli {
 enum Cmd {
     /// Install what is missing: nightly rust-src, LLVM 22, bpf-linker 0.13.0, Debian tools.
     Setup,
-    /// setup, fmt, clippy, unit tests, then the root integration tests one at a time.
+    /// setup, fmt, clippy, unit tests, a short run of every fuzz target, then the root
+    /// integration tests one at a time.
     Test {
         /// Skip the root integration tests (unit tests only).
         #[arg(long)]
@@ -129,6 +130,12 @@ fn test(unit_only: bool) -> Result<()> {
             "--bins",
         ],
     )?;
+    // Seconds per target: enough to catch a parser that panics on its seeds' near neighbours;
+    // the long runs are `cargo xtask fuzz`.
+    fuzz::run_all(&fuzz::FuzzArgs {
+        seconds: fuzz::CI_SECONDS,
+        target: None,
+    })?;
     if unit_only {
         return Ok(());
     }
