@@ -35,7 +35,7 @@ impl SizeSpec {
             }
             return Ok(SizeSpec::Percent(v));
         }
-        if t.starts_with('-') {
+        if t.starts_with('-') || significant_digits(t) > MAX_SIGNIFICANT_DIGITS {
             return Err(SizeError::Invalid(text.into()));
         }
         let bytes = parse_size::parse_size(t).map_err(|_| SizeError::Invalid(text.into()))?;
@@ -55,6 +55,19 @@ impl SizeSpec {
             }
         }
     }
+}
+
+/// The digits of `u64::MAX`: parse-size 1.1 rounds on the first digit past them with an
+/// unchecked `+ 1`, which wraps (or panics with overflow checks) when the digits so far spell
+/// `u64::MAX`, as in `18446744073709551.6159`. No real size needs more.
+const MAX_SIGNIFICANT_DIGITS: usize = 20;
+
+/// Digits from the first non-zero one on (leading zeros say nothing).
+fn significant_digits(t: &str) -> usize {
+    t.bytes()
+        .skip_while(|b| !matches!(b, b'1'..=b'9'))
+        .filter(u8::is_ascii_digit)
+        .count()
 }
 
 impl fmt::Display for SizeSpec {
@@ -106,6 +119,21 @@ mod tests {
         assert_eq!(b("1KB"), SizeSpec::Bytes(1000));
         assert_eq!(b("64 KiB"), SizeSpec::Bytes(65536));
         assert_eq!(b("25%"), SizeSpec::Percent(25.0));
+    }
+
+    #[test]
+    fn more_digits_than_u64_max_are_refused() {
+        // Found by the `size` fuzz target: parse-size overflowed on the 21st digit.
+        let text = "018446744073709551.61599001";
+        assert_eq!(SizeSpec::parse(text), Err(SizeError::Invalid(text.into())));
+        assert_eq!(
+            SizeSpec::parse("18446744073709551615"),
+            Ok(SizeSpec::Bytes(u64::MAX))
+        );
+        assert_eq!(
+            SizeSpec::parse("0000000000000000000000001KiB"),
+            Ok(SizeSpec::Bytes(1024))
+        );
     }
 
     #[test]
