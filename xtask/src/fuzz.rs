@@ -29,6 +29,10 @@ pub(crate) const TARGETS: &[(&str, &[&str])] = &[
     ("size", &[]),
     ("experiment_spec", &["examples"]),
     ("serve_config", &[]),
+    (
+        "explain_log",
+        &["tests/data/explain/6.18", "tests/data/explain/6.18-hostile"],
+    ),
 ];
 
 /// Seconds each target runs inside `cargo xtask test`.
