@@ -173,8 +173,8 @@ fn without_the_kernel_log_every_kill_is_an_episode_in_time() {
     // util-linux's setpriv drops CAP_SYSLOG; the VM matrix's busybox initramfs has none.
     let have_setpriv = std::process::Command::new("setpriv")
         .arg("--version")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !have_setpriv {

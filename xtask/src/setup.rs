@@ -24,6 +24,12 @@ const APT_PACKAGES: &[&str] = &[
     "cpio",
     // `systemd-analyze verify` checks packaging/oomlab.service (tests/serve_packaging.rs).
     "systemd",
+    // Real container runtimes and a real Prometheus as the tests' oracles (#13, #14): each test
+    // starts its own daemon on private sockets and directories; none is used as a service.
+    "containerd",
+    "runc",
+    "docker.io",
+    "prometheus",
 ];
 
 /// PyPI tools the tests run, as (console script, pip package): the script is looked up on PATH,
