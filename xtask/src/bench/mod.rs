@@ -3,8 +3,10 @@
 
 mod cgroup;
 mod inject;
+mod overhead;
 mod serve;
 mod trace;
+mod traced;
 
 use anyhow::Result;
 
@@ -14,6 +16,8 @@ pub(crate) enum Bench {
     Inject,
     /// Time to ready, RSS, overhead, OOM-storm recall and latency vs bpftrace.
     Trace,
+    /// In-kernel ns/event (BPF stats) and wall overhead under five workloads vs bpftrace.
+    Overhead,
     /// `oomlab serve` soak (OOMLAB_SOAK_SECS, default 600): RSS growth, recall, SIGTERM time.
     Serve,
 }
@@ -23,6 +27,7 @@ pub(crate) fn run(which: Bench) -> Result<()> {
         Bench::Inject => inject::run(),
         Bench::Trace => trace::run(),
         Bench::Serve => serve::run(),
+        Bench::Overhead => overhead::run(),
     }
 }
 
