@@ -110,8 +110,12 @@ fn file_cache_over_the_limit_is_reclaimed_and_reported() {
         !ours.is_empty(),
         "64 MiB of file cache through a 16 MiB limit must reclaim; stat: {stat:?}"
     );
+    // Memcg reclaim is what the limit causes; a task of ours may also reclaim directly for a
+    // high-order allocation when the node's memory is fragmented (seen on a busy build machine:
+    // `cat` at order 8), which is a real event of the target, just not the one counted here.
     let pages: u64 = ours
         .iter()
+        .filter(|v| v["reclaim"] == "memcg")
         .map(|v| v["nr_reclaimed"].as_u64().expect("nr_reclaimed"))
         .sum();
     assert!(
@@ -125,7 +129,10 @@ fn file_cache_over_the_limit_is_reclaimed_and_reported() {
         "only {pages} pages reclaimed for 64 MiB through 16 MiB"
     );
     for v in &ours {
-        assert_eq!(v["reclaim"], "memcg", "{v}");
+        assert!(
+            v["reclaim"] == "memcg" || v["reclaim"] == "direct",
+            "memcg or direct reclaim: {v}"
+        );
         assert!(v["latency_ns"].as_u64().is_some_and(|l| l > 0), "{v}");
         let comm = v["task"]["comm"].as_str().expect("comm");
         assert!(["dd", "cat", "sh"].contains(&comm), "reclaiming task: {v}");

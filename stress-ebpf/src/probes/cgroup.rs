@@ -11,7 +11,7 @@ use stress_common::{
 
 use crate::emit::{
     cgroup_in_filter, config, filtering, header, pid_in_filter, read_signed, read_str,
-    read_unsigned, reserve, FILTER_PID_SET,
+    read_unsigned, reserve, submit, FILTER_PID_SET,
 };
 
 #[tracepoint]
@@ -53,6 +53,8 @@ fn dir(ctx: &TracePointContext, op: u32) -> Result<u32, u32> {
         (*ev).comm[0] = 0;
         read_str(ctx, l[cd::PATH], &mut (*ev).path);
     }
+    // Not batched: on v2 user space grows the target's cgroup set from these, and a task moved
+    // into a new child cgroup right after its mkdir must already pass the filter.
     entry.submit(0);
     Ok(0)
 }
@@ -99,7 +101,7 @@ fn try_attach(ctx: &TracePointContext) -> Result<u32, u32> {
         read_str(ctx, l[ca::COMM], &mut (*ev).comm);
         read_str(ctx, l[ca::DST_PATH], &mut (*ev).path);
     }
-    entry.submit(0);
+    submit(entry);
     Ok(0)
 }
 

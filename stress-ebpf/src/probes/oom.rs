@@ -10,7 +10,7 @@ use stress_common::{
 
 use crate::emit::{
     config, current_wanted, filtering, header, pid_in_filter, read_signed, read_str, read_unsigned,
-    reserve, reserve_oom,
+    reserve, reserve_oom, submit,
 };
 
 /// Not filtered in the kernel: the victim can live in another cgroup than the task that
@@ -115,7 +115,7 @@ fn try_oom_score_adj_update(ctx: &TracePointContext) -> Result<u32, u32> {
         (*ev).oom_score_adj = adj;
         read_str(ctx, layout[adj_update::COMM], &mut (*ev).comm);
     }
-    entry.submit(0);
+    submit(entry);
     Ok(0)
 }
 
@@ -150,7 +150,7 @@ fn try_reclaim_retry_zone(ctx: &TracePointContext) -> Result<u32, u32> {
         (*ev).wmark_check = read_unsigned(ctx, l[rz::WMARK_CHECK]).unwrap_or(0) as i32;
         (*ev)._pad = 0;
     }
-    entry.submit(0);
+    submit(entry);
     Ok(0)
 }
 
@@ -182,7 +182,7 @@ fn try_compact_retry(ctx: &TracePointContext) -> Result<u32, u32> {
         (*ev).max_retries = int(cr::MAX_RETRIES);
         (*ev).ret = read_unsigned(ctx, l[cr::RET]).unwrap_or(0) as i32;
     }
-    entry.submit(0);
+    submit(entry);
     Ok(0)
 }
 

@@ -13,7 +13,7 @@ use stress_common::{
     Reclaim, ReclaimStats, RECLAIM_KEY_TGID,
 };
 
-use crate::emit::{config, current_wanted, header, read_signed, read_unsigned, reserve};
+use crate::emit::{config, current_wanted, header, read_signed, read_unsigned, reserve, submit};
 
 /// A reclaim pass in progress, keyed by `tid | kind << 32`.
 #[derive(Clone, Copy)]
@@ -116,7 +116,7 @@ fn end(ctx: &TracePointContext, kind: u32) -> Result<u32, u32> {
         (*ev).nr_reclaimed = nr_reclaimed;
         (*ev).latency_ns = latency_ns;
     }
-    entry.submit(0);
+    submit(entry);
     Ok(0)
 }
 
@@ -170,6 +170,6 @@ fn try_kswapd_wake(ctx: &TracePointContext) -> Result<u32, u32> {
         (*ev).order = read_signed(ctx, layout[kw::ORDER]).unwrap_or(0) as i32;
         (*ev)._pad = 0;
     }
-    entry.submit(0);
+    submit(entry);
     Ok(0)
 }

@@ -80,6 +80,9 @@ impl Pump {
             let now = Instant::now();
             self.drain_end = Some(now + DRAIN_MAX);
             self.quiet_until = Some(now + DRAIN_QUIET);
+            // What the kernel published without waking the reader is read now, inside the
+            // quiet period, not at the reader's next poll timeout.
+            self.events.flush();
         }
     }
 

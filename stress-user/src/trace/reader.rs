@@ -4,7 +4,7 @@
 use std::{
     collections::VecDeque,
     io,
-    os::fd::AsRawFd,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -29,13 +29,56 @@ const OOM_CHANNEL_EVENTS: usize = 1024;
 pub struct Events {
     oom: mpsc::Receiver<Event>,
     rest: mpsc::Receiver<Event>,
+    /// Wakes the reader; `None` for events fed by hand.
+    kick: Option<Arc<Kick>>,
+}
+
+/// An eventfd in the reader's poll set. The kernel publishes the records of `EVENTS` without
+/// waking the reader (it polls every [`READER_POLL_MS`]), so a consumer that is about to end
+/// kicks it to read what waits now rather than up to 100 ms later.
+struct Kick(OwnedFd);
+
+impl Kick {
+    fn new() -> io::Result<Kick> {
+        // SAFETY: eventfd has no preconditions; a non-negative result is a new fd we own.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd was just returned by eventfd and is owned by nobody else.
+        Ok(Kick(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn kick(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: an 8-byte write to our eventfd. A full counter (EAGAIN) is already a kick.
+        let _ = unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+
+    /// Resets the counter after a wakeup.
+    fn clear(&self) {
+        let mut buf = [0u8; 8];
+        // SAFETY: an 8-byte read from our non-blocking eventfd.
+        let _ = unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    }
 }
 
 impl Events {
     /// Events fed by hand, for the consumers' tests.
     #[cfg(test)]
     pub(crate) fn from_lanes(oom: mpsc::Receiver<Event>, rest: mpsc::Receiver<Event>) -> Events {
-        Events { oom, rest }
+        Events {
+            oom,
+            rest,
+            kick: None,
+        }
+    }
+
+    /// Makes the reader read what waits in the rings now (see [`Kick`]).
+    pub fn flush(&self) {
+        if let Some(k) = &self.kick {
+            k.kick();
+        }
     }
 
     /// The next event, OOM events first; `None` once the reader has ended. Cancel-safe, for
@@ -79,7 +122,8 @@ impl Events {
 /// lane is served in between).
 const FULL_LANE_WAIT: Duration = Duration::from_millis(1);
 
-/// How long the reader thread waits in poll(2) before checking whether to stop.
+/// How long the reader thread waits in poll(2) before checking whether to stop, and so the
+/// longest a record of `EVENTS` (published without a wakeup, see the eBPF `emit::submit`) waits.
 const READER_POLL_MS: i32 = 100;
 
 /// Records of `EVENTS` read between two looks at `OOM_EVENTS`.
@@ -101,7 +145,9 @@ pub(super) fn spawn(
     let (tx, rest) = mpsc::channel(CHANNEL_EVENTS);
     let (tx_oom, oom) = mpsc::channel(OOM_CHANNEL_EVENTS);
     let stop = Arc::new(AtomicBool::new(false));
+    let kick = Arc::new(Kick::new().map_err(TraceError::Io)?);
     let reader = Reader {
+        kick: kick.clone(),
         ring,
         oom_ring,
         enricher,
@@ -117,7 +163,14 @@ pub(super) fn spawn(
         .name("oomlab-ring".into())
         .spawn(move || reader.run())
         .map_err(TraceError::Io)?;
-    Ok((stop, Events { oom, rest }))
+    Ok((
+        stop,
+        Events {
+            oom,
+            rest,
+            kick: Some(kick),
+        },
+    ))
 }
 
 struct Reader {
@@ -127,6 +180,7 @@ struct Reader {
     tx: mpsc::Sender<Event>,
     tx_oom: mpsc::Sender<Event>,
     stopping: Arc<AtomicBool>,
+    kick: Arc<Kick>,
     /// `EVENTS` records decoded ahead of an OOM record and not yet forwarded, oldest first.
     ahead: VecDeque<Event>,
 }
@@ -229,18 +283,27 @@ impl Reader {
     /// Waits until either ring has records, or [`READER_POLL_MS`] passed; false when poll(2)
     /// failed.
     fn wait_for_records(&self) -> bool {
-        let mut pfds = [self.ring.as_raw_fd(), self.oom_ring.as_raw_fd()].map(|fd| libc::pollfd {
+        let mut pfds = [
+            self.ring.as_raw_fd(),
+            self.oom_ring.as_raw_fd(),
+            self.kick.0.as_raw_fd(),
+        ]
+        .map(|fd| libc::pollfd {
             fd,
             events: libc::POLLIN,
             revents: 0,
         });
-        // SAFETY: two valid pollfds; the rings' fds stay open while they live. The timeout
-        // bounds how long a stop request waits; EINTR simply loops.
-        if unsafe { libc::poll(pfds.as_mut_ptr(), 2, READER_POLL_MS) } < 0
+        // SAFETY: three valid pollfds; the rings' and the eventfd's fds stay open while they
+        // live. The timeout bounds how long a stop request waits and how long a record published
+        // without a wakeup waits; EINTR simply loops.
+        if unsafe { libc::poll(pfds.as_mut_ptr(), 3, READER_POLL_MS) } < 0
             && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted
         {
             log::warn!("ring buffer poll: {}", io::Error::last_os_error());
             return false;
+        }
+        if pfds[2].revents & libc::POLLIN != 0 {
+            self.kick.clear();
         }
         true
     }
@@ -276,7 +339,7 @@ mod tests {
     async fn the_oom_lane_goes_first_and_both_keep_their_order() {
         let (tx_oom, oom) = mpsc::channel(8);
         let (tx, rest) = mpsc::channel(8);
-        let mut events = Events { oom, rest };
+        let mut events = Events::from_lanes(oom, rest);
         for p in [1, 2, 3] {
             tx.send(adj(p)).await.expect("send");
         }

@@ -97,7 +97,10 @@ impl Traced {
             thread::sleep(Duration::from_millis(20));
         }
         if matches!(self.child.try_wait(), Ok(None)) {
-            eprintln!("bench: pid {} ignored SIGTERM for 10 s; killed", self.child.id());
+            eprintln!(
+                "bench: pid {} ignored SIGTERM for 10 s; killed",
+                self.child.id()
+            );
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
