@@ -2,6 +2,7 @@
 //! counters — the numbers that matter, not `free`'s — and scratch cgroups oomlab owns.
 
 pub mod kube;
+pub mod oom_group;
 pub mod pressure;
 mod scratch;
 pub mod target;

@@ -87,6 +87,10 @@ pub struct Args {
     /// Allow a size over the target's limit (it will OOM).
     #[arg(long)]
     allow_oom: bool,
+    /// Allow a target where `memory.oom.group` is set (on it, or on an ancestor up to its OOM
+    /// domain): the first worker OOM then kills every process in that group.
+    #[arg(long)]
+    allow_group_kill: bool,
     /// Allow a size over the node's MemAvailable minus a 5% reserve, and protected targets (the
     /// root cgroup, system slices, the kubepods root and its QoS cgroups).
     #[arg(long)]
@@ -189,6 +193,7 @@ fn request(args: &Args, target: Option<MemCgroup>, pace: Pace) -> Request {
         oom_score_adj: args.oom_score_adj,
         on_oom: args.on_oom,
         allow_oom: args.allow_oom,
+        allow_group_kill: args.allow_group_kill,
         force: args.force,
         file_dir: args.file_dir.clone(),
     }

@@ -26,6 +26,10 @@ pub struct Args {
     /// Where `kind = "file"` injections put their (unlinked) files: a real filesystem.
     #[arg(long, default_value = "/var/tmp")]
     file_dir: PathBuf,
+    /// Run where `memory.oom.group` is set on the target or an ancestor up to its OOM domain
+    /// (as `allow_group_kill = true` in the file): the first worker OOM kills the whole group.
+    #[arg(long)]
+    allow_group_kill: bool,
 }
 
 /// Sizes are divided by 8 when OOMLAB_VM=1 (the slow emulated test VMs).
@@ -57,6 +61,7 @@ pub(super) fn run(args: Args) -> anyhow::Result<i32> {
     let opts = RunOptions {
         output: args.output,
         file_dir: args.file_dir,
+        allow_group_kill: args.allow_group_kill,
         ..RunOptions::default()
     };
     let report = match runner::run(&exp, &opts) {

@@ -59,9 +59,31 @@ pub fn madvise_populate_write() -> bool {
     works
 }
 
+/// Whether `memory.events` counts group kills (`oom_group_kill`, 5.17), read from the first
+/// non-root v2 memory cgroup found (the root has no `memory.events`); `None` where memory is on
+/// v1 or no such cgroup exists yet.
+pub fn oom_group_kill_counted() -> Option<bool> {
+    let hier = crate::cgroup::Hierarchy::detect().ok()?;
+    if hier.memory_version != crate::cgroup::Version::V2 {
+        return None;
+    }
+    let events = std::fs::read_dir(&hier.memory_mount)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|d| d.path().join("memory.events"))
+        .find(|p| p.is_file())?;
+    let text = std::fs::read_to_string(events).ok()?;
+    Some(text.lines().any(|l| l.starts_with("oom_group_kill ")))
+}
+
 /// Every feature doctor looks for; `tracefs` is `None` when tracefs could not be mounted.
 pub fn check(tracefs: Option<&Path>) -> Vec<FeatureCheck> {
-    vec![
+    let group_kill = oom_group_kill_counted().map(|present| FeatureCheck {
+        name: "memory.events oom_group_kill",
+        present,
+        without: "the kernel does not count memory.oom.group kills (5.17 added the counter): group kills are known from the kernel log's `Tasks in … are going to be killed due to memory.oom.group set` only",
+    });
+    let mut found = vec![
         FeatureCheck {
             name: "oom:mark_victim victim details",
             present: tracefs.is_some_and(mark_victim_details),
@@ -72,5 +94,7 @@ pub fn check(tracefs: Option<&Path>) -> Vec<FeatureCheck> {
             present: madvise_populate_write(),
             without: "injection faults pages in with one write each (slower)",
         },
-    ]
+    ];
+    found.extend(group_kill);
+    found
 }

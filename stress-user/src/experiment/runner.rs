@@ -27,7 +27,7 @@ use super::{
 };
 use crate::{
     cgroup::{CgroupError, Hierarchy, MemCgroup},
-    inject::{agent, control::Pace, event},
+    inject::{agent, control::Pace, event, plan},
     report::{
         run_live::{self, AppStarted, Ready, StageEnd, StageStart, StageTotals},
         timeline::RunReport,
@@ -66,6 +66,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// Where `--kind file` puts its files.
     pub file_dir: PathBuf,
+    /// `--allow-group-kill`: as `allow_group_kill = true` in the file.
+    pub allow_group_kill: bool,
 }
 
 impl Default for RunOptions {
@@ -74,6 +76,7 @@ impl Default for RunOptions {
             output: OutputFormat::Human,
             progress: std::io::stdout().is_terminal(),
             file_dir: PathBuf::from("/var/tmp"),
+            allow_group_kill: false,
         }
     }
 }
@@ -84,6 +87,10 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunReport, RunError> {
     let hier = preflight(exp)?;
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
     let (cg, scratch) = open_target(exp, &hier)?;
+    if scratch.is_none() {
+        plan::refuse_group_kill(&cg, exp.allow_group_kill || opts.allow_group_kill)
+            .map_err(|e| RunError::Input(e.to_string()))?;
+    }
 
     let t0 = monotonic_ns();
     let shared = Collector::new(t0, opts.output, exp.stages.len());

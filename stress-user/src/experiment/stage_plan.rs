@@ -49,6 +49,8 @@ pub(super) fn plan_stage(
         on_oom: inj.on_oom,
         // The file says what it wants; going over the limit is the point of many experiments.
         allow_oom: true,
+        // The runner refused a group-kill target before anything started, unless allowed.
+        allow_group_kill: true,
         force: false,
         file_dir: file_dir.to_path_buf(),
     };

@@ -12,7 +12,7 @@ use super::{
     control::Pace,
 };
 use crate::{
-    cgroup::{target::TargetError, CgroupError, Hierarchy, MemCgroup, OWNED_PARENT},
+    cgroup::{oom_group, target::TargetError, CgroupError, Hierarchy, MemCgroup, OWNED_PARENT},
     size::{human, SizeError, SizeSpec},
     sys::MemInfo,
 };
@@ -57,6 +57,8 @@ pub enum InjectError {
     ZeroDuration { what: &'static str },
     #[error("cannot read {file}: {reason}")]
     Host { file: &'static str, reason: String },
+    #[error("{0}; pass --allow-group-kill (allow_group_kill = true in an experiment) if that is what you want")]
+    GroupKill(String),
 }
 
 /// How much to hold.
@@ -112,6 +114,8 @@ pub struct Request {
     pub oom_score_adj: Option<i32>,
     pub on_oom: OnOom,
     pub allow_oom: bool,
+    /// Start workers where `memory.oom.group` makes their first OOM kill the whole group.
+    pub allow_group_kill: bool,
     pub force: bool,
     pub file_dir: PathBuf,
 }
@@ -191,6 +195,7 @@ pub fn check(hier: &Hierarchy, req: &Request, node: NodeMemory) -> Result<Plan, 
     check_privileges(req)?;
     check_durations(req)?;
     let (target, limit, ws_now) = resolve_target(hier, req, node)?;
+    check_group_kill(req, &target)?;
     let goal = match (&req.size, &req.working_set) {
         (Some(s), None) => Goal::Size(s.resolve(limit)?),
         (None, Some(w)) => Goal::WorkingSet(w.resolve(limit)?),
@@ -290,6 +295,25 @@ fn resolve_target(
             ))
         }
         _ => Err(InjectError::NoTarget),
+    }
+}
+
+/// An existing target where the first worker OOM would be a group kill needs
+/// --allow-group-kill. A --new cgroup is made by oomlab with a limit of its own, so it is its own
+/// OOM domain and has `memory.oom.group=0`.
+fn check_group_kill(req: &Request, target: &Where) -> Result<(), InjectError> {
+    match target {
+        Where::Existing(cg) => refuse_group_kill(cg, req.allow_group_kill),
+        Where::New { .. } => Ok(()),
+    }
+}
+
+/// Refuses `cg` when a worker's OOM there would kill a whole `memory.oom.group` (see
+/// [`oom_group::find`]), unless `allowed`.
+pub fn refuse_group_kill(cg: &MemCgroup, allowed: bool) -> Result<(), InjectError> {
+    match oom_group::find(cg)? {
+        Some(g) if !allowed => Err(InjectError::GroupKill(g.describe())),
+        _ => Ok(()),
     }
 }
 

@@ -61,6 +61,7 @@ pub struct Metrics {
     registry: Arc<Registry>,
     oom_kills: Family<KillLabels, Counter>,
     oom_episodes: Counter,
+    oom_group_kills: Counter,
     adj_updates: Counter,
     reclaim_seconds: HistogramFamily,
     reclaimed_pages: Family<CgroupLabels, Counter>,
@@ -93,6 +94,12 @@ impl Metrics {
             "oom_episodes",
             "OOM episodes: one OOM killer invocation, from the kernel log report and the tracepoints (a group kill has several victims)",
             oom_episodes.clone(),
+        );
+        let oom_group_kills = Counter::default();
+        reg.register(
+            "oom_group_kills",
+            "OOM episodes that killed every task of a memory.oom.group cgroup (cgroup v2; the kernel counts them in memory.events oom_group_kill from 5.17)",
+            oom_group_kills.clone(),
         );
         let adj_updates = Counter::default();
         reg.register(
@@ -142,6 +149,7 @@ impl Metrics {
             registry: Arc::new(reg),
             oom_kills,
             oom_episodes,
+            oom_group_kills,
             adj_updates,
             reclaim_seconds,
             reclaimed_pages,
@@ -195,8 +203,12 @@ impl Metrics {
         slot.kill_series.insert(labels);
     }
 
-    pub fn episode(&self) {
+    /// One episode; `group_kill` when `memory.oom.group` took a whole cgroup.
+    pub fn episode(&self, group_kill: bool) {
         self.oom_episodes.inc();
+        if group_kill {
+            self.oom_group_kills.inc();
+        }
     }
 
     pub fn adj_update(&self) {
@@ -355,6 +367,7 @@ mod tests {
             "# TYPE oomlab_oom_kills counter",
             "# TYPE oomlab_oom_episodes counter",
             "oomlab_oom_episodes_total 0",
+            "oomlab_oom_group_kills_total 0",
             "oomlab_oom_score_adj_updates_total 0",
             "# TYPE oomlab_memcg_reclaim_seconds histogram",
             "# TYPE oomlab_reclaimed_pages counter",

@@ -240,7 +240,7 @@ impl Daemon {
         if !self.cfg.traces(EventClass::Oom) {
             return;
         }
-        self.metrics.episode();
+        self.metrics.episode(ep.group_kill.is_some());
         let hier = &self.hier;
         let gone = |cg: &str| !hier.cgroup(cg).exists();
         for v in ep.victims.iter().filter(|v| v.traced) {

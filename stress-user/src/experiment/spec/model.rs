@@ -167,6 +167,9 @@ pub struct Experiment {
     pub conclusion: Option<String>,
     /// Where it came from (a path, or `built-in demo`).
     pub source: String,
+    /// `allow_group_kill = true`: an existing target may have `memory.oom.group` set (a scratch
+    /// target's own `oom_group` needs no such consent: the file sets it).
+    pub allow_group_kill: bool,
 }
 
 impl Experiment {

@@ -17,6 +17,8 @@ pub(super) struct RawFile {
     pub(super) expect: Option<Spanned<RawExpect>>,
     /// Printed at the end of a run, in plain words.
     pub(super) conclusion: Option<String>,
+    /// Run where `memory.oom.group` makes a worker's OOM kill a whole group.
+    pub(super) allow_group_kill: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

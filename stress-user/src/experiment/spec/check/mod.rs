@@ -52,6 +52,7 @@ pub(super) fn check(cx: &Ctx<'_>, raw: RawFile) -> Result<Experiment, SpecError>
         expect,
         conclusion: raw.conclusion,
         source: cx.file.into(),
+        allow_group_kill: raw.allow_group_kill.unwrap_or(false),
     })
 }
 
