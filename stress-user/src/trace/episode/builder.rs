@@ -124,6 +124,13 @@ pub struct EpisodeBuilder {
     alive: fn(i32) -> bool,
     total_swap_pages: u64,
     node_totalpages: Option<u64>,
+    /// Live (see [`EpisodeBuilder::verify_kills`]): a `Killed process` line is believed only
+    /// when an `oom:mark_victim` event names its pid.
+    verify_kills: bool,
+    /// Pids of the `mark_victim` events of the last [`STALE`], claimed or not.
+    traced_pids: VecDeque<(Instant, i32)>,
+    /// `Killed process` lines no `mark_victim` event confirmed, skipped.
+    unmatched_kills: u64,
 }
 
 fn pid_alive(pid: i32) -> bool {
@@ -148,7 +155,25 @@ impl EpisodeBuilder {
             alive: pid_alive,
             total_swap_pages,
             node_totalpages,
+            verify_kills: false,
+            traced_pids: VecDeque::new(),
+            unmatched_kills: 0,
         }
+    }
+
+    /// While the tracer runs beside the kernel log, a `Killed process` line must name the pid of
+    /// a live `oom:mark_victim` event (the kernel marks the victim before it prints the line):
+    /// one that does not is forged or mismatched, counted and skipped, and a report left with no
+    /// kill makes no episode. A report waits up to [`VICTIM_GRACE`] for its victims' events,
+    /// which come through another ring. A saved log has no events: there the kill line is
+    /// checked against its report's own pid only.
+    pub fn verify_kills(&mut self) {
+        self.verify_kills = true;
+    }
+
+    /// `Killed process` lines skipped because no `mark_victim` named their pid.
+    pub fn unmatched_kills(&self) -> u64 {
+        self.unmatched_kills
     }
 
     /// Reads the node's swap and RAM from `/proc/meminfo` (zeros when it cannot be read).
@@ -249,7 +274,10 @@ impl EpisodeBuilder {
     /// ignored.
     pub fn push_event(&mut self, ev: &Event, now: Instant) {
         match &ev.kind {
-            EventKind::Victim(_) => self.victims.push((now, ev.clone())),
+            EventKind::Victim(v) => {
+                self.traced_pids.push_back((now, v.pid));
+                self.victims.push((now, ev.clone()));
+            }
             EventKind::AdjUpdate(a) => self.adj.record(ev.ts, a),
             EventKind::Reaper(r) => self.reaper.push((now, r.pid, r.step)),
             _ => {}
@@ -265,9 +293,30 @@ impl EpisodeBuilder {
                 self.close_current();
             }
         }
+        while self
+            .traced_pids
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) >= STALE)
+        {
+            self.traced_pids.pop_front();
+        }
         let mut out = Vec::new();
-        // A closed report still collects reaper lines until its quiet period ends.
-        while let Some(r) = self.closed.pop_front_if(|r| quiet(r, QUIET)) {
+        // A closed report still collects reaper lines until its quiet period ends, and (live)
+        // waits a little for the mark_victim events of its kill lines.
+        let (verify, traced) = (self.verify_kills, &self.traced_pids);
+        let settled = |r: &Report| {
+            !verify
+                || r.victim_pids().all(|p| traced.iter().any(|(_, t)| *t == p))
+                || quiet(r, VICTIM_GRACE)
+        };
+        let mut ready = Vec::new();
+        while let Some(r) = self.closed.pop_front_if(|r| quiet(r, QUIET) && settled(r)) {
+            ready.push(r);
+        }
+        for r in ready {
+            let Some(r) = self.confirmed(r) else {
+                continue;
+            };
             if r.has_kill() && r.victim_pids().all(|p| self.was_emitted(p)) {
                 // The kill line came after its victim's episode had closed without it.
                 log::debug!(
@@ -334,6 +383,29 @@ impl EpisodeBuilder {
         out
     }
 
+    /// The report without the kill lines no `mark_victim` confirmed (live only); `None` when
+    /// that leaves a report that had kills with none.
+    fn confirmed(&mut self, mut r: Report) -> Option<Report> {
+        if !self.verify_kills || !r.has_kill() {
+            return Some(r);
+        }
+        let traced = &self.traced_pids;
+        let before = r.killed.len();
+        r.killed.retain(|k| {
+            let ok = traced.iter().any(|(_, p)| *p == k.pid);
+            if !ok {
+                log::warn!(
+                    "kernel-log `Killed process {}` names no oom:mark_victim victim: skipped",
+                    k.pid
+                );
+            }
+            ok
+        });
+        let dropped = before - r.killed.len();
+        self.unmatched_kills = self.unmatched_kills.saturating_add(dropped as u64);
+        r.has_kill().then_some(r)
+    }
+
     fn was_emitted(&self, pid: i32) -> bool {
         self.emitted.iter().any(|(_, p)| *p == pid)
     }
@@ -384,7 +456,9 @@ impl EpisodeBuilder {
         self.close_current();
         let mut out = Vec::new();
         while let Some(r) = self.closed.pop_front() {
-            out.push(self.finish(&r, None));
+            if let Some(r) = self.confirmed(r) {
+                out.push(self.finish(&r, None));
+            }
         }
         for (_, ev) in std::mem::take(&mut self.victims) {
             out.push(self.episode_of_event(&ev));
@@ -1033,5 +1107,58 @@ mod tests {
         assert_eq!((v.pid, v.logged, v.traced), (19495, true, true));
         assert_eq!(v.comm.as_deref(), Some("x,oom_memcg=/\nb"));
         assert!(b.flush().is_empty());
+    }
+
+    #[test]
+    fn live_kill_lines_need_a_mark_victim_of_their_pid() {
+        let t0 = Instant::now();
+        let live = || {
+            let mut b = EpisodeBuilder::new(0, None);
+            b.verify_kills();
+            b
+        };
+        // The kill line's victim was traced (its event may come a little after the line).
+        let mut b = live();
+        feed(&mut b, "6.18-host-memcg.txt", t0);
+        assert!(b.poll(t0 + QUIET).is_empty(), "waits for the mark_victim");
+        b.push_event(&victim_event(19495, 19655), t0 + QUIET);
+        let eps = b.poll(t0 + QUIET);
+        assert_eq!(eps.len(), 1, "{eps:#?}");
+        assert_eq!(eps[0].victims[0].pid, 19495);
+        assert!(eps[0].victims[0].logged && eps[0].victims[0].traced);
+        assert_eq!(b.unmatched_kills(), 0);
+
+        // No mark_victim names the line's pid (a forged or mismatched line): after the wait
+        // the line is skipped and counted; the report, left with no kill, is no episode. The
+        // victim that was traced gets its episode from the tracepoint.
+        let mut b = live();
+        feed(&mut b, "6.18-host-memcg.txt", t0);
+        b.push_event(&victim_event(4242, 99), t0);
+        let eps = b.poll(t0 + VICTIM_GRACE);
+        assert_eq!(eps.len(), 1, "{eps:#?}");
+        assert_eq!(eps[0].selected(), Some(4242));
+        assert!(!eps[0].victims[0].logged);
+        assert_eq!(b.unmatched_kills(), 1);
+        assert!(b.flush().is_empty());
+
+        // A group kill: each task's line is kept only with its own event.
+        let mut b = live();
+        feed(&mut b, "6.12-debian-memcg-group.txt", t0);
+        for pid in [137, 138, 136] {
+            b.push_event(&victim_event(pid, 137), t0);
+        }
+        assert!(b.poll(t0 + QUIET).is_empty(), "141's event may still come");
+        let eps = b.poll(t0 + VICTIM_GRACE);
+        assert_eq!(eps.len(), 1, "{eps:#?}");
+        let pids: Vec<i32> = eps[0].victims.iter().map(|v| v.pid).collect();
+        assert_eq!(pids, [137, 138, 136]);
+        assert_eq!(eps[0].group_kill.as_deref(), Some("/lab"));
+        assert_eq!(b.unmatched_kills(), 1, "141's line");
+
+        // A saved log (explain) has no events: the report's own pid is the check.
+        let mut b = EpisodeBuilder::new(0, None);
+        feed(&mut b, "6.18-host-memcg.txt", t0);
+        assert_eq!(b.poll(t0 + QUIET).len(), 1);
+        assert_eq!(b.unmatched_kills(), 0);
     }
 }

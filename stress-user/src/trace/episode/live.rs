@@ -30,11 +30,18 @@ impl Episodes {
                 None
             }
         };
+        let mut builder = EpisodeBuilder::for_this_node();
+        builder.verify_kills();
         Episodes {
-            builder: EpisodeBuilder::for_this_node(),
+            builder,
             kmsg,
             target,
         }
+    }
+
+    /// `Killed process` lines skipped because no `oom:mark_victim` named their pid.
+    pub fn unmatched_kills(&self) -> u64 {
+        self.builder.unmatched_kills()
     }
 
     pub fn has_kmsg(&self) -> bool {
