@@ -71,17 +71,23 @@ fn every_oom_kill_in_the_target_is_reported_once() {
     let cg = scratch.cgroup().clone();
     let kills_before = cg.oom_kills().expect("oom_kill counter");
     let mut kmsg = Kmsg::open_at_end();
-    let mut tracer = TraceChild::start(&["--cgroup", &cg.path(), "--events", "oom,adj"]);
+    // `cgroup` too: without it the attach events are used by the filter but never printed.
+    let mut tracer = TraceChild::start(&["--cgroup", &cg.path(), "--events", "oom,adj,cgroup"]);
 
     // A long-lived process in the target whose adj the test (outside the target) changes.
     let mut holder = spawn_holder(&cg, "60s");
     let holder_pid = holder.id() as i32;
-    let moved = tracer.wait_for(Duration::from_secs(10), |v| {
-        v["type"] == "cgroup" && v["op"] == "attach" && v["pid"] == holder_pid
-    });
-    assert!(
-        moved.is_none() || moved.as_ref().is_some_and(|v| v["path"] == cg.path()),
-        "attach of the holder names the target: {moved:?}"
+    // `oomlab app --cgroup` writes its own pid into cgroup.procs, which fires
+    // cgroup:cgroup_attach_task on every kernel (v1 and v2): the move must be reported.
+    let moved = tracer
+        .wait_for(Duration::from_secs(10), |v| {
+            v["type"] == "cgroup" && v["op"] == "attach" && v["pid"] == holder_pid
+        })
+        .unwrap_or_else(|| panic!("no cgroup attach event for the holder {holder_pid}"));
+    assert_eq!(
+        moved["path"],
+        cg.path(),
+        "attach of the holder names the target: {moved}"
     );
     // The holder may still be on its way into the cgroup: wait until the kernel says it is.
     wait_joined(&cg, holder_pid);
