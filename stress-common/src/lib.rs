@@ -232,6 +232,9 @@ pub mod victim_fields {
     pub const OOM_SCORE_ADJ: u32 = 1 << 4;
     /// The victim's pid is in the target's pid set (it lived in the target when it was chosen).
     pub const IN_FILTER: u32 = 1 << 5;
+    /// The victim's pid is in `OWN_WORKERS`: the oomlab that loaded the tracer started it as one
+    /// of its workers (its comm is no proof: any process may take the workers' name).
+    pub const OWN_WORKER: u32 = 1 << 6;
 }
 
 /// `oom:mark_victim`. Sizes are in KiB as the tracepoint reports them.

@@ -38,6 +38,12 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::N, 0);
 #[map]
 pub(crate) static FILTER_PID_SET: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
+/// Pids of this oomlab's own workers, put in by user space as it starts each one (`oomlab run`,
+/// whose tracer and injector are one process) and dropped at exit (`sched_process_exit`):
+/// `mark_victim` reads it so a victim's role comes from the kernel, not from its comm.
+#[map]
+pub(crate) static OWN_WORKERS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
 /// Ids of the target cgroup and its descendants, in the memory controller's hierarchy
 /// (`Config::filter_root`). Seeded by user space and grown by it on `cgroup_mkdir` events under
 /// the target; on v2 it is the filter itself, on v1 it tells `cgroup_attach_task` which moves
@@ -90,6 +96,13 @@ pub(crate) fn filtering() -> bool {
 pub(crate) fn pid_in_filter(tgid: u32) -> bool {
     // SAFETY: the value is only tested for presence.
     unsafe { FILTER_PID_SET.get(tgid) }.is_some()
+}
+
+/// True when `pid` is one of this oomlab's own workers.
+#[inline(always)]
+pub(crate) fn own_worker(pid: u32) -> bool {
+    // SAFETY: the value is only tested for presence.
+    unsafe { OWN_WORKERS.get(pid) }.is_some()
 }
 
 /// True when the cgroup `id` of hierarchy `root` is the target or one of its descendants.

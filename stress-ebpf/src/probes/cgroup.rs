@@ -11,7 +11,7 @@ use stress_common::{
 
 use crate::emit::{
     cgroup_in_filter, config, filtering, header, pid_in_filter, read_signed, read_str,
-    read_unsigned, reserve, submit, FILTER_PID_SET,
+    read_unsigned, reserve, submit, FILTER_PID_SET, OWN_WORKERS,
 };
 
 #[tracepoint]
@@ -128,7 +128,7 @@ fn try_fork(ctx: &TracePointContext) -> Result<u32, u32> {
     Ok(0)
 }
 
-/// Attached only with a target filter: keeps the set from filling with dead pids.
+/// Attached only with a target filter: keeps the sets from filling with dead pids.
 #[tracepoint]
 pub(crate) fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if !filtering() {
@@ -137,6 +137,8 @@ pub(crate) fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let l = config(|c| &c.process_exit);
     if let Some(pid) = read_signed(&ctx, l[process_exit::PID]) {
         let _ = FILTER_PID_SET.remove(pid as u32);
+        // A worker's pid must not outlive it: the pid is reused for whatever comes next.
+        let _ = OWN_WORKERS.remove(pid as u32);
     }
     0
 }

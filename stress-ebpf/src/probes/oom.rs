@@ -9,8 +9,8 @@ use stress_common::{
 };
 
 use crate::emit::{
-    config, current_wanted, filtering, header, pid_in_filter, read_signed, read_str, read_unsigned,
-    reserve, reserve_oom, submit,
+    config, current_wanted, filtering, header, own_worker, pid_in_filter, read_signed, read_str,
+    read_unsigned, reserve, reserve_oom, submit,
 };
 
 /// Not filtered in the kernel: the victim can live in another cgroup than the task that
@@ -67,6 +67,9 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<u32, u32> {
     // still answers after the victim has exited and /proc no longer knows it.
     if filtering() && pid_in_filter(pid as u32) {
         present |= victim_fields::IN_FILTER;
+    }
+    if own_worker(pid as u32) {
+        present |= victim_fields::OWN_WORKER;
     }
     // SAFETY: `ev` points at reserved ring-buffer memory large enough for one MarkVictim; every
     // field is written before submit.

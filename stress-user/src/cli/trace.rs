@@ -402,6 +402,8 @@ async fn run_async(args: Args) -> anyhow::Result<i32> {
         events: args.events,
         target,
         ring_bytes: args.ring_buffer,
+        // A separate trace starts no workers: roles come from the comm.
+        own_workers: false,
     };
     let (mut tracer, rx) = Tracer::start(&opts)?;
     let mut sink = Sink {

@@ -22,7 +22,7 @@ use crate::{
     },
     size::human,
     sys::monotonic_ns,
-    trace::{episode::Episode, Event, EventKind},
+    trace::{episode::Episode, event::Victim, Event, EventKind, OwnWorkers},
 };
 
 /// `worker`, `app:<name>` or `other`.
@@ -63,6 +63,9 @@ pub(super) struct Collector {
     pub(super) reclaim_passes: u64,
     pub(super) host_peak: Vec<(u64, u64)>,
     pub(super) progress: Option<(ProgressBar, u64)>,
+    /// The kernel's set of the run's workers: each one goes in as it starts, so a victim's
+    /// event says whether it was one (an app that names itself `oomlab-worker` is not).
+    pub(super) own_workers: Option<OwnWorkers>,
     stop: bool,
 }
 
@@ -88,6 +91,7 @@ impl Collector {
             reclaim_passes: 0,
             host_peak: vec![(0, 0); stages],
             progress: None,
+            own_workers: None,
             stop: false,
         }))
     }
@@ -153,6 +157,10 @@ impl Collector {
         let t = self.t();
         match ev {
             AgentEvent::WorkerStarted(w) => {
+                // Before the worker gets far: it is past exec, but has not charged much yet.
+                if let Some(own) = &self.own_workers {
+                    own.add(w.pid);
+                }
                 self.roles.insert(w.pid, "worker".into());
                 if w.respawn {
                     self.say(&run_live::respawn_line(t, w.pid, w.worker));
@@ -195,7 +203,7 @@ impl Collector {
         match &ev.kind {
             EventKind::Victim(v) => {
                 let t = self.t_of(ev.ts);
-                let role = role_of(&self.roles, v.pid);
+                let role = self.victim_role(v);
                 let seen = VictimSeen {
                     t,
                     pid: v.pid,
@@ -226,6 +234,24 @@ impl Collector {
                 self.reclaim_passes += 1;
             }
             _ => {}
+        }
+    }
+
+    /// A victim is a worker when the kernel found it in the run's own-worker set; the pid the
+    /// injector recorded at its start is the fallback for a worker killed before it got there
+    /// (and the only source without the set).
+    fn victim_role(&self, v: &Victim) -> String {
+        let role = role_of(&self.roles, v.pid);
+        match (&self.own_workers, v.context.oomlab_worker) {
+            (Some(_), true) => "worker".into(),
+            (Some(_), false) if role == "worker" => {
+                log::warn!(
+                    "worker {} was killed before the kernel knew it: its role is the injector's record",
+                    v.pid
+                );
+                role
+            }
+            _ => role,
         }
     }
 

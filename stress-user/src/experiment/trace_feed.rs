@@ -30,9 +30,11 @@ pub(super) fn start_tracer(
     let _enter = rt.enter();
     let (tracer, rx) = Tracer::start(&TraceOptions {
         target: Some(cg.clone()),
+        own_workers: true,
         ..TraceOptions::default()
     })
     .map_err(|e| RunError::Failed(format!("starting the tracer: {e}")))?;
+    lock(shared).own_workers = tracer.own_workers();
     // Opened before anything is injected, so no OOM report of the run is missed.
     let mut pump = Pump::new(rx, Some(Episodes::start(None)));
     let kmsg_ok = pump.has_kmsg();

@@ -31,8 +31,8 @@ pub fn cgroup_of_pid(pid: u32, version: Version) -> Option<String> {
 /// which raced the victim's exit).
 ///
 /// Any process may name itself [`WORKER_COMM`]: a tracer in another process can only know that
-/// the victim called itself a worker. `oomlab run`, which starts both, could ask the kernel's
-/// pid set of its own workers instead.
+/// the victim called itself a worker. `oomlab run`, which starts both, asks the kernel's pid set
+/// of its own workers instead (see `Tracer::own_workers`).
 pub fn is_oomlab_worker(pid: u32, event_comm: Option<&str>) -> bool {
     match event_comm {
         Some(comm) => comm == WORKER_COMM,
@@ -148,6 +148,9 @@ pub struct Enricher {
     victim_set: HashSet<i32>,
     /// When `tgid_cgroup` and `moved` were last cleared of processes that exited.
     last_sweep: Instant,
+    /// This process fills the kernel's own-worker set: a victim is a worker when the kernel
+    /// found it there, whatever its comm.
+    own_workers: bool,
 }
 
 /// Hard cap of the per-pid tables (a fork storm between two sweeps).
@@ -173,7 +176,14 @@ impl Enricher {
             victims: VecDeque::new(),
             victim_set: HashSet::new(),
             last_sweep: Instant::now(),
+            own_workers: false,
         }
+    }
+
+    /// Victims' roles from the kernel's own-worker set rather than their comm.
+    pub fn with_own_workers(mut self) -> Self {
+        self.own_workers = true;
+        self
     }
 
     fn cgroup_of_tgid(&mut self, tgid: u32) -> Option<String> {
@@ -231,6 +241,9 @@ impl Enricher {
                 fill_from_proc(v);
                 let moved = self.moved.get(&(v.pid as u32)).map(String::as_str);
                 v.context = victim_context(v.pid as u32, v.comm.as_deref(), self.version, moved);
+                if self.own_workers {
+                    v.context.oomlab_worker = v.own_worker;
+                }
                 let keep = match (&self.target, &v.context.cgroup) {
                     (None, _) => true,
                     _ if v.in_filter => true,

@@ -37,6 +37,10 @@ pub struct Victim {
     /// The kernel found the victim's pid in the v1 pid filter: it was in the target.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub in_filter: bool,
+    /// The kernel found the victim's pid in this oomlab's own-worker set (`OWN_WORKERS`, filled
+    /// by `oomlab run` as it starts its workers).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub own_worker: bool,
     /// Filled in by user space as the event arrives (see `trace::enrich`).
     #[serde(flatten)]
     pub context: VictimContext,
@@ -322,6 +326,7 @@ fn victim(e: common::MarkVictim) -> (common::EventHeader, EventKind) {
         oom_score_adj: has(victim_fields::OOM_SCORE_ADJ).then_some(e.oom_score_adj),
         trigger: task(&e.hdr),
         in_filter: has(victim_fields::IN_FILTER),
+        own_worker: has(victim_fields::OWN_WORKER),
         context: VictimContext::default(),
     };
     (e.hdr, EventKind::Victim(v))
@@ -590,7 +595,7 @@ mod tests {
             shmem_rss_kb: 0,
             pgtables_kb: 0,
             oom_score_adj: 0,
-            present: victim_fields::IN_FILTER,
+            present: victim_fields::IN_FILTER | victim_fields::OWN_WORKER,
             comm: [0; 16],
         };
         let ev = Event::decode(&bytes(&raw)).expect("decodes");
@@ -599,7 +604,11 @@ mod tests {
         assert_eq!(v["ts"], 1.5);
         assert_eq!(v["pid"], 5);
         assert_eq!(v["in_filter"], true);
-        assert_eq!(v["oomlab_worker"], false);
+        assert_eq!(v["own_worker"], true);
+        assert_eq!(
+            v["oomlab_worker"], false,
+            "user space decides from own_worker or the comm"
+        );
         assert!(v["cgroup"].is_null());
     }
 

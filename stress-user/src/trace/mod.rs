@@ -35,4 +35,4 @@ pub use error::TraceError;
 pub use event::{Event, EventKind};
 pub use reader::Events;
 pub use tracefs::{ensure_tracefs, format_path, read_format, Tracefs};
-pub use tracer::{ReclaimTotal, Stats, TraceOptions, Tracer};
+pub use tracer::{OwnWorkers, ReclaimTotal, Stats, TraceOptions, Tracer};

@@ -4,7 +4,7 @@
 use std::{
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::Instant,
 };
@@ -40,6 +40,9 @@ pub struct TraceOptions {
     /// Size of the kernel→user ring buffer (checked by [`ring_bytes`]); a full buffer drops
     /// events in the kernel, counted and reported as `lost`.
     pub ring_bytes: u32,
+    /// This process starts workers and tells the kernel their pids ([`Tracer::own_workers`]):
+    /// a victim's `oomlab_worker` then comes from that set, not from its comm.
+    pub own_workers: bool,
 }
 
 impl Default for TraceOptions {
@@ -49,6 +52,7 @@ impl Default for TraceOptions {
             events: EventSet::ALL,
             target: None,
             ring_bytes: DEFAULT_RING_BYTES,
+            own_workers: false,
         }
     }
 }
@@ -69,6 +73,28 @@ pub struct Tracer {
     pub reclaim_key: ReclaimKey,
     /// The memory controller's version, when one was found.
     pub memory_version: Option<Version>,
+    own_workers: Option<OwnWorkers>,
+}
+
+/// The kernel's set of this oomlab's own workers (`OWN_WORKERS`), which `oom:mark_victim` looks
+/// a victim up in: a worker's pid goes in as soon as it is started, and the kernel drops it when
+/// the worker exits.
+#[derive(Clone)]
+pub struct OwnWorkers(Arc<Mutex<aya::maps::HashMap<MapData, u32, u8>>>);
+
+impl OwnWorkers {
+    pub fn add(&self, pid: i32) {
+        let Ok(pid) = u32::try_from(pid) else {
+            return;
+        };
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(e) = map.insert(pid, 1, 0) {
+            log::warn!("OWN_WORKERS: cannot add worker {pid}: {e}; its kill is told by its comm");
+        }
+    }
 }
 
 /// Counters kept in the kernel, summed over CPUs.
@@ -155,7 +181,16 @@ impl Tracer {
         };
         let ring = take(&mut bpf, "EVENTS", RingBuf::try_from)?;
         let oom_ring = take(&mut bpf, "OOM_EVENTS", RingBuf::try_from)?;
-        let enricher = Enricher::new(memory_version, target_state);
+        let own_workers = if opts.own_workers {
+            let map = take(&mut bpf, "OWN_WORKERS", aya::maps::HashMap::try_from)?;
+            Some(OwnWorkers(Arc::new(Mutex::new(map))))
+        } else {
+            None
+        };
+        let mut enricher = Enricher::new(memory_version, target_state);
+        if own_workers.is_some() {
+            enricher = enricher.with_own_workers();
+        }
         let (stop, events) = reader::spawn(ring, oom_ring, enricher)?;
         let tracer = Tracer {
             bpf,
@@ -168,6 +203,7 @@ impl Tracer {
             attached,
             reclaim_key,
             memory_version,
+            own_workers,
         };
         Ok((tracer, events))
     }
@@ -221,6 +257,11 @@ impl Tracer {
             lost: sum(stat::DROPPED),
             lost_oom: sum(stat::OOM_DROPPED),
         }
+    }
+
+    /// The kernel's own-worker set, with [`TraceOptions::own_workers`].
+    pub fn own_workers(&self) -> Option<OwnWorkers> {
+        self.own_workers.clone()
     }
 
     /// The loaded object, for filters that user space keeps up to date.

@@ -760,6 +760,7 @@ mod tests {
                 oom_score_adj: Some(500),
                 trigger: task(trigger, "oomlab"),
                 in_filter: false,
+                own_worker: false,
                 context: VictimContext::default(),
             }),
         }
