@@ -193,11 +193,17 @@ fn demo_tells_the_seed_story_and_writes_a_report() {
         &fs::read_to_string(dir.path().join("report.json")).expect("report.json"),
     )
     .expect("valid JSON");
-    let overkill = common::in_vm() && out.status.code() == Some(1) && app_overkilled(&json);
-    if overkill {
+    // The victims are the kernel's: each one has its `Killed process` line in /dev/kmsg.
+    let kernel_log = kmsg.drain().join("\n");
+    let overkill = match out.status.code() {
+        Some(1) => app_overkilled(&json, &kernel_log),
+        _ => None,
+    };
+    if let Some(reason) = &overkill {
         eprintln!(
-            "the kernel's second kill right after a worker's took the app in stage 2: checked \
-             as that, and stage 3's claim (workers protected, the app dies) is not checked\n{log}"
+            "stage 2's OOM found only freshly respawned workers, which the app outscored ({reason}): \
+             the kernel killed the app there; stage 3's claim (workers protected, the app dies) is \
+             not checked\n{log}"
         );
     } else {
         assert_eq!(out.status.code(), Some(0), "{log}");
@@ -262,8 +268,6 @@ fn demo_tells_the_seed_story_and_writes_a_report() {
         "the stage's pressure line is printed:\n{log}"
     );
 
-    // The victims are the kernel's: each one has its `Killed process` line in /dev/kmsg.
-    let kernel_log = kmsg.drain().join("\n");
     let episodes = json["episodes"].as_array().expect("episodes");
     assert!(!episodes.is_empty(), "no OOM episode in the report");
     for ep in episodes {
@@ -278,7 +282,11 @@ fn demo_tells_the_seed_story_and_writes_a_report() {
         .iter()
         .find(|e| e["victim_role"] == "app:node")
         .expect("an episode where the app was killed");
-    assert_eq!(app_ep["stage"], if overkill { 1 } else { 2 }, "{app_ep:#}");
+    assert_eq!(
+        app_ep["stage"],
+        if overkill.is_some() { 1 } else { 2 },
+        "{app_ep:#}"
+    );
     let cands = app_ep["candidates"].as_array().expect("candidates");
     let app_pid = app_ep["victim_pid"].as_i64().expect("pid");
     // The table is the kernel's (dump_tasks): it has none when vm.oom_dump_tasks is 0, or when
@@ -312,24 +320,22 @@ fn demo_tells_the_seed_story_and_writes_a_report() {
     assert_cleaned_up(&json);
 }
 
-/// The kernel's overkill race, which the slow test VMs hit in the demo's stage 2: a second OOM
-/// kill follows a worker's within a fraction of a second, while the first victim's pages are
-/// still charged, and the only candidates left beside the app are freshly respawned workers
-/// that score lower than the app at adj 988. True when that is how the run failed: the app died
-/// in stage 2 right after a worker, and the failed expectations are stage 2's `app_survives`
-/// and stage 3's `victim` (the app was already gone).
-fn app_overkilled(json: &Value) -> bool {
+/// Why the demo can exit 1 in the slow test VMs, from the kernel's own numbers. In stage 2 the
+/// workers (adj 1000) are killed and respawned again and again; badness is rss + adj × limit
+/// pages / 1000, so a worker outscores the app (adj 988) only while it holds more than the app's
+/// rss minus 1.2 % of the limit: 34 MiB on the host, but about 4 MiB in the VMs, where every
+/// size is divided by 8 and emulated page faults make respawned workers grow slowly. An OOM that
+/// finds only freshly respawned workers alive kills the app, by the kernel's rule: stage 2's
+/// `app_survives` fails, and stage 3's `victim` then has no app left. `Some(reason)` when that is
+/// how the run failed: the app's kill fell in stage 2, the only failed expectations are those
+/// two, and the kernel's candidate table for that OOM ranks the app first with every worker's
+/// badness below it, or the kernel printed no table (no `oom-kill:` summary for the app: stage 2
+/// uses up the report ratelimit of 10 per 5 s), which the reason then says.
+fn app_overkilled(json: &Value, kernel_log: &str) -> Option<String> {
     let episodes = json["episodes"].as_array().map_or(&[][..], Vec::as_slice);
-    let t = |e: &Value| e["t"].as_f64().unwrap_or(f64::NAN);
-    let right_after_a_worker = |app: &Value| {
-        episodes.iter().any(|w| {
-            let dt = t(app) - t(w);
-            w["victim_role"] == "worker" && (0.0..0.3).contains(&dt)
-        })
-    };
-    let app_overkilled = episodes
+    let app = episodes
         .iter()
-        .any(|e| e["victim_role"] == "app:node" && e["stage"] == 1 && right_after_a_worker(e));
+        .find(|e| e["victim_role"] == "app:node" && e["stage"] == 1)?;
     let only_its_consequences = json["expectations"]
         .as_array()
         .into_iter()
@@ -339,7 +345,36 @@ fn app_overkilled(json: &Value) -> bool {
             (v["scope"] == "stage 2" && v["key"] == "app_survives")
                 || (v["scope"] == "stage 3" && v["key"] == "victim")
         });
-    app_overkilled && only_its_consequences
+    if !only_its_consequences {
+        return None;
+    }
+    let cands = app["candidates"].as_array().map_or(&[][..], Vec::as_slice);
+    if cands.is_empty() {
+        let pid = app["victim_pid"].as_i64()?;
+        let summarised = kernel_log
+            .lines()
+            .any(|l| l.contains("oom-kill:") && l.contains(&format!(",pid={pid},uid=")));
+        return (!summarised).then(|| {
+            "the kernel ratelimited the report of the app's OOM, so its scores are not in the log"
+                .to_string()
+        });
+    }
+    let app_row = cands
+        .iter()
+        .find(|c| c["chosen"] == true && c["role"] == "app:node")?;
+    let app_badness = app_row["badness"].as_i64()?;
+    let workers: Vec<i64> = cands
+        .iter()
+        .filter(|c| c["role"] == "worker")
+        .map(|c| c["badness"].as_i64().unwrap_or(i64::MIN))
+        .collect();
+    let below = workers.iter().all(|&b| b < app_badness);
+    (app_row["rank"] == 1 && below).then(|| {
+        format!(
+            "the kernel's table: app badness {app_badness}, the {} workers alive {workers:?}",
+            workers.len()
+        )
+    })
 }
 
 #[test]
