@@ -3,8 +3,9 @@
 //! cri-containerd-<id>.scope`, the container with `memory.oom.group=1` as Kubernetes ≥ 1.28
 //! sets it). `oomlab inject` and `oomlab run` refuse such a container without
 //! `--allow-group-kill`, creating nothing; with it, a worker's OOM kills the whole container and
-//! `oomlab trace` reports the one group kill with every task it took, as the kernel counts them
-//! (`memory.events` `oom_group_kill` from 5.17; the kernel log's group line on older kernels).
+//! `oomlab trace` reports the one group kill with every task it took, and `oomlab serve` counts
+//! it, as the kernel counts them (`memory.events` `oom_group_kill` from 5.17; the kernel log's
+//! group line on older kernels).
 //! The host has memory on v1, so these run in the VM matrix (`cargo xtask vm-test`).
 
 mod common;
@@ -19,7 +20,7 @@ use std::{
 
 use common::{
     cgroup::TEST_PARENT, guard::TempPath, inject::Injector, kmsg::Kmsg, lines::of_type,
-    trace::TraceChild,
+    serve::Serve, trace::TraceChild,
 };
 use serde_json::Value;
 use stress_user::cgroup::{
@@ -255,6 +256,7 @@ fn with_the_flag_a_worker_oom_is_one_group_kill_and_trace_reports_it() {
     let before = events(&ctr);
     let mut kmsg = Kmsg::open_at_end();
     let trace = TraceChild::start(&["--cgroup", &path]);
+    let mut serve = Serve::start("");
 
     // The container's own processes: two apps holding 8 MiB.
     let mut apps: Vec<Child> = (0..2).map(|_| app(&ctr, "8MiB")).collect();
@@ -321,6 +323,15 @@ fn with_the_flag_a_worker_oom_is_one_group_kill_and_trace_reports_it() {
         seen.iter().any(|m| m.contains(&group_line))
     });
     let logged = seen.iter().filter(|m| m.contains(&group_line)).count() as u64;
+    // serve counts node-wide: in the VMs nothing else on the node OOMs.
+    let served = || serve.metric("oomlab_oom_group_kills_total");
+    common::wait_until(Duration::from_secs(10), || served() >= 1.0);
+    assert_eq!(
+        served(),
+        groups.len() as f64,
+        "oomlab serve's oomlab_oom_group_kills_total = trace's group kills"
+    );
+    serve.stop();
     match oom_group::group_kills(&ctr).expect("memory.events") {
         Some(_) => {
             assert_eq!(

@@ -406,6 +406,10 @@ async fn run_async(args: Args) -> anyhow::Result<i32> {
         own_workers: false,
     };
     let (mut tracer, rx) = Tracer::start(&opts)?;
+    let episodes = episodes.map(|mut e| {
+        e.use_victims(tracer.victim_ledger());
+        e
+    });
     let mut sink = Sink {
         out: BufWriter::new(std::io::stdout().lock()),
         fmt: args.output,

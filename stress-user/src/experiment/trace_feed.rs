@@ -36,7 +36,9 @@ pub(super) fn start_tracer(
     .map_err(|e| RunError::Failed(format!("starting the tracer: {e}")))?;
     lock(shared).own_workers = tracer.own_workers();
     // Opened before anything is injected, so no OOM report of the run is missed.
-    let mut pump = Pump::new(rx, Some(Episodes::start(None)));
+    let mut episodes = Episodes::start(None);
+    episodes.use_victims(tracer.victim_ledger());
+    let mut pump = Pump::new(rx, Some(episodes));
     let kmsg_ok = pump.has_kmsg();
     let (shared, cg_path) = (shared.clone(), cg.path());
     // Stop is asked for through the collector; once it is, the pump drains what a kill just

@@ -7,6 +7,7 @@ use std::{
     collections::{HashMap, HashSet, VecDeque},
     fs,
     path::Path,
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -132,6 +133,35 @@ impl TargetState {
     }
 }
 
+/// Every victim pid the kernel's `oom:mark_victim` delivered lately, whether the target filter
+/// kept it or not: the episode builder believes a `Killed process` line only when one names it,
+/// and a victim the filter drops (outside the target, or on v2 gone before its cgroup could be
+/// read) is still a kill the kernel made. Shared by the reader thread and the episode builder.
+#[derive(Debug, Clone, Default)]
+pub struct VictimLedger(Arc<Mutex<VecDeque<(Instant, i32)>>>);
+
+impl VictimLedger {
+    /// Longer than any wait of a report for its events.
+    const KEEP: Duration = Duration::from_secs(10);
+    const MAX: usize = 4096;
+
+    pub fn record(&self, pid: i32, now: Instant) {
+        let mut q = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        while q
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) >= Self::KEEP || q.len() >= Self::MAX)
+        {
+            q.pop_front();
+        }
+        q.push_back((now, pid));
+    }
+
+    pub fn contains(&self, pid: i32) -> bool {
+        let q = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        q.iter().any(|(_, p)| *p == pid)
+    }
+}
+
 /// Per-tracer state of the enrichment step.
 pub struct Enricher {
     version: Option<Version>,
@@ -151,6 +181,7 @@ pub struct Enricher {
     /// This process fills the kernel's own-worker set: a victim is a worker when the kernel
     /// found it there, whatever its comm.
     own_workers: bool,
+    ledger: VictimLedger,
 }
 
 /// Hard cap of the per-pid tables (a fork storm between two sweeps).
@@ -177,7 +208,13 @@ impl Enricher {
             victim_set: HashSet::new(),
             last_sweep: Instant::now(),
             own_workers: false,
+            ledger: VictimLedger::default(),
         }
+    }
+
+    /// Every victim seen, before the target filter.
+    pub fn ledger(&self) -> VictimLedger {
+        self.ledger.clone()
     }
 
     /// Victims' roles from the kernel's own-worker set rather than their comm.
@@ -239,6 +276,7 @@ impl Enricher {
             EventKind::Victim(v) => {
                 // First: the victim's /proc entry goes when its parent reaps it.
                 fill_from_proc(v);
+                self.ledger.record(v.pid, Instant::now());
                 let moved = self.moved.get(&(v.pid as u32)).map(String::as_str);
                 v.context = victim_context(v.pid as u32, v.comm.as_deref(), self.version, moved);
                 if self.own_workers {

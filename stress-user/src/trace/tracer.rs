@@ -22,7 +22,7 @@ use super::{
     },
     catalogue::EventSet,
     config::{build_config, set_filter, set_reclaim_key, ReclaimKey},
-    enrich::{Enricher, TargetState},
+    enrich::{Enricher, TargetState, VictimLedger},
     error::TraceError,
     reader::{self, Events},
     tracefs::{ensure_tracefs, Tracefs},
@@ -74,6 +74,7 @@ pub struct Tracer {
     /// The memory controller's version, when one was found.
     pub memory_version: Option<Version>,
     own_workers: Option<OwnWorkers>,
+    ledger: VictimLedger,
 }
 
 /// The kernel's set of this oomlab's own workers (`OWN_WORKERS`), which `oom:mark_victim` looks
@@ -191,6 +192,7 @@ impl Tracer {
         if own_workers.is_some() {
             enricher = enricher.with_own_workers();
         }
+        let ledger = enricher.ledger();
         let (stop, events) = reader::spawn(ring, oom_ring, enricher)?;
         let tracer = Tracer {
             bpf,
@@ -204,6 +206,7 @@ impl Tracer {
             reclaim_key,
             memory_version,
             own_workers,
+            ledger,
         };
         Ok((tracer, events))
     }
@@ -257,6 +260,12 @@ impl Tracer {
             lost: sum(stat::DROPPED),
             lost_oom: sum(stat::OOM_DROPPED),
         }
+    }
+
+    /// Every victim the kernel delivered, before the target filter (for
+    /// [`Episodes::use_victims`](super::episode::Episodes::use_victims)).
+    pub fn victim_ledger(&self) -> VictimLedger {
+        self.ledger.clone()
     }
 
     /// The kernel's own-worker set, with [`TraceOptions::own_workers`].

@@ -14,6 +14,7 @@ use crate::{
     sys::page_size,
     trace::{
         badness::{self, Ranking},
+        enrich::VictimLedger,
         event::{ReaperStep, Task, Victim},
         kmsg::{
             Killed, MemCounter, OomHeader, OomLine, OomParser, OomSummary, Reaped, Record, Scope,
@@ -129,6 +130,8 @@ pub struct EpisodeBuilder {
     verify_kills: bool,
     /// Pids of the `mark_victim` events of the last [`STALE`], claimed or not.
     traced_pids: VecDeque<(Instant, i32)>,
+    /// The tracer's record of every victim, also those its target filter dropped.
+    ledger: Option<VictimLedger>,
     /// `Killed process` lines no `mark_victim` event confirmed, skipped.
     unmatched_kills: u64,
 }
@@ -157,6 +160,7 @@ impl EpisodeBuilder {
             node_totalpages,
             verify_kills: false,
             traced_pids: VecDeque::new(),
+            ledger: None,
             unmatched_kills: 0,
         }
     }
@@ -169,6 +173,12 @@ impl EpisodeBuilder {
     /// checked against its report's own pid only.
     pub fn verify_kills(&mut self) {
         self.verify_kills = true;
+    }
+
+    /// Also believe kill lines of victims the tracer's target filter dropped (they are kills
+    /// all the same; the episode's target check decides what is shown).
+    pub fn use_victims(&mut self, ledger: VictimLedger) {
+        self.ledger = Some(ledger);
     }
 
     /// `Killed process` lines skipped because no `mark_victim` named their pid.
@@ -303,10 +313,11 @@ impl EpisodeBuilder {
         let mut out = Vec::new();
         // A closed report still collects reaper lines until its quiet period ends, and (live)
         // waits a little for the mark_victim events of its kill lines.
-        let (verify, traced) = (self.verify_kills, &self.traced_pids);
+        let (verify, traced, ledger) = (self.verify_kills, &self.traced_pids, &self.ledger);
         let settled = |r: &Report| {
             !verify
-                || r.victim_pids().all(|p| traced.iter().any(|(_, t)| *t == p))
+                || r.victim_pids()
+                    .all(|p| is_traced(traced, ledger.as_ref(), p))
                 || quiet(r, VICTIM_GRACE)
         };
         let mut ready = Vec::new();
@@ -389,10 +400,10 @@ impl EpisodeBuilder {
         if !self.verify_kills || !r.has_kill() {
             return Some(r);
         }
-        let traced = &self.traced_pids;
+        let (traced, ledger) = (&self.traced_pids, self.ledger.as_ref());
         let before = r.killed.len();
         r.killed.retain(|k| {
-            let ok = traced.iter().any(|(_, p)| *p == k.pid);
+            let ok = is_traced(traced, ledger, k.pid);
             if !ok {
                 log::warn!(
                     "kernel-log `Killed process {}` names no oom:mark_victim victim: skipped",
@@ -591,6 +602,12 @@ impl EpisodeBuilder {
             v.adj_history = self.adj.history(v.pid).to_vec();
         }
     }
+}
+
+/// Whether a `mark_victim` named `pid` lately: an event the builder got, or one the tracer's
+/// filter dropped.
+fn is_traced(traced: &VecDeque<(Instant, i32)>, ledger: Option<&VictimLedger>, pid: i32) -> bool {
+    traced.iter().any(|(_, p)| *p == pid) || ledger.is_some_and(|l| l.contains(pid))
 }
 
 /// An episode with an id and nothing known yet.
@@ -1155,6 +1172,19 @@ mod tests {
         assert_eq!(pids, [137, 138, 136]);
         assert_eq!(eps[0].group_kill.as_deref(), Some("/lab"));
         assert_eq!(b.unmatched_kills(), 1, "141's line");
+
+        // The tracer's filter dropped the victim's event (on v2, gone before its cgroup could
+        // be read): its ledger still has the kill, so the line stands, as a logged victim.
+        let mut b = live();
+        let ledger = VictimLedger::default();
+        ledger.record(19495, t0);
+        b.use_victims(ledger);
+        feed(&mut b, "6.18-host-memcg.txt", t0);
+        let eps = b.poll(t0 + QUIET);
+        assert_eq!(eps.len(), 1, "{eps:#?}");
+        let v = &eps[0].victims[0];
+        assert_eq!((v.pid, v.logged, v.traced), (19495, true, false));
+        assert_eq!(b.unmatched_kills(), 0);
 
         // A saved log (explain) has no events: the report's own pid is the check.
         let mut b = EpisodeBuilder::new(0, None);

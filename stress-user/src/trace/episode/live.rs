@@ -7,6 +7,7 @@ use tokio::sync::mpsc;
 
 use super::{Episode, EpisodeBuilder};
 use crate::trace::{
+    enrich::VictimLedger,
     kmsg::{KmsgReader, Record},
     Event,
 };
@@ -37,6 +38,12 @@ impl Episodes {
             kmsg,
             target,
         }
+    }
+
+    /// Kill lines are checked against every victim the tracer delivered, before its target
+    /// filter (see [`Tracer::victim_ledger`](crate::trace::Tracer::victim_ledger)).
+    pub fn use_victims(&mut self, ledger: VictimLedger) {
+        self.builder.use_victims(ledger);
     }
 
     /// `Killed process` lines skipped because no `oom:mark_victim` named their pid.
