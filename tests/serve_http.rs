@@ -13,24 +13,9 @@ use std::{
 
 use common::{
     lines::{is_type, Lines},
-    serve::{free_port, get, try_get, Serve},
+    serve::{adj_flood, free_port, get, try_get, Launch, Serve},
 };
 use nix::sys::signal::Signal;
-
-/// Writes to our own oom_score_adj: each one is an `oom:oom_score_adj_update` event. One open
-/// file and a pwrite each, so the flood is as fast as the kernel takes it.
-fn adj_flood(n: u32) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/proc/self/oom_score_adj")
-        .expect("open /proc/self/oom_score_adj");
-    for i in 0..n {
-        f.write_at((i % 50).to_string().as_bytes(), 0)
-            .expect("write /proc/self/oom_score_adj");
-    }
-    f.write_at(b"0", 0).expect("reset oom_score_adj");
-}
 
 /// `/healthz` answers 200 on `port`.
 fn healthy(port: u16) -> bool {
@@ -142,16 +127,49 @@ fn flood_a_stalled_client(serve: &Serve) -> Lines {
     live
 }
 
-/// SIGHUP with a bad key keeps the running config; with a new port it moves the listener.
+/// SIGHUP with a bad key keeps the running config; a port that cannot be bound keeps the old
+/// listener serving, and the daemon says so; a free new port moves the listener.
 fn reload_moves_the_port(serve: &mut Serve) {
     let port = serve.port;
     let config = serve.config.clone().expect("config path");
+    let pid = serve.child.id() as i32;
+    // Someone else holds the port the reload asks for.
+    let taken = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let taken_port = taken.local_addr().expect("addr").port();
+    std::fs::write(
+        &config,
+        format!("listen = \"127.0.0.1:{taken_port}\"\nmax_connections = 8\nmax_streams = 2\n"),
+    )
+    .expect("write config");
+    common::signal(pid, Signal::SIGHUP);
+    let said = format!("still listening on http://127.0.0.1:{port}");
+    assert!(
+        common::wait_until(Duration::from_secs(5), || serve
+            .stderr_text()
+            .contains(&said)),
+        "a reload to a taken port says it keeps the old one: {}",
+        serve.stderr_text()
+    );
+    assert!(
+        serve
+            .stderr_text()
+            .contains(&format!("cannot listen on 127.0.0.1:{taken_port}")),
+        "names the port it could not bind: {}",
+        serve.stderr_text()
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            serve.get("/healthz").0,
+            200,
+            "the old listener still serves"
+        );
+    }
+    drop(taken);
     std::fs::write(
         &config,
         format!("listen = \"127.0.0.1:{port}\"\ntop_m = 1\n"),
     )
     .expect("write config");
-    let pid = serve.child.id() as i32;
     common::signal(pid, Signal::SIGHUP);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(serve.get("/healthz").0, 200, "a bad config is refused");
@@ -177,7 +195,14 @@ fn http_edges_slow_clients_and_reload() {
     if !common::need_root("http_edges_slow_clients_and_reload") {
         return;
     }
-    let mut serve = Serve::start("max_connections = 8\nstream_buffer = 64\n");
+    let stderr = common::guard::TempPath::dir("serve-http");
+    let mut serve = Serve::launch(
+        "max_connections = 8\nmax_streams = 2\nstream_buffer = 64\n",
+        &Launch {
+            stderr: Some(stderr.path().join("stderr")),
+            ..Launch::default()
+        },
+    );
     let port = serve.port;
 
     refuses_bad_requests(&serve);
@@ -185,8 +210,8 @@ fn http_edges_slow_clients_and_reload() {
     // A client that asks for /events and never reads, while events flood in.
     let live = flood_a_stalled_client(&serve);
 
-    // Idle connections beyond max_connections are closed at once; the daemon still serves
-    // once they go.
+    // Idle connections beyond max_connections take the places of older idle ones (or are
+    // closed at once when none is idle); the daemon still serves.
     let idle: Vec<TcpStream> = (0..12)
         .map(|_| TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect idle"))
         .collect();
@@ -199,10 +224,11 @@ fn http_edges_slow_clients_and_reload() {
         "serves again once the idle connections are gone"
     );
 
-    let refused = serve.metric("oomlab_http_connections_refused_total");
+    let refused = serve.metric("oomlab_http_connections_refused_total")
+        + serve.metric("oomlab_http_connections_evicted_total");
     assert!(
         refused >= 4.0,
-        "12 idle connections with max_connections = 8: {refused} refused"
+        "12 idle connections with max_connections = 8: {refused} refused or evicted"
     );
 
     // SIGHUP: a bad key keeps the running config, a new port moves the listener.

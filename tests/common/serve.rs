@@ -4,6 +4,7 @@
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, TcpListener, TcpStream},
+    path::PathBuf,
     process::{Child, Stdio},
     thread,
     time::{Duration, Instant},
@@ -25,13 +26,30 @@ pub(crate) fn free_port() -> u16 {
 pub(crate) struct Serve {
     pub(crate) child: Child,
     pub(crate) port: u16,
-    pub(crate) config: Option<std::path::PathBuf>,
+    pub(crate) config: Option<PathBuf>,
+    /// Where its stderr goes, when the test reads it.
+    pub(crate) stderr: Option<PathBuf>,
+}
+
+/// How a test wants the daemon started beyond its TOML config.
+#[derive(Default)]
+pub(crate) struct Launch<'a> {
+    /// More command-line arguments after `serve --config FILE`.
+    pub(crate) args: &'a [&'a str],
+    /// Send stderr to this file (read back with [`Serve::stderr_text`]).
+    pub(crate) stderr: Option<PathBuf>,
+    /// Ready when this answers true for the port (default: `/healthz` over plain HTTP).
+    pub(crate) ready: Option<&'a dyn Fn(u16) -> bool>,
 }
 
 impl Serve {
     /// Starts the daemon with `config` (TOML, without `listen`, which is added) and waits until
     /// `/healthz` answers, which is after every program is attached.
     pub(crate) fn start(config: &str) -> Serve {
+        Serve::launch(config, &Launch::default())
+    }
+
+    pub(crate) fn launch(config: &str, how: &Launch<'_>) -> Serve {
         let port = free_port();
         let path = std::env::temp_dir().join(format!(
             "oomlab-serve-test-{}-{port}.toml",
@@ -39,34 +57,61 @@ impl Serve {
         ));
         std::fs::write(&path, format!("listen = \"127.0.0.1:{port}\"\n{config}"))
             .expect("write the test config");
-        let child = super::oomlab()
-            .arg("serve")
+        let mut cmd = super::oomlab();
+        cmd.arg("serve")
             .arg("--config")
             .arg(&path)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start oomlab serve");
+            .args(how.args)
+            .stdin(Stdio::null());
+        if let Some(err) = &how.stderr {
+            cmd.stderr(std::fs::File::create(err).expect("create the stderr file"));
+        }
+        let child = cmd.spawn().expect("start oomlab serve");
         let mut serve = Serve {
             child,
             port,
             config: Some(path),
+            stderr: how.stderr.clone(),
         };
-        serve.wait_healthy();
+        let plain = |port| matches!(try_get(port, "/healthz", ""), Ok((200, _)));
+        serve.wait_ready(how.ready.unwrap_or(&plain));
         serve
     }
 
-    fn wait_healthy(&mut self) {
+    fn wait_ready(&mut self, ready: &dyn Fn(u16) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().expect("poll oomlab serve") {
                 panic!("oomlab serve exited before it was ready: {status}");
             }
-            if let Ok((200, _)) = try_get(self.port, "/healthz", "") {
+            if ready(self.port) {
                 return;
             }
             thread::sleep(Duration::from_millis(50));
         }
         panic!("oomlab serve did not answer /healthz within 20 s");
+    }
+
+    /// What the daemon wrote to stderr so far (started with [`Launch::stderr`]).
+    pub(crate) fn stderr_text(&self) -> String {
+        let path = self.stderr.as_ref().expect("started with Launch::stderr");
+        std::fs::read_to_string(path).expect("read the daemon's stderr")
+    }
+
+    /// Resident memory (VmRSS) in KiB, from the kernel.
+    pub(crate) fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read the daemon's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
+    /// Whether the daemon still runs (not exited, not a zombie).
+    pub(crate) fn alive(&mut self) -> bool {
+        self.child.try_wait().expect("poll oomlab serve").is_none()
     }
 
     pub(crate) fn get(&self, path: &str) -> (u16, String) {
@@ -131,7 +176,7 @@ impl Drop for Serve {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        if let Some(p) = &self.config {
+        for p in [&self.config, &self.stderr].into_iter().flatten() {
             let _ = std::fs::remove_file(p);
         }
     }
@@ -229,4 +274,70 @@ pub(crate) fn wait_exit_unreaped(child: &Child, timeout: Duration) {
         thread::sleep(Duration::from_millis(10));
     }
     panic!("child {} did not exit within {timeout:?}", child.id());
+}
+
+/// Writes to our own oom_score_adj: each one is an `oom:oom_score_adj_update` event. One open
+/// file and a pwrite each, so the flood is as fast as the kernel takes it.
+pub(crate) fn adj_flood(n: u32) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/self/oom_score_adj")
+        .expect("open /proc/self/oom_score_adj");
+    for i in 0..n {
+        f.write_at((i % 50).to_string().as_bytes(), 0)
+            .expect("write /proc/self/oom_score_adj");
+    }
+    f.write_at(b"0", 0).expect("reset oom_score_adj");
+}
+
+/// A client for `/events` that never reads, with a receive buffer of a few KiB so the
+/// daemon's writes stall after little data (instead of after the megabytes loopback
+/// autotuning would otherwise take).
+pub(crate) fn stalled_events_client(port: u16) -> TcpStream {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: a fresh socket; setsockopt before connect pins the receive window small.
+    let stream = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let small: libc::c_int = 4096;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&small as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        TcpStream::from_raw_fd(fd)
+    };
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: addr is a valid sockaddr_in for the socket's family.
+    let r = unsafe {
+        libc::connect(
+            stream.as_raw_fd(),
+            (&addr as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "connect: {}", std::io::Error::last_os_error());
+    let mut s = stream;
+    write!(s, "GET /events HTTP/1.1\r\nHost: x\r\n\r\n").expect("request /events");
+    s
+}
+
+/// Raises this process' open-file soft limit to the hard one (a test holding a thousand
+/// sockets meets the usual soft limit of 1024).
+pub(crate) fn raise_nofile() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("raise RLIMIT_NOFILE");
+    hard
 }

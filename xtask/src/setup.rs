@@ -30,6 +30,9 @@ const APT_PACKAGES: &[&str] = &[
     "runc",
     "docker.io",
     "prometheus",
+    // tests/serve_tls.rs: certificates made with the openssl CLI, TLS client checks with curl.
+    "openssl",
+    "curl",
 ];
 
 /// PyPI tools the tests run, as (console script, pip package): the script is looked up on PATH,

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use crate::{
     cli::exit,
-    serve::{self, ServeOptions},
+    serve::{self, ServeError, ServeOptions},
 };
 
 #[derive(Debug, clap::Args)]
@@ -18,6 +18,37 @@ pub struct Args {
     /// Allow listening on a non-loopback address (the endpoints show every OOM on the node).
     #[arg(long)]
     allow_remote: bool,
+    /// TLS and basic auth (Prometheus exporter-toolkit web-config.yml: tls_server_config,
+    /// basic_auth_users); SIGHUP re-reads it [default: `web_config` in the config].
+    #[arg(long)]
+    web_config: Option<PathBuf>,
+}
+
+/// A client that closes its socket mid-response must cost the daemon one connection, never
+/// the process: `main` restores the default SIGPIPE (die quietly when piped into `head`),
+/// which a daemon writing to sockets must not keep. serve starts no child processes, so no
+/// child inherits the ignored disposition.
+fn ignore_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_IGN, before the runtime's threads exist.
+    if unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) } == libc::SIG_ERR {
+        log::warn!("cannot ignore SIGPIPE: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Each connection is a file descriptor: the soft limit (often 1024) goes up to the hard one,
+/// so a flood of connections meets `max_connections` and the eviction of idle ones, not EMFILE
+/// in the accept loop.
+fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                log::warn!("cannot raise RLIMIT_NOFILE from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => log::warn!("getrlimit(RLIMIT_NOFILE): {e}"),
+    }
 }
 
 pub(super) fn run(args: Args) -> anyhow::Result<i32> {
@@ -25,12 +56,19 @@ pub(super) fn run(args: Args) -> anyhow::Result<i32> {
         config: args.config,
         listen: args.listen,
         allow_remote: args.allow_remote,
+        web_config: args.web_config,
     };
     // Bad config: say so before touching the kernel.
-    if let Err(e) = opts.config() {
+    let checked = opts
+        .config()
+        .map_err(ServeError::from)
+        .and_then(|cfg| Ok(ServeOptions::web(&cfg).map(drop)?));
+    if let Err(e) = checked {
         eprintln!("oomlab serve: {e}");
         return Ok(exit::USAGE);
     }
+    ignore_sigpipe();
+    raise_nofile();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -6,6 +6,7 @@ use std::{
     collections::BTreeSet,
     net::SocketAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use serde::Deserialize;
@@ -44,8 +45,21 @@ pub struct Config {
     pub max_comms_per_cgroup: usize,
     /// Which events to count and stream.
     pub events: BTreeSet<EventClass>,
-    /// Open HTTP connections at most; more are closed at once.
+    /// Open HTTP connections at most. A new one takes the place of the oldest idle one (no
+    /// whole request yet, or between requests); with none idle it is closed at once.
     pub max_connections: usize,
+    /// Open connections from one IP address at most (the peer's own oldest idle one makes room).
+    pub max_connections_per_peer: usize,
+    /// `/events` streams at most, below `max_connections`, so `/metrics` and `/healthz` always
+    /// find a place; more are answered 503.
+    pub max_streams: usize,
+    /// An `/events` client that accepts no bytes for this long while events wait for it is
+    /// disconnected (and counted in `oomlab_events_streams_dropped_total`).
+    #[serde(deserialize_with = "duration")]
+    pub stream_write_timeout: Duration,
+    /// TLS and basic auth, in the Prometheus exporter-toolkit `web-config.yml` format; relative
+    /// paths are relative to this file's directory.
+    pub web_config: Option<PathBuf>,
     /// Bytes of request line + headers at most (hyper answers 431 beyond; at least 8192).
     pub max_header_bytes: usize,
     /// Events kept for `/events` clients that fall behind (as batches of up to 64, counted as
@@ -63,10 +77,21 @@ impl Default for Config {
             max_comms_per_cgroup: 10,
             events: EventClass::ALL.into_iter().collect(),
             max_connections: 32,
+            max_connections_per_peer: 16,
+            max_streams: 8,
+            stream_write_timeout: Duration::from_secs(10),
+            web_config: None,
             max_header_bytes: 16 << 10,
             stream_buffer: 4096,
         }
     }
+}
+
+/// `"10s"`, `"500ms"`, `"1m 30s"` (humantime).
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text)
+        .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration: {e}")))
 }
 
 /// hyper refuses buffers smaller than this.
@@ -104,6 +129,20 @@ impl Config {
         }
         if self.max_connections == 0 {
             return Err(invalid("max_connections must be at least 1".into()));
+        }
+        if self.max_streams == 0 || self.max_streams >= self.max_connections {
+            return Err(invalid(format!(
+                "max_streams must be at least 1 and below max_connections ({}), so /metrics and /healthz always find a place",
+                self.max_connections
+            )));
+        }
+        if self.max_connections_per_peer == 0 {
+            return Err(invalid(
+                "max_connections_per_peer must be at least 1".into(),
+            ));
+        }
+        if self.stream_write_timeout.is_zero() {
+            return Err(invalid("stream_write_timeout must be above 0".into()));
         }
         if self.max_header_bytes < MIN_HEADER_BYTES {
             return Err(invalid(format!(
@@ -163,6 +202,10 @@ mod tests {
             max_comms_per_cgroup = 3
             events = ["oom", "reclaim"]
             max_connections = 4
+            max_connections_per_peer = 2
+            max_streams = 3
+            stream_write_timeout = "1500ms"
+            web_config = "web.yml"
             max_header_bytes = 9000
             stream_buffer = 16
             "#,
@@ -172,6 +215,9 @@ mod tests {
         assert_eq!((cfg.top_n, cfg.max_comms_per_cgroup), (5, 3));
         assert!(cfg.traces(EventClass::Oom) && cfg.traces(EventClass::Reclaim));
         assert!(!cfg.traces(EventClass::Adj) && !cfg.traces(EventClass::Cgroup));
+        assert_eq!((cfg.max_connections_per_peer, cfg.max_streams), (2, 3));
+        assert_eq!(cfg.stream_write_timeout, Duration::from_millis(1500));
+        assert_eq!(cfg.web_config.as_deref(), Some(Path::new("web.yml")));
         cfg.check_listen().expect("remote allowed explicitly");
     }
 
@@ -192,6 +238,13 @@ mod tests {
             "events = [\"swap\"]",
             "listen = \"localhost\"",
             "max_connections = -1",
+            "max_streams = 32",
+            "max_streams = 0",
+            "max_connections = 4\nmax_streams = 4",
+            "max_connections_per_peer = 0",
+            "stream_write_timeout = \"0s\"",
+            "stream_write_timeout = \"soon\"",
+            "stream_write_timeout = 10",
         ] {
             assert!(parse(text).is_err(), "{text} should be refused");
         }

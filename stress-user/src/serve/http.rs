@@ -4,9 +4,10 @@
 
 use std::{
     convert::Infallible,
+    net::SocketAddr,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc, RwLock,
     },
     time::Duration,
 };
@@ -15,28 +16,34 @@ use bytes::{BufMut as _, Bytes, BytesMut};
 use http_body_util::{combinators::BoxBody, BodyExt as _, Channel, Full};
 use hyper::{
     body::Incoming,
-    header::{HeaderValue, CONTENT_TYPE},
+    header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE},
     server::conn::http1,
     service::service_fn,
     Method, Request, Response, StatusCode,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
-    net::TcpListener,
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
     sync::{
         broadcast::{
             self,
             error::{RecvError, TryRecvError},
         },
-        watch, Semaphore,
+        watch,
     },
 };
 
-use super::metrics::Metrics;
+use super::{
+    conns::{Conn, Conns, StreamSlot},
+    metrics::Metrics,
+    web::Web,
+};
 
 type Body = BoxBody<Bytes, Infallible>;
 
-/// How long a client may take to send its request line and headers.
+/// How long a client may take to send its request line and headers (also the keep-alive idle
+/// time between requests, and the TLS handshake).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Headers per request at most (a scrape sends a handful).
 const MAX_HEADERS: usize = 64;
@@ -61,6 +68,14 @@ pub struct Shared {
     /// and connections close once their response is out. Each connection and stream holds a
     /// receiver, so `closing.closed()` tells when all of them are done.
     pub closing: watch::Sender<bool>,
+    /// Who holds a connection, and the caps (changed by a reload).
+    pub conns: Arc<Conns>,
+    /// TLS and basic auth for new connections (replaced by a reload).
+    pub web: RwLock<Arc<Web>>,
+    /// `max_header_bytes`, for new connections.
+    pub max_header_bytes: AtomicUsize,
+    /// `stream_write_timeout` in milliseconds, for new streams.
+    pub stream_write_timeout_ms: AtomicU64,
 }
 
 impl Shared {
@@ -71,6 +86,20 @@ impl Shared {
         tokio::time::timeout(grace, self.closing.closed())
             .await
             .is_ok()
+    }
+
+    fn web(&self) -> Arc<Web> {
+        self.web
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn set_web(&self, web: Web) {
+        *self
+            .web
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(web);
     }
 }
 
@@ -90,16 +119,9 @@ pub struct Chunk {
     pub bytes: Bytes,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_connections: usize,
-    pub max_header_bytes: usize,
-}
-
 /// Accepts connections until the task is aborted. Connections already open live on (each in
-/// its own task) until the client or the process goes away.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, limits: Limits) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+/// its own task) until the client or the process goes away, or a newer one evicts them.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -110,42 +132,91 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, limits: Limits) {
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            shared.metrics.connection_refused();
-            log::debug!(
-                "refusing {peer}: {} connections open",
-                limits.max_connections
-            );
-            continue;
-        };
-        let shared = shared.clone();
-        let mut closing = shared.closing.subscribe();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, &req)) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .max_buf_size(limits.max_header_bytes)
-                .max_headers(MAX_HEADERS)
-                .serve_connection(TokioIo::new(stream), service);
-            let mut conn = std::pin::pin!(conn);
-            // On stop: finish the response in flight (an `/events` stream ends once its
-            // queued lines are out), then close instead of waiting for another request.
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                () = closed(&mut closing) => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                log::debug!("connection from {peer}: {e}");
+        let conn = match shared.conns.admit(peer.ip()) {
+            Ok(c) => c,
+            Err(why) => {
+                shared.metrics.connection_refused();
+                log::debug!("refusing {peer}: {why:?}");
+                continue;
             }
-            drop(permit);
-        });
+        };
+        tokio::spawn(connection(stream, peer, conn, shared.clone()));
+    }
+}
+
+/// One connection: the TLS handshake if configured, then HTTP/1 until the client leaves, the
+/// daemon stops, or the connection is evicted.
+async fn connection(stream: TcpStream, peer: SocketAddr, conn: Conn, shared: Arc<Shared>) {
+    let web = shared.web();
+    let conn = Arc::new(conn);
+    match &web.tls {
+        None => http(TokioIo::new(stream), peer, conn, shared, web.clone()).await,
+        Some(acceptor) => {
+            let handshake = tokio::select! {
+                r = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)) => r,
+                () = conn.evicted() => return,
+            };
+            match handshake {
+                Ok(Ok(tls)) => http(TokioIo::new(tls), peer, conn, shared, web.clone()).await,
+                Ok(Err(e)) => {
+                    shared.metrics.tls_failed();
+                    log::debug!("TLS handshake with {peer}: {e}");
+                }
+                Err(_) => {
+                    shared.metrics.tls_failed();
+                    log::debug!(
+                        "TLS handshake with {peer}: no handshake within {HEADER_READ_TIMEOUT:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+async fn http<I>(
+    io: TokioIo<I>,
+    peer: SocketAddr,
+    conn: Arc<Conn>,
+    shared: Arc<Shared>,
+    web: Arc<Web>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut closing = shared.closing.subscribe();
+    let max_buf = shared.max_header_bytes.load(Ordering::Relaxed);
+    let handler = conn.clone();
+    let service = service_fn(move |req| {
+        let shared = shared.clone();
+        let web = web.clone();
+        let conn = handler.clone();
+        async move { Ok::<_, Infallible>(handle(&shared, &web, &conn, &req).await) }
+    });
+    let http = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(max_buf)
+        .max_headers(MAX_HEADERS)
+        .serve_connection(io, service);
+    let mut http = std::pin::pin!(http);
+    // On stop: finish the response in flight (an `/events` stream ends once its queued lines
+    // are out), then close instead of waiting for another request. Evicted (idle, or a stalled
+    // stream): closed at once.
+    let result = tokio::select! {
+        r = http.as_mut() => r,
+        () = conn.evicted() => {
+            log::debug!("connection from {peer}: closed (evicted or stalled)");
+            return;
+        }
+        () = closed(&mut closing) => {
+            http.as_mut().graceful_shutdown();
+            tokio::select! {
+                r = http.as_mut() => r,
+                () = conn.evicted() => return,
+            }
+        }
+    };
+    if let Err(e) = result {
+        log::debug!("connection from {peer}: {e}");
     }
 }
 
@@ -157,8 +228,37 @@ fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) 
     resp
 }
 
-fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
-    const TEXT: &str = "text/plain; charset=utf-8";
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// One request: credentials first where they are asked (the connection stays evictable while a
+/// bcrypt check waits), then the answer.
+async fn handle(
+    shared: &Shared,
+    web: &Web,
+    conn: &Conn,
+    req: &Request<Incoming>,
+) -> Response<Body> {
+    // Probes need no credentials: /healthz says nothing about the node.
+    if let (Some(auth), false) = (&web.auth, req.uri().path() == "/healthz") {
+        let header = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
+        if !auth.check(header).await {
+            shared.metrics.unauthorized();
+            let mut resp = full(StatusCode::UNAUTHORIZED, TEXT, "credentials needed\n");
+            resp.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"oomlab\", charset=\"UTF-8\""),
+            );
+            return resp;
+        }
+    }
+    conn.busy();
+    let resp = route(shared, conn, req);
+    // A stream holds its slot (and the connection) until it ends.
+    conn.idle_unless_streaming();
+    resp
+}
+
+fn route(shared: &Shared, conn: &Conn, req: &Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     let known = matches!(path, "/metrics" | "/events" | "/healthz" | "/");
     if !known {
@@ -191,7 +291,20 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
                 )
             }
         }
-        "/events" => events(shared),
+        "/events" => match conn.start_stream() {
+            Some(slot) => events(shared, slot),
+            None => {
+                shared.metrics.stream_refused();
+                let mut resp = full(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    "all /events stream slots are taken (max_streams); try again later\n",
+                );
+                resp.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("10"));
+                resp
+            }
+        },
         _ => full(
             StatusCode::OK,
             TEXT,
@@ -206,7 +319,7 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
 /// `oomlab_events_stream_skipped_total` as they are skipped, and told to the client with a
 /// `{"type":"skipped","events":N}` line where the gap is, once it reads again. The daemon never
 /// waits for a client.
-fn events(shared: &Shared) -> Response<Body> {
+fn events(shared: &Shared, slot: StreamSlot) -> Response<Body> {
     let rx = shared.events.subscribe();
     // Read after subscribing: a chunk sent in between is received, not counted as missed.
     let first = shared.next_line.load(Ordering::Acquire);
@@ -214,9 +327,14 @@ fn events(shared: &Shared) -> Response<Body> {
     let ready = shared.ready_line.clone();
     let metrics = shared.metrics.clone();
     let closing = shared.closing.subscribe();
+    let stall = Duration::from_millis(shared.stream_write_timeout_ms.load(Ordering::Relaxed));
     tokio::spawn(stream_events(
-        rx,
-        tx,
+        Stream {
+            rx,
+            tx,
+            slot,
+            stall,
+        },
         ready,
         Gaps::new(metrics, first),
         closing,
@@ -231,15 +349,30 @@ fn events(shared: &Shared) -> Response<Body> {
     resp
 }
 
+/// One `/events` client's ends: the broadcast in, the response body out, its slot, and how long
+/// it may accept no bytes.
+struct Stream {
+    rx: broadcast::Receiver<Chunk>,
+    tx: http_body_util::channel::Sender<Bytes, Infallible>,
+    slot: StreamSlot,
+    stall: Duration,
+}
+
 /// One `/events` client: gathers chunks into writes of up to [`BATCH_BYTES`] and sends them,
-/// skipping (and counting) what arrives while the client's queue is full.
+/// skipping (and counting) what arrives while the client's queue is full. A client whose queue
+/// stays full for `stream_write_timeout` is disconnected and counted.
 async fn stream_events(
-    mut rx: broadcast::Receiver<Chunk>,
-    mut tx: http_body_util::channel::Sender<Bytes, Infallible>,
+    stream: Stream,
     ready: Bytes,
     mut gaps: Gaps,
     mut closing: watch::Receiver<bool>,
 ) {
+    let Stream {
+        mut rx,
+        mut tx,
+        slot,
+        stall,
+    } = stream;
     if tx.send_data(ready).await.is_err() {
         return;
     }
@@ -280,6 +413,8 @@ async fn stream_events(
         // While the client's queue is full, keep taking chunks from the broadcast (so the
         // daemon's buffer does not hold them for this client) and count their lines as skipped
         // now; the client is told at the head of its next write.
+        let stalled = tokio::time::sleep(stall);
+        let mut stalled = std::pin::pin!(stalled);
         loop {
             tokio::select! {
                 biased;
@@ -288,6 +423,12 @@ async fn stream_events(
                         return; // the client went away
                     }
                     break;
+                }
+                () = &mut stalled => {
+                    gaps.metrics.stream_dropped();
+                    log::info!("/events client accepted no bytes for {stall:?}: disconnected");
+                    slot.drop_client();
+                    return;
                 }
                 next = rx.recv(), if open => match next {
                     Ok(chunk) => gaps.skip(&chunk),

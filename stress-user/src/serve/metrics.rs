@@ -13,6 +13,7 @@ use prometheus_client::{
     metrics::{
         counter::Counter,
         family::Family,
+        gauge::Gauge,
         histogram::{exponential_buckets, Histogram},
         info::Info,
     },
@@ -68,6 +69,59 @@ pub struct Metrics {
     events_lost: Counter,
     stream_skipped: Counter,
     connections_refused: Counter,
+    http: HttpMetrics,
+}
+
+/// The connection side: admissions, evictions, stream slots, stalled clients, auth and TLS.
+#[derive(Clone, Default)]
+struct HttpMetrics {
+    connections_evicted: Counter,
+    connections_open: Gauge,
+    streams_open: Gauge,
+    streams_refused: Counter,
+    streams_dropped: Counter,
+    unauthorized: Counter,
+    tls_failed: Counter,
+}
+
+impl HttpMetrics {
+    fn register(&self, reg: &mut Registry) {
+        reg.register(
+            "http_connections_evicted",
+            "Idle HTTP connections (no whole request yet, or between requests) closed to make room for a new one",
+            self.connections_evicted.clone(),
+        );
+        reg.register(
+            "http_connections_open",
+            "HTTP connections open now",
+            self.connections_open.clone(),
+        );
+        reg.register(
+            "events_streams_open",
+            "/events streams open now",
+            self.streams_open.clone(),
+        );
+        reg.register(
+            "events_streams_refused",
+            "/events requests answered 503 because max_streams streams were open",
+            self.streams_refused.clone(),
+        );
+        reg.register(
+            "events_streams_dropped",
+            "/events clients disconnected because they accepted no bytes for stream_write_timeout",
+            self.streams_dropped.clone(),
+        );
+        reg.register(
+            "http_unauthorized",
+            "Requests answered 401: basic auth configured and missing or wrong credentials",
+            self.unauthorized.clone(),
+        );
+        reg.register(
+            "tls_handshake_failures",
+            "TLS connections closed before or during the handshake (bad certificate, timeout, plain HTTP on the TLS port)",
+            self.tls_failed.clone(),
+        );
+    }
 }
 
 /// What one OOM kill is counted under, before the cardinality limits apply.
@@ -134,9 +188,11 @@ impl Metrics {
         let connections_refused = Counter::default();
         reg.register(
             "http_connections_refused",
-            "HTTP connections closed at once because max_connections were open",
+            "HTTP connections closed at once because max_connections (or the peer's max_connections_per_peer) were open and none of them idle",
             connections_refused.clone(),
         );
+        let http = HttpMetrics::default();
+        http.register(&mut reg);
         reg.register(
             "build",
             "oomlab version and the kernel it runs on",
@@ -156,6 +212,7 @@ impl Metrics {
             events_lost,
             stream_skipped,
             connections_refused,
+            http,
         }
     }
 
@@ -252,6 +309,32 @@ impl Metrics {
 
     pub fn connection_refused(&self) {
         self.connections_refused.inc();
+    }
+
+    pub fn connection_evicted(&self) {
+        self.http.connections_evicted.inc();
+    }
+
+    pub fn set_open(&self, connections: usize, streams: usize) {
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.http.connections_open.set(gauge(connections));
+        self.http.streams_open.set(gauge(streams));
+    }
+
+    pub fn stream_refused(&self) {
+        self.http.streams_refused.inc();
+    }
+
+    pub fn stream_dropped(&self) {
+        self.http.streams_dropped.inc();
+    }
+
+    pub fn unauthorized(&self) {
+        self.http.unauthorized.inc();
+    }
+
+    pub fn tls_failed(&self) {
+        self.http.tls_failed.inc();
     }
 
     /// Whether `cgroup` has (or now gets) its own series. A full table makes room by dropping

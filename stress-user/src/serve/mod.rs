@@ -3,15 +3,17 @@
 //! side can start, stop or inject anything.
 
 pub mod config;
+pub mod conns;
 pub mod http;
 pub mod metrics;
+pub mod web;
 
 use std::{
     collections::HashMap,
     convert::Infallible,
     net::SocketAddr,
     path::PathBuf,
-    sync::{atomic::Ordering, Arc},
+    sync::{atomic::Ordering, Arc, RwLock},
     time::{Duration, Instant},
 };
 
@@ -26,8 +28,10 @@ use tokio::{
 
 pub use self::config::{Config, ConfigError};
 use self::{
+    conns::{ConnLimits, Conns},
     http::{Chunk, Shared},
     metrics::{Kill, Limits, Metrics},
+    web::{Web, WebConfigError},
 };
 use crate::{
     cgroup::{CgroupError, Hierarchy},
@@ -43,6 +47,8 @@ use crate::{
 pub enum ServeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Web(#[from] WebConfigError),
     #[error("cannot listen on {addr}: {source} (another exporter on that port? pick another with --listen)")]
     Bind {
         addr: SocketAddr,
@@ -67,6 +73,8 @@ pub struct ServeOptions {
     pub listen: Option<SocketAddr>,
     /// Overrides `allow_remote = false` from the file.
     pub allow_remote: bool,
+    /// Overrides `web_config` from the file.
+    pub web_config: Option<PathBuf>,
 }
 
 impl ServeOptions {
@@ -79,9 +87,34 @@ impl ServeOptions {
         if let Some(listen) = self.listen {
             cfg.listen = listen;
         }
+        // The file's `web_config` is relative to the file; the flag's, to the working directory.
+        if let (Some(web), Some(file)) = (&cfg.web_config, &self.config) {
+            if web.is_relative() {
+                cfg.web_config = file.parent().map(|d| d.join(web));
+            }
+        }
+        if let Some(web) = &self.web_config {
+            cfg.web_config = Some(web.clone());
+        }
         cfg.allow_remote |= self.allow_remote;
         cfg.check_listen()?;
         Ok(cfg)
+    }
+
+    /// TLS and basic auth from the config's `web_config`, or plain HTTP without one.
+    pub fn web(cfg: &Config) -> Result<Web, WebConfigError> {
+        match &cfg.web_config {
+            Some(path) => Web::load(path),
+            None => Ok(Web::plain()),
+        }
+    }
+}
+
+fn scheme(web: &Web) -> &'static str {
+    if web.tls.is_some() {
+        "https"
+    } else {
+        "http"
     }
 }
 
@@ -94,7 +127,6 @@ fn notify(state: &[sd_notify::NotifyState]) {
 
 struct Server {
     listen: SocketAddr,
-    limits: http::Limits,
     task: JoinHandle<()>,
 }
 
@@ -104,54 +136,50 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
-fn http_limits(cfg: &Config) -> http::Limits {
-    http::Limits {
+fn conn_limits(cfg: &Config) -> ConnLimits {
+    ConnLimits {
         max_connections: cfg.max_connections,
-        max_header_bytes: cfg.max_header_bytes,
+        max_per_peer: cfg.max_connections_per_peer,
+        max_streams: cfg.max_streams,
     }
 }
 
+/// Limits and timeouts for the connections accepted from now on.
+fn apply_http_config(shared: &Shared, cfg: &Config) {
+    shared.conns.set_limits(conn_limits(cfg));
+    shared
+        .max_header_bytes
+        .store(cfg.max_header_bytes, Ordering::Relaxed);
+    shared.stream_write_timeout_ms.store(
+        u64::try_from(cfg.stream_write_timeout.as_millis()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+}
+
 impl Server {
-    fn start(listener: TcpListener, shared: Arc<Shared>, cfg: &Config) -> Server {
-        let limits = http_limits(cfg);
+    fn start(listener: TcpListener, shared: Arc<Shared>, listen: SocketAddr) -> Server {
         Server {
-            listen: cfg.listen,
-            limits,
-            task: tokio::spawn(http::serve(listener, shared, limits)),
+            listen,
+            task: tokio::spawn(http::serve(listener, shared)),
         }
     }
 
-    /// Moves to the new address or limits; on failure the old listener keeps serving.
-    async fn reconfigure(&mut self, shared: &Arc<Shared>, cfg: &Config) -> Result<(), ServeError> {
-        let limits = http_limits(cfg);
-        if cfg.listen == self.listen
-            && limits.max_connections == self.limits.max_connections
-            && limits.max_header_bytes == self.limits.max_header_bytes
-        {
+    /// Moves to a new address. The new port is bound first: when it cannot be had, the old
+    /// listener was never touched and keeps serving.
+    async fn move_to(
+        &mut self,
+        shared: &Arc<Shared>,
+        listen: SocketAddr,
+    ) -> Result<(), ServeError> {
+        if listen == self.listen {
             return Ok(());
         }
-        if cfg.listen == self.listen {
-            // Same port: the old listener must close first.
-            self.task.abort();
-            let _ = (&mut self.task).await;
-            let listener = match bind(cfg.listen).await {
-                Ok(l) => l,
-                Err(e) => {
-                    let old = bind(self.listen).await?;
-                    self.task = tokio::spawn(http::serve(old, shared.clone(), self.limits));
-                    return Err(e);
-                }
-            };
-            *self = Server::start(listener, shared.clone(), cfg);
-        } else {
-            // Bound first, so a port that cannot be had keeps the old listener.
-            let listener = bind(cfg.listen).await?;
-            // Closed before the new one accepts: abort() only asks, and on a busy runtime the
-            // old listener could otherwise still take connections after the new one answers.
-            self.task.abort();
-            let _ = (&mut self.task).await;
-            *self = Server::start(listener, shared.clone(), cfg);
-        }
+        let listener = bind(listen).await?;
+        // Closed before the new one accepts: abort() only asks, and on a busy runtime the
+        // old listener could otherwise still take connections after the new one answers.
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        *self = Server::start(listener, shared.clone(), listen);
         Ok(())
     }
 }
@@ -445,24 +473,44 @@ impl<'a> EventLoop<'a> {
         }
     }
 
-    /// SIGHUP: the config file again; a listener that cannot move keeps the old one.
+    /// SIGHUP: the config file and the web config again. A bad file keeps the running
+    /// config; a port that cannot be bound keeps the old listener (the rest is applied).
     async fn reload(&mut self) {
         let mut reloading = vec![sd_notify::NotifyState::Reloading];
         reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
         notify(&reloading);
-        match self.opts.config() {
-            Ok(cfg) => {
+        match self
+            .opts
+            .config()
+            .map_err(ServeError::from)
+            .and_then(|cfg| Ok((ServeOptions::web(&cfg)?, cfg)))
+        {
+            Ok((web, mut cfg)) => {
+                let shared = &self.daemon.shared;
+                let scheme = scheme(&web);
+                shared.set_web(web);
+                apply_http_config(shared, &cfg);
                 let server = &mut self.server;
-                if let Err(e) = server.reconfigure(&self.daemon.shared, &cfg).await {
-                    log::error!("config reload: {e}; still listening on {}", server.listen);
+                match server.move_to(shared, cfg.listen).await {
+                    Ok(()) => eprintln!(
+                        "oomlab serve: config reloaded (listening on {scheme}://{})",
+                        server.listen
+                    ),
+                    Err(e) => {
+                        log::error!("config reload: {e}");
+                        eprintln!(
+                            "oomlab serve: config reloaded, but {e}; still listening on {scheme}://{}",
+                            server.listen
+                        );
+                        cfg.listen = server.listen;
+                    }
                 }
-                eprintln!(
-                    "oomlab serve: config reloaded (listening on http://{})",
-                    server.listen
-                );
                 self.daemon.reload(cfg);
             }
-            Err(e) => log::error!("config reload failed, keeping the running config: {e}"),
+            Err(e) => {
+                log::error!("config reload failed, keeping the running config: {e}");
+                eprintln!("oomlab serve: config reload failed, keeping the running config: {e}");
+            }
         }
         notify(&[sd_notify::NotifyState::Ready]);
     }
@@ -547,6 +595,8 @@ fn trace_options(cfg: &Config) -> TraceOptions {
 /// systemd it is ready.
 pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
     let cfg = opts.config()?;
+    let web = ServeOptions::web(&cfg)?;
+    let scheme = scheme(&web);
     let signals = Signals::install()?;
     let listener = bind(cfg.listen).await?;
     let hier = Hierarchy::detect()?;
@@ -562,14 +612,19 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
         healthy: true.into(),
         next_line: 0.into(),
         closing: tokio::sync::watch::Sender::new(false),
+        conns: Conns::new(conn_limits(&cfg), metrics.clone()),
+        web: RwLock::new(Arc::new(web)),
+        max_header_bytes: 0.into(),
+        stream_write_timeout_ms: 0.into(),
     });
-    let server = Server::start(listener, shared.clone(), &cfg);
+    apply_http_config(&shared, &cfg);
+    let server = Server::start(listener, shared.clone(), cfg.listen);
     let daemon = Daemon::new(cfg, hier, metrics, shared.clone());
     log::info!(
-        "serving /metrics, /events and /healthz on http://{}",
+        "serving /metrics, /events and /healthz on {scheme}://{}",
         daemon.cfg.listen
     );
-    eprintln!("oomlab serve: ready on http://{}", daemon.cfg.listen);
+    eprintln!("oomlab serve: ready on {scheme}://{}", daemon.cfg.listen);
     notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status("tracing; serving /metrics"),
