@@ -90,6 +90,7 @@ fn systemd_unit_verifies_and_is_hardened() {
     );
 
     // The offline security review scores the hardening; 10 is an unhardened root service.
+    // 4.5 is where the unit stands (systemd 252, Debian 12): it may only get better.
     let out = analyze(&["security", "--offline=true", "--no-pager"], &unit);
     let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
     match all
@@ -98,8 +99,8 @@ fn systemd_unit_verifies_and_is_hardened() {
         .and_then(|(_, rest)| rest.split_whitespace().next()?.parse::<f64>().ok())
     {
         Some(score) => assert!(
-            score <= 5.0,
-            "systemd-analyze security rates the unit {score} (want ≤ 5.0):\n{all}"
+            score <= 4.5,
+            "systemd-analyze security rates the unit {score} (want ≤ 4.5):\n{all}"
         ),
         None => eprintln!("note: this systemd-analyze has no offline security review: {all}"),
     }
@@ -157,8 +158,8 @@ fn kubernetes_manifests_validate() {
         .collect();
     files.sort();
     assert!(
-        files.len() >= 2,
-        "DaemonSet and Service expected: {files:?}"
+        files.len() >= 3,
+        "DaemonSet, Service and Secret expected: {files:?}"
     );
     let out = validate(&files);
     assert!(
@@ -200,6 +201,72 @@ fn kubernetes_manifests_validate() {
             .unwrap_or_else(|| panic!("no volume for {path}"));
         assert_eq!(vol["hostPath"]["path"], path, "{path} comes from the host");
     }
+    // TLS and basic auth from the Secret; the kubelet's probes reach /healthz over HTTPS.
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(
+        args.contains(&"--web-config=/etc/oomlab/web/web.yml"),
+        "{args:?}"
+    );
+    assert_eq!(ann["prometheus.io/scheme"], "https");
+    for probe in ["livenessProbe", "readinessProbe"] {
+        let get = &c[probe]["httpGet"];
+        assert_eq!(get["path"], "/healthz", "{probe}");
+        assert_eq!(
+            get["scheme"], "HTTPS",
+            "{probe} must speak TLS to the TLS port"
+        );
+        assert_eq!(get["port"], "metrics", "{probe}");
+    }
+    let volumes = spec["volumes"].as_array().expect("volumes");
+    let secret_at = |path: &str| {
+        let m = mounts
+            .iter()
+            .find(|m| m["mountPath"] == path)
+            .unwrap_or_else(|| panic!("no mount at {path}"));
+        assert_eq!(m["readOnly"], true, "{path} read-only");
+        volumes
+            .iter()
+            .find(|v| v["name"] == m["name"])
+            .and_then(|v| v["secret"]["secretName"].as_str())
+            .unwrap_or_else(|| panic!("{path} is not a Secret volume"))
+            .to_owned()
+    };
+    assert_eq!(secret_at("/etc/oomlab/web"), "oomlab-web-config");
+    assert_eq!(secret_at("/etc/oomlab/tls"), "oomlab-tls");
+    let secret = yaml(&dir.join("secret.yaml"));
+    assert_eq!(secret["kind"], "Secret");
+    assert_eq!(secret["metadata"]["name"], "oomlab-web-config");
+    assert_eq!(secret["metadata"]["namespace"], ds["metadata"]["namespace"]);
+    let web = secret["stringData"]["web.yml"]
+        .as_str()
+        .expect("web.yml in the Secret");
+    assert!(
+        web.contains("cert_file: /etc/oomlab/tls/tls.crt")
+            && web.contains("key_file: /etc/oomlab/tls/tls.key"),
+        "the web config names the kubernetes.io/tls Secret's files: {web}"
+    );
+    // As shipped, the placeholder hash keeps the daemon from starting without a password:
+    // oomlab's own parser refuses it (exit 2) before touching the kernel.
+    let scratch_web = TempPath::dir("k8s-web");
+    let web_file = scratch_web.path().join("web.yml");
+    std::fs::write(&web_file, web).expect("write web.yml");
+    let out = Command::new(env!("CARGO_BIN_EXE_oomlab"))
+        .args(["serve", "--web-config"])
+        .arg(&web_file)
+        .output()
+        .expect("run oomlab serve");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the hash of \"prometheus\" is not bcrypt"),
+        "{}",
+        stderr(&out)
+    );
+
     let svc = yaml(&dir.join("service.yaml"));
     assert_eq!(svc["kind"], "Service");
     assert_eq!(

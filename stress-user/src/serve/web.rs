@@ -116,10 +116,6 @@ impl Web {
             serde_saphyr::from_str(text).map_err(|e| invalid(e.to_string()))?
         };
         let dir = path.parent().unwrap_or(Path::new("."));
-        let tls = file
-            .tls_server_config
-            .map(|t| tls_acceptor(&t, dir).map_err(invalid))
-            .transpose()?;
         let auth = if file.basic_auth_users.is_empty() {
             None
         } else {
@@ -137,6 +133,12 @@ impl Web {
             }
             Some(Auth::new(file.basic_auth_users))
         };
+        // After the users: a placeholder hash is named even where the certificates are not
+        // there yet.
+        let tls = file
+            .tls_server_config
+            .map(|t| tls_acceptor(&t, dir).map_err(invalid))
+            .transpose()?;
         Ok(Web { tls, auth })
     }
 }
