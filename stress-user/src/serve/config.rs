@@ -163,10 +163,17 @@ impl Config {
         if !self.allow_remote {
             return Err(ConfigError::RemoteNotAllowed(self.listen));
         }
-        log::warn!(
-            "listening on {}, beyond loopback: anyone who reaches it sees every OOM kill and process name on this node",
-            self.listen
-        );
+        match &self.web_config {
+            None => log::warn!(
+                "listening on {}, beyond loopback, without a web_config (TLS, basic auth): anyone who reaches it sees every OOM kill and process name on this node",
+                self.listen
+            ),
+            Some(web) => log::info!(
+                "listening on {}, beyond loopback, with TLS and auth as {} says",
+                self.listen,
+                web.display()
+            ),
+        }
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! The HTTP endpoint: `/metrics`, `/events` (NDJSON, live) and `/healthz`, read-only. hyper's
-//! HTTP/1 server with a cap on header bytes and count, a header read timeout (slow-loris), and
-//! a cap on open connections.
+//! HTTP/1 server with a cap on header bytes and count, a header read timeout (slow-loris), the
+//! connection table's caps and evictions (`conns`), TLS and basic auth when a web config says
+//! so (`web`), and a write timeout for `/events` clients that stop reading.
 
 use std::{
     convert::Infallible,
@@ -141,6 +142,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             }
         };
         tokio::spawn(connection(stream, peer, conn, shared.clone()));
+        // The new connection runs next (tokio's LIFO slot): a request already waiting in its
+        // socket is read, and the connection is busy, before the next accept of a burst could
+        // evict it as idle.
+        tokio::task::yield_now().await;
     }
 }
 
