@@ -36,17 +36,46 @@ fn p99(mut v: Vec<Duration>) -> Duration {
     v[(v.len() * 99).div_ceil(100) - 1]
 }
 
-/// Opens idle connections (a TCP connect, not a byte sent) every 2 ms until told to stop, and
-/// keeps them open: a flood that goes on while the probes run.
-fn churn(port: u16, stop: Arc<AtomicBool>, max: usize) -> thread::JoinHandle<Vec<TcpStream>> {
+/// Opens idle connections (a TCP connect, not a byte sent) every `every` until told to stop,
+/// and keeps them open: a flood that goes on while the probes run.
+fn churn(
+    port: u16,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+    max: usize,
+) -> thread::JoinHandle<Vec<TcpStream>> {
     thread::spawn(move || {
         let mut held = Vec::new();
         while !stop.load(Ordering::Relaxed) && held.len() < max {
             held.push(connect(port));
-            thread::sleep(Duration::from_millis(2));
+            thread::sleep(every);
         }
         held
     })
+}
+
+/// The daemon's side of its connections has TCP keepalive armed (a vanished peer gives its
+/// slot back even when nothing is written), as the kernel reports it to `ss`.
+fn keepalive_armed(port: u16) {
+    if common::in_vm() {
+        eprintln!("note: no ss in the VM guest; the keepalive check runs on the host");
+        return;
+    }
+    let out = std::process::Command::new("ss")
+        .args(["-tnoH", "state", "established"])
+        .arg(format!("( sport = :{port} )"))
+        .output()
+        .expect("run ss (Debian package iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        !lines.is_empty(),
+        "ss shows the daemon's connections: {text}"
+    );
+    assert!(
+        lines.iter().all(|l| l.contains("timer:(keepalive")),
+        "every accepted connection has keepalive armed:\n{text}"
+    );
 }
 
 #[test]
@@ -80,11 +109,15 @@ fn idle_flood_and_stalled_streams_leave_probes_a_place() {
     );
     let streams = serve.metric("oomlab_events_streams_open");
     assert_eq!(streams, 8.0, "max_streams = 8");
+    keepalive_armed(port);
 
     // 1,000 idle connections at once, then more every 2 ms while the probes run.
     let idle: Vec<TcpStream> = (0..1000).map(|_| connect(port)).collect();
     let stop = Arc::new(AtomicBool::new(false));
-    let flood = churn(port, stop.clone(), 1000);
+    // In the VM matrix the guest's one emulated CPU runs this flood, the probes and the
+    // daemon: a connect costs ~20 times more there.
+    let every = Duration::from_millis(if common::in_vm() { 10 } else { 2 });
+    let flood = churn(port, every, stop.clone(), 1000);
     thread::sleep(Duration::from_millis(200));
     let mut latencies = Vec::new();
     for i in 0..100 {
@@ -108,11 +141,19 @@ fn idle_flood_and_stalled_streams_leave_probes_a_place() {
         idle.len() + churned.len(),
         churned.len()
     );
-    // The bound: p99 of 100 probes within 100 ms.
-    assert!(
-        p99_flood < Duration::from_millis(100),
-        "p99 probe latency under the flood: {p99_flood:?}"
-    );
+    // The bound: p99 of 100 probes within 100 ms. Every probe must be answered
+    // everywhere; the bound is for real CPUs, not the VM matrix's emulated one (TCG, shared
+    // with the flood), where the figure is only reported.
+    if common::in_vm() {
+        eprintln!(
+            "note: p99 {p99_flood:?} in the emulated VM; the 100 ms bound is checked on the host"
+        );
+    } else {
+        assert!(
+            p99_flood < Duration::from_millis(100),
+            "p99 probe latency under the flood: {p99_flood:?}"
+        );
+    }
     assert!(open <= 32.0, "max_connections = 32 holds: {open} open");
     assert!(
         evicted >= 900.0,
@@ -299,6 +340,12 @@ fn oversized(port: u16, n: usize) {
 #[test]
 fn hostile_requests_leave_the_daemon_as_it_was() {
     if !common::need_root("hostile_requests_leave_the_daemon_as_it_was") {
+        return;
+    }
+    if common::skip_in_vm(
+        "hostile_requests_leave_the_daemon_as_it_was",
+        "it needs ~55 s of the guest's budget, and in a one-vCPU TCG guest the RSS baseline is set by how much of the 4 MiB event ring and the tracer channel a slower daemon ever filled, not by what hostile clients leave; the host runs it in full",
+    ) {
         return;
     }
     let started = Instant::now();

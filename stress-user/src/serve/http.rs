@@ -141,11 +141,48 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
+        keepalive(&stream, peer);
         tokio::spawn(connection(stream, peer, conn, shared.clone()));
         // The new connection runs next (tokio's LIFO slot): a request already waiting in its
         // socket is read, and the connection is busy, before the next accept of a burst could
         // evict it as idle.
         tokio::task::yield_now().await;
+    }
+}
+
+/// TCP keepalive probes after this much silence, then every [`KEEPALIVE_INTERVAL`], and the
+/// connection is reset after [`KEEPALIVE_PROBES`] unanswered ones: a peer that vanished (no
+/// FIN: a node or a route gone) gives back its `/events` slot within about a minute, even on
+/// a quiet node where no write would ever time out.
+const KEEPALIVE_IDLE: libc::c_int = 30;
+const KEEPALIVE_INTERVAL: libc::c_int = 10;
+const KEEPALIVE_PROBES: libc::c_int = 3;
+
+fn keepalive(stream: &TcpStream, peer: SocketAddr) {
+    use std::os::fd::AsRawFd as _;
+    let fd = stream.as_raw_fd();
+    for (level, name, value) in [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, KEEPALIVE_IDLE),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, KEEPALIVE_INTERVAL),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, KEEPALIVE_PROBES),
+    ] {
+        // SAFETY: an int option on a socket this function borrows, with its true size.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&raw const value).cast(),
+                libc::socklen_t::try_from(size_of::<libc::c_int>()).unwrap_or(4),
+            )
+        };
+        if r != 0 {
+            log::debug!(
+                "TCP keepalive for {peer}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
 }
 
