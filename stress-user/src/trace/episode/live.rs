@@ -71,21 +71,30 @@ impl Episodes {
         self.builder.push_event(ev, Instant::now());
     }
 
+    /// Complete episodes. Kernel-log records already read are taken in first: on a starved
+    /// process the poll tick and a victim's `Killed process` line can be ready at once, and the
+    /// victim's grace must not run out while its line waits in the channel (seen on a 6.1 guest
+    /// under host load: `constraint="unknown"` for a kill whose report had been read).
     pub fn poll(&mut self) -> Vec<Episode> {
+        self.take_queued_records();
         let eps = self.builder.poll(Instant::now());
         self.keep_target(eps)
     }
 
     /// At the end of the trace: reads what the kernel log still holds, then closes everything.
     pub fn flush(&mut self) -> Vec<Episode> {
+        self.take_queued_records();
+        let eps = self.builder.flush();
+        self.keep_target(eps)
+    }
+
+    fn take_queued_records(&mut self) {
         let now = Instant::now();
         if let Some((_, rx)) = &mut self.kmsg {
             while let Ok(rec) = rx.try_recv() {
                 self.builder.push_record(&rec, now);
             }
         }
-        let eps = self.builder.flush();
-        self.keep_target(eps)
     }
 
     fn keep_target(&self, eps: Vec<Episode>) -> Vec<Episode> {
