@@ -4,6 +4,7 @@
 mod cgroup;
 mod inject;
 mod overhead;
+mod scale;
 mod serve;
 mod trace;
 mod traced;
@@ -18,6 +19,8 @@ pub(crate) enum Bench {
     Trace,
     /// In-kernel ns/event (BPF stats) and wall overhead under five workloads vs bpftrace.
     Overhead,
+    /// 5,000 cgroups, 1,000/min churn (OOMLAB_SCALE_MINUTES), trace --cgroup of 3,000 processes.
+    Scale,
     /// `oomlab serve` soak (OOMLAB_SOAK_SECS, default 600): RSS growth, recall, SIGTERM time.
     Serve,
 }
@@ -28,6 +31,7 @@ pub(crate) fn run(which: Bench) -> Result<()> {
         Bench::Trace => trace::run(),
         Bench::Serve => serve::run(),
         Bench::Overhead => overhead::run(),
+        Bench::Scale => scale::run(),
     }
 }
 
