@@ -30,6 +30,8 @@ const APT_PACKAGES: &[&str] = &[
     "runc",
     "docker.io",
     "prometheus",
+    // containerd-client's build script generates its gRPC code with protoc.
+    "protobuf-compiler",
 ];
 
 /// PyPI tools the tests run, as (console script, pip package): the script is looked up on PATH,

@@ -18,6 +18,8 @@ pub struct Args {
     /// Allow listening on a non-loopback address (the endpoints show every OOM on the node).
     #[arg(long)]
     allow_remote: bool,
+    #[command(flatten)]
+    runtime: crate::runtime::RuntimeArgs,
 }
 
 pub(super) fn run(args: Args) -> anyhow::Result<i32> {
@@ -25,11 +27,23 @@ pub(super) fn run(args: Args) -> anyhow::Result<i32> {
         config: args.config,
         listen: args.listen,
         allow_remote: args.allow_remote,
+        runtime: args.runtime,
     };
     // Bad config: say so before touching the kernel.
-    if let Err(e) = opts.config() {
-        eprintln!("oomlab serve: {e}");
-        return Ok(exit::USAGE);
+    let cfg = match opts.config() {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("oomlab serve: {e}");
+            return Ok(exit::USAGE);
+        }
+    };
+    // A runtime socket the config or a flag names must answer.
+    if let Ok(hier) = crate::cgroup::Hierarchy::detect() {
+        let runtimes = crate::runtime::Runtimes::new(&cfg.runtime, Some(&hier));
+        if let Err(e) = runtimes.check_explicit(Some(hier.memory_version)) {
+            eprintln!("oomlab serve: {e}");
+            return Ok(exit::USAGE);
+        }
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -52,6 +52,9 @@ pub struct Config {
     /// if full); a client further behind skips events (and is told how many) instead of
     /// holding the daemon up.
     pub stream_buffer: usize,
+    /// Container runtime sockets (`[runtime]` `containerd_socket`, `docker_socket`) for the
+    /// victims' container, pod and namespace names; a socket named here must answer.
+    pub runtime: crate::runtime::RuntimeArgs,
 }
 
 impl Default for Config {
@@ -65,6 +68,7 @@ impl Default for Config {
             max_connections: 32,
             max_header_bytes: 16 << 10,
             stream_buffer: 4096,
+            runtime: crate::runtime::RuntimeArgs::default(),
         }
     }
 }

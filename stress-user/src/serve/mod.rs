@@ -67,6 +67,8 @@ pub struct ServeOptions {
     pub listen: Option<SocketAddr>,
     /// Overrides `allow_remote = false` from the file.
     pub allow_remote: bool,
+    /// Override the `[runtime]` sockets of the file.
+    pub runtime: crate::runtime::RuntimeArgs,
 }
 
 impl ServeOptions {
@@ -80,6 +82,16 @@ impl ServeOptions {
             cfg.listen = listen;
         }
         cfg.allow_remote |= self.allow_remote;
+        if self.runtime.containerd_socket.is_some() {
+            cfg.runtime
+                .containerd_socket
+                .clone_from(&self.runtime.containerd_socket);
+        }
+        if self.runtime.docker_socket.is_some() {
+            cfg.runtime
+                .docker_socket
+                .clone_from(&self.runtime.docker_socket);
+        }
         cfg.check_listen()?;
         Ok(cfg)
     }
@@ -208,8 +220,9 @@ impl Daemon {
             let c = &v.context;
             let kill = Kill {
                 cgroup: c.cgroup.clone(),
-                pod_uid: c.pod_uid.clone(),
-                container_id: c.container_id.clone(),
+                namespace: c.container.namespace.clone(),
+                pod: c.container.pod.clone(),
+                container: c.container.container_name.clone(),
                 comm: v.comm.clone(),
                 constraint: None,
             };
@@ -531,8 +544,9 @@ impl Consumer for EventLoop<'_> {
 
 /// Programs for classes the config leaves out are not attached at all. A reload that adds a
 /// class needs a restart; one that removes a class filters in [`Daemon::handle`].
-fn trace_options(cfg: &Config) -> TraceOptions {
+fn trace_options(cfg: &Config, names: Option<crate::runtime::cache::Names>) -> TraceOptions {
     TraceOptions {
+        names,
         events: EventSet {
             oom: cfg.traces(EventClass::Oom),
             adj: cfg.traces(EventClass::Adj),
@@ -552,7 +566,15 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
     let hier = Hierarchy::detect()?;
     // Opened before the tracer attaches, so no OOM report after READY is missed.
     let episodes = cfg.traces(EventClass::Oom).then(|| Episodes::start(None));
-    let (tracer, rx) = Tracer::start(&trace_options(&cfg))?;
+    // Names for victims' containers, refreshed off the event path (see runtime::cache).
+    let names = cfg.traces(EventClass::Oom).then(|| {
+        crate::runtime::cache::Names::start(
+            crate::runtime::Runtimes::new(&cfg.runtime, Some(&hier)),
+            Some(hier.memory_version),
+            Duration::from_secs(3),
+        )
+    });
+    let (tracer, rx) = Tracer::start(&trace_options(&cfg, names))?;
     let metrics = Metrics::new(&kernel_release());
     let (events, _) = broadcast::channel(chunks_kept(cfg.stream_buffer));
     let shared = Arc::new(Shared {

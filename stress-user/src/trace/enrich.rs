@@ -12,9 +12,13 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 
-use super::event::{CgroupOp, Event, EventKind, Victim, VictimContext};
+use super::event::{CgroupOp, ContainerNames, Event, EventKind, Victim, VictimContext};
 use crate::{
     cgroup::{self, kube, Version},
+    runtime::{
+        cache::{Lookup, Names},
+        naming,
+    },
     sys::WORKER_COMM,
 };
 
@@ -75,6 +79,42 @@ pub fn victim_context(
         container_id: kube.and_then(|k| k.container_id),
         cgroup,
         oomlab_worker: is_oomlab_worker(pid, comm),
+        container: Box::default(),
+    }
+}
+
+/// Names the victim's container from the runtimes' table (a read of what the refresh thread
+/// last found: it never waits on a runtime). Where the table has no entry but the cgroup
+/// looks like a container's, or a runtime did not answer, `names_missing` says why.
+pub fn attribute(names: &Names, pid: u32, ctx: &mut VictimContext) {
+    let Some(cg) = ctx.cgroup.as_deref() else {
+        return;
+    };
+    match names.lookup(cg) {
+        Lookup::Found(c) => {
+            *ctx.container = ContainerNames {
+                runtime: Some(c.runtime.as_str()),
+                container_name: c.name.clone(),
+                pod: c.pod.as_ref().map(|p| p.name.clone()),
+                namespace: c.pod.as_ref().map(|p| p.namespace.clone()),
+                image: c.image.clone(),
+                container_init: c.init_pid.map(|init| init == pid),
+                names_missing: None,
+            };
+            ctx.container_id = Some(c.id.clone());
+            if ctx.pod_uid.is_none() {
+                ctx.pod_uid.clone_from(&c.pod_uid);
+            }
+        }
+        Lookup::Missing(why) => {
+            if ctx.container_id.is_none() {
+                ctx.container_id = naming::docker_id(cg);
+            }
+            let looks_like_one = ctx.container_id.is_some();
+            if looks_like_one || why != "no runtime knows this cgroup" {
+                ctx.container.names_missing = Some(why);
+            }
+        }
     }
 }
 
@@ -148,6 +188,8 @@ pub struct Enricher {
     victim_set: HashSet<i32>,
     /// When `tgid_cgroup` and `moved` were last cleared of processes that exited.
     last_sweep: Instant,
+    /// The runtimes' names for victims' containers, when the command asked for them.
+    names: Option<Names>,
 }
 
 /// Hard cap of the per-pid tables (a fork storm between two sweeps).
@@ -163,7 +205,11 @@ pub fn pid_alive(pid: u32) -> bool {
 }
 
 impl Enricher {
-    pub fn new(version: Option<Version>, target: Option<TargetState>) -> Self {
+    pub fn new(
+        version: Option<Version>,
+        target: Option<TargetState>,
+        names: Option<Names>,
+    ) -> Self {
         Enricher {
             version,
             target,
@@ -173,6 +219,7 @@ impl Enricher {
             victims: VecDeque::new(),
             victim_set: HashSet::new(),
             last_sweep: Instant::now(),
+            names,
         }
     }
 
@@ -231,6 +278,9 @@ impl Enricher {
                 fill_from_proc(v);
                 let moved = self.moved.get(&(v.pid as u32)).map(String::as_str);
                 v.context = victim_context(v.pid as u32, v.comm.as_deref(), self.version, moved);
+                if let Some(names) = &self.names {
+                    attribute(names, v.pid as u32, &mut v.context);
+                }
                 let keep = match (&self.target, &v.context.cgroup) {
                     (None, _) => true,
                     _ if v.in_filter => true,
@@ -250,6 +300,13 @@ impl Enricher {
                 true
             }
             EventKind::Cgroup(c) => {
+                if matches!(c.op, CgroupOp::Mkdir | CgroupOp::Rmdir)
+                    && Some(c.root) == self.memory_root
+                {
+                    if let Some(names) = &self.names {
+                        names.changed();
+                    }
+                }
                 if let (CgroupOp::Attach, Some(pid)) = (c.op, c.pid) {
                     if Some(c.root) == self.memory_root {
                         // A task that moved is in another memory cgroup now (node-wide too).
@@ -346,7 +403,7 @@ mod tests {
         // Above pid_max (4194304 at most): no process has it.
         let gone = i32::MAX as u32 - 1;
         assert!(pid_alive(me) && !pid_alive(gone));
-        let mut e = Enricher::new(Some(Version::V1), None);
+        let mut e = Enricher::new(Some(Version::V1), None, None);
         e.memory_root = Some(4);
         for pid in [me, gone] {
             e.tgid_cgroup.insert(pid, Some("/cached".into()));

@@ -40,6 +40,8 @@ pub struct TraceOptions {
     /// Size of the kernel→user ring buffer (checked by [`ring_bytes`]); a full buffer drops
     /// events in the kernel, counted and reported as `lost`.
     pub ring_bytes: u32,
+    /// Container names for victims (see `runtime::cache`); `None`: cgroup naming only.
+    pub names: Option<crate::runtime::cache::Names>,
 }
 
 impl Default for TraceOptions {
@@ -49,6 +51,7 @@ impl Default for TraceOptions {
             events: EventSet::ALL,
             target: None,
             ring_bytes: DEFAULT_RING_BYTES,
+            names: None,
         }
     }
 }
@@ -155,7 +158,7 @@ impl Tracer {
         };
         let ring = take(&mut bpf, "EVENTS", RingBuf::try_from)?;
         let oom_ring = take(&mut bpf, "OOM_EVENTS", RingBuf::try_from)?;
-        let enricher = Enricher::new(memory_version, target_state);
+        let enricher = Enricher::new(memory_version, target_state, opts.names.clone());
         let (stop, events) = reader::spawn(ring, oom_ring, enricher)?;
         let tracer = Tracer {
             bpf,

@@ -14,7 +14,7 @@ use crate::{
     sys::page_size,
     trace::{
         badness::{self, Ranking},
-        event::{ReaperStep, Task, Victim},
+        event::{ContainerNames, ReaperStep, Task, Victim},
         kmsg::{
             Killed, MemCounter, OomHeader, OomLine, OomParser, OomSummary, Reaped, Record, Scope,
             TaskRow,
@@ -487,6 +487,7 @@ impl EpisodeBuilder {
                 if v.context.cgroup.is_some() {
                     e.cgroup = e.cgroup.take().or_else(|| v.context.cgroup.clone());
                 }
+                e.container = (*v.context.container).clone();
             }
             None => ep.victims.push(victim_episode_of_event(v)),
         }
@@ -602,6 +603,7 @@ fn logged_victims(r: &Report) -> Vec<EpisodeVictim> {
                 .then(|| r.summary.as_ref().and_then(|s| s.task_memcg.clone()))
                 .flatten(),
             adj_history: Vec::new(),
+            container: ContainerNames::default(),
         });
     }
     victims
@@ -634,6 +636,7 @@ fn victim_episode_of_event(v: &Victim) -> EpisodeVictim {
         traced: true,
         cgroup: v.context.cgroup.clone(),
         adj_history: Vec::new(),
+        container: (*v.context.container).clone(),
     }
 }
 
