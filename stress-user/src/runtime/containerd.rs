@@ -52,7 +52,7 @@ async fn list(
 ) -> Result<Vec<Container>, String> {
     let channel = containerd_client::connect(&socket)
         .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
+        .map_err(|e| format!("cannot connect: {}", super::chain(&e)))?;
     let mut namespaces: Vec<String> = NamespacesClient::new(channel.clone())
         .list(ListNamespacesRequest::default())
         .await

@@ -30,11 +30,11 @@ async fn list(
         super::QUERY_TIMEOUT.as_secs(),
         bollard::API_DEFAULT_VERSION,
     )
-    .map_err(|e| format!("cannot connect: {e}"))?
+    .map_err(|e| format!("cannot connect: {}", super::chain(&e)))?
     // dockerd refuses a client newer than itself: speak the daemon's version.
     .negotiate_version()
     .await
-    .map_err(|e| format!("cannot connect: {e}"))?;
+    .map_err(|e| format!("cannot connect: {}", super::chain(&e)))?;
     let summaries = client
         .list_containers(Some(ListContainersOptions {
             all: true,

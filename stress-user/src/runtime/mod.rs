@@ -154,6 +154,22 @@ impl Container {
     }
 }
 
+/// An error with its causes (`transport error: No such file or directory (os error 2)`): the
+/// client crates' top-level messages alone do not say what failed.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// The memory cgroup of a running process, relative to the mount.
 fn cgroup_of_pid(pid: u32, version: Option<Version>) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
