@@ -167,6 +167,8 @@ pub struct Experiment {
     pub conclusion: Option<String>,
     /// Where it came from (a path, or `built-in demo`).
     pub source: String,
+    /// `[target]` `containerd_socket`/`docker_socket`: who names `container` and `pod`.
+    pub runtime: crate::runtime::RuntimeArgs,
 }
 
 impl Experiment {

@@ -52,6 +52,15 @@ pub(super) fn check(cx: &Ctx<'_>, raw: RawFile) -> Result<Experiment, SpecError>
         expect,
         conclusion: raw.conclusion,
         source: cx.file.into(),
+        runtime: crate::runtime::RuntimeArgs {
+            containerd_socket: raw
+                .target
+                .get_ref()
+                .containerd_socket
+                .clone()
+                .map(Into::into),
+            docker_socket: raw.target.get_ref().docker_socket.clone().map(Into::into),
+        },
     })
 }
 
