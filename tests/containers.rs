@@ -265,4 +265,45 @@ fn containerd_targets_names_and_oom_oracle() {
         assert_ne!(v["pid"], init, "{v}");
         assert!(v.get("names_missing").is_none(), "{v}");
     }
+
+    // A runtime that stops answering holds no kill back: with containerd SIGSTOPped, a kill in
+    // its container is reported at once, named from what the runtime said before.
+    let trace = TraceChild::start(&[
+        "--containerd-socket",
+        &sock,
+        "--container",
+        &id,
+        "--events",
+        "oom",
+    ]);
+    let kills_before = oom_kills(&cg);
+    let paused = ctd.pause();
+    let app = common::app(&cg, "200MiB")
+        .args(["--duration", "20s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run oomlab app");
+    assert!(!app.success(), "oomlab app should be OOM-killed");
+    let killed = wait_until(Duration::from_secs(5), || oom_kills(&cg) > kills_before);
+    std::thread::sleep(Duration::from_millis(500));
+    let lines = trace.stop();
+    drop(paused);
+    let victims: Vec<&serde_json::Value> =
+        lines.iter().filter(|v| v["type"] == "oom_victim").collect();
+    eprintln!(
+        "containerd stopped: oomlab {} victim(s), cgroup oom_kill +{}",
+        victims.len(),
+        oom_kills(&cg) - kills_before
+    );
+    assert!(killed);
+    assert_eq!(
+        victims.len() as u64,
+        oom_kills(&cg) - kills_before,
+        "{victims:#?}"
+    );
+    for v in victims {
+        assert_eq!(v["pod"], "web-0", "named from the table: {v}");
+        assert_eq!(v["container_init"], false, "{v}");
+    }
 }

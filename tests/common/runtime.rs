@@ -247,6 +247,13 @@ impl Containerd {
         format!("/{}/{id}", self.namespace)
     }
 
+    /// SIGSTOPs containerd (a runtime that no longer answers) until the guard drops.
+    pub(crate) fn pause(&self) -> Paused {
+        let pid = self.child.id() as i32;
+        super::signal(pid, nix::sys::signal::Signal::SIGSTOP);
+        Paused(pid)
+    }
+
     /// Kills and deletes the task of `id`, keeping the container (a stopped container).
     pub(crate) fn stop_task(&self, id: &str) {
         let _ = self.ctr_raw(&["task", "kill", "--signal", "SIGKILL", id]);
@@ -264,6 +271,15 @@ impl Drop for Containerd {
         }
         stop(&mut self.child, Duration::from_secs(10));
         remove_cgroups(&self.namespace);
+    }
+}
+
+/// A daemon held with SIGSTOP; SIGCONT on drop.
+pub(crate) struct Paused(i32);
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        super::signal(self.0, nix::sys::signal::Signal::SIGCONT);
     }
 }
 

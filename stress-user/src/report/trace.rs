@@ -40,7 +40,7 @@ pub fn container_tags(c: &ContainerNames, id: Option<&str>) -> String {
         tags.push_str(&format!(" via {rt}"));
     }
     match c.container_init {
-        Some(true) => tags.push_str(" [container init: the runtime and kubelet report this kill]"),
+        Some(true) => tags.push_str(" [container init: the runtime reports this kill (OOMKilled)]"),
         Some(false) => {
             tags.push_str(" [not the container's init: the kubelet will not report this one]")
         }

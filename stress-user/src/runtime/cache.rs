@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use super::{Container, Runtimes};
+use super::{Container, RuntimeKind, Runtimes};
 use crate::cgroup::Version;
 
 /// How often the table is rebuilt when no cgroup changes.
@@ -47,20 +47,33 @@ impl std::fmt::Debug for Names {
     }
 }
 
+/// Rebuilds the table. A runtime that did not answer keeps its containers from the last table
+/// (a stopped or slow daemon's containers still run, and their names have not changed).
 fn refresh(runtimes: &Runtimes, version: Option<Version>, table: &Mutex<Table>) {
     let (reached, containers) = runtimes.reach(version);
+    let failed: Vec<RuntimeKind> = reached
+        .iter()
+        .filter(|r| r.result.is_err())
+        .map(|r| r.kind)
+        .collect();
     let errors = reached.into_iter().filter_map(|r| r.result.err()).collect();
-    let by_cgroup = containers
+    let mut by_cgroup: HashMap<String, Arc<Container>> = containers
         .into_iter()
         .filter_map(|c| Some((c.cgroup.clone()?, Arc::new(c))))
         .collect();
-    if let Ok(mut t) = table.lock() {
-        *t = Table {
-            by_cgroup,
-            ready: true,
-            errors,
-        };
+    let Ok(mut t) = table.lock() else {
+        return;
+    };
+    for (cg, c) in &t.by_cgroup {
+        if failed.contains(&c.runtime) && !by_cgroup.contains_key(cg) {
+            by_cgroup.insert(cg.clone(), Arc::clone(c));
+        }
     }
+    *t = Table {
+        by_cgroup,
+        ready: true,
+        errors,
+    };
 }
 
 impl Names {
@@ -130,5 +143,83 @@ impl Names {
         } else {
             t.errors.join("; ")
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::runtime::{Resolver, RuntimeError};
+
+    /// Answers once with one container, then fails as a dead socket does.
+    struct Flaky {
+        answered: AtomicBool,
+    }
+
+    impl Resolver for Flaky {
+        fn kind(&self) -> RuntimeKind {
+            RuntimeKind::Containerd
+        }
+
+        fn endpoint(&self) -> String {
+            "/nowhere.sock".into()
+        }
+
+        fn list(&self, _: Option<Version>) -> Result<Vec<Container>, RuntimeError> {
+            if self.answered.swap(true, Ordering::SeqCst) {
+                return Err(RuntimeError::Timeout {
+                    runtime: "containerd",
+                    socket: "/nowhere.sock".into(),
+                    flag: "--containerd-socket",
+                });
+            }
+            Ok(vec![Container {
+                runtime: RuntimeKind::Containerd,
+                runtime_namespace: Some("k8s.io".into()),
+                id: "abc".into(),
+                name: Some("app".into()),
+                pod: None,
+                pod_uid: None,
+                image: None,
+                init_pid: Some(1),
+                running: true,
+                cgroup: Some("/k8s.io/abc".into()),
+                sandbox: false,
+            }])
+        }
+    }
+
+    #[test]
+    fn lookups_read_the_last_table_and_say_what_is_missing() {
+        let runtimes = Runtimes::from_resolvers(vec![Box::new(Flaky {
+            answered: AtomicBool::new(false),
+        })]);
+        let table = Mutex::new(Table::default());
+        refresh(&runtimes, None, &table);
+        let (tx, _rx) = mpsc::sync_channel(1);
+        let names = Names {
+            table: Arc::new(table),
+            tx,
+        };
+        // A process in a sub-cgroup of the container belongs to it.
+        for cg in ["/k8s.io/abc", "/k8s.io/abc/sub/"] {
+            assert!(
+                matches!(names.lookup(cg), Lookup::Found(ref c) if c.id == "abc"),
+                "{cg}"
+            );
+        }
+        assert_eq!(
+            names.lookup("/other"),
+            Lookup::Missing("no runtime knows this cgroup".into())
+        );
+        // The runtime stops answering: its containers stay, and misses say why.
+        refresh(&runtimes, None, &names.table);
+        assert!(matches!(names.lookup("/k8s.io/abc"), Lookup::Found(_)));
+        match names.lookup("/other") {
+            Lookup::Missing(why) => assert!(why.contains("did not answer"), "{why}"),
+            Lookup::Found(c) => panic!("found {c:?}"),
+        }
     }
 }

@@ -271,6 +271,14 @@ impl Runtimes {
         Runtimes { resolvers }
     }
 
+    /// Exactly these resolvers, none of them named by a flag (for tests of what uses them).
+    #[cfg(test)]
+    pub(crate) fn from_resolvers(resolvers: Vec<Box<dyn Resolver>>) -> Runtimes {
+        Runtimes {
+            resolvers: resolvers.into_iter().map(|r| (r, false)).collect(),
+        }
+    }
+
     /// Every container of every runtime that answers. A runtime whose socket a flag named must
     /// answer; a default socket that fails is skipped (and said so in `log`).
     pub fn list(&self, version: Option<Version>) -> Result<Vec<Container>, RuntimeError> {
