@@ -538,9 +538,12 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     use super::*;
-    use crate::cgroup::{
-        kube::{Driver, Qos},
-        temp_tree::TempTree,
+    use crate::{
+        cgroup::{
+            kube::{Driver, Qos},
+            temp_tree::TempTree,
+        },
+        runtime::Container,
     };
 
     const UID: &str = "0f6e4f5c-1a2b-4c3d-9e8f-001122334455";
@@ -582,6 +585,103 @@ mod tests {
             container: Some(id.into()),
             ..TargetArgs::default()
         }
+    }
+
+    fn ctd(ns: &str, id: &str, name: &str, cgroup: Option<&str>, running: bool) -> Container {
+        Container {
+            runtime: RuntimeKind::Containerd,
+            runtime_namespace: Some(ns.into()),
+            id: id.into(),
+            name: Some(name.into()),
+            pod: Some(crate::runtime::PodRef {
+                namespace: "shop".into(),
+                name: "web-0".into(),
+            }),
+            pod_uid: Some(UID.into()),
+            image: None,
+            init_pid: running.then_some(1),
+            running,
+            cgroup: cgroup.map(Into::into),
+            sandbox: false,
+        }
+    }
+
+    #[test]
+    fn containers_and_pods_by_runtime_names() {
+        let t = node();
+        t.mkdir("k8s.io/aaaaaaaaaaaaaaaa1")
+            .mkdir("default/bbbbbbbbbbbbbbbb2");
+        let h = t.hierarchy();
+        let one = |cs: Vec<Container>| {
+            Runtimes::from_resolvers(vec![Box::new(crate::runtime::Fixed(cs))])
+        };
+        let rts = one(vec![
+            ctd(
+                "k8s.io",
+                "aaaaaaaaaaaaaaaa1",
+                "app",
+                Some("/k8s.io/aaaaaaaaaaaaaaaa1"),
+                true,
+            ),
+            ctd(
+                "default",
+                "bbbbbbbbbbbbbbbb2",
+                "db",
+                Some("/default/bbbbbbbbbbbbbbbb2"),
+                true,
+            ),
+            ctd("default", "cccccccccccccccc3", "old", None, false),
+        ]);
+        let by = |given: &str| resolve_with(&h, &args_container(given), Some(&rts));
+        assert_eq!(
+            by("app").expect("by name").path(),
+            "/k8s.io/aaaaaaaaaaaaaaaa1"
+        );
+        assert_eq!(
+            by("bbbbbbbbbbbb").expect("12-character prefix").path(),
+            "/default/bbbbbbbbbbbbbbbb2"
+        );
+        // Shorter prefixes are not a runtime match (cgroup naming then finds nothing).
+        let msg = by("bbbb").expect_err("short prefix").to_string();
+        assert!(msg.contains("at least 12 characters"), "{msg}");
+        let msg = by("old").expect_err("stopped").to_string();
+        assert!(msg.contains("not running (stopped)"), "{msg}");
+        let msg = by("ap").expect_err("unknown").to_string();
+        assert!(msg.contains("nearest: app"), "{msg}");
+        // A name two runtimes' namespaces share: every match, with runtime, namespace, cgroup.
+        let twice = one(vec![
+            ctd(
+                "k8s.io",
+                "aaaaaaaaaaaaaaaa1",
+                "app",
+                Some("/k8s.io/aaaaaaaaaaaaaaaa1"),
+                true,
+            ),
+            ctd(
+                "default",
+                "bbbbbbbbbbbbbbbb2",
+                "app",
+                Some("/default/bbbbbbbbbbbbbbbb2"),
+                true,
+            ),
+        ]);
+        let msg = resolve_with(&h, &args_container("app"), Some(&twice))
+            .expect_err("two named app")
+            .to_string();
+        for part in [
+            "container app matches 2 cgroups",
+            "containerd/k8s.io aaaaaaaaaaaa app pod shop/web-0 cgroup /k8s.io/aaaaaaaaaaaaaaaa1",
+            "containerd/default bbbbbbbbbbbb app pod shop/web-0 cgroup /default/bbbbbbbbbbbbbbbb2",
+        ] {
+            assert!(msg.contains(part), "{part:?} in {msg}");
+        }
+        // A pod by namespace/name: its UID (CRI label) finds the kubelet's pod cgroup.
+        let cg = resolve_with(&h, &args_pod("shop/web-0"), Some(&rts)).expect("pod by name");
+        assert_eq!(cg.path(), format!("/kubepods/burstable/pod{UID}"));
+        let msg = resolve_with(&h, &args_pod("shop/web-9"), Some(&rts))
+            .expect_err("no such pod")
+            .to_string();
+        assert!(msg.contains("nearest: shop/web-0"), "{msg}");
     }
 
     #[test]

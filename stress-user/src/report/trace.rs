@@ -256,6 +256,36 @@ mod tests {
     use super::*;
     use crate::trace::event::{ReclaimKind, Task};
 
+    #[test]
+    fn container_tags_name_the_victim_and_the_kubelets_blind_spot() {
+        let mut c = ContainerNames {
+            runtime: Some("containerd"),
+            container_name: Some("app".into()),
+            pod: Some("web-0".into()),
+            namespace: Some("shop".into()),
+            image: Some("busybox".into()),
+            container_init: Some(false),
+            names_missing: None,
+        };
+        assert_eq!(
+            container_tags(&c, Some("3f1e9a7c5b2d4e6f8a0b")),
+            " container app (3f1e9a7c5b2d) pod shop/web-0 image busybox via containerd [not the container's init: the kubelet will not report this one]"
+        );
+        c.container_init = Some(true);
+        assert!(container_tags(&c, None)
+            .ends_with("[container init: the runtime reports this kill (OOMKilled)]"));
+        let missing = ContainerNames {
+            runtime: Some("docker"),
+            names_missing: Some("Docker socket /x did not answer".into()),
+            ..ContainerNames::default()
+        };
+        assert_eq!(
+            container_tags(&missing, Some("abc")),
+            " container abc via docker [names missing: Docker socket /x did not answer]"
+        );
+        assert_eq!(container_tags(&ContainerNames::default(), None), "");
+    }
+
     fn reclaim(cgroup: &str, tgid: u32, ns: u64, pages: u64) -> Reclaim {
         Reclaim {
             reclaim: ReclaimKind::Memcg,

@@ -351,6 +351,28 @@ fn dedup(all: Vec<Container>) -> Vec<Container> {
     out
 }
 
+/// A resolver with a fixed answer, for the unit tests of what uses resolvers (the real
+/// daemons are the root tests' business: tests/containers.rs, tests/docker.rs).
+#[cfg(test)]
+pub(crate) struct Fixed(pub(crate) Vec<Container>);
+
+#[cfg(test)]
+impl Resolver for Fixed {
+    fn kind(&self) -> RuntimeKind {
+        self.0
+            .first()
+            .map_or(RuntimeKind::Containerd, |c| c.runtime)
+    }
+
+    fn endpoint(&self) -> String {
+        "fixed".into()
+    }
+
+    fn list(&self, _: Option<Version>) -> Result<Vec<Container>, RuntimeError> {
+        Ok(self.0.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,28 +1,52 @@
 //! The fallback resolver: containers known only by their cgroup's name — the kubelet's tree
-//! (any CRI runtime: containerd, CRI-O, Docker via cri-dockerd; see `cgroup::kube`) and plain
-//! Docker's `docker/<id>` or `docker-<id>.scope`. It needs no daemon, and knows no names.
+//! (any CRI runtime: containerd, CRI-O, Docker via cri-dockerd; see `cgroup::kube`), plain
+//! Docker's `docker/<id>` or `docker-<id>.scope`, podman's `libpod-<id>.scope`, and CRI-O's or
+//! containerd's scopes outside a kubelet tree. It needs no daemon, and knows no names.
 
 use super::{Container, Resolver, RuntimeError, RuntimeKind};
 use crate::cgroup::{kube, Hierarchy, Version};
 
-/// Docker's own cgroup for a container: `/docker/<id>` (cgroupfs driver) or
-/// `…/docker-<id>.scope` (systemd driver), with a 64-hex-digit id.
-pub fn docker_id(path: &str) -> Option<String> {
+/// Scope prefixes of the runtimes' systemd-driver cgroups, and who they are.
+const SCOPES: [(&str, &str); 5] = [
+    ("docker-", "docker"),
+    ("libpod-", "podman"),
+    ("crio-", "crio"),
+    ("cri-containerd-", "containerd"),
+    ("containerd-", "containerd"),
+];
+
+fn is_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The runtime and 64-hex-digit container id a cgroup path names: `/docker/<id>` and
+/// `/libpod_parent/libpod-<id>` (cgroupfs drivers) or `…/<prefix><id>.scope` (systemd
+/// drivers, see [`SCOPES`]); the first such component wins (a container's sub-cgroups too).
+pub fn runtime_id(path: &str) -> Option<(&'static str, String)> {
     let mut parts = path.split('/').filter(|p| !p.is_empty()).peekable();
     while let Some(p) = parts.next() {
-        let id = if p == "docker" {
-            parts.peek().copied()
-        } else {
-            p.strip_prefix("docker-")
-                .and_then(|s| s.strip_suffix(".scope"))
-        };
-        if let Some(id) =
-            id.filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
-        {
-            return Some(id.to_string());
+        if p == "docker" {
+            if let Some(id) = parts.peek().filter(|id| is_id(id)) {
+                return Some(("docker", (*id).to_string()));
+            }
+            continue;
+        }
+        let scope = p.ends_with(".scope");
+        let base = p.strip_suffix(".scope").unwrap_or(p);
+        for (prefix, runtime) in SCOPES {
+            if let Some(id) = base.strip_prefix(prefix).filter(|id| is_id(id)) {
+                if scope || prefix == "libpod-" {
+                    return Some((runtime, id.to_string()));
+                }
+            }
         }
     }
     None
+}
+
+/// Docker's own cgroup for a container (see [`runtime_id`]).
+pub fn docker_id(path: &str) -> Option<String> {
+    runtime_id(path).and_then(|(rt, id)| (rt == "docker").then_some(id))
 }
 
 pub struct CgroupNaming {
@@ -108,5 +132,27 @@ mod tests {
         assert_eq!(docker_id("/docker"), None);
         assert_eq!(docker_id("/docker/short"), None);
         assert_eq!(docker_id("/system.slice/docker.service"), None);
+    }
+
+    #[test]
+    fn podman_crio_containerd_scopes() {
+        for (path, rt) in [
+            (format!("/machine.slice/libpod-{ID}.scope"), "podman"),
+            (
+                format!("/machine.slice/libpod-{ID}.scope/container"),
+                "podman",
+            ),
+            (format!("/libpod_parent/libpod-{ID}"), "podman"),
+            (format!("/system.slice/crio-{ID}.scope"), "crio"),
+            (
+                format!("/system.slice/cri-containerd-{ID}.scope"),
+                "containerd",
+            ),
+        ] {
+            assert_eq!(runtime_id(&path), Some((rt, ID.to_string())), "{path}");
+        }
+        assert_eq!(runtime_id("/machine.slice/libpod-conmon-x.scope"), None);
+        assert_eq!(runtime_id(&format!("/system.slice/crio-{ID}")), None);
+        assert_eq!(runtime_id("/user.slice/user-0.slice"), None);
     }
 }

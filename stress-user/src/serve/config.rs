@@ -149,6 +149,19 @@ mod tests {
     }
 
     #[test]
+    fn runtime_sockets() {
+        let cfg = parse("[runtime]\ncontainerd_socket = \"/run/k3s/containerd/containerd.sock\"\n")
+            .expect("parses");
+        assert_eq!(
+            cfg.runtime.containerd_socket.as_deref(),
+            Some(Path::new("/run/k3s/containerd/containerd.sock"))
+        );
+        assert_eq!(cfg.runtime.docker_socket, None);
+        let err = parse("[runtime]\ncri_socket = \"/x\"\n").expect_err("unknown key");
+        assert!(err.to_string().contains("cri_socket"), "{err}");
+    }
+
+    #[test]
     fn empty_file_is_the_defaults() {
         assert_eq!(parse("").expect("parses"), Config::default());
         assert_eq!(

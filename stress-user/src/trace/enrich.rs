@@ -107,8 +107,10 @@ pub fn attribute(names: &Names, pid: u32, ctx: &mut VictimContext) {
             }
         }
         Lookup::Missing(why) => {
-            if ctx.container_id.is_none() {
-                ctx.container_id = naming::docker_id(cg);
+            // Known by its cgroup's name only (podman, CRI-O, Docker without a daemon asked).
+            if let Some((runtime, id)) = naming::runtime_id(cg) {
+                ctx.container.runtime = Some(runtime);
+                ctx.container_id.get_or_insert(id);
             }
             let looks_like_one = ctx.container_id.is_some();
             if looks_like_one || why != "no runtime knows this cgroup" {

@@ -65,7 +65,8 @@ pub struct VictimContext {
 /// A victim's container as the runtimes describe it; every field `None` outside containers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ContainerNames {
-    /// `containerd`, `docker`, or `cgroup` (known by its cgroup's name only).
+    /// `containerd` or `docker` (the daemon answered), `cgroup` (a kubelet cgroup name only),
+    /// or the runtime a cgroup name shows when no daemon knew it (`podman`, `crio`, `docker`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runtime: Option<&'static str>,
     /// Docker's name, or the CRI container name.
