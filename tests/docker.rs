@@ -111,4 +111,15 @@ fn docker_main_process_oom_named_and_counted() {
     assert_eq!(v["container_name"], name.as_str(), "{v}");
     assert_eq!(v["image"], "oomlab-busybox:test", "{v}");
     assert_eq!(v["container_init"], true, "{v}");
+
+    // The killed container has exited: a target no more, and oomlab says so (exit 2).
+    let out = oomlab()
+        .args(["inject", "--docker-socket", &sock, "--container", &name])
+        .args(["--size", "1MiB", "--duration", "1s"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run oomlab inject");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("is not running (stopped)"), "{err}");
 }

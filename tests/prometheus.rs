@@ -78,6 +78,7 @@ fn prometheus_counts_kills_per_pod_and_container() {
         ctd.socket.display()
     ));
     let prom = Prometheus::start(tmp.path(), serve.port);
+    let mut events = common::serve::events(serve.port);
 
     let plan = [(&web, 2), (&db, 1)];
     for (id, n) in plan {
@@ -158,4 +159,26 @@ fn prometheus_counts_kills_per_pod_and_container() {
         ingested,
         "Prometheus did not ingest every sample it scraped"
     );
+
+    // /events streamed the same victims, each named.
+    events.rest(Duration::from_millis(500));
+    let named: Vec<(String, String, String)> = events
+        .seen
+        .iter()
+        .filter(|v| v["type"] == "oom_victim")
+        .map(|v| {
+            let s = |k: &str| v[k].as_str().unwrap_or("-").to_string();
+            (s("namespace"), s("pod"), s("container_name"))
+        })
+        .collect();
+    eprintln!("/events victims: {named:?}");
+    let mut want = vec![
+        ("shop".to_string(), "db-0".to_string(), "pg".to_string()),
+        ("shop".into(), "web-0".into(), "app".into()),
+        ("shop".into(), "web-0".into(), "app".into()),
+    ];
+    let mut got = named.clone();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "/events victims");
 }

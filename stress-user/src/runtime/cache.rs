@@ -15,7 +15,7 @@ use crate::cgroup::Version;
 /// How often the table is rebuilt when no cgroup changes.
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
 /// Changes closer together than this share one refresh.
-const COALESCE: Duration = Duration::from_millis(50);
+const COALESCE: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Default)]
 struct Table {

@@ -3,7 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions};
+use bollard::{
+    models::ContainerSummaryStateEnum,
+    query_parameters::{InspectContainerOptions, ListContainersOptions},
+};
 
 use super::{cgroup_of_pid, Container, Resolver, RuntimeError, RuntimeKind, Socket};
 use crate::cgroup::Version;
@@ -45,27 +48,49 @@ async fn list(
     let mut out = Vec::new();
     for s in summaries {
         let Some(id) = s.id else { continue };
-        // Gone between the listing and now: skipped.
-        let Ok(info) = client
-            .inspect_container(&id, None::<InspectContainerOptions>)
-            .await
-        else {
-            continue;
+        let live = matches!(
+            s.state,
+            Some(
+                ContainerSummaryStateEnum::RUNNING
+                    | ContainerSummaryStateEnum::PAUSED
+                    | ContainerSummaryStateEnum::RESTARTING
+            )
+        );
+        // Only a live container has a pid to ask for: the listing says the rest.
+        let (init_pid, image, labels, name) = if live {
+            // Gone between the listing and now: skipped.
+            let Ok(info) = client
+                .inspect_container(&id, None::<InspectContainerOptions>)
+                .await
+            else {
+                continue;
+            };
+            let state = info.state.unwrap_or_default();
+            let running = state.running.unwrap_or(false);
+            let pid = state
+                .pid
+                .and_then(|p| u32::try_from(p).ok())
+                .filter(|p| running && *p > 0);
+            let config = info.config.unwrap_or_default();
+            (
+                pid,
+                config.image.or(s.image),
+                config.labels.unwrap_or_default(),
+                info.name,
+            )
+        } else {
+            (
+                None,
+                s.image,
+                s.labels.unwrap_or_default(),
+                s.names.and_then(|n| n.into_iter().next()),
+            )
         };
-        let state = info.state.unwrap_or_default();
-        let running = state.running.unwrap_or(false);
-        let init_pid = state
-            .pid
-            .and_then(|p| u32::try_from(p).ok())
-            .filter(|p| running && *p > 0);
         let cgroup = init_pid
             .and_then(|p| cgroup_of_pid(p, version))
             .filter(|p| p != "/");
-        let config = info.config.unwrap_or_default();
-        let labels: BTreeMap<String, String> =
-            config.labels.unwrap_or_default().into_iter().collect();
-        let name = info
-            .name
+        let labels: BTreeMap<String, String> = labels.into_iter().collect();
+        let name = name
             .map(|n| n.trim_start_matches('/').to_string())
             .filter(|n| !n.is_empty());
         let mut c = Container {
@@ -75,9 +100,9 @@ async fn list(
             name: None,
             pod: None,
             pod_uid: None,
-            image: config.image.or(s.image),
+            image,
             init_pid,
-            running,
+            running: init_pid.is_some(),
             cgroup,
             sandbox: false,
         }
