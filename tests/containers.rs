@@ -266,6 +266,39 @@ fn containerd_targets_names_and_oom_oracle() {
         assert!(v.get("names_missing").is_none(), "{v}");
     }
 
+    // An experiment's target.container goes through the runtimes, and its victims are named.
+    let exp = tmp.path().join("exp.toml");
+    fs::write(
+        &exp,
+        format!(
+            "name = \"container\"\n[target]\ncontainer = \"app\"\ncontainerd_socket = \"{sock}\"\n\
+             [[stages]]\nname = \"over the limit\"\n\
+             inject = {{ size = \"200MiB\", workers = 1, on_oom = \"stop\" }}\nhold = \"1s\"\n\
+             [stages.expect]\nmin_oom_kills = 1\n"
+        ),
+    )
+    .expect("write the experiment");
+    let run = oomlab()
+        .args(["run", "--output", "json"])
+        .arg(&exp)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run oomlab run");
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "oomlab run: {out}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        out.contains(&cg),
+        "the run's target is the container's cgroup: {out}"
+    );
+    assert!(
+        out.contains("\"pod\":\"web-0\"") && out.contains("\"container_init\":false"),
+        "the run's victims are named: {out}"
+    );
+
     // A runtime that stops answering holds no kill back: with containerd SIGSTOPped, a kill in
     // its container is reported at once, named from what the runtime said before.
     let trace = TraceChild::start(&[
