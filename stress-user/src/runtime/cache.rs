@@ -116,6 +116,18 @@ impl Names {
         Names { table, tx }
     }
 
+    /// One table from `runtimes`, built now, with no refresh thread (for tests of lookups).
+    #[cfg(test)]
+    pub(crate) fn once(runtimes: &Runtimes) -> Names {
+        let table = Mutex::new(Table::default());
+        refresh(runtimes, None, &table);
+        let (tx, _rx) = mpsc::sync_channel(1);
+        Names {
+            table: Arc::new(table),
+            tx,
+        }
+    }
+
     /// A cgroup was made or removed: refresh soon (never blocks).
     pub fn changed(&self) {
         let _ = self.tx.try_send(());
@@ -196,13 +208,7 @@ mod tests {
         let runtimes = Runtimes::from_resolvers(vec![Box::new(Flaky {
             answered: AtomicBool::new(false),
         })]);
-        let table = Mutex::new(Table::default());
-        refresh(&runtimes, None, &table);
-        let (tx, _rx) = mpsc::sync_channel(1);
-        let names = Names {
-            table: Arc::new(table),
-            tx,
-        };
+        let names = Names::once(&runtimes);
         // A process in a sub-cgroup of the container belongs to it.
         for cg in ["/k8s.io/abc", "/k8s.io/abc/sub/"] {
             assert!(

@@ -434,6 +434,59 @@ mod tests {
     }
 
     #[test]
+    fn victims_named_from_the_table() {
+        use crate::runtime::{Container, Fixed, RuntimeKind, Runtimes};
+        let names = Names::once(&Runtimes::from_resolvers(vec![Box::new(Fixed(vec![
+            Container {
+                runtime: RuntimeKind::Docker,
+                runtime_namespace: None,
+                id: "abc".into(),
+                name: Some("web".into()),
+                pod: None,
+                pod_uid: None,
+                image: Some("nginx:1".into()),
+                init_pid: Some(42),
+                running: true,
+                cgroup: Some("/docker/abc".into()),
+                sandbox: false,
+            },
+        ]))]));
+        let ctx = |pid: u32, cgroup: &str| {
+            let mut c = VictimContext {
+                cgroup: Some(cgroup.into()),
+                ..VictimContext::default()
+            };
+            attribute(&names, pid, &mut c);
+            c
+        };
+        let init = ctx(42, "/docker/abc");
+        assert_eq!(init.container_id.as_deref(), Some("abc"));
+        assert_eq!(
+            (
+                init.container.runtime,
+                init.container.container_name.as_deref()
+            ),
+            (Some("docker"), Some("web"))
+        );
+        assert_eq!(init.container.image.as_deref(), Some("nginx:1"));
+        assert_eq!(init.container.container_init, Some(true));
+        assert_eq!(
+            ctx(7, "/docker/abc/sub").container.container_init,
+            Some(false)
+        );
+        // A Docker-looking cgroup nobody knows: its id from the name, and why names are missing.
+        let id = "3f1e9a7c5b2d4e6f8a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f";
+        let unknown = ctx(7, &format!("/docker/{id}"));
+        assert_eq!(unknown.container_id.as_deref(), Some(id));
+        assert_eq!(
+            unknown.container.names_missing.as_deref(),
+            Some("no runtime knows this cgroup")
+        );
+        // Outside containers: nothing added.
+        assert_eq!(ctx(7, "/user.slice").container, Box::default());
+    }
+
+    #[test]
     fn own_process_context() {
         let me = std::process::id();
         let ctx = victim_context(me, None, Some(Version::V1), None);
