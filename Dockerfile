@@ -8,8 +8,9 @@
 FROM rust:1.95-bookworm AS build
 ENV DEBIAN_FRONTEND=noninteractive
 # LLVM 22 for bpf-linker (Debian 12's point releases carry it); see shared ENVIRONMENT notes.
+# protoc: containerd-client generates its gRPC bindings at build time.
 RUN apt-get update -q \
- && apt-get install -y -q --no-install-recommends llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev \
+ && apt-get install -y -q --no-install-recommends llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev protobuf-compiler \
  && rm -rf /var/lib/apt/lists/*
 RUN rustup toolchain install nightly --profile minimal --component rust-src \
  && LLVM_PREFIX=/usr/lib/llvm-22 PATH=/usr/lib/llvm-22/bin:$PATH \

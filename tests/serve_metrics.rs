@@ -30,7 +30,7 @@ fn check_kill_counters(serve: &Serve, path: &str, kills: u64, all_reported: bool
     );
     assert!(
         counted.1.contains(&format!(
-            "oomlab_oom_kills_total{{cgroup=\"{path}\",pod_uid=\"\",container_id=\"\",comm=\"oomlab\"",
+            "oomlab_oom_kills_total{{cgroup=\"{path}\",namespace=\"\",pod=\"\",container=\"\",comm=\"oomlab\"",
         )),
         "victim series carries comm and empty pod labels outside kubelet trees:\n{}",
         counted.1

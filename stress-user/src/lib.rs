@@ -8,6 +8,7 @@ pub mod experiment;
 pub mod explain;
 pub mod inject;
 pub mod report;
+pub mod runtime;
 pub mod serve;
 pub mod size;
 pub mod sys;

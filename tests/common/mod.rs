@@ -17,6 +17,8 @@ pub(crate) mod guard;
 pub(crate) mod inject;
 pub(crate) mod kmsg;
 pub(crate) mod lines;
+pub(crate) mod prometheus;
+pub(crate) mod runtime;
 pub(crate) mod serve;
 pub(crate) mod trace;
 pub(crate) mod tracer;

@@ -33,6 +33,8 @@ const APT_PACKAGES: &[&str] = &[
     // tests/serve_tls.rs: certificates made with the openssl CLI, TLS client checks with curl.
     "openssl",
     "curl",
+    // containerd-client's build script generates its gRPC code with protoc.
+    "protobuf-compiler",
 ];
 
 /// PyPI tools the tests run, as (console script, pip package): the script is looked up on PATH,

@@ -1,6 +1,7 @@
-//! Which cgroup a command works on: `--cgroup PATH`, `--pid N`, `--pod UID` or `--container ID`,
-//! resolved against the node's memory controller; the guard that keeps pressure out of the
-//! node's own cgroups; and a target's descendants, which the tracer filters on.
+//! Which cgroup a command works on: `--cgroup PATH`, `--pid N`, `--pod UID|NAMESPACE/NAME` or
+//! `--container ID|NAME`, resolved against the node's memory controller (and the container
+//! runtimes, for names); the guard that keeps pressure out of the node's own cgroups; and a
+//! target's descendants, which the tracer filters on.
 
 use std::{
     fs,
@@ -12,6 +13,10 @@ use super::{
     kube::{self, KubeLevel, KubeRef},
     CgroupError, Hierarchy, MemCgroup,
 };
+use crate::runtime::{Container, RuntimeError, RuntimeKind, Runtimes};
+
+/// The shortest id prefix `--container` takes when a runtime is asked (Docker's short ids).
+pub const MIN_ID_PREFIX: usize = 12;
 
 /// Target selection shared by `inject` and `trace` (at most one of them).
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -24,10 +29,12 @@ pub struct TargetArgs {
     /// The memory cgroup of this process.
     #[arg(long)]
     pub pid: Option<i32>,
-    /// A pod by UID, with dashes or underscores (kubelet naming, cgroupfs or systemd driver).
+    /// A pod by UID, with dashes or underscores (kubelet naming, cgroupfs or systemd driver), or
+    /// by NAMESPACE/NAME (the CRI labels, asked of containerd or Docker).
     #[arg(long)]
     pub pod: Option<String>,
-    /// A container by id or unique id prefix (kubelet naming, cgroupfs or systemd driver).
+    /// A container by id, unique id prefix (at least 12 characters when a runtime is asked) or
+    /// name (Docker's, or the CRI container name), from containerd, Docker or cgroup naming.
     #[arg(long)]
     pub container: Option<String>,
 }
@@ -66,6 +73,36 @@ pub enum TargetError {
         matches: Vec<String>,
         hint: &'static str,
     },
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("container {given} ({runtime} {id}) is not running ({state}): it has no processes and no memory cgroup to target; start it first")]
+    Stopped {
+        given: String,
+        runtime: String,
+        id: String,
+        state: &'static str,
+    },
+    #[error("container {given} not found: no container of {asked} has that id, id prefix (at least {MIN_ID_PREFIX} characters) or name, and no kubelet cgroup has that id ({looked}){nearest}")]
+    NoSuchContainer {
+        given: String,
+        asked: String,
+        looked: String,
+        nearest: String,
+    },
+    #[error("pod {given} not found: no container of {asked} carries the labels io.kubernetes.pod.namespace={namespace} and io.kubernetes.pod.name={name}{nearest}")]
+    NoSuchPod {
+        given: String,
+        asked: String,
+        namespace: String,
+        name: String,
+        nearest: String,
+    },
+    #[error("pod {given} (uid {uid}) has no pod cgroup the kubelet's naming finds; its containers are in {}; target one with --container", cgroups.join(", "))]
+    PodWithoutCgroup {
+        given: String,
+        uid: String,
+        cgroups: Vec<String>,
+    },
     #[error("refusing to target {path}: it is {what}, so pressure there {effect}; pass --force to do it anyway")]
     Protected {
         path: String,
@@ -74,8 +111,28 @@ pub enum TargetError {
     },
 }
 
-/// Resolves the target to a memory cgroup that exists.
+/// Resolves the target to a memory cgroup that exists, by cgroup naming only.
 pub fn resolve(hier: &Hierarchy, args: &TargetArgs) -> Result<MemCgroup, TargetError> {
+    resolve_with(hier, args, None)
+}
+
+/// Resolves the target, asking `runtimes` for container and pod names.
+pub fn resolve_with(
+    hier: &Hierarchy,
+    args: &TargetArgs,
+    runtimes: Option<&Runtimes>,
+) -> Result<MemCgroup, TargetError> {
+    if let Some(rts) = runtimes {
+        rts.check_explicit(Some(hier.memory_version))?;
+        if let Some(pod) = &args.pod {
+            if let Some((ns, name)) = pod.trim().split_once('/') {
+                return resolve_pod_name(hier, rts, ns, name);
+            }
+        }
+        if let Some(given) = &args.container {
+            return resolve_container_named(hier, rts, given.trim());
+        }
+    }
     if let Some(path) = &args.cgroup {
         return Ok(hier.resolve(path)?);
     }
@@ -135,6 +192,224 @@ pub fn resolve_container(hier: &Hierarchy, id: &str) -> Result<(MemCgroup, KubeR
         id,
         "give more characters of the id, or use --cgroup with the one you mean",
     )
+}
+
+/// The runtimes a lookup asked, for messages.
+fn asked(all: &[Container]) -> String {
+    let mut kinds: Vec<RuntimeKind> = all.iter().map(|c| c.runtime).collect();
+    kinds.sort();
+    kinds.dedup();
+    let names: Vec<&str> = kinds
+        .iter()
+        .filter(|k| **k != RuntimeKind::Cgroup)
+        .map(|k| k.as_str())
+        .collect();
+    if names.is_empty() {
+        "any runtime (none answered; only cgroup naming was used)".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Edit distance, for "did you mean".
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// "; nearest: a, b, c" of the three candidates closest to `given` (ids compared by as many
+/// characters as were given).
+fn nearest(given: &str, candidates: impl IntoIterator<Item = String>) -> String {
+    let mut scored: Vec<(usize, String)> = candidates
+        .into_iter()
+        .map(|c| {
+            let cut: String = c.chars().take(given.chars().count().max(1)).collect();
+            (distance(given, &c).min(distance(given, &cut)), c)
+        })
+        .collect();
+    scored.sort();
+    scored.dedup_by(|a, b| a.1 == b.1);
+    let top: Vec<String> = scored.into_iter().take(3).map(|(_, c)| c).collect();
+    if top.is_empty() {
+        String::new()
+    } else {
+        format!("; nearest: {}", top.join(", "))
+    }
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(MIN_ID_PREFIX)]
+}
+
+/// How a container is listed among several matches.
+fn describe(c: &Container) -> String {
+    let name = c
+        .name
+        .as_deref()
+        .map(|n| format!(" {n}"))
+        .unwrap_or_default();
+    let pod = c
+        .pod
+        .as_ref()
+        .map(|p| format!(" pod {}/{}", p.namespace, p.name))
+        .unwrap_or_default();
+    format!(
+        "{} {}{name}{pod} cgroup {}",
+        c.origin(),
+        short(&c.id),
+        c.cgroup.as_deref().unwrap_or("(none: not running)")
+    )
+}
+
+/// A container the runtimes know by id, id prefix (≥ [`MIN_ID_PREFIX`]) or name; else what
+/// cgroup naming finds.
+fn resolve_container_named(
+    hier: &Hierarchy,
+    rts: &Runtimes,
+    given: &str,
+) -> Result<MemCgroup, TargetError> {
+    if given.is_empty() {
+        return Err(TargetError::Empty {
+            flag: "--container",
+        });
+    }
+    let all = rts.list(Some(hier.memory_version))?;
+    let known: Vec<&Container> = all
+        .iter()
+        .filter(|c| c.runtime != RuntimeKind::Cgroup && !c.sandbox)
+        .collect();
+    let exact: Vec<&Container> = known
+        .iter()
+        .copied()
+        .filter(|c| c.id == given || c.name.as_deref() == Some(given))
+        .collect();
+    let found: Vec<&Container> = if exact.is_empty() && given.len() >= MIN_ID_PREFIX {
+        known
+            .iter()
+            .copied()
+            .filter(|c| c.id.starts_with(given))
+            .collect()
+    } else {
+        exact
+    };
+    match found.as_slice() {
+        [one] => container_cgroup(hier, one, given),
+        [] => match resolve_container(hier, given) {
+            Ok((cg, _)) => Ok(cg),
+            Err(TargetError::ContainerNotFound { looked, .. }) => {
+                Err(TargetError::NoSuchContainer {
+                    given: given.into(),
+                    asked: asked(&all),
+                    looked,
+                    nearest: nearest(
+                        given,
+                        known.iter().flat_map(|c| {
+                            let id = if given.len() >= MIN_ID_PREFIX {
+                                c.id.clone()
+                            } else {
+                                short(&c.id).to_string()
+                            };
+                            std::iter::once(id).chain(c.name.clone())
+                        }),
+                    ),
+                })
+            }
+            Err(e) => Err(e),
+        },
+        several => Err(TargetError::Ambiguous {
+            what: "container",
+            given: given.into(),
+            matches: several.iter().map(|c| describe(c)).collect(),
+            hint: "give the full id, or use --cgroup with the one you mean",
+        }),
+    }
+}
+
+/// The memory cgroup of a container a runtime found; a stopped one says so.
+fn container_cgroup(
+    hier: &Hierarchy,
+    c: &Container,
+    given: &str,
+) -> Result<MemCgroup, TargetError> {
+    let stopped = || TargetError::Stopped {
+        given: given.into(),
+        runtime: c.origin(),
+        id: c.id.clone(),
+        state: if c.running {
+            "no cgroup found"
+        } else {
+            "stopped"
+        },
+    };
+    if !c.running {
+        return Err(stopped());
+    }
+    let cg = c.cgroup.as_deref().ok_or_else(stopped)?;
+    Ok(hier.resolve(cg)?)
+}
+
+/// A pod by the CRI labels: its UID finds the kubelet's pod cgroup.
+fn resolve_pod_name(
+    hier: &Hierarchy,
+    rts: &Runtimes,
+    ns: &str,
+    name: &str,
+) -> Result<MemCgroup, TargetError> {
+    let given = format!("{ns}/{name}");
+    if ns.is_empty() || name.is_empty() {
+        return Err(TargetError::Empty { flag: "--pod" });
+    }
+    let all = rts.list(Some(hier.memory_version))?;
+    let members: Vec<&Container> = all
+        .iter()
+        .filter(|c| {
+            c.pod
+                .as_ref()
+                .is_some_and(|p| p.namespace == ns && p.name == name)
+        })
+        .collect();
+    if members.is_empty() {
+        return Err(TargetError::NoSuchPod {
+            given: given.clone(),
+            asked: asked(&all),
+            namespace: ns.into(),
+            name: name.into(),
+            nearest: nearest(
+                &given,
+                all.iter().filter_map(|c| {
+                    c.pod
+                        .as_ref()
+                        .map(|p| format!("{}/{}", p.namespace, p.name))
+                }),
+            ),
+        });
+    }
+    let uid = members
+        .iter()
+        .find_map(|c| c.pod_uid.clone())
+        .unwrap_or_default();
+    if !uid.is_empty() {
+        let roots = kube::find_roots(hier);
+        let mut pods = kube::find_pod(hier, &roots, &uid);
+        if pods.len() == 1 {
+            return Ok(pods.remove(0).0);
+        }
+    }
+    Err(TargetError::PodWithoutCgroup {
+        given,
+        uid,
+        cgroups: members.iter().map(|c| describe(c)).collect(),
+    })
 }
 
 fn one_of(
@@ -263,9 +538,12 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     use super::*;
-    use crate::cgroup::{
-        kube::{Driver, Qos},
-        temp_tree::TempTree,
+    use crate::{
+        cgroup::{
+            kube::{Driver, Qos},
+            temp_tree::TempTree,
+        },
+        runtime::Container,
     };
 
     const UID: &str = "0f6e4f5c-1a2b-4c3d-9e8f-001122334455";
@@ -307,6 +585,103 @@ mod tests {
             container: Some(id.into()),
             ..TargetArgs::default()
         }
+    }
+
+    fn ctd(ns: &str, id: &str, name: &str, cgroup: Option<&str>, running: bool) -> Container {
+        Container {
+            runtime: RuntimeKind::Containerd,
+            runtime_namespace: Some(ns.into()),
+            id: id.into(),
+            name: Some(name.into()),
+            pod: Some(crate::runtime::PodRef {
+                namespace: "shop".into(),
+                name: "web-0".into(),
+            }),
+            pod_uid: Some(UID.into()),
+            image: None,
+            init_pid: running.then_some(1),
+            running,
+            cgroup: cgroup.map(Into::into),
+            sandbox: false,
+        }
+    }
+
+    #[test]
+    fn containers_and_pods_by_runtime_names() {
+        let t = node();
+        t.mkdir("k8s.io/aaaaaaaaaaaaaaaa1")
+            .mkdir("default/bbbbbbbbbbbbbbbb2");
+        let h = t.hierarchy();
+        let one = |cs: Vec<Container>| {
+            Runtimes::from_resolvers(vec![Box::new(crate::runtime::Fixed(cs))])
+        };
+        let rts = one(vec![
+            ctd(
+                "k8s.io",
+                "aaaaaaaaaaaaaaaa1",
+                "app",
+                Some("/k8s.io/aaaaaaaaaaaaaaaa1"),
+                true,
+            ),
+            ctd(
+                "default",
+                "bbbbbbbbbbbbbbbb2",
+                "db",
+                Some("/default/bbbbbbbbbbbbbbbb2"),
+                true,
+            ),
+            ctd("default", "cccccccccccccccc3", "old", None, false),
+        ]);
+        let by = |given: &str| resolve_with(&h, &args_container(given), Some(&rts));
+        assert_eq!(
+            by("app").expect("by name").path(),
+            "/k8s.io/aaaaaaaaaaaaaaaa1"
+        );
+        assert_eq!(
+            by("bbbbbbbbbbbb").expect("12-character prefix").path(),
+            "/default/bbbbbbbbbbbbbbbb2"
+        );
+        // Shorter prefixes are not a runtime match (cgroup naming then finds nothing).
+        let msg = by("bbbb").expect_err("short prefix").to_string();
+        assert!(msg.contains("at least 12 characters"), "{msg}");
+        let msg = by("old").expect_err("stopped").to_string();
+        assert!(msg.contains("not running (stopped)"), "{msg}");
+        let msg = by("ap").expect_err("unknown").to_string();
+        assert!(msg.contains("nearest: app"), "{msg}");
+        // A name two runtimes' namespaces share: every match, with runtime, namespace, cgroup.
+        let twice = one(vec![
+            ctd(
+                "k8s.io",
+                "aaaaaaaaaaaaaaaa1",
+                "app",
+                Some("/k8s.io/aaaaaaaaaaaaaaaa1"),
+                true,
+            ),
+            ctd(
+                "default",
+                "bbbbbbbbbbbbbbbb2",
+                "app",
+                Some("/default/bbbbbbbbbbbbbbbb2"),
+                true,
+            ),
+        ]);
+        let msg = resolve_with(&h, &args_container("app"), Some(&twice))
+            .expect_err("two named app")
+            .to_string();
+        for part in [
+            "container app matches 2 cgroups",
+            "containerd/k8s.io aaaaaaaaaaaa app pod shop/web-0 cgroup /k8s.io/aaaaaaaaaaaaaaaa1",
+            "containerd/default bbbbbbbbbbbb app pod shop/web-0 cgroup /default/bbbbbbbbbbbbbbbb2",
+        ] {
+            assert!(msg.contains(part), "{part:?} in {msg}");
+        }
+        // A pod by namespace/name: its UID (CRI label) finds the kubelet's pod cgroup.
+        let cg = resolve_with(&h, &args_pod("shop/web-0"), Some(&rts)).expect("pod by name");
+        assert_eq!(cg.path(), format!("/kubepods/burstable/pod{UID}"));
+        let msg = resolve_with(&h, &args_pod("shop/web-9"), Some(&rts))
+            .expect_err("no such pod")
+            .to_string();
+        assert!(msg.contains("nearest: shop/web-0"), "{msg}");
     }
 
     #[test]

@@ -1,19 +1,60 @@
 //! `oomlab doctor [--output json]`: what [`crate::doctor`] found, as aligned lines or one JSON
 //! document; the exit code says whether oomlab can run here.
 
-use crate::{cli::exit, doctor, report::OutputFormat};
+use crate::{
+    cgroup::Hierarchy,
+    cli::exit,
+    doctor,
+    report::OutputFormat,
+    runtime::{Reached, RuntimeArgs, Runtimes},
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[arg(long, value_enum, default_value_t)]
     output: OutputFormat,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+/// Which container runtimes answered (containerd, Docker, cgroup naming), and how many
+/// containers each knows.
+fn runtimes(args: &RuntimeArgs) -> Vec<Reached> {
+    let hier = Hierarchy::detect().ok();
+    let version = hier.as_ref().map(|h| h.memory_version);
+    Runtimes::new(args, hier.as_ref()).reach(version).0
+}
+
+fn runtimes_line(reached: &[Reached]) -> String {
+    if reached.is_empty() {
+        return "none: no containerd or Docker socket at the default paths, no memory cgroup mount"
+            .into();
+    }
+    reached
+        .iter()
+        .map(|r| match &r.result {
+            Ok(n) => format!("{} {} ({n} containers)", r.kind, r.endpoint),
+            Err(e) => format!("{} not reached ({e})", r.kind),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 pub(super) fn run(args: &Args) -> anyhow::Result<i32> {
     let r = doctor::run();
+    let reached = runtimes(&args.runtime);
     match args.output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&r)?),
-        OutputFormat::Human => print_human(&r),
+        OutputFormat::Json => {
+            let mut doc = serde_json::to_value(&r)?;
+            if let Some(obj) = doc.as_object_mut() {
+                obj.insert("runtimes".into(), serde_json::to_value(&reached)?);
+            }
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        OutputFormat::Human => {
+            print_human(&r);
+            println!("runtimes        {}", runtimes_line(&reached));
+        }
     }
     Ok(if r.can_run { exit::OK } else { exit::FAILED })
 }

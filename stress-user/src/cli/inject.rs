@@ -17,6 +17,7 @@ use crate::{
         plan::{self, InjectError, NodeMemory, OnOom, Request},
     },
     report::{inject::InjectOutput, OutputFormat},
+    runtime::{RuntimeArgs, Runtimes},
     size::{SizeError, SizeSpec},
 };
 
@@ -26,6 +27,8 @@ use crate::{
 pub struct Args {
     #[command(flatten)]
     target: TargetArgs,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
     /// Create a scratch cgroup `oomlab/NAME` as the target (needs --limit); removed at the end.
     #[arg(long, value_name = "NAME", requires = "limit", conflicts_with_all = ["cgroup", "pid", "pod", "container"])]
     new: Option<String>,
@@ -169,7 +172,8 @@ fn existing_target(hier: &Hierarchy, args: &Args) -> Result<MemCgroup, InjectErr
     if args.target.is_empty() {
         return Err(InjectError::NoTarget);
     }
-    let cg = target::resolve(hier, &args.target)?;
+    let runtimes = Runtimes::new(&args.runtime, Some(hier));
+    let cg = target::resolve_with(hier, &args.target, Some(&runtimes))?;
     target::check_writable(&cg, args.force)?;
     Ok(cg)
 }

@@ -22,6 +22,8 @@ pub struct Args {
     /// basic_auth_users); SIGHUP re-reads it [default: `web_config` in the config].
     #[arg(long)]
     web_config: Option<PathBuf>,
+    #[command(flatten)]
+    runtime: crate::runtime::RuntimeArgs,
 }
 
 /// A client that closes its socket mid-response must cost the daemon one connection, never
@@ -57,15 +59,27 @@ pub(super) fn run(args: Args) -> anyhow::Result<i32> {
         listen: args.listen,
         allow_remote: args.allow_remote,
         web_config: args.web_config,
+        runtime: args.runtime,
     };
     // Bad config: say so before touching the kernel.
-    let checked = opts
-        .config()
-        .map_err(ServeError::from)
-        .and_then(|cfg| Ok(ServeOptions::web(&cfg).map(drop)?));
-    if let Err(e) = checked {
-        eprintln!("oomlab serve: {e}");
+    let cfg = match opts.config() {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("oomlab serve: {e}");
+            return Ok(exit::USAGE);
+        }
+    };
+    if let Err(e) = ServeOptions::web(&cfg) {
+        eprintln!("oomlab serve: {}", ServeError::from(e));
         return Ok(exit::USAGE);
+    }
+    // A runtime socket the config or a flag names must answer.
+    if let Ok(hier) = crate::cgroup::Hierarchy::detect() {
+        let runtimes = crate::runtime::Runtimes::new(&cfg.runtime, Some(&hier));
+        if let Err(e) = runtimes.check_explicit(Some(hier.memory_version)) {
+            eprintln!("oomlab serve: {e}");
+            return Ok(exit::USAGE);
+        }
     }
     ignore_sigpipe();
     raise_nofile();

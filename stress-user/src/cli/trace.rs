@@ -23,6 +23,7 @@ use crate::{
         trace::{human_line, human_reclaim_line, ReclaimSummary},
         OutputFormat,
     },
+    runtime::{cache::Names, RuntimeArgs, Runtimes},
     sys::monotonic,
     trace::{
         enrich::cgroup_of_pid,
@@ -36,6 +37,8 @@ use crate::{
 pub struct Args {
     #[command(flatten)]
     target: TargetArgs,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
     /// Event classes: any of oom, adj, reclaim, cgroup, comma-separated.
     #[arg(long, default_value = "oom,adj,reclaim,cgroup", value_parser = EventSet::parse)]
     events: EventSet,
@@ -347,12 +350,21 @@ impl<W: Write> Consumer for Live<'_, W> {
 }
 
 /// The `--cgroup`/`--pod`… target, if any; `Err` with the exit code when it does not resolve.
-fn resolve_target(args: &TargetArgs) -> anyhow::Result<Result<Option<MemCgroup>, i32>> {
+fn resolve_target(
+    args: &TargetArgs,
+    runtimes: &Runtimes,
+    hier: &Hierarchy,
+) -> anyhow::Result<Result<Option<MemCgroup>, i32>> {
     if args.is_empty() {
-        return Ok(Ok(None));
+        return Ok(match runtimes.check_explicit(Some(hier.memory_version)) {
+            Ok(()) => Ok(None),
+            Err(e) => {
+                eprintln!("oomlab trace: {e}");
+                Err(exit::USAGE)
+            }
+        });
     }
-    let hier = Hierarchy::detect()?;
-    Ok(match target::resolve(&hier, args) {
+    Ok(match target::resolve_with(hier, args, Some(runtimes)) {
         Ok(cg) => Ok(Some(cg)),
         Err(e) => {
             eprintln!("oomlab trace: {e}");
@@ -380,8 +392,13 @@ fn print_scoreboard(output: OutputFormat, target: Option<&MemCgroup>) -> anyhow:
     Ok(exit::OK)
 }
 
+/// How long `trace` waits at start for the runtimes' first answer (names of early victims).
+const FIRST_NAMES: Duration = Duration::from_secs(3);
+
 async fn run_async(args: Args) -> anyhow::Result<i32> {
-    let target = match resolve_target(&args.target)? {
+    let hier = Hierarchy::detect()?;
+    let runtimes = Runtimes::new(&args.runtime, Some(&hier));
+    let target = match resolve_target(&args.target, &runtimes, &hier)? {
         Ok(target) => target,
         Err(code) => return Ok(code),
     };
@@ -404,6 +421,10 @@ async fn run_async(args: Args) -> anyhow::Result<i32> {
         ring_bytes: args.ring_buffer,
         // A separate trace starts no workers: roles come from the comm.
         own_workers: false,
+        names: args
+            .events
+            .oom
+            .then(|| Names::start(runtimes, Some(hier.memory_version), FIRST_NAMES)),
     };
     let (mut tracer, rx) = Tracer::start(&opts)?;
     let episodes = episodes.map(|mut e| {

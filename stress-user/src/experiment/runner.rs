@@ -99,7 +99,13 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunReport, RunError> {
         .enable_all()
         .build()
         .map_err(|e| RunError::Failed(format!("starting the async runtime: {e}")))?;
-    let (tracer, kmsg_ok, feed) = start_tracer(&rt, &cg, &shared)?;
+    // Victims named by the runtimes (container, pod, init or not) in the run's report.
+    let names = crate::runtime::cache::Names::start(
+        crate::runtime::Runtimes::new(&exp.runtime, Some(&hier)),
+        Some(hier.memory_version),
+        Duration::from_secs(3),
+    );
+    let (tracer, kmsg_ok, feed) = start_tracer(&rt, &cg, &shared, names)?;
     announce(exp, &cg, scratch.is_some(), &tracer, kmsg_ok, t0, &shared);
     let sampler = Sampler::start(&shared, &cg);
 

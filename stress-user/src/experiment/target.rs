@@ -75,7 +75,9 @@ pub(super) fn open_target(
                 },
                 Target::Scratch { .. } => unreachable!("matched above"),
             };
-            let cg = target::resolve(hier, &args).map_err(|e| RunError::Input(e.to_string()))?;
+            let runtimes = crate::runtime::Runtimes::new(&exp.runtime, Some(hier));
+            let cg = target::resolve_with(hier, &args, Some(&runtimes))
+                .map_err(|e| RunError::Input(e.to_string()))?;
             target::check_writable(&cg, false).map_err(|e| RunError::Input(e.to_string()))?;
             Ok((cg, None))
         }

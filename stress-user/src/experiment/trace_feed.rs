@@ -26,11 +26,13 @@ pub(super) fn start_tracer(
     rt: &tokio::runtime::Runtime,
     cg: &MemCgroup,
     shared: &Shared,
+    names: crate::runtime::cache::Names,
 ) -> Result<(Tracer, bool, tokio::task::JoinHandle<()>), RunError> {
     let _enter = rt.enter();
     let (tracer, rx) = Tracer::start(&TraceOptions {
         target: Some(cg.clone()),
         own_workers: true,
+        names: Some(names),
         ..TraceOptions::default()
     })
     .map_err(|e| RunError::Failed(format!("starting the tracer: {e}")))?;

@@ -85,13 +85,14 @@ fn victim(v: &EpisodeVictim, out: &mut impl Write) -> io::Result<()> {
     .collect();
     writeln!(
         out,
-        "{PAD}killed {} ({}) adj {}  anon {} KiB  cgroup {}  [{}]",
+        "{PAD}killed {} ({}) adj {}  anon {} KiB  cgroup {}  [{}]{}",
         v.pid,
         shown(v.comm.as_deref()),
         opt(v.oom_score_adj.map(|a| a.to_string())),
         opt(v.anon_rss_kb.map(|a| a.to_string())),
         v.cgroup.as_deref().unwrap_or("?"),
-        how.join(",")
+        how.join(","),
+        super::trace::container_tags(&v.container, None)
     )?;
     for c in &v.adj_history {
         writeln!(

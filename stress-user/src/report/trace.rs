@@ -10,12 +10,46 @@ use std::{
 use serde::Serialize;
 
 use crate::trace::{
-    event::{CgroupOp, ReaperStep, Reclaim},
+    event::{CgroupOp, ContainerNames, ReaperStep, Reclaim},
     Event, EventKind, ReclaimTotal,
 };
 
 fn opt<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "?".into(), |v| v.to_string())
+}
+
+/// What the runtimes say of a victim's container, for the human lines: `container NAME (ID)
+/// pod NS/NAME image IMAGE via RUNTIME`, and for a victim that was not the container's init the
+/// warning that the kubelet will not report it; empty outside containers.
+pub fn container_tags(c: &ContainerNames, id: Option<&str>) -> String {
+    let mut tags = String::new();
+    let short = id.map(|id| &id[..id.len().min(12)]);
+    match (&c.container_name, short) {
+        (Some(name), Some(id)) => tags.push_str(&format!(" container {name} ({id})")),
+        (Some(name), None) => tags.push_str(&format!(" container {name}")),
+        (None, Some(id)) => tags.push_str(&format!(" container {id}")),
+        (None, None) => {}
+    }
+    if let (Some(ns), Some(pod)) = (&c.namespace, &c.pod) {
+        tags.push_str(&format!(" pod {ns}/{pod}"));
+    }
+    if let Some(image) = &c.image {
+        tags.push_str(&format!(" image {image}"));
+    }
+    if let Some(rt) = c.runtime {
+        tags.push_str(&format!(" via {rt}"));
+    }
+    match c.container_init {
+        Some(true) => tags.push_str(" [container init: the runtime reports this kill (OOMKilled)]"),
+        Some(false) => {
+            tags.push_str(" [not the container's init: the kubelet will not report this one]")
+        }
+        None => {}
+    }
+    if let Some(why) = &c.names_missing {
+        tags.push_str(&format!(" [names missing: {why}]"));
+    }
+    tags
 }
 
 /// One human line for `ev`; `None` for the events that only feed the reclaim summary.
@@ -25,12 +59,12 @@ pub fn human_line(ev: &Event) -> Option<String> {
         EventKind::Victim(v) => {
             let c = &v.context;
             let mut tags = String::new();
-            if let Some(pod) = &c.pod_uid {
-                tags.push_str(&format!(" pod {pod}"));
+            if c.container.pod.is_none() {
+                if let Some(pod) = &c.pod_uid {
+                    tags.push_str(&format!(" pod {pod}"));
+                }
             }
-            if let Some(id) = &c.container_id {
-                tags.push_str(&format!(" container {}", &id[..id.len().min(12)]));
-            }
+            tags.push_str(&container_tags(&c.container, c.container_id.as_deref()));
             if c.oomlab_worker {
                 tags.push_str(" [oomlab worker]");
             }
@@ -221,6 +255,36 @@ pub fn human_reclaim_line(ts: Duration, row: &ReclaimRow) -> String {
 mod tests {
     use super::*;
     use crate::trace::event::{ReclaimKind, Task};
+
+    #[test]
+    fn container_tags_name_the_victim_and_the_kubelets_blind_spot() {
+        let mut c = ContainerNames {
+            runtime: Some("containerd"),
+            container_name: Some("app".into()),
+            pod: Some("web-0".into()),
+            namespace: Some("shop".into()),
+            image: Some("busybox".into()),
+            container_init: Some(false),
+            names_missing: None,
+        };
+        assert_eq!(
+            container_tags(&c, Some("3f1e9a7c5b2d4e6f8a0b")),
+            " container app (3f1e9a7c5b2d) pod shop/web-0 image busybox via containerd [not the container's init: the kubelet will not report this one]"
+        );
+        c.container_init = Some(true);
+        assert!(container_tags(&c, None)
+            .ends_with("[container init: the runtime reports this kill (OOMKilled)]"));
+        let missing = ContainerNames {
+            runtime: Some("docker"),
+            names_missing: Some("Docker socket /x did not answer".into()),
+            ..ContainerNames::default()
+        };
+        assert_eq!(
+            container_tags(&missing, Some("abc")),
+            " container abc via docker [names missing: Docker socket /x did not answer]"
+        );
+        assert_eq!(container_tags(&ContainerNames::default(), None), "");
+    }
 
     fn reclaim(cgroup: &str, tgid: u32, ns: u64, pages: u64) -> Reclaim {
         Reclaim {

@@ -66,6 +66,9 @@ pub struct Config {
     /// if full); a client further behind skips events (and is told how many) instead of
     /// holding the daemon up.
     pub stream_buffer: usize,
+    /// Container runtime sockets (`[runtime]` `containerd_socket`, `docker_socket`) for the
+    /// victims' container, pod and namespace names; a socket named here must answer.
+    pub runtime: crate::runtime::RuntimeArgs,
 }
 
 impl Default for Config {
@@ -83,6 +86,7 @@ impl Default for Config {
             web_config: None,
             max_header_bytes: 16 << 10,
             stream_buffer: 4096,
+            runtime: crate::runtime::RuntimeArgs::default(),
         }
     }
 }
@@ -188,6 +192,19 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/oomlab/serve.toml"))
+    }
+
+    #[test]
+    fn runtime_sockets() {
+        let cfg = parse("[runtime]\ncontainerd_socket = \"/run/k3s/containerd/containerd.sock\"\n")
+            .expect("parses");
+        assert_eq!(
+            cfg.runtime.containerd_socket.as_deref(),
+            Some(Path::new("/run/k3s/containerd/containerd.sock"))
+        );
+        assert_eq!(cfg.runtime.docker_socket, None);
+        let err = parse("[runtime]\ncri_socket = \"/x\"\n").expect_err("unknown key");
+        assert!(err.to_string().contains("cri_socket"), "{err}");
     }
 
     #[test]

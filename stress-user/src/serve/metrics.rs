@@ -29,13 +29,24 @@ pub const UNKNOWN: &str = "unknown";
 /// How often at most the cgroup table looks for cgroups that no longer exist.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
+/// The kill counter's labels. `namespace`, `pod` and `container` are the names
+/// kube-state-metrics and cAdvisor use, so existing dashboards join on them. A kill in a named
+/// container is counted per (namespace, pod, container), with `cgroup` empty: a restarted
+/// container (new id, new cgroup) continues its series instead of starting a new one. Ids and
+/// pids stay out of the labels (they are in `/events`).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KillLabels {
     pub cgroup: String,
-    pub pod_uid: String,
-    pub container_id: String,
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
     pub comm: String,
     pub constraint: String,
+}
+
+/// Limits' key of a named container's place (never taken for a cgroup path, which starts `/`).
+fn container_key(namespace: &str, pod: &str, container: &str) -> String {
+    format!("container:{namespace}/{pod}/{container}")
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -128,8 +139,10 @@ impl HttpMetrics {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kill {
     pub cgroup: Option<String>,
-    pub pod_uid: Option<String>,
-    pub container_id: Option<String>,
+    /// The pod's namespace and name, and the container's name (CRI labels or Docker's name).
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub container: Option<String>,
     pub comm: Option<String>,
     pub constraint: Option<String>,
 }
@@ -224,10 +237,25 @@ impl Metrics {
     }
 
     pub fn kill(&self, limits: &mut Limits, kill: Kill, gone: &dyn Fn(&str) -> bool) {
-        let cgroup = kill.cgroup.as_deref().unwrap_or(UNKNOWN);
-        let admitted = self.admit(limits, cgroup, gone);
+        let named = kill.container.is_some();
+        let (namespace, pod, container) = (
+            kill.namespace.unwrap_or_default(),
+            kill.pod.unwrap_or_default(),
+            kill.container.unwrap_or_default(),
+        );
+        let key = if named {
+            container_key(&namespace, &pod, &container)
+        } else {
+            kill.cgroup.clone().unwrap_or_else(|| UNKNOWN.into())
+        };
+        let cgroup = if named {
+            ""
+        } else {
+            kill.cgroup.as_deref().unwrap_or(UNKNOWN)
+        };
+        let admitted = self.admit(limits, &key, gone);
         let slot = if admitted {
-            limits.cgroups.get_mut(cgroup)
+            limits.cgroups.get_mut(&key)
         } else {
             Some(&mut limits.other)
         }
@@ -242,16 +270,18 @@ impl Metrics {
         let labels = if admitted {
             KillLabels {
                 cgroup: cgroup.into(),
-                pod_uid: kill.pod_uid.unwrap_or_default(),
-                container_id: kill.container_id.unwrap_or_default(),
+                namespace,
+                pod,
+                container,
                 comm,
                 constraint: kill.constraint.unwrap_or_else(|| UNKNOWN.into()),
             }
         } else {
             KillLabels {
                 cgroup: OTHER.into(),
-                pod_uid: String::new(),
-                container_id: String::new(),
+                namespace: String::new(),
+                pod: String::new(),
+                container: String::new(),
                 comm,
                 constraint: kill.constraint.unwrap_or_else(|| UNKNOWN.into()),
             }
@@ -351,7 +381,8 @@ impl Metrics {
             let dead: Vec<String> = limits
                 .cgroups
                 .keys()
-                .filter(|c| c.as_str() != UNKNOWN && gone(c))
+                // A named container keeps its place: its series outlives restarts.
+                .filter(|c| c.as_str() != UNKNOWN && !c.starts_with("container:") && gone(c))
                 .cloned()
                 .collect();
             for c in dead {
@@ -424,8 +455,9 @@ mod tests {
     fn kill(cgroup: &str, comm: &str) -> Kill {
         Kill {
             cgroup: Some(cgroup.into()),
-            pod_uid: None,
-            container_id: None,
+            namespace: None,
+            pod: None,
+            container: None,
             comm: Some(comm.into()),
             constraint: Some("CONSTRAINT_MEMCG".into()),
         }
@@ -476,7 +508,7 @@ mod tests {
         m.kill(&mut lim, kill("/c", "x"), &never_gone); // third cgroup → other
         let text = m.encode();
         let s = |cg: &str, comm: &str| {
-            format!("oomlab_oom_kills_total{{cgroup=\"{cg}\",pod_uid=\"\",container_id=\"\",comm=\"{comm}\",constraint=\"CONSTRAINT_MEMCG\"}}")
+            format!("oomlab_oom_kills_total{{cgroup=\"{cg}\",namespace=\"\",pod=\"\",container=\"\",comm=\"{comm}\",constraint=\"CONSTRAINT_MEMCG\"}}")
         };
         assert_eq!(value(&text, &s("/a", "x")), Some(2.0), "{text}");
         assert_eq!(value(&text, &s("/a", "y")), Some(1.0));
@@ -485,6 +517,31 @@ mod tests {
         assert_eq!(value(&text, &s("other", "x")), Some(1.0));
         assert!(!text.contains("\"/c\""), "{text}");
         assert_eq!(lim.tracked(), 2);
+    }
+
+    #[test]
+    fn named_containers_count_across_restarts() {
+        let m = Metrics::new("k");
+        let mut lim = Limits::new(1, 5);
+        let named = |cgroup: &str| Kill {
+            namespace: Some("shop".into()),
+            pod: Some("web-0".into()),
+            container: Some("app".into()),
+            ..kill(cgroup, "dd")
+        };
+        // The same container before and after a restart (new id, new cgroup, old one gone).
+        m.kill(&mut lim, named("/k8s.io/aaa"), &|_| true);
+        m.kill(&mut lim, named("/k8s.io/bbb"), &|_| true);
+        // Its place is never swept, so a full table sends others to `other`.
+        m.kill(&mut lim, kill("/x", "y"), &|_| true);
+        let text = m.encode();
+        assert_eq!(
+            value(&text, "oomlab_oom_kills_total{cgroup=\"\",namespace=\"shop\",pod=\"web-0\",container=\"app\",comm=\"dd\",constraint=\"CONSTRAINT_MEMCG\"}"),
+            Some(2.0),
+            "{text}"
+        );
+        assert!(!text.contains("aaa") && !text.contains("bbb"), "{text}");
+        assert!(text.contains("cgroup=\"other\""), "{text}");
     }
 
     #[test]

@@ -75,6 +75,8 @@ pub struct ServeOptions {
     pub allow_remote: bool,
     /// Overrides `web_config` from the file.
     pub web_config: Option<PathBuf>,
+    /// Override the `[runtime]` sockets of the file.
+    pub runtime: crate::runtime::RuntimeArgs,
 }
 
 impl ServeOptions {
@@ -97,6 +99,16 @@ impl ServeOptions {
             cfg.web_config = Some(web.clone());
         }
         cfg.allow_remote |= self.allow_remote;
+        if self.runtime.containerd_socket.is_some() {
+            cfg.runtime
+                .containerd_socket
+                .clone_from(&self.runtime.containerd_socket);
+        }
+        if self.runtime.docker_socket.is_some() {
+            cfg.runtime
+                .docker_socket
+                .clone_from(&self.runtime.docker_socket);
+        }
         cfg.check_listen()?;
         Ok(cfg)
     }
@@ -236,8 +248,9 @@ impl Daemon {
             let c = &v.context;
             let kill = Kill {
                 cgroup: c.cgroup.clone(),
-                pod_uid: c.pod_uid.clone(),
-                container_id: c.container_id.clone(),
+                namespace: c.container.namespace.clone(),
+                pod: c.container.pod.clone(),
+                container: c.container.container_name.clone(),
                 comm: v.comm.clone(),
                 constraint: None,
             };
@@ -579,8 +592,9 @@ impl Consumer for EventLoop<'_> {
 
 /// Programs for classes the config leaves out are not attached at all. A reload that adds a
 /// class needs a restart; one that removes a class filters in [`Daemon::handle`].
-fn trace_options(cfg: &Config) -> TraceOptions {
+fn trace_options(cfg: &Config, names: Option<crate::runtime::cache::Names>) -> TraceOptions {
     TraceOptions {
+        names,
         events: EventSet {
             oom: cfg.traces(EventClass::Oom),
             adj: cfg.traces(EventClass::Adj),
@@ -602,7 +616,15 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
     let hier = Hierarchy::detect()?;
     // Opened before the tracer attaches, so no OOM report after READY is missed.
     let episodes = cfg.traces(EventClass::Oom).then(|| Episodes::start(None));
-    let (tracer, rx) = Tracer::start(&trace_options(&cfg))?;
+    // Names for victims' containers, refreshed off the event path (see runtime::cache).
+    let names = cfg.traces(EventClass::Oom).then(|| {
+        crate::runtime::cache::Names::start(
+            crate::runtime::Runtimes::new(&cfg.runtime, Some(&hier)),
+            Some(hier.memory_version),
+            Duration::from_secs(3),
+        )
+    });
+    let (tracer, rx) = Tracer::start(&trace_options(&cfg, names))?;
     let metrics = Metrics::new(&kernel_release());
     let (events, _) = broadcast::channel(chunks_kept(cfg.stream_buffer));
     let shared = Arc::new(Shared {

@@ -13,9 +13,13 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 
-use super::event::{CgroupOp, Event, EventKind, Victim, VictimContext};
+use super::event::{CgroupOp, ContainerNames, Event, EventKind, Victim, VictimContext};
 use crate::{
     cgroup::{self, kube, Version},
+    runtime::{
+        cache::{Lookup, Names},
+        naming,
+    },
     sys::WORKER_COMM,
 };
 
@@ -76,6 +80,44 @@ pub fn victim_context(
         container_id: kube.and_then(|k| k.container_id),
         cgroup,
         oomlab_worker: is_oomlab_worker(pid, comm),
+        container: Box::default(),
+    }
+}
+
+/// Names the victim's container from the runtimes' table (a read of what the refresh thread
+/// last found: it never waits on a runtime). Where the table has no entry but the cgroup
+/// looks like a container's, or a runtime did not answer, `names_missing` says why.
+pub fn attribute(names: &Names, pid: u32, ctx: &mut VictimContext) {
+    let Some(cg) = ctx.cgroup.as_deref() else {
+        return;
+    };
+    match names.lookup(cg) {
+        Lookup::Found(c) => {
+            *ctx.container = ContainerNames {
+                runtime: Some(c.runtime.as_str()),
+                container_name: c.name.clone(),
+                pod: c.pod.as_ref().map(|p| p.name.clone()),
+                namespace: c.pod.as_ref().map(|p| p.namespace.clone()),
+                image: c.image.clone(),
+                container_init: c.init_pid.map(|init| init == pid),
+                names_missing: None,
+            };
+            ctx.container_id = Some(c.id.clone());
+            if ctx.pod_uid.is_none() {
+                ctx.pod_uid.clone_from(&c.pod_uid);
+            }
+        }
+        Lookup::Missing(why) => {
+            // Known by its cgroup's name only (podman, CRI-O, Docker without a daemon asked).
+            if let Some((runtime, id)) = naming::runtime_id(cg) {
+                ctx.container.runtime = Some(runtime);
+                ctx.container_id.get_or_insert(id);
+            }
+            let looks_like_one = ctx.container_id.is_some();
+            if looks_like_one || why != "no runtime knows this cgroup" {
+                ctx.container.names_missing = Some(why);
+            }
+        }
     }
 }
 
@@ -182,6 +224,8 @@ pub struct Enricher {
     /// found it there, whatever its comm.
     own_workers: bool,
     ledger: VictimLedger,
+    /// The runtimes' names for victims' containers, when the command asked for them.
+    names: Option<Names>,
 }
 
 /// Hard cap of the per-pid tables (a fork storm between two sweeps).
@@ -197,7 +241,11 @@ pub fn pid_alive(pid: u32) -> bool {
 }
 
 impl Enricher {
-    pub fn new(version: Option<Version>, target: Option<TargetState>) -> Self {
+    pub fn new(
+        version: Option<Version>,
+        target: Option<TargetState>,
+        names: Option<Names>,
+    ) -> Self {
         Enricher {
             version,
             target,
@@ -209,6 +257,7 @@ impl Enricher {
             last_sweep: Instant::now(),
             own_workers: false,
             ledger: VictimLedger::default(),
+            names,
         }
     }
 
@@ -282,6 +331,9 @@ impl Enricher {
                 if self.own_workers {
                     v.context.oomlab_worker = v.own_worker;
                 }
+                if let Some(names) = &self.names {
+                    attribute(names, v.pid as u32, &mut v.context);
+                }
                 let keep = match (&self.target, &v.context.cgroup) {
                     (None, _) => true,
                     _ if v.in_filter => true,
@@ -301,6 +353,13 @@ impl Enricher {
                 true
             }
             EventKind::Cgroup(c) => {
+                if matches!(c.op, CgroupOp::Mkdir | CgroupOp::Rmdir)
+                    && Some(c.root) == self.memory_root
+                {
+                    if let Some(names) = &self.names {
+                        names.changed();
+                    }
+                }
                 if let (CgroupOp::Attach, Some(pid)) = (c.op, c.pid) {
                     if Some(c.root) == self.memory_root {
                         // A task that moved is in another memory cgroup now (node-wide too).
@@ -397,7 +456,7 @@ mod tests {
         // Above pid_max (4194304 at most): no process has it.
         let gone = i32::MAX as u32 - 1;
         assert!(pid_alive(me) && !pid_alive(gone));
-        let mut e = Enricher::new(Some(Version::V1), None);
+        let mut e = Enricher::new(Some(Version::V1), None, None);
         e.memory_root = Some(4);
         for pid in [me, gone] {
             e.tgid_cgroup.insert(pid, Some("/cached".into()));
@@ -423,6 +482,59 @@ mod tests {
         // Attach events of other hierarchies are not the memory cgroup's moves.
         assert!(e.process(&mut attach(gone, "/cpu", 2)));
         assert!(!e.moved.contains_key(&gone));
+    }
+
+    #[test]
+    fn victims_named_from_the_table() {
+        use crate::runtime::{Container, Fixed, RuntimeKind, Runtimes};
+        let names = Names::once(&Runtimes::from_resolvers(vec![Box::new(Fixed(vec![
+            Container {
+                runtime: RuntimeKind::Docker,
+                runtime_namespace: None,
+                id: "abc".into(),
+                name: Some("web".into()),
+                pod: None,
+                pod_uid: None,
+                image: Some("nginx:1".into()),
+                init_pid: Some(42),
+                running: true,
+                cgroup: Some("/docker/abc".into()),
+                sandbox: false,
+            },
+        ]))]));
+        let ctx = |pid: u32, cgroup: &str| {
+            let mut c = VictimContext {
+                cgroup: Some(cgroup.into()),
+                ..VictimContext::default()
+            };
+            attribute(&names, pid, &mut c);
+            c
+        };
+        let init = ctx(42, "/docker/abc");
+        assert_eq!(init.container_id.as_deref(), Some("abc"));
+        assert_eq!(
+            (
+                init.container.runtime,
+                init.container.container_name.as_deref()
+            ),
+            (Some("docker"), Some("web"))
+        );
+        assert_eq!(init.container.image.as_deref(), Some("nginx:1"));
+        assert_eq!(init.container.container_init, Some(true));
+        assert_eq!(
+            ctx(7, "/docker/abc/sub").container.container_init,
+            Some(false)
+        );
+        // A Docker-looking cgroup nobody knows: its id from the name, and why names are missing.
+        let id = "3f1e9a7c5b2d4e6f8a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f";
+        let unknown = ctx(7, &format!("/docker/{id}"));
+        assert_eq!(unknown.container_id.as_deref(), Some(id));
+        assert_eq!(
+            unknown.container.names_missing.as_deref(),
+            Some("no runtime knows this cgroup")
+        );
+        // Outside containers: nothing added.
+        assert_eq!(ctx(7, "/user.slice").container, Box::default());
     }
 
     #[test]

@@ -60,6 +60,37 @@ pub struct VictimContext {
     pub container_id: Option<String>,
     /// One of `oomlab inject`'s own workers (`oomlab __worker`).
     pub oomlab_worker: bool,
+    /// The container the victim ran in, as its runtime names it (see `runtime::cache`); boxed
+    /// to keep `EventKind` small.
+    #[serde(flatten)]
+    pub container: Box<ContainerNames>,
+}
+
+/// A victim's container as the runtimes describe it; every field `None` outside containers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ContainerNames {
+    /// `containerd` or `docker` (the daemon answered), `cgroup` (a kubelet cgroup name only),
+    /// or the runtime a cgroup name shows when no daemon knew it (`podman`, `crio`, `docker`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<&'static str>,
+    /// Docker's name, or the CRI container name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    /// The pod's name and namespace (CRI labels).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Whether the victim was the container's init (main) process. The kubelet reports only
+    /// those (`OOMKilled`); any other victim it never shows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_init: Option<bool>,
+    /// Why names are missing for a victim in what looks like a container (a runtime that did
+    /// not answer, or a container it does not know yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub names_missing: Option<String>,
 }
 
 /// `oom:oom_score_adj_update`: `writer` set `pid`'s adj.

@@ -43,6 +43,8 @@ pub struct TraceOptions {
     /// This process starts workers and tells the kernel their pids ([`Tracer::own_workers`]):
     /// a victim's `oomlab_worker` then comes from that set, not from its comm.
     pub own_workers: bool,
+    /// Container names for victims (see `runtime::cache`); `None`: cgroup naming only.
+    pub names: Option<crate::runtime::cache::Names>,
 }
 
 impl Default for TraceOptions {
@@ -53,6 +55,7 @@ impl Default for TraceOptions {
             target: None,
             ring_bytes: DEFAULT_RING_BYTES,
             own_workers: false,
+            names: None,
         }
     }
 }
@@ -188,7 +191,7 @@ impl Tracer {
         } else {
             None
         };
-        let mut enricher = Enricher::new(memory_version, target_state);
+        let mut enricher = Enricher::new(memory_version, target_state, opts.names.clone());
         if own_workers.is_some() {
             enricher = enricher.with_own_workers();
         }

@@ -170,6 +170,8 @@ pub struct Experiment {
     /// `allow_group_kill = true`: an existing target may have `memory.oom.group` set (a scratch
     /// target's own `oom_group` needs no such consent: the file sets it).
     pub allow_group_kill: bool,
+    /// `[target]` `containerd_socket`/`docker_socket`: who names `container` and `pod`.
+    pub runtime: crate::runtime::RuntimeArgs,
 }
 
 impl Experiment {

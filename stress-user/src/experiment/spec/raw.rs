@@ -32,6 +32,9 @@ pub(super) struct RawTarget {
     pub(super) memory_limit: Option<Spanned<String>>,
     pub(super) memory_high: Option<Spanned<String>>,
     pub(super) oom_group: Option<Spanned<bool>>,
+    /// Runtime sockets for `container`/`pod` names (as `--containerd-socket`/`--docker-socket`).
+    pub(super) containerd_socket: Option<String>,
+    pub(super) docker_socket: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

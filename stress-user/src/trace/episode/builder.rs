@@ -15,7 +15,7 @@ use crate::{
     trace::{
         badness::{self, Ranking},
         enrich::VictimLedger,
-        event::{ReaperStep, Task, Victim},
+        event::{ContainerNames, ReaperStep, Task, Victim},
         kmsg::{
             Killed, MemCounter, OomHeader, OomLine, OomParser, OomSummary, Reaped, Record, Scope,
             TaskRow,
@@ -572,6 +572,7 @@ impl EpisodeBuilder {
                 if v.context.cgroup.is_some() {
                     e.cgroup = e.cgroup.take().or_else(|| v.context.cgroup.clone());
                 }
+                e.container = (*v.context.container).clone();
             }
             None => ep.victims.push(victim_episode_of_event(v)),
         }
@@ -693,6 +694,7 @@ fn logged_victims(r: &Report) -> Vec<EpisodeVictim> {
                 .then(|| r.summary.as_ref().and_then(|s| s.task_memcg.clone()))
                 .flatten(),
             adj_history: Vec::new(),
+            container: ContainerNames::default(),
         });
     }
     victims
@@ -725,6 +727,7 @@ fn victim_episode_of_event(v: &Victim) -> EpisodeVictim {
         traced: true,
         cgroup: v.context.cgroup.clone(),
         adj_history: Vec::new(),
+        container: (*v.context.container).clone(),
     }
 }
 

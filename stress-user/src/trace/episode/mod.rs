@@ -62,6 +62,9 @@ pub struct EpisodeVictim {
     /// Its `oom_score_adj` changes seen during this trace, oldest first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub adj_history: Vec<AdjChange>,
+    /// Its container, pod and whether it was the container's init (from the traced event).
+    #[serde(flatten)]
+    pub container: super::event::ContainerNames,
 }
 
 /// The OOM reaper's work on a victim.

@@ -53,6 +53,15 @@ pub(super) fn check(cx: &Ctx<'_>, raw: RawFile) -> Result<Experiment, SpecError>
         conclusion: raw.conclusion,
         source: cx.file.into(),
         allow_group_kill: raw.allow_group_kill.unwrap_or(false),
+        runtime: crate::runtime::RuntimeArgs {
+            containerd_socket: raw
+                .target
+                .get_ref()
+                .containerd_socket
+                .clone()
+                .map(Into::into),
+            docker_socket: raw.target.get_ref().docker_socket.clone().map(Into::into),
+        },
     })
 }
 
