@@ -98,10 +98,28 @@ pub fn write_stdout(f: impl FnOnce(&mut io::StdoutLock<'static>) -> io::Result<(
     }
 }
 
-/// Sleeps for `d` unless a stop is asked first; true when it slept the whole time.
+/// Looks, without writing, whether stdout is a pipe whose reader is gone (POLLERR on its write
+/// end), so a command that has nothing to print for a while still ends when `head` has left.
+pub fn check_stdout() {
+    let mut fds = [libc::pollfd {
+        fd: libc::STDOUT_FILENO,
+        events: 0,
+        revents: 0,
+    }];
+    // SAFETY: one valid pollfd, no wait. Files and /dev/null never report POLLERR; a closed
+    // descriptor reports POLLNVAL, which is left alone.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) };
+    if rc > 0 && fds[0].revents & libc::POLLERR != 0 {
+        stdout_closed();
+    }
+}
+
+/// Sleeps for `d` unless a stop is asked (or stdout found closed) first; true when it slept the
+/// whole time.
 pub fn sleep(d: Duration) -> bool {
     let until = Instant::now() + d;
     loop {
+        check_stdout();
         if requested() {
             return false;
         }

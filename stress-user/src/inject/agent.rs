@@ -256,6 +256,7 @@ impl<'a> Agent<'a> {
     fn tick(&mut self, steer: &mut Steering) -> Result<Option<Stop>, InjectError> {
         // A signal is how a run without --duration is meant to end (exit 0); a closed stdout
         // is not, and says so.
+        stop::check_stdout();
         match stop::cause() {
             Some(Cause::Signal(_)) => return Ok(Some(("signal", 0))),
             Some(Cause::StdoutClosed) => {

@@ -1,0 +1,115 @@
+//! Scratch ownership without races: a cleanup racing the creation of fresh scratch cgroups
+//! never removes one (the owner record is written before the cgroup exists), while it does
+//! remove a leftover whose owner is provably gone — and only once its record is older than the
+//! grace period.
+
+mod common;
+
+use std::{
+    fs,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::SystemTime,
+};
+
+use common::{cgroup, guard::TempPath};
+use stress_user::cgroup::{remove_leftover, Ownership, ScratchCgroup, GRACE};
+
+#[test]
+fn cleanup_racing_creation_removes_only_leftovers() {
+    if !common::need_root("cleanup_racing_creation_removes_only_leftovers") {
+        return;
+    }
+    let hier = cgroup::hierarchy();
+    // A parent of this test's own, so that the cleanup under test sees nobody else's cgroups.
+    let parent = cgroup::scratch(&hier, "owned", None);
+    let records = TempPath::dir("records");
+    let own = Arc::new(Ownership {
+        parent: parent.cgroup().rel.display().to_string(),
+        record_dir: records.path().to_path_buf(),
+    });
+
+    // A leftover: its owner (a process that has exited) is gone, its record is old.
+    let mut dead = std::process::Command::new("true")
+        .spawn()
+        .expect("true runs");
+    let dead_pid = dead.id();
+    dead.wait().expect("reaped");
+    let leftover = ScratchCgroup::create(&hier, &own.parent, "leftover", None).expect("leftover");
+    let old = SystemTime::now() - GRACE * 5;
+    let write_record = |name: &str, text: &str, when: SystemTime| {
+        let path = records.path().join(name);
+        fs::write(&path, text).expect("record");
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(when))
+            .expect("record mtime");
+    };
+    write_record("leftover", &format!("{dead_pid} 12345\n"), old);
+    // The same, but its record is fresh: inside the grace period it is left alone.
+    let young = ScratchCgroup::create(&hier, &own.parent, "young", None).expect("young");
+    write_record("young", &format!("{dead_pid} 12345\n"), SystemTime::now());
+
+    // The race: one thread creates and drops owned cgroups as fast as it can; the other runs
+    // the cleanup (with `unowned`, the most eager kind) in a loop meanwhile.
+    let done = Arc::new(AtomicBool::new(false));
+    let cleaner = {
+        let (own, hier, done) = (Arc::clone(&own), hier.clone(), Arc::clone(&done));
+        thread::spawn(move || {
+            let mut removed = Vec::new();
+            let mut rounds = 0;
+            while !done.load(Ordering::SeqCst) || rounds == 0 {
+                for l in own.find_leftovers(&hier, true) {
+                    if remove_leftover(&l).is_ok() {
+                        removed.push(l.cgroup.rel.display().to_string());
+                    }
+                }
+                rounds += 1;
+            }
+            (removed, rounds)
+        })
+    };
+    let mut created = 0;
+    for i in 0..300 {
+        let name = format!("fresh-{i}");
+        let s = own
+            .create(&hier, &name, Some(64 << 20))
+            .expect("create owned");
+        // Set up as a run would, while the cleaner looks.
+        s.cgroup()
+            .write("memory.limit_in_bytes", &(32u64 << 20).to_string())
+            .or_else(|_| s.cgroup().write("memory.max", &(32u64 << 20).to_string()))
+            .unwrap_or_else(|e| panic!("{name} removed under its owner: {e}"));
+        assert!(s.cgroup().exists(), "{name} removed under its owner");
+        created += 1;
+    }
+    done.store(true, Ordering::SeqCst);
+    let (removed, rounds) = cleaner.join().expect("cleaner thread");
+    eprintln!("{created} created, {rounds} cleanup rounds, removed {removed:?}");
+    assert!(
+        removed.iter().all(|r| !r.contains("/fresh-")),
+        "a fresh owned cgroup was removed: {removed:?}"
+    );
+    assert!(
+        rounds > 10,
+        "the cleanup barely ran ({rounds} rounds): no race tested"
+    );
+    assert!(
+        !leftover.cgroup().exists(),
+        "the dead owner's leftover stayed"
+    );
+    assert!(
+        !records.path().join("leftover").exists(),
+        "its record stayed"
+    );
+    assert!(
+        young.cgroup().exists(),
+        "a record inside the grace period was acted on"
+    );
+    drop(young);
+    drop(leftover);
+}
