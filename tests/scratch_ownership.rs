@@ -12,7 +12,7 @@ use std::{
         Arc,
     },
     thread,
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use common::{cgroup, guard::TempPath};
@@ -127,4 +127,59 @@ fn cleanup_racing_creation_removes_only_leftovers() {
         "its record stayed"
     );
     drop(leftover);
+}
+
+/// Processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> usize {
+    fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+        .filter(|e| {
+            fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .count()
+}
+
+/// A scratch cgroup whose process forks without pause is removed whole: `cgroup.kill` on v2,
+/// the freezer loop on v1 (killing by pid from `cgroup.procs` chases the forks).
+#[test]
+fn a_fork_storm_in_a_scratch_cgroup_is_removed_whole() {
+    if !common::need_root("a_fork_storm_in_a_scratch_cgroup_is_removed_whole") {
+        return;
+    }
+    use std::io::Write as _;
+    let hier = cgroup::hierarchy();
+    let scratch = cgroup::scratch(&hier, "storm", None);
+    let tag = format!("3500.{}", std::process::id());
+    // It waits for a line before forking, so that it has joined the cgroup first.
+    let mut sh = std::process::Command::new("sh")
+        .args(["-c", &format!("read x; while true; do sleep {tag} & done")])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("sh starts");
+    scratch
+        .cgroup()
+        .add_proc(sh.id() as i32)
+        .expect("sh joins the scratch cgroup");
+    writeln!(sh.stdin.take().expect("piped"), "go").expect("start forking");
+    assert!(
+        common::wait_until(Duration::from_secs(10), || processes_with(&tag) >= 50),
+        "the storm did not start"
+    );
+    let started = Instant::now();
+    scratch.remove().expect("removed despite the forks");
+    eprintln!(
+        "{} ({}): removed in {} ms",
+        scratch.cgroup().path(),
+        scratch.cgroup().version,
+        started.elapsed().as_millis()
+    );
+    let _ = sh.wait();
+    assert!(!scratch.cgroup().exists(), "still there");
+    assert!(
+        common::wait_until(Duration::from_secs(2), || processes_with(&tag) == 0),
+        "{} of the storm's processes survived",
+        processes_with(&tag)
+    );
 }
