@@ -1,9 +1,10 @@
 use clap::Parser as _;
 
 fn main() {
-    // Behave like other CLI tools when piped into `head`: die quietly on a closed pipe.
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread exists.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    // First thing, before any thread: `oomlab run` and `oomlab inject` must end in order on a
+    // signal from their very first instant (see `stop`); the other commands get the default
+    // dispositions back right after parsing.
+    stress_user::stop::install_handlers();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
         .init();

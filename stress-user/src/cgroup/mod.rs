@@ -16,7 +16,9 @@ use std::{
 };
 
 pub use pressure::{Pressure, PressureCounters, PsiScope};
-pub use scratch::{find_leftovers, remove_leftover, Leftover, ScratchCgroup, RECORD_DIR};
+pub use scratch::{
+    find_leftovers, remove_leftover, Leftover, Owner, Ownership, ScratchCgroup, GRACE, RECORD_DIR,
+};
 
 /// Default mount points, used when `/proc/self/mountinfo` cannot be read.
 const PROC_MOUNTINFO: &str = "/proc/self/mountinfo";

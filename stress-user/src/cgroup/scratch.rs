@@ -1,17 +1,26 @@
 //! Scratch memory cgroups that oomlab creates under a parent it owns and removes when done,
-//! killing only the processes inside them (which oomlab put there).
+//! killing only the processes inside them (which oomlab put there) as a whole: `cgroup.kill` on
+//! v2, a freeze-and-kill loop through the v1 freezer, pidfds where neither is there. Each one
+//! under `oomlab/` has an owner record, written before the cgroup exists, so a cleanup can tell a
+//! leftover (its owner is gone) from one in use without racing its creation.
 
 use std::{
     fs,
+    io::{self, Write as _},
     path::{Path, PathBuf},
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use cgroups_rs::{hierarchies::V1, Cgroup};
-use nix::{sys::signal, unistd::Pid};
 
 use super::{CgroupError, Hierarchy, MemCgroup, Version, OWNED_PARENT};
+use crate::process::{self, PidFd};
+
+/// Where the v1 freezer hierarchy is mounted on every distribution that has one.
+const FREEZER_MOUNT: &str = "/sys/fs/cgroup/freezer";
+/// How long removing a scratch cgroup may take (killed tasks exiting, a freezer settling).
+const REMOVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A cgroup made for one run. Dropping it kills what is left inside and removes it.
 #[derive(Debug)]
@@ -84,27 +93,111 @@ impl ScratchCgroup {
 
     /// Kills every process inside (all of them were put there by oomlab) and removes the cgroup.
     pub fn remove(&self) -> Result<(), CgroupError> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let procs = self.cgroup.procs().unwrap_or_default();
-            for pid in &procs {
-                let _ = signal::kill(Pid::from_raw(*pid), signal::Signal::SIGKILL);
+        if !self.cgroup.exists() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + REMOVE_TIMEOUT;
+        let fail = |value: &str, source: io::Error| CgroupError::Write {
+            file: self.cgroup.dir().display().to_string(),
+            value: value.into(),
+            source,
+        };
+        match self.cgroup.version {
+            // Linux ≥ 5.14: the kernel kills the whole cgroup at once, forks in flight included.
+            Version::V2 if self.cgroup.dir().join("cgroup.kill").exists() => {
+                fs::write(self.cgroup.dir().join("cgroup.kill"), "1")
+                    .map_err(|e| fail("cgroup.kill", e))?;
             }
+            Version::V1 if Path::new(FREEZER_MOUNT).join("cgroup.procs").exists() => {
+                if let Err(e) = freeze_and_kill(&self.cgroup, Path::new(FREEZER_MOUNT), deadline) {
+                    log::info!(
+                        "freezing {} failed ({e}); killing its processes one by one",
+                        self.cgroup.path()
+                    );
+                }
+            }
+            _ => {}
+        }
+        loop {
+            // What is still there (nothing after cgroup.kill or the freezer, unless they
+            // failed) is killed through pidfds.
+            kill_members(&self.cgroup);
             match fs::remove_dir(self.cgroup.dir()) {
                 Ok(()) => return Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-                Err(e) if Instant::now() > deadline => {
-                    return Err(CgroupError::Write {
-                        file: self.cgroup.dir().display().to_string(),
-                        value: "rmdir".into(),
-                        source: e,
-                    });
-                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if Instant::now() > deadline => return Err(fail("rmdir", e)),
                 // EBUSY while killed tasks are still exiting.
-                Err(_) => thread::sleep(Duration::from_millis(20)),
+                Err(_) => thread::sleep(Duration::from_millis(10)),
             }
         }
     }
+}
+
+/// SIGKILLs each process of the cgroup through a pidfd, checked after opening to still be a
+/// member (so a pid reused since `cgroup.procs` was read is never hit).
+fn kill_members(cg: &MemCgroup) {
+    for pid in cg.procs().unwrap_or_default() {
+        let Ok(fd) = PidFd::open(pid) else { continue };
+        if cg.procs().is_ok_and(|now| now.contains(&pid)) {
+            let _ = fd.kill();
+        }
+    }
+}
+
+/// cgroup v1: moves every process of `cg` into a freezer cgroup of the same name (what they
+/// fork from then on is born there too), freezes it so nothing can fork or escape, kills them
+/// all, thaws it so the kills land, and removes it. Round after round until `cg` is empty.
+fn freeze_and_kill(cg: &MemCgroup, freezer_mount: &Path, deadline: Instant) -> io::Result<()> {
+    let dir = freezer_mount.join(&cg.rel);
+    fs::create_dir_all(&dir)?;
+    let result = (|| {
+        let state = dir.join("freezer.state");
+        loop {
+            let members = cg.procs().unwrap_or_default();
+            if members.is_empty() || Instant::now() > deadline {
+                return Ok(());
+            }
+            for pid in &members {
+                // A pid that exited meanwhile fails with ESRCH; a reused one is not in `cg`
+                // and is checked below before it is signalled.
+                let _ = fs::write(dir.join("cgroup.procs"), pid.to_string());
+            }
+            fs::write(&state, "FROZEN")?;
+            while fs::read_to_string(&state)?.trim() != "FROZEN" && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(2));
+            }
+            let frozen = read_procs(&dir.join("cgroup.procs"));
+            for pid in frozen {
+                // Only members of the scratch cgroup went in; a frozen process cannot exit, so
+                // its pid cannot be reused between these two reads.
+                if cg.procs().is_ok_and(|m| m.contains(&pid)) {
+                    if let Ok(fd) = PidFd::open(pid) {
+                        let _ = fd.kill();
+                    }
+                }
+            }
+            fs::write(&state, "THAWED")?;
+            thread::sleep(Duration::from_millis(2));
+        }
+    })();
+    // Empty once the killed tasks have exited; a few tries, then it is left to the next run.
+    for _ in 0..250 {
+        match fs::remove_dir(&dir) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                thread::sleep(Duration::from_millis(4));
+            }
+            _ => break,
+        }
+    }
+    result
+}
+
+fn read_procs(file: &Path) -> Vec<i32> {
+    fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
 }
 
 /// Creates `rel` below a cgroup v2 mount, enabling the memory controller on the way down: a v2
@@ -118,7 +211,7 @@ fn create_v2(mount: &Path, rel: &str) -> Result<(), String> {
         dir.push(part);
         match fs::create_dir(&dir) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && i + 1 < parts.len() => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && i + 1 < parts.len() => {}
             Err(e) => return Err(format!("mkdir {}: {e}", dir.display())),
         }
     }
@@ -166,39 +259,213 @@ impl Drop for ScratchCgroup {
 /// tell a leftover (its owner is gone: killed before it could clean up) from one in use.
 pub const RECORD_DIR: &str = "/run/oomlab/scratch";
 
-/// A process identity that survives pid reuse: pid plus its start time (field 22 of stat).
-fn start_time(pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // comm may hold spaces and parentheses: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+/// A cleanup leaves alone every scratch cgroup whose record (or, without one, the cgroup itself)
+/// is younger than this: whatever made it may still be setting it up.
+pub const GRACE: Duration = Duration::from_secs(1);
+
+/// Where owned scratch cgroups live and where their owner records go: `oomlab/` and
+/// [`RECORD_DIR`] for oomlab itself, other places in tests.
+#[derive(Debug, Clone)]
+pub struct Ownership {
+    /// The parent cgroup, relative to the memory controller's mount.
+    pub parent: String,
+    pub record_dir: PathBuf,
 }
 
-fn record_path(name: &str) -> PathBuf {
-    Path::new(RECORD_DIR).join(name)
+impl Default for Ownership {
+    fn default() -> Self {
+        Ownership {
+            parent: OWNED_PARENT.into(),
+            record_dir: PathBuf::from(RECORD_DIR),
+        }
+    }
+}
+
+/// Who made a scratch cgroup: its pid and start time (an identity no pid reuse repeats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: i32,
+    pub started: u64,
+}
+
+impl Owner {
+    /// This process.
+    pub fn me() -> Option<Owner> {
+        let pid = std::process::id() as i32;
+        Some(Owner {
+            pid,
+            started: process::start_time(pid)?,
+        })
+    }
+
+    /// A record's text: `<pid> <start time>`.
+    pub fn parse(record: &str) -> Option<Owner> {
+        let mut it = record.split_whitespace();
+        let owner = Owner {
+            pid: it.next()?.parse().ok()?,
+            started: it.next()?.parse().ok()?,
+        };
+        it.next().is_none().then_some(owner)
+    }
+
+    fn text(self) -> String {
+        format!("{} {}\n", self.pid, self.started)
+    }
+
+    /// Still running: a pidfd on the pid, the same start time (a start time of 0, as an older
+    /// oomlab wrote when it could not read its own, is not alive).
+    pub fn is_alive(self) -> bool {
+        process::is_alive(self.pid, self.started)
+    }
+}
+
+/// Whether a cgroup may be treated as a leftover: its owner is provably gone, and neither its
+/// record nor (without a record) the cgroup is younger than [`GRACE`].
+fn is_leftover(
+    owner: Option<Owner>,
+    has_record: bool,
+    age: Duration,
+    procs: usize,
+    unowned: bool,
+) -> bool {
+    if age < GRACE {
+        return false;
+    }
+    match owner {
+        Some(o) => !o.is_alive(),
+        // A record that does not parse (or says start time 0) names no live owner either.
+        None if has_record => true,
+        None => unowned && procs == 0,
+    }
+}
+
+fn age_of(path: &Path) -> Option<Duration> {
+    let modified = fs::metadata(path).and_then(|m| m.modified()).ok()?;
+    Some(
+        SystemTime::now()
+            .duration_since(modified)
+            .unwrap_or_default(),
+    )
+}
+
+impl Ownership {
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.record_dir.join(name)
+    }
+
+    /// Writes this process's record for `name`, before the cgroup exists: a cleanup then never
+    /// sees the cgroup without its live owner. A record of a dead owner is replaced; one of a
+    /// live owner means the name is taken.
+    fn claim(&self, hier: &Hierarchy, name: &str) -> Result<PathBuf, CgroupError> {
+        let record = self.record_path(name);
+        let fail = |source: io::Error| CgroupError::Write {
+            file: record.display().to_string(),
+            value: "owner record".into(),
+            source,
+        };
+        let me =
+            Owner::me().ok_or_else(|| fail(io::Error::other("cannot read /proc/self/stat")))?;
+        fs::create_dir_all(&self.record_dir).map_err(fail)?;
+        for _ in 0..2 {
+            match fs::File::options()
+                .write(true)
+                .create_new(true)
+                .open(&record)
+            {
+                Ok(mut f) => {
+                    f.write_all(me.text().as_bytes()).map_err(fail)?;
+                    return Ok(record);
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let text = fs::read_to_string(&record).unwrap_or_default();
+                    if Owner::parse(&text).is_some_and(Owner::is_alive) {
+                        return Err(CgroupError::Exists {
+                            path: hier.cgroup(format!("{}/{name}", self.parent)).path(),
+                        });
+                    }
+                    // A dead owner's record: the next `create_new` is ours.
+                    let _ = fs::remove_file(&record);
+                }
+                Err(e) => return Err(fail(e)),
+            }
+        }
+        Err(fail(io::Error::from(io::ErrorKind::AlreadyExists)))
+    }
+
+    /// Creates `<parent>/<name>` owned by this process: the record first, then the cgroup. If
+    /// this process dies without cleaning up, the next run (or `oomlab cleanup`) removes it.
+    pub fn create(
+        &self,
+        hier: &Hierarchy,
+        name: &str,
+        limit: Option<u64>,
+    ) -> Result<ScratchCgroup, CgroupError> {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            // Checked by `ScratchCgroup::create` too, but before a record is named after it.
+            return ScratchCgroup::create(hier, &self.parent, name, limit);
+        }
+        let record = self.claim(hier, name)?;
+        match ScratchCgroup::create(hier, &self.parent, name, limit) {
+            Ok(mut scratch) => {
+                scratch.record = Some(record);
+                Ok(scratch)
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&record);
+                Err(e)
+            }
+        }
+    }
+
+    /// Scratch cgroups under the parent whose recorded owner is provably gone. With `unowned`,
+    /// also those without a record (made by something else, or by an older oomlab) that hold no
+    /// process. Never listed: one whose owner is alive, and one whose record (or, without a
+    /// record, the cgroup) is younger than [`GRACE`].
+    pub fn find_leftovers(&self, hier: &Hierarchy, unowned: bool) -> Vec<Leftover> {
+        let parent = hier.memory_mount.join(&self.parent);
+        let Ok(entries) = fs::read_dir(&parent) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let mut out = Vec::new();
+        for name in names {
+            let cgroup = hier.cgroup(format!("{}/{name}", self.parent));
+            let procs = cgroup.procs().map_or(0, |p| p.len());
+            let record = self.record_path(&name);
+            let text = fs::read_to_string(&record).ok();
+            let owner = text.as_deref().and_then(Owner::parse);
+            let age = match &text {
+                Some(_) => age_of(&record),
+                None => age_of(&cgroup.dir()),
+            };
+            // Gone meanwhile (removed by its owner): nothing to do.
+            let Some(age) = age else { continue };
+            if is_leftover(owner, text.is_some(), age, procs, unowned) {
+                out.push(Leftover {
+                    cgroup,
+                    owner: owner.map(|o| o.pid),
+                    procs,
+                    record: text.is_some().then_some(record),
+                });
+            }
+        }
+        out
+    }
 }
 
 impl ScratchCgroup {
-    /// Creates `oomlab/<name>` and records this process as its owner, so that if it dies
-    /// without cleaning up, the next run (or `oomlab cleanup`) removes the cgroup.
+    /// Creates `oomlab/<name>` owned by this process (see [`Ownership::create`]).
     pub fn create_owned(
         hier: &Hierarchy,
         name: &str,
         limit: Option<u64>,
     ) -> Result<Self, CgroupError> {
-        let mut scratch = ScratchCgroup::create(hier, OWNED_PARENT, name, limit)?;
-        let pid = std::process::id() as i32;
-        let record = record_path(name);
-        let text = format!("{pid} {}\n", start_time(pid).unwrap_or(0));
-        fs::create_dir_all(RECORD_DIR)
-            .and_then(|()| fs::write(&record, text))
-            .map_err(|source| CgroupError::Write {
-                file: record.display().to_string(),
-                value: "owner record".into(),
-                source,
-            })?;
-        scratch.record = Some(record);
-        Ok(scratch)
+        Ownership::default().create(hier, name, limit)
     }
 }
 
@@ -210,73 +477,113 @@ pub struct Leftover {
     pub owner: Option<i32>,
     /// Processes still inside.
     pub procs: usize,
+    /// Its owner record, removed with it.
+    pub record: Option<PathBuf>,
 }
 
-/// Scratch cgroups under `oomlab/` whose recorded owner is no longer running. With `unowned`,
-/// also those without a record (made by something else, or by an older oomlab) that hold no
-/// process. Cgroups whose owner is alive are never listed.
+/// Scratch cgroups under `oomlab/` whose recorded owner is gone (see
+/// [`Ownership::find_leftovers`]).
 pub fn find_leftovers(hier: &Hierarchy, unowned: bool) -> Vec<Leftover> {
-    let parent = hier.memory_mount.join(OWNED_PARENT);
-    let Ok(entries) = fs::read_dir(&parent) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    let mut names: Vec<String> = entries
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    for name in names {
-        let cgroup = hier.cgroup(format!("{OWNED_PARENT}/{name}"));
-        let procs = cgroup.procs().map_or(0, |p| p.len());
-        let record = fs::read_to_string(record_path(&name)).ok();
-        let owner = record.as_deref().and_then(|r| {
-            let mut it = r.split_whitespace();
-            Some((
-                it.next()?.parse::<i32>().ok()?,
-                it.next()?.parse::<u64>().ok()?,
-            ))
-        });
-        match owner {
-            Some((pid, started)) => {
-                let alive = start_time(pid).is_some_and(|s| s == started || started == 0);
-                if !alive {
-                    out.push(Leftover {
-                        cgroup,
-                        owner: Some(pid),
-                        procs,
-                    });
-                }
-            }
-            None if unowned && procs == 0 => out.push(Leftover {
-                cgroup,
-                owner: None,
-                procs,
-            }),
-            None => {}
-        }
-    }
-    out
+    Ownership::default().find_leftovers(hier, unowned)
 }
 
 /// Kills what is left inside a leftover (only oomlab workers end up there) and removes it and
 /// its record.
 pub fn remove_leftover(leftover: &Leftover) -> Result<(), CgroupError> {
-    let name = leftover
-        .cgroup
-        .rel
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
     let scratch = ScratchCgroup {
         cgroup: leftover.cgroup.clone(),
         keep: true,
         record: None,
     };
     scratch.remove()?;
-    let _ = fs::remove_file(record_path(&name));
+    if let Some(r) = &leftover.record {
+        let _ = fs::remove_file(r);
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod ownership_tests {
+    use super::*;
+
+    #[test]
+    fn records_parse_strictly() {
+        assert_eq!(
+            Owner::parse("4242 98765\n"),
+            Some(Owner {
+                pid: 4242,
+                started: 98765
+            })
+        );
+        assert_eq!(Owner::parse("4242"), None);
+        assert_eq!(Owner::parse("4242 x"), None);
+        assert_eq!(Owner::parse("4242 1 2"), None);
+        assert_eq!(Owner::parse(""), None);
+        let me = Owner::me().expect("own identity");
+        assert_eq!(Owner::parse(&me.text()), Some(me));
+    }
+
+    #[test]
+    fn liveness_needs_the_same_start_time() {
+        let me = Owner::me().expect("own identity");
+        assert!(me.is_alive());
+        // The pid reused by another process: another start time.
+        assert!(!Owner {
+            started: me.started + 1,
+            ..me
+        }
+        .is_alive());
+        // What older versions wrote when they could not read their start time.
+        assert!(!Owner { started: 0, ..me }.is_alive());
+    }
+
+    #[test]
+    fn leftovers_need_a_gone_owner_and_an_old_record() {
+        let old = GRACE * 3;
+        let me = Owner::me().expect("own identity");
+        let dead = Owner { started: 0, ..me };
+        // Owner alive: never, however old.
+        assert!(!is_leftover(Some(me), true, old, 0, true));
+        // Owner gone, record old: yes; record fresh: not yet.
+        assert!(is_leftover(Some(dead), true, old, 3, false));
+        assert!(!is_leftover(Some(dead), true, GRACE / 2, 0, true));
+        // A record that names nobody.
+        assert!(is_leftover(None, true, old, 0, false));
+        // No record: only with `unowned`, only empty, only old.
+        assert!(!is_leftover(None, false, old, 0, false));
+        assert!(is_leftover(None, false, old, 0, true));
+        assert!(!is_leftover(None, false, old, 1, true));
+        assert!(!is_leftover(None, false, GRACE / 2, 0, true));
+    }
+
+    #[test]
+    fn a_live_owner_keeps_its_name_and_a_dead_ones_record_is_replaced() {
+        let dir = std::env::temp_dir().join(format!("oomlab-records-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let own = Ownership {
+            parent: "oomlab-test".into(),
+            record_dir: dir.clone(),
+        };
+        let hier = Hierarchy {
+            mode: super::super::Mode::V1,
+            unified: None,
+            memory_version: Version::V1,
+            memory_mount: dir.join("mount"),
+        };
+        let me = Owner::me().expect("own identity");
+        fs::create_dir_all(&dir).expect("record dir");
+        // A dead owner's record is taken over.
+        fs::write(dir.join("a"), "1 0\n").expect("stale record");
+        let rec = own.claim(&hier, "a").expect("claimed over a dead owner");
+        assert_eq!(
+            Owner::parse(&fs::read_to_string(&rec).expect("record")),
+            Some(me)
+        );
+        // A live owner's is not.
+        let err = own.claim(&hier, "a").expect_err("taken by a live owner");
+        assert!(matches!(err, CgroupError::Exists { .. }), "{err}");
+        fs::remove_dir_all(&dir).expect("fixture removed");
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! `oomlab app`: allocates and holds memory like a small service, so experiments and tests have
 //! a real "application" in a cgroup with a chosen `oom_score_adj`.
 
-use std::{fs, thread, time::Duration};
+use std::{fs, io::Write as _, thread, time::Duration};
 
 use anyhow::Context as _;
 
@@ -36,6 +36,14 @@ pub struct Args {
     comm: Option<String>,
 }
 
+/// A line on stdout, flushed (whoever started the app waits for it). SIGPIPE is ignored: a
+/// closed stdout is an error that ends the app quietly with exit 141 (see `cli::run`).
+fn say(line: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()
+}
+
 static GROW: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
 extern "C" fn on_grow_signal(sig: libc::c_int) {
@@ -51,11 +59,19 @@ fn hold_with_grow(extra: u64, duration: Option<Duration>) -> anyhow::Result<()> 
             libc::SIGUSR1 if grown.is_none() => {
                 let len = usize::try_from(extra).context("size does not fit in memory")?;
                 grown = Some(Region::anon(len, AllocOptions::default())?);
-                println!("app {} grew by {}", std::process::id(), human(extra));
+                say(&format!(
+                    "app {} grew by {}",
+                    std::process::id(),
+                    human(extra)
+                ))?;
             }
             libc::SIGUSR2 if grown.is_some() => {
                 grown = None;
-                println!("app {} shrank by {}", std::process::id(), human(extra));
+                say(&format!(
+                    "app {} shrank by {}",
+                    std::process::id(),
+                    human(extra)
+                ))?;
             }
             _ => {}
         }
@@ -96,11 +112,11 @@ pub(super) fn run(args: &Args) -> anyhow::Result<i32> {
         AllocOptions::default(),
     )
     .with_context(|| format!("allocating {}", human(bytes)))?;
-    println!(
+    say(&format!(
         "app {} holding {}",
         std::process::id(),
         human(region.len() as u64)
-    );
+    ))?;
     if let Some(grow) = args.grow {
         let extra = match grow.resolve(None) {
             Ok(b) => b,

@@ -14,7 +14,20 @@ use crate::{
     report::{self, OutputFormat},
 };
 
+/// Printed after the options of `oomlab run --help`.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    every expectation held
+  1    an expectation failed, or the run could not go on
+  2    bad input (the experiment file, a flag): nothing was created
+  130  interrupted by SIGINT, SIGTERM, SIGHUP or SIGQUIT (handled from the first instant, at
+       every phase): the running stage is cut short, apps and workers are killed with all they
+       started, the scratch cgroup is removed, and the report (stdout, --report files) covers
+       what ran, names the stages cut short and skipped, and draws no conclusion
+  141  stdout was closed (e.g. `| head -1`): the run ended the same way, without writing more";
+
 #[derive(Debug, clap::Args)]
+#[command(after_help = EXIT_CODES)]
 pub struct Args {
     /// The experiment file (TOML); without one, the built-in demo runs (examples/seed-story.toml).
     experiment: Option<PathBuf>,
@@ -81,13 +94,14 @@ pub(super) fn run(args: Args) -> anyhow::Result<i32> {
             return Ok(exit::FAILED);
         }
     }
-    match args.output {
-        OutputFormat::Json => report::run::write_json(&mut std::io::stdout().lock(), &report)?,
-        OutputFormat::Human => report::run::print_human(&report, args.report.as_deref()),
-    }
-    Ok(if report.passed() {
-        exit::OK
-    } else {
-        exit::FAILED
+    crate::stop::write_stdout(|out| match args.output {
+        OutputFormat::Json => report::run::write_json(out, &report),
+        OutputFormat::Human => report::run::write_human(out, &report, args.report.as_deref()),
+    });
+    Ok(match crate::stop::cause() {
+        Some(crate::stop::Cause::StdoutClosed) => exit::STDOUT_CLOSED,
+        Some(crate::stop::Cause::Signal(_)) => exit::INTERRUPTED,
+        None if report.passed() => exit::OK,
+        None => exit::FAILED,
     })
 }

@@ -94,10 +94,15 @@ impl AppProc {
     }
 
     /// Waits until the app holds its memory (the built-in app says so on `out`; a command gets
-    /// 300 ms) and checks it is still running.
+    /// 300 ms) and checks it is still running. A stop request ends the wait at once, without
+    /// an error: the run is ending anyway.
     pub(super) fn wait_ready(&mut self, out: Option<BufReader<File>>) -> Result<(), RunError> {
         if let Some(out) = out {
-            if !said_ready(out) {
+            let ready = said_ready(out);
+            if crate::stop::requested() {
+                return Ok(());
+            }
+            if !ready {
                 let how = self
                     .poll_exit()
                     .unwrap_or_else(|| "did not report ready".into());
@@ -108,8 +113,8 @@ impl AppProc {
                     APP_READY_TIMEOUT.as_secs()
                 )));
             }
-        } else {
-            thread::sleep(Duration::from_millis(300));
+        } else if !crate::stop::sleep(Duration::from_millis(300)) {
+            return Ok(());
         }
         match self.poll_exit() {
             Some(how) => Err(RunError::Failed(format!(
@@ -128,7 +133,8 @@ impl AppProc {
         }
     }
 
-    /// Kills it if it still runs.
+    /// Kills it if it still runs (what it started is killed with the rest of the tree by
+    /// `process::kill_descendants` once every app is reaped).
     pub(super) fn kill(&mut self) {
         if self.exited.is_none() {
             let _ = self.child.kill();
@@ -137,7 +143,8 @@ impl AppProc {
     }
 }
 
-/// The built-in app's first line (`app …`) within [`APP_READY_TIMEOUT`].
+/// The built-in app's first line (`app …`) within [`APP_READY_TIMEOUT`], or false as soon as a
+/// stop is asked.
 fn said_ready(mut out: BufReader<File>) -> bool {
     let (tx, rx) = std::sync::mpsc::channel();
     thread::spawn(move || {
@@ -148,5 +155,13 @@ fn said_ready(mut out: BufReader<File>) -> bool {
         let mut sink = Vec::new();
         let _ = out.read_to_end(&mut sink);
     });
-    matches!(rx.recv_timeout(APP_READY_TIMEOUT), Ok(l) if l.starts_with("app "))
+    let until = std::time::Instant::now() + APP_READY_TIMEOUT;
+    while std::time::Instant::now() < until && !crate::stop::requested() {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(l) => return l.starts_with("app "),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return false,
+        }
+    }
+    false
 }

@@ -4,6 +4,7 @@
 
 use std::{
     collections::HashMap,
+    io::Write as _,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -67,6 +68,11 @@ pub(super) struct Collector {
     /// event says whether it was one (an app that names itself `oomlab-worker` is not).
     pub(super) own_workers: Option<OwnWorkers>,
     stop: bool,
+    /// What the run is doing (`loading the tracer`, `stage 2`…), for the report of a stop.
+    pub(super) phase: String,
+    /// When the run noticed a stop request (signal, closed stdout), what it was doing then and
+    /// the stage it cut short.
+    pub(super) interrupted: Option<(f64, String, Option<usize>)>,
 }
 
 pub(super) type Shared = Arc<Mutex<Collector>>;
@@ -93,6 +99,8 @@ impl Collector {
             progress: None,
             own_workers: None,
             stop: false,
+            phase: "starting".into(),
+            interrupted: None,
         }))
     }
 
@@ -112,15 +120,14 @@ impl Collector {
         }
         match &self.progress {
             Some((pb, _)) => pb.println(line),
-            None => println!("{line}"),
+            None => crate::stop::write_stdout(|out| writeln!(out, "{line}")),
         }
     }
 
     /// A JSON line.
     pub(super) fn json<T: Serialize>(&self, kind: &str, value: &T) {
         if self.output == OutputFormat::Json {
-            let mut out = std::io::stdout().lock();
-            let _ = json_line(&mut out, kind, value);
+            crate::stop::write_stdout(|out| json_line(out, kind, value));
         }
     }
 
@@ -141,6 +148,25 @@ impl Collector {
             label,
             stage,
         });
+    }
+
+    /// Enters a phase of the run (named in the report if a stop cuts it short).
+    pub(super) fn enter(&mut self, phase: impl Into<String>) {
+        self.phase = phase.into();
+    }
+
+    /// True once a stop was asked; the first time, notes when and in which phase, and says so.
+    pub(super) fn check_stop(&mut self) -> bool {
+        let Some(cause) = crate::stop::cause() else {
+            return false;
+        };
+        if self.interrupted.is_none() {
+            let t = self.t();
+            self.interrupted = Some((t, self.phase.clone(), self.stage));
+            self.mark("interrupted", None, None, cause.name());
+            self.say(&run_live::interrupted_line(t, &cause.name(), &self.phase));
+        }
+        true
     }
 
     /// Asks the tracer's task to drain and end.
@@ -194,7 +220,7 @@ impl Collector {
                 | AgentEvent::TargetReached(_)
         );
         if timeline && self.output == OutputFormat::Json {
-            let _ = timed_json_line(&mut std::io::stdout().lock(), ev, t);
+            crate::stop::write_stdout(|out| timed_json_line(out, ev, t));
         }
     }
 

@@ -13,9 +13,11 @@ use crate::{
     report::{
         run_live::role_label,
         timeline::{
-            Candidate, CgroupSample, EpisodeReport, RunReport, RunSummary, StageReport, Verdict,
+            Candidate, CgroupSample, EpisodeReport, Interruption, RunReport, RunSummary,
+            SkippedStage, StageReport, Verdict,
         },
     },
+    stop::Cause,
     trace::episode::Episode,
 };
 
@@ -30,6 +32,8 @@ pub(super) struct StageRun {
     pub(super) requested: Option<u64>,
     pub(super) apps_alive: Vec<(String, bool)>,
     pub(super) pressure: Pressure,
+    /// A stop request came before the stage's end: it was cut short.
+    pub(super) interrupted: bool,
 }
 
 /// How the run ended, beside what the collector and the stages gathered.
@@ -37,6 +41,8 @@ pub(super) struct RunEnd {
     pub(super) apps_alive: Vec<(String, bool)>,
     pub(super) lost: u64,
     pub(super) oom_kills_total: u64,
+    /// Why the run stopped before its end, if it did.
+    pub(super) stop: Option<Cause>,
 }
 
 fn kernel_release() -> String {
@@ -58,12 +64,28 @@ pub(super) fn build(
     let oom_kills = end.oom_kills_total.saturating_sub(oom_base);
     let mut stages = Vec::new();
     let mut verdicts: Vec<Verdict> = Vec::new();
+    // Expectations whose scope did not run to its end are not evaluated: a verdict on half a
+    // stage (or on the run without its last stages) would be a guess.
+    let mut not_evaluated = 0;
     for r in runs {
         let (stage, v) = stage_report(&exp.stages[r.index], r, c);
         stages.push(stage);
-        verdicts.extend(v);
+        if r.interrupted {
+            not_evaluated += v.len();
+        } else {
+            verdicts.extend(v);
+        }
     }
-    if !exp.expect.is_empty() {
+    let interrupted = end.stop.map(|cause| interruption(exp, c, runs, cause));
+    if let Some(i) = &interrupted {
+        not_evaluated += i
+            .skipped
+            .iter()
+            .map(|s| evaluate(&exp.stages[s.index].expect, &Observed::default()).len())
+            .sum::<usize>();
+        not_evaluated += evaluate(&exp.expect, &Observed::default()).len();
+    }
+    if !exp.expect.is_empty() && interrupted.is_none() {
         let obs = Observed {
             scope: "run".into(),
             oom_kills,
@@ -95,13 +117,42 @@ pub(super) fn build(
         clock: "CLOCK_MONOTONIC".into(),
         t0_ns: c.t0,
         limit_bytes: c.samples.iter().find_map(|x| x.limit_bytes),
-        summary: summary(c, &stages, &verdicts, oom_kills, end.lost),
+        summary: RunSummary {
+            expectations_not_evaluated: not_evaluated,
+            ..summary(c, &stages, &verdicts, oom_kills, end.lost)
+        },
         stages,
         samples: c.samples.clone(),
         marks: c.marks.clone(),
         episodes,
         expectations: verdicts,
-        conclusion: exp.conclusion.clone(),
+        // The conclusion tells what every stage showed: not when some did not run.
+        conclusion: exp.conclusion.clone().filter(|_| interrupted.is_none()),
+        interrupted,
+    }
+}
+
+/// Why and where the run stopped, and the stages it never started.
+fn interruption(exp: &Experiment, c: &Collector, runs: &[StageRun], cause: Cause) -> Interruption {
+    let (t, during, stage) = c
+        .interrupted
+        .clone()
+        .unwrap_or_else(|| (c.t(), c.phase.clone(), c.stage));
+    Interruption {
+        cause: cause.name(),
+        t,
+        during,
+        stage: stage.filter(|s| runs.iter().any(|r| r.index == *s && r.interrupted)),
+        skipped: exp
+            .stages
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !runs.iter().any(|r| r.index == *i))
+            .map(|(index, st)| SkippedStage {
+                index,
+                name: st.name.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -254,6 +305,7 @@ fn summary(
         peak_working_set_bytes: peak(&c.samples, |x| x.working_set_bytes),
         expectations_passed: passed,
         expectations_failed: verdicts.len() - passed,
+        expectations_not_evaluated: 0,
     }
 }
 

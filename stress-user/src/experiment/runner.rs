@@ -28,6 +28,7 @@ use super::{
 use crate::{
     cgroup::{CgroupError, Hierarchy, MemCgroup},
     inject::{agent, control::Pace, event, plan},
+    process,
     report::{
         run_live::{self, AppStarted, Ready, StageEnd, StageStart, StageTotals},
         timeline::RunReport,
@@ -39,6 +40,10 @@ use crate::{
 
 /// How long after the last stage the run waits for late kernel-log lines and events.
 const FLUSH_WAIT: Duration = Duration::from_millis(700);
+/// The same once interrupted: a stopped run must end within a couple of seconds, and the
+/// tracer's drain (until the ring buffer and the kernel log are quiet for 100 ms) still reads
+/// what came just before the stop.
+const FLUSH_WAIT_INTERRUPTED: Duration = Duration::ZERO;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -82,8 +87,15 @@ impl Default for RunOptions {
 }
 
 /// Runs the experiment and returns its report. Workers and the built-in app are started from
-/// this very binary.
+/// this very binary. A stop request (SIGINT, SIGTERM, SIGHUP, SIGQUIT — handled from the
+/// process's first instant — or a closed stdout) ends whatever phase is running at once: the
+/// report then covers what ran, and says what was cut short and what was skipped.
 pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunReport, RunError> {
+    // An app's orphans (a daemonizing child, its grandchildren) are re-parented to oomlab, so
+    // the run's end finds and kills every one of them, in whatever cgroup they are.
+    if let Err(e) = process::become_subreaper() {
+        log::warn!("PR_SET_CHILD_SUBREAPER failed ({e}): an app's orphans may outlive the run");
+    }
     let hier = preflight(exp)?;
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
     let (cg, scratch) = open_target(exp, &hier)?;
@@ -99,14 +111,34 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunReport, RunError> {
         .enable_all()
         .build()
         .map_err(|e| RunError::Failed(format!("starting the async runtime: {e}")))?;
-    // Victims named by the runtimes (container, pod, init or not) in the run's report.
-    let names = crate::runtime::cache::Names::start(
-        crate::runtime::Runtimes::new(&exp.runtime, Some(&hier)),
-        Some(hier.memory_version),
-        Duration::from_secs(3),
+    lock(&shared).enter("loading the tracer");
+    // Interrupted before the tracer was loaded: nothing to trace, no reason to load it.
+    let tracing = if lock(&shared).check_stop() {
+        None
+    } else {
+        // Victims named by the runtimes (container, pod, init or not) in the run's report.
+        let names = crate::runtime::cache::Names::start(
+            crate::runtime::Runtimes::new(&exp.runtime, Some(&hier)),
+            Some(hier.memory_version),
+            Duration::from_secs(3),
+        );
+        Some(start_tracer(&rt, &cg, &shared, names)?)
+    };
+    let (tracer, kmsg_ok, feed) = match tracing {
+        Some((t, k, f)) => (Some(t), k, Some(f)),
+        None => (None, false, None),
+    };
+    // A signal while it loaded is noticed (and named) here, not in the next phase.
+    lock(&shared).check_stop();
+    announce(
+        exp,
+        &cg,
+        scratch.is_some(),
+        tracer.as_ref(),
+        kmsg_ok,
+        t0,
+        &shared,
     );
-    let (tracer, kmsg_ok, feed) = start_tracer(&rt, &cg, &shared, names)?;
-    announce(exp, &cg, scratch.is_some(), &tracer, kmsg_ok, t0, &shared);
     let sampler = Sampler::start(&shared, &cg);
 
     let mut apps: Vec<AppProc> = Vec::new();
@@ -117,28 +149,56 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<RunReport, RunError> {
         shared: &shared,
     };
     let result = run_stages(exp, &ctx, &exe, &mut apps);
+    let interrupted = lock(&shared).check_stop();
 
-    // Let go of the apps, then give late events and kernel-log lines time to arrive.
+    // Let go of the apps (each with all it started), then give late events and kernel-log
+    // lines time to arrive: less of it once interrupted, which must end promptly.
     note_exits(&shared, &mut apps, false);
     let apps_alive = apps::alive(&apps);
     apps.iter_mut().for_each(AppProc::kill);
-    thread::sleep(FLUSH_WAIT);
+    let (killed, all_gone) = process::kill_descendants(Duration::from_secs(1));
+    if !all_gone {
+        log::warn!("some processes the apps started were still running after the run");
+    } else if killed > 0 {
+        log::info!("killed {killed} processes the apps left behind");
+    }
+    thread::sleep(if interrupted {
+        FLUSH_WAIT_INTERRUPTED
+    } else {
+        FLUSH_WAIT
+    });
     sampler.stop();
     lock(&shared).stop();
-    let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(3), feed).await });
-    let stats = tracer.stats();
+    if let Some(feed) = feed {
+        let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(3), feed).await });
+    }
+    let stats = tracer.as_ref().map(Tracer::stats);
     let oom_kills_total = cg.oom_kills().unwrap_or(0);
-    drop(tracer);
+    // Detaching waits in the kernel for RCU grace periods (0.5-0.7 s measured under load on
+    // 6.18): done beside the rest of the teardown, joined before returning.
+    let detach = tracer.map(|t| thread::spawn(move || drop(t)));
     rt.shutdown_timeout(Duration::from_millis(200));
-    let stage_runs = result?;
+    let stage_runs = match result {
+        Ok(runs) => runs,
+        Err(e) => {
+            if let Some(d) = detach {
+                let _ = d.join();
+            }
+            return Err(e);
+        }
+    };
 
     let end = RunEnd {
         apps_alive,
-        lost: stats.lost,
+        lost: stats.map_or(0, |s| s.lost),
         oom_kills_total,
+        stop: crate::stop::cause(),
     };
     let report = report_build::build(exp, &cg, &mut lock(&shared), &stage_runs, &end);
     drop(scratch);
+    if let Some(d) = detach {
+        let _ = d.join();
+    }
     Ok(report)
 }
 
@@ -147,7 +207,7 @@ fn announce(
     exp: &Experiment,
     cg: &MemCgroup,
     scratch: bool,
-    tracer: &Tracer,
+    tracer: Option<&Tracer>,
     kmsg_ok: bool,
     t0: u64,
     shared: &Shared,
@@ -158,7 +218,7 @@ fn announce(
         cgroup: cg.path(),
         cgroup_version: cg.version.to_string(),
         limit_bytes: cg.limit().ok().flatten(),
-        tracepoints: &tracer.attached,
+        tracepoints: tracer.map_or(&[][..], |t| &t.attached),
         clock: "CLOCK_MONOTONIC",
         t0_ns: t0,
     };
@@ -184,15 +244,19 @@ fn run_stages(
     apps: &mut Vec<AppProc>,
 ) -> Result<Vec<StageRun>, RunError> {
     for app in &exp.apps {
+        lock(ctx.shared).enter(format!("starting app {}", app.name));
+        if lock(ctx.shared).check_stop() {
+            return Ok(Vec::new());
+        }
         start_app(app, ctx, exe, apps)?;
     }
     let mut runs = Vec::new();
     let n = exp.stages.len();
     for (i, stage) in exp.stages.iter().enumerate() {
-        if agent::stop_requested() {
-            lock(ctx.shared).say("interrupted: the remaining stages are skipped");
+        if lock(ctx.shared).check_stop() {
             break;
         }
+        lock(ctx.shared).enter(format!("stage {}", i + 1));
         runs.push(run_stage(i, n, stage, ctx, apps)?);
     }
     Ok(runs)
@@ -215,7 +279,7 @@ fn start_app(
         s.mark("app_started", Some(pid), Some(role), app.name.clone());
     }
     let ready = proc.wait_ready(out);
-    if ready.is_ok() {
+    if ready.is_ok() && !crate::stop::requested() {
         let s = lock(ctx.shared);
         s.say(&run_live::app_line(app, pid, ctx.cg.usage().ok()));
         let started = AppStarted {
@@ -254,15 +318,13 @@ fn run_stage(
             (Some(summary), Some(requested))
         }
         None => {
-            let until = Instant::now() + stage.hold;
-            while Instant::now() < until && !agent::stop_requested() {
-                thread::sleep(Duration::from_millis(50));
-            }
+            crate::stop::sleep(stage.hold);
             (None, None)
         }
     };
     let before_settle = lock(ctx.shared).t();
-    thread::sleep(stage.settle);
+    crate::stop::sleep(stage.settle);
+    let interrupted = lock(ctx.shared).check_stop();
     note_exits(ctx.shared, apps, true);
     let apps_alive = apps::alive(apps);
     let oom_end = cg.oom_kills().unwrap_or(oom_base);
@@ -279,6 +341,7 @@ fn run_stage(
         requested,
         apps_alive,
         pressure,
+        interrupted,
     };
     end_stage(ctx, stage, &run, limit, before_settle);
     Ok(run)

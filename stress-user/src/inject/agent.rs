@@ -6,7 +6,6 @@
 use std::{
     os::unix::process::ExitStatusExt,
     path::PathBuf,
-    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -19,7 +18,10 @@ use super::{
     plan::{Goal, InjectError, OnOom, Plan, Where},
     worker::{Report, Worker, WorkerArgs, WorkerSpec},
 };
-use crate::cgroup::{Hierarchy, MemCgroup, MemSnapshot, PressureCounters, ScratchCgroup, Version};
+use crate::{
+    cgroup::{Hierarchy, MemCgroup, MemSnapshot, PressureCounters, ScratchCgroup, Version},
+    stop::{self, Cause},
+};
 
 /// How often the agent re-evaluates targets and the working set.
 const TICK: Duration = Duration::from_millis(50);
@@ -35,38 +37,12 @@ const MAX_CORRECTIONS: u32 = 4;
 
 pub const EXIT_OOM: i32 = 3;
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_stop_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-/// SIGINT/SIGTERM/SIGHUP end the run in order; without SA_RESTART so `poll` wakes at once.
-fn install_stop_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_stop_signal as *const () as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
-}
-
-/// True once SIGINT/SIGTERM/SIGHUP asked the agent to stop (so a caller running several plans
-/// in a row stops too).
-pub fn stop_requested() -> bool {
-    STOP.load(Ordering::SeqCst)
-}
-
 /// Runs a checked plan to its end, handing every event to `on_event` as it happens.
 pub fn run(
     hier: &Hierarchy,
     plan: &Plan,
     on_event: &mut dyn FnMut(&AgentEvent),
 ) -> Result<Summary, InjectError> {
-    install_stop_handlers();
     // Held until the end: dropping it kills whatever is left inside and removes the cgroup.
     let scratch = match &plan.target {
         Where::New { name, limit } => Some(ScratchCgroup::create_owned(hier, name, Some(*limit))?),
@@ -247,7 +223,7 @@ impl<'a> Agent<'a> {
     /// total.
     fn wait_ready(&mut self) -> Result<Steering, InjectError> {
         let ready_by = Instant::now() + READY_TIMEOUT;
-        while Instant::now() < ready_by && !stop_requested() {
+        while Instant::now() < ready_by && !stop::requested() {
             if self.workers().all(|w| w.ready || w.eof) {
                 break;
             }
@@ -278,8 +254,15 @@ impl<'a> Agent<'a> {
 
     /// One round of the hold loop; `Some` once the run is over.
     fn tick(&mut self, steer: &mut Steering) -> Result<Option<Stop>, InjectError> {
-        if stop_requested() {
-            return Ok(Some(("signal", 0)));
+        // A signal is how a run without --duration is meant to end (exit 0); a closed stdout
+        // is not, and says so.
+        stop::check_stdout();
+        match stop::cause() {
+            Some(Cause::Signal(_)) => return Ok(Some(("signal", 0))),
+            Some(Cause::StdoutClosed) => {
+                return Ok(Some(("stdout_closed", stop::EXIT_STDOUT_CLOSED)))
+            }
+            None => {}
         }
         if self
             .plan

@@ -16,6 +16,8 @@ use std::{
 
 use nix::fcntl::OFlag;
 
+use crate::process::PidFd;
+
 const ADJ_PATH: &CStr = c"/proc/self/oom_score_adj";
 
 /// Where one of the child's standard streams goes; its stderr is always oomlab's own.
@@ -58,10 +60,13 @@ pub enum Birth {
     Join,
 }
 
-/// A started process, waited for by pid.
+/// A started process, waited for by pid and signalled through a pidfd.
 #[derive(Debug)]
 pub struct Child {
     pid: i32,
+    /// Opened while the child was not yet reaped (so on this very process); `None` before
+    /// Linux 5.3, where the unreaped pid is still ours alone.
+    pidfd: Option<PidFd>,
     pub birth: Birth,
     /// The write end of its stdin, with [`Io::Pipe`].
     pub stdin: Option<File>,
@@ -110,6 +115,9 @@ impl Child {
     pub fn kill(&mut self) -> io::Result<()> {
         if self.status.is_some() {
             return Ok(());
+        }
+        if let Some(fd) = &self.pidfd {
+            return fd.kill();
         }
         // SAFETY: our own child, not yet reaped, so the pid is still ours.
         if unsafe { libc::kill(self.pid, libc::SIGKILL) } != 0 {
@@ -325,6 +333,7 @@ impl Ends {
     fn wait_for_exec(self, pid: i32, birth: Birth) -> io::Result<Child> {
         let mut child = Child {
             pid,
+            pidfd: PidFd::open(pid).ok(),
             birth,
             stdin: self.stdin,
             stdout: self.stdout,

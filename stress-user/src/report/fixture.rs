@@ -27,6 +27,7 @@ pub(crate) fn report() -> RunReport {
         expectations: verdicts(),
         summary: summary(),
         conclusion: Some("The worker died first.".into()),
+        interrupted: None,
     }
 }
 
@@ -203,5 +204,6 @@ fn summary() -> RunSummary {
         peak_working_set_bytes: 498 * MIB,
         expectations_passed: 1,
         expectations_failed: 1,
+        expectations_not_evaluated: 0,
     }
 }

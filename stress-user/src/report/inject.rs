@@ -51,9 +51,9 @@ impl InjectOutput {
         }
     }
 
-    /// Prints the event's line on stdout.
+    /// Prints the event's line on stdout; a closed stdout asks the agent to stop.
     pub fn write(&mut self, ev: &AgentEvent) {
-        let _ = self.write_to(&mut io::stdout().lock(), ev);
+        crate::stop::write_stdout(|out| self.write_to(out, ev));
     }
 
     fn write_to(&mut self, out: &mut impl Write, ev: &AgentEvent) -> io::Result<()> {

@@ -21,6 +21,14 @@ pub fn render(r: &RunReport) -> String {
 fn write_markdown(md: &mut String, r: &RunReport) -> fmt::Result {
     write_heading(md, r)?;
     write_summary(md, &r.summary)?;
+    if let Some(i) = &r.interrupted {
+        writeln!(md, "## Interrupted")?;
+        writeln!(md)?;
+        for line in super::run::interrupted_lines(r, i) {
+            writeln!(md, "- {line}")?;
+        }
+        writeln!(md)?;
+    }
     write_stages(md, r)?;
     write_episodes(md, r)?;
     write_expectations(md, &r.expectations)?;
@@ -40,7 +48,11 @@ fn write_heading(md: &mut String, r: &RunReport) -> fmt::Result {
         writeln!(md, "{d}")?;
         writeln!(md)?;
     }
-    let verdict = if r.passed() {
+    let interrupted;
+    let verdict = if let Some(i) = &r.interrupted {
+        interrupted = format!("**interrupted by {}**", i.cause);
+        interrupted.as_str()
+    } else if r.passed() {
         "**all expectations held**"
     } else {
         "**some expectations failed**"
@@ -82,8 +94,8 @@ fn write_summary(md: &mut String, s: &RunSummary) -> fmt::Result {
     )?;
     writeln!(
         md,
-        "| expectations | {} passed, {} failed |",
-        s.expectations_passed, s.expectations_failed
+        "| expectations | {} |",
+        super::run::expectations_count(s)
     )?;
     writeln!(md)
 }
@@ -105,9 +117,14 @@ fn write_stages(md: &mut String, r: &RunReport) -> fmt::Result {
                     .map_or(String::new(), |a| format!(", adj {a}"))
             )
         });
+        let cut = if r.interrupted.as_ref().and_then(|i| i.stage) == Some(st.index) {
+            " (cut short)"
+        } else {
+            ""
+        };
         writeln!(
             md,
-            "| {} | {} | {:.1}–{:.1} | {} | {} | {} | {} | {} | {} used of {} |",
+            "| {} | {}{cut} | {:.1}–{:.1} | {} | {} | {} | {} | {} | {} used of {} |",
             st.index + 1,
             st.name,
             st.start,
@@ -119,6 +136,14 @@ fn write_stages(md: &mut String, r: &RunReport) -> fmt::Result {
             st.respawns,
             human(st.host_used_bytes),
             human(st.host_total_bytes)
+        )?;
+    }
+    for st in r.interrupted.iter().flat_map(|i| &i.skipped) {
+        writeln!(
+            md,
+            "| {} | {} (skipped) | – | – | – | – | – | – | – |",
+            st.index + 1,
+            st.name
         )?;
     }
     writeln!(md)?;

@@ -111,6 +111,13 @@ pub fn app_exited_line(t: f64, name: &str, pid: i32, how: &str) -> String {
 }
 
 /// `== stage 2/3: name (inject 300M, 2 workers, hold 5s)`; `adj` is the workers' resolved adj.
+/// The line printed when the run notices a stop request (a signal, a closed stdout).
+pub fn interrupted_line(t: f64, cause: &str, during: &str) -> String {
+    format!(
+        "{t:>8.2}s  interrupted by {cause} during {during}: stopping; what did not run is skipped"
+    )
+}
+
 pub fn stage_header(i: usize, n: usize, stage: &Stage, adj: Option<i32>) -> String {
     let what = match &stage.inject {
         Some(inj) => format!(

@@ -148,6 +148,33 @@ pub struct RunSummary {
     pub peak_working_set_bytes: u64,
     pub expectations_passed: usize,
     pub expectations_failed: usize,
+    /// Expectations not evaluated because their scope did not run to its end (an interrupted
+    /// run: its cut-short and skipped stages, and the run's own).
+    #[serde(default)]
+    pub expectations_not_evaluated: usize,
+}
+
+/// Why and where a run stopped before its end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Interruption {
+    /// `SIGINT`, `SIGTERM`, `SIGHUP`, `SIGQUIT`, or `stdout closed`.
+    pub cause: String,
+    /// When the run noticed it, seconds on the run's clock.
+    pub t: f64,
+    /// What the run was doing then: `starting`, `loading the tracer`, `starting app NAME`,
+    /// `stage N`.
+    pub during: String,
+    /// The stage it cut short (0-based), if one was running.
+    pub stage: Option<usize>,
+    /// The stages that never ran.
+    pub skipped: Vec<SkippedStage>,
+}
+
+/// A stage an interrupted run did not start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkippedStage {
+    pub index: usize,
+    pub name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,12 +196,18 @@ pub struct RunReport {
     pub episodes: Vec<EpisodeReport>,
     pub expectations: Vec<Verdict>,
     pub summary: RunSummary,
+    /// The experiment's conclusion; `None` for an interrupted run (it speaks of stages that did
+    /// not all run).
     pub conclusion: Option<String>,
+    /// Set when the run stopped before its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<Interruption>,
 }
 
 impl RunReport {
+    /// Every expectation was evaluated and held.
     pub fn passed(&self) -> bool {
-        self.expectations.iter().all(|v| v.passed)
+        self.interrupted.is_none() && self.expectations.iter().all(|v| v.passed)
     }
 
     /// The end of the timeline in seconds.
