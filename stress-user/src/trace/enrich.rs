@@ -337,6 +337,9 @@ impl Enricher {
                 let keep = match (&self.target, &v.context.cgroup) {
                     (None, _) => true,
                     _ if v.in_filter => true,
+                    // One of our workers, born in the target (by clone3 on v2 it is in no pid
+                    // set) and maybe gone before its cgroup could be read: the kernel says so.
+                    _ if self.own_workers && v.own_worker => true,
                     (Some(t), Some(cg)) => path_under(cg, &t.path),
                     // Gone before we could look, and not in the v1 pid set: on v2 we cannot
                     // tell, so it is not reported under a target.
@@ -482,6 +485,58 @@ mod tests {
         // Attach events of other hierarchies are not the memory cgroup's moves.
         assert!(e.process(&mut attach(gone, "/cpu", 2)));
         assert!(!e.moved.contains_key(&gone));
+    }
+
+    fn victim(pid: i32, comm: &str, own_worker: bool) -> Event {
+        Event {
+            ts: Duration::ZERO,
+            read_at: Duration::ZERO,
+            cpu: 0,
+            kind: EventKind::Victim(Victim {
+                pid,
+                comm: Some(comm.into()),
+                uid: None,
+                total_vm_kb: None,
+                anon_rss_kb: None,
+                file_rss_kb: None,
+                shmem_rss_kb: None,
+                pgtables_kb: None,
+                oom_score_adj: Some(0),
+                trigger: super::super::event::Task {
+                    tgid: 1,
+                    pid: 1,
+                    comm: "x".into(),
+                    cgroup_id: 1,
+                },
+                in_filter: false,
+                own_worker,
+                context: VictimContext::default(),
+            }),
+        }
+    }
+
+    fn is_worker(e: &mut Enricher, mut ev: Event) -> bool {
+        assert!(e.process(&mut ev));
+        match ev.kind {
+            EventKind::Victim(v) => v.context.oomlab_worker,
+            _ => unreachable!("a victim"),
+        }
+    }
+
+    #[test]
+    fn own_workers_come_from_the_kernel_set_not_the_comm() {
+        let gone = i32::MAX - 1;
+        let mut by_comm = Enricher::new(Some(Version::V1), None);
+        assert!(is_worker(&mut by_comm, victim(gone, WORKER_COMM, false)));
+        let mut by_set = Enricher::new(Some(Version::V1), None).with_own_workers();
+        assert!(
+            !is_worker(&mut by_set, victim(gone, WORKER_COMM, false)),
+            "an app that took the workers' name"
+        );
+        assert!(is_worker(&mut by_set, victim(gone - 1, "renamed", true)));
+        // Every victim is in the ledger, whatever became of its event.
+        let ledger = by_set.ledger();
+        assert!(ledger.contains(gone) && ledger.contains(gone - 1) && !ledger.contains(7));
     }
 
     #[test]
