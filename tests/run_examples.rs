@@ -111,18 +111,29 @@ fn run_example(name: &str, text_toml: &str, group_kill: bool) -> (Value, TempPat
 /// The `Killed process` lines of the group kills of `cg` in `log`, and the distinct pids they
 /// name. The kernel logs the selected victim, then `Tasks in CG are going to be killed due to
 /// memory.oom.group set`, then one line per task of the group (the victim again if it still has
-/// its mm), under `oom_lock`, so the lines of one kill are consecutive.
+/// its mm), all under `oom_lock`; only other threads' lines (the reaper's `reaped process`) can
+/// come between them, and the next report starts with its `invoked oom-killer` header.
 fn group_kill_lines(log: &[String], cg: &str) -> (u64, std::collections::BTreeSet<i64>) {
     let group_line = format!("Tasks in {cg} are going to be killed due to memory.oom.group set");
     let killed = |m: &String| common::kmsg::killed_pid(m).map(i64::from);
+    let report_edge = |m: &&String| {
+        m.contains("invoked oom-killer") || m.contains("oom-kill:") || m.contains("Tasks in ")
+    };
     let (mut lines, mut pids) = (0, std::collections::BTreeSet::new());
     let at = log
         .iter()
         .enumerate()
         .filter(|(_, m)| m.contains(&group_line));
     for i in at.map(|(i, _)| i) {
-        let selected = log[..i].iter().rev().find_map(killed);
-        let members = log[i + 1..].iter().map_while(killed);
+        let selected = log[..i]
+            .iter()
+            .rev()
+            .take_while(|m| !report_edge(m))
+            .find_map(killed);
+        let members = log[i + 1..]
+            .iter()
+            .take_while(|m| !report_edge(m))
+            .filter_map(killed);
         for pid in selected.into_iter().chain(members) {
             lines += 1;
             pids.insert(pid);

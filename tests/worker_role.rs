@@ -132,7 +132,8 @@ oom_score_adj = 1000
 [[stages]]
 name = "push past the limit"
 inject = {{ size = "96MiB", workers = 2, on_oom = "respawn" }}
-hold = "3s"
+# Long enough for the emulated VMs, where the workers charge slowly on a loaded host.
+hold = "8s"
 "#,
             oomlab = common::OOMLAB,
         ),
