@@ -23,29 +23,11 @@ use common::{
     serve::Serve, trace::TraceChild,
 };
 use serde_json::Value;
-use stress_user::cgroup::{
-    oom_group, parse_flat_keyed, Hierarchy, MemCgroup, ScratchCgroup, Version,
-};
+use stress_user::cgroup::{oom_group, parse_flat_keyed, Hierarchy, MemCgroup, ScratchCgroup};
 
 const MIB: u64 = 1 << 20;
 const POD_UID: &str = "1b4e28ba_2fa1_11d2_883f_0016d3cca427";
 const CONTAINER_ID: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
-
-/// The hierarchy when the memory controller is on cgroup v2, else says why the test skips.
-fn v2_hierarchy(test: &str) -> Option<Hierarchy> {
-    if !common::need_root(test) {
-        return None;
-    }
-    let hier = common::cgroup::hierarchy();
-    if hier.memory_version != Version::V2 {
-        eprintln!(
-            "skipped: {test} needs the cgroup v2 memory controller (memory is on cgroup {} here; cargo xtask vm-test runs it on v2)",
-            hier.memory_version
-        );
-        return None;
-    }
-    Some(hier)
-}
 
 /// The kubelet's v2 tree under this test's own parent, removed leaf first on drop.
 struct KubeTree {
@@ -115,25 +97,20 @@ impl Drop for KubeTree {
     }
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// The refusal names the group, what the first OOM does there, and the way out.
 fn assert_refusal(o: &Output, ctr: &MemCgroup) {
-    assert_eq!(o.status.code(), Some(2), "{}", text(o));
+    assert_eq!(o.status.code(), Some(2), "{}", common::output_text(o));
     let err = String::from_utf8_lossy(&o.stderr);
     for needle in [
         format!("{} has memory.oom.group=1", ctr.path()),
         format!("the first worker OOM kills every process in {}", ctr.path()),
         "--allow-group-kill".to_string(),
     ] {
-        assert!(err.contains(&needle), "no {needle:?} in\n{}", text(o));
+        assert!(
+            err.contains(&needle),
+            "no {needle:?} in\n{}",
+            common::output_text(o)
+        );
     }
 }
 
@@ -150,7 +127,7 @@ fn owned_scratch() -> BTreeSet<String> {
 #[test]
 fn a_kubelet_container_with_oom_group_is_refused_without_the_flag() {
     let test = "a_kubelet_container_with_oom_group_is_refused_without_the_flag";
-    let Some(hier) = v2_hierarchy(test) else {
+    let Some(hier) = common::cgroup::v2_hierarchy(test) else {
         return;
     };
     let tree = KubeTree::new(&hier, "gk-refuse", 32 * MIB);
@@ -196,7 +173,7 @@ fn a_kubelet_container_with_oom_group_is_refused_without_the_flag() {
     assert!(
         !String::from_utf8_lossy(&run.stdout).contains("\"ready\""),
         "a refused run never gets ready: {}",
-        text(&run)
+        common::output_text(&run)
     );
 
     assert_eq!(
@@ -247,7 +224,7 @@ fn events(cg: &MemCgroup) -> std::collections::BTreeMap<String, u64> {
 #[test]
 fn with_the_flag_a_worker_oom_is_one_group_kill_and_trace_reports_it() {
     let test = "with_the_flag_a_worker_oom_is_one_group_kill_and_trace_reports_it";
-    let Some(hier) = v2_hierarchy(test) else {
+    let Some(hier) = common::cgroup::v2_hierarchy(test) else {
         return;
     };
     let tree = KubeTree::new(&hier, "gk-kill", 48 * MIB);

@@ -21,15 +21,6 @@ fn run(args: &[&str]) -> Output {
         .expect("start oomlab run")
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn memory_version() -> Version {
     cgroup::hierarchy().memory_version
 }
@@ -58,7 +49,12 @@ fn run_example(name: &str, text_toml: &str, group_kill: bool) -> (Value, TempPat
         "--report",
         report.to_str().expect("utf-8 path"),
     ]);
-    assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{name}: {}",
+        common::output_text(&out)
+    );
     let json: Value = serde_json::from_str(
         &fs::read_to_string(report.join("report.json")).expect("report.json written"),
     )
@@ -88,20 +84,20 @@ fn run_example(name: &str, text_toml: &str, group_kill: bool) -> (Value, TempPat
             lines,
             kills,
             "{name}: memory.events oom_kill counts each `Killed process` line of the group kill\n{}",
-            text(&out)
+            common::output_text(&out)
         );
         assert_eq!(
             seen,
             pids.len() as u64,
             "{name}: every task the group kill took ({pids:?}) is seen once\n{}",
-            text(&out)
+            common::output_text(&out)
         );
     } else {
         assert_eq!(
             kills,
             seen,
             "{name}: every OOM kill the kernel counted must be seen\n{}",
-            text(&out)
+            common::output_text(&out)
         );
     }
     assert_cleaned_up(&json);
@@ -199,7 +195,7 @@ fn demo_tells_the_seed_story_and_writes_a_report() {
     let dir = TempPath::dir("run-demo");
     let mut kmsg = Kmsg::open_at_end();
     let out = run(&["--report", dir.path().to_str().expect("utf-8 path")]);
-    let log = text(&out);
+    let log = common::output_text(&out);
     let json: Value = serde_json::from_str(
         &fs::read_to_string(dir.path().join("report.json")).expect("report.json"),
     )
@@ -471,7 +467,7 @@ fn v2_example(
         .unwrap_or_else(|| panic!("the example sets {key}"))
         + 1;
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
     assert!(
         err.contains(&format!("{name}.toml:{line}:")) && err.contains("cgroup v2"),
         "{err}"
@@ -521,11 +517,11 @@ fn failing_expectation_exits_1_with_the_reason() {
     .expect("write");
     let out = run(&[file.to_str().expect("utf-8")]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", common::output_text(&out));
     assert!(
         stdout.contains("FAIL  victim = worker") && stdout.contains("0 OOM kill(s)"),
         "the failure is explained: {}",
-        text(&out)
+        common::output_text(&out)
     );
     assert_eq!(cg.oom_kills().expect("counter"), 0, "nothing was killed");
     assert!(
@@ -564,12 +560,17 @@ fn malformed_files_name_the_line() {
         fs::write(&file, body).expect("write");
         let out = run(&[file.to_str().expect("utf-8")]);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{name}: {}", text(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{name}: {}",
+            common::output_text(&out)
+        );
         assert!(
             err.contains(&format!("{name}:{line}:")) && err.contains(needle),
             "{name}: expected line {line} and {needle:?} in: {err}"
         );
     }
     let out = run(&[Path::new("/nonexistent/x.toml").to_str().expect("utf-8")]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
 }

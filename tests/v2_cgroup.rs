@@ -15,25 +15,9 @@ use std::{
 
 use common::{cgroup, kmsg::Kmsg, tracer};
 use stress_user::{
-    cgroup::{parse_flat_keyed, Hierarchy, MemCgroup, Version},
+    cgroup::{parse_flat_keyed, MemCgroup},
     trace::EventKind,
 };
-
-/// The hierarchy when the memory controller is on cgroup v2, else says why the test skips.
-fn v2_hierarchy(test: &str) -> Option<Hierarchy> {
-    if !common::need_root(test) {
-        return None;
-    }
-    let hier = cgroup::hierarchy();
-    if hier.memory_version != Version::V2 {
-        eprintln!(
-            "skipped: {test} needs cgroup v2 memory controller (memory is on cgroup {} here; cargo xtask vm-test runs it on v2)",
-            hier.memory_version
-        );
-        return None;
-    }
-    Some(hier)
-}
 
 fn app(cg: &MemCgroup, size: &str, duration: &str) -> Child {
     common::app(&cg.path(), size)
@@ -65,7 +49,7 @@ fn events(cg: &MemCgroup) -> std::collections::BTreeMap<String, u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oom_group_kills_every_task_and_each_is_traced() {
     let test = "oom_group_kills_every_task_and_each_is_traced";
-    let Some(hier) = v2_hierarchy(test) else {
+    let Some(hier) = cgroup::v2_hierarchy(test) else {
         return;
     };
     let (_tracer, mut rx) = tracer::start(false);
@@ -185,7 +169,7 @@ fn psi_totals(text: &str) -> (u64, u64) {
 #[test]
 fn memory_high_throttling_shows_in_the_cgroups_pressure() {
     let test = "memory_high_throttling_shows_in_the_cgroups_pressure";
-    let Some(hier) = v2_hierarchy(test) else {
+    let Some(hier) = cgroup::v2_hierarchy(test) else {
         return;
     };
     let scratch = cgroup::scratch(&hier, "v2-psi", Some(64 << 20));

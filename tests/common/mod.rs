@@ -79,6 +79,16 @@ pub(crate) fn oomlab() -> Command {
     Command::new(OOMLAB)
 }
 
+/// A finished command's exit code, stdout and stderr, for assertion messages.
+pub(crate) fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// `oomlab app` allocating `size` in the cgroup `cg` and holding it; the caller adds the rest
 /// (`--duration`, `--oom-score-adj`, stdio).
 pub(crate) fn app(cg: &str, size: &str) -> Command {
