@@ -687,3 +687,31 @@ async fn close(mut daemon: Daemon, server: Server, shared: &Shared, failed: bool
     }
     log::info!("connections closed");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn web_config_is_relative_to_the_config_file_and_the_flag_wins() {
+        let dir = std::env::temp_dir().join(format!("oomlab-serve-opts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("serve.toml");
+        std::fs::write(&file, "web_config = \"web.yml\"\n").expect("write");
+        let mut opts = ServeOptions {
+            config: Some(file),
+            ..ServeOptions::default()
+        };
+        let cfg = opts.config().expect("parses");
+        assert_eq!(cfg.web_config, Some(dir.join("web.yml")));
+        // No such file: named in the error, which start-up turns into exit 2.
+        let err = ServeOptions::web(&cfg).err().expect("missing web.yml");
+        assert!(err.to_string().contains("web.yml"), "{err}");
+        opts.web_config = Some(PathBuf::from("/etc/oomlab/other.yml"));
+        assert_eq!(
+            opts.config().expect("parses").web_config,
+            Some(PathBuf::from("/etc/oomlab/other.yml"))
+        );
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+}
