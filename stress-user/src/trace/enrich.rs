@@ -526,9 +526,9 @@ mod tests {
     #[test]
     fn own_workers_come_from_the_kernel_set_not_the_comm() {
         let gone = i32::MAX - 1;
-        let mut by_comm = Enricher::new(Some(Version::V1), None);
+        let mut by_comm = Enricher::new(Some(Version::V1), None, None);
         assert!(is_worker(&mut by_comm, victim(gone, WORKER_COMM, false)));
-        let mut by_set = Enricher::new(Some(Version::V1), None).with_own_workers();
+        let mut by_set = Enricher::new(Some(Version::V1), None, None).with_own_workers();
         assert!(
             !is_worker(&mut by_set, victim(gone, WORKER_COMM, false)),
             "an app that took the workers' name"
