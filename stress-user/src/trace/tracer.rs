@@ -2,6 +2,7 @@
 //! attaches the programs, starts the ring-buffer reader, and detaches everything when dropped.
 
 use std::{
+    collections::HashSet,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -161,9 +162,10 @@ impl Tracer {
         // Processes now: anything that moves or forks from here on is caught by the kernel;
         // two passes close the gap of a fork during the first one.
         if let Some(st) = target_state.as_mut() {
+            let mut known = HashSet::new();
             for _ in 0..2 {
                 for n in &nodes {
-                    st.add_procs(&n.cgroup.path());
+                    st.add_procs_except(&n.cgroup.path(), &mut known);
                 }
             }
         }
