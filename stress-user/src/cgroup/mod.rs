@@ -14,7 +14,7 @@ use std::{
     path::{Component, Path, PathBuf},
 };
 
-pub use pressure::{Pressure, PressureCounters, PsiScope};
+pub use pressure::{psi_state, Pressure, PressureCounters, PsiScope, PsiState, PsiTotals};
 pub use scratch::{find_leftovers, remove_leftover, Leftover, ScratchCgroup, RECORD_DIR};
 
 /// Default mount points, used when `/proc/self/mountinfo` cannot be read.

@@ -39,6 +39,7 @@ pub(super) fn plan_stage(
         new: None,
         size,
         working_set,
+        pressure: None,
         workers: inj.workers,
         pace: inj.pace,
         kind: inj.kind,

@@ -42,7 +42,7 @@ extern "C" fn on_stop_signal(_: libc::c_int) {
 }
 
 /// SIGINT/SIGTERM/SIGHUP end the run in order; without SA_RESTART so `poll` wakes at once.
-fn install_stop_handlers() {
+pub(crate) fn install_stop_handlers() {
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: the handler only stores to an atomic.
         unsafe {
@@ -77,7 +77,10 @@ pub fn run(
         (Where::New { .. }, Some(s)) => s.cgroup().clone(),
         (Where::New { .. }, None) => unreachable!("created above"),
     };
-    let result = Agent::new(&cg, plan, on_event).and_then(Agent::run);
+    let result = match plan.goal {
+        Goal::Pressure(goal) => super::pressure::hold::run(&cg, plan, goal, on_event),
+        _ => Agent::new(&cg, plan, on_event).and_then(Agent::run),
+    };
     drop(scratch);
     result
 }
@@ -144,7 +147,7 @@ impl<'a> Agent<'a> {
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
         let chunk: usize = match plan.goal {
             Goal::Size(_) => 64 << 20,
-            Goal::WorkingSet(_) => 8 << 20,
+            Goal::WorkingSet(_) | Goal::Pressure(_) => 8 << 20,
         };
         let spec = WorkerSpec {
             exe,
@@ -156,6 +159,7 @@ impl<'a> Agent<'a> {
                 redirty_ms: plan.redirty.map(|d| d.as_millis().max(1) as u64),
                 chunk,
                 file_dir: plan.file_dir.clone(),
+                cycle: false,
             },
             cgroup_dir: cg.dir(),
             clone_into_cgroup: cg.version == Version::V2,
@@ -263,6 +267,7 @@ impl<'a> Agent<'a> {
             // from under the goal rather than overshooting it.
             Goal::Size(b) => b.saturating_sub(overhead.min(b / 10)) / 100 * 97,
             Goal::WorkingSet(b) => b,
+            Goal::Pressure(_) => 0,
         };
         Ok(Steering {
             effective,
@@ -298,6 +303,7 @@ impl<'a> Agent<'a> {
         match self.plan.goal {
             Goal::Size(_) => self.steer_size(steer, &reading),
             Goal::WorkingSet(goal) => self.steer_working_set(steer, &reading, goal),
+            Goal::Pressure(_) => {}
         }
         if sample_due {
             steer.next_sample += SAMPLE_EVERY;
@@ -470,6 +476,7 @@ impl<'a> Agent<'a> {
             workers_alive: r.alive,
             workers: self.slots.len(),
             oom_kills: r.snap.oom_kills.saturating_sub(self.oom_base),
+            pressure_hold: None,
         }));
     }
 
@@ -511,7 +518,7 @@ impl<'a> Agent<'a> {
         // --working-set: what counts is where the working set was held, not a peak of usage.
         let charged = match self.plan.goal {
             Goal::Size(_) => peak,
-            Goal::WorkingSet(_) => steer.last_snap.working_set_bytes,
+            Goal::WorkingSet(_) | Goal::Pressure(_) => steer.last_snap.working_set_bytes,
         };
         let summary = Summary {
             cgroup: cg.path(),
@@ -532,6 +539,7 @@ impl<'a> Agent<'a> {
                 .pressure_counters()
                 .since(&self.pressure_base, self.start.elapsed()),
             duration_s: self.start.elapsed().as_secs_f64(),
+            pressure_hold: None,
             stopped_by,
             exit_code,
         };
@@ -540,7 +548,7 @@ impl<'a> Agent<'a> {
     }
 }
 
-fn signal_name(sig: i32) -> String {
+pub(crate) fn signal_name(sig: i32) -> String {
     nix::sys::signal::Signal::try_from(sig)
         .map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_string())
 }
