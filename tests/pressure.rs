@@ -1,0 +1,139 @@
+//! `oomlab inject --pressure`: the stall level it holds, checked against the kernel's own PSI
+//! counters (read here, not oomlab's reading): the target's `memory.pressure` on cgroup v2 (the
+//! VM matrix), the node's `/proc/pressure/memory` with `--node-pressure` on v1 (the host). No
+//! OOM kill, and everything released at the end.
+
+mod common;
+
+use std::{fs, process::Child, time::Duration};
+
+use common::{cgroup, guard::Reap, inject::Injector, wait_until};
+use stress_user::cgroup::{pressure::parse_psi, MemCgroup, PsiScope, Version};
+
+/// Seconds the controller gets to settle before the kernel's counter is read (the issue's
+/// bound).
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// (monotonic µs, some µs, full µs) of a PSI file.
+fn psi_now(text: &str) -> (u64, u64, u64) {
+    let t = parse_psi(text, PsiScope::Cgroup).expect("a PSI file");
+    let now = stress_user::sys::monotonic().as_micros() as u64;
+    (now, t.some_us, t.full_us)
+}
+
+fn share(a: (u64, u64, u64), b: (u64, u64, u64), full: bool) -> f64 {
+    let wall = (b.0 - a.0) as f64;
+    let stall = if full { b.2 - a.2 } else { b.1 - a.1 } as f64;
+    stall / wall * 100.0
+}
+
+/// Runs `--pressure level` for `secs` in `cg` (with `extra` flags), and returns the kernel's
+/// share of wall time after settling, read from `psi_file`.
+fn held(cg: &MemCgroup, level: &str, secs: u64, extra: &[&str], psi_file: &str, full: bool) -> f64 {
+    let path = cg.path();
+    let dur = format!("{secs}s");
+    let mut args = vec![
+        "--cgroup",
+        path.as_str(),
+        "--pressure",
+        level,
+        "--duration",
+        dur.as_str(),
+    ];
+    args.extend_from_slice(extra);
+    let mut inj = Injector::start(&args);
+    // Settled: SETTLE seconds after the first sample.
+    inj.wait_for("sample", Duration::from_secs(15));
+    std::thread::sleep(SETTLE);
+    let a = psi_now(&fs::read_to_string(psi_file).expect("PSI file"));
+    let (status, summary) = inj.finish_within(Duration::from_secs(secs + 30));
+    let b = psi_now(&fs::read_to_string(psi_file).expect("PSI file"));
+    assert!(status.success(), "oomlab inject failed: {summary}");
+    assert_eq!(summary["oom_kills"], 0, "an OOM kill: {summary}");
+    assert_eq!(cg.oom_kills().expect("oom_kill counter"), 0);
+    eprintln!(
+        "{level}: kernel {:.1} % over {:.0} s; oomlab said {summary}",
+        share(a, b, full),
+        (b.0 - a.0) as f64 / 1e6
+    );
+    share(a, b, full)
+}
+
+fn app(cg: &MemCgroup, size: &str) -> Reap {
+    let child: Child = common::app(&cg.path(), size)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("oomlab app");
+    let reap = Reap(child);
+    assert!(
+        wait_until(Duration::from_secs(10), || cg.usage().unwrap_or(0)
+            > 8 << 20),
+        "the app did not allocate"
+    );
+    reap
+}
+
+/// Only the app is left in the cgroup, and the squeeze is gone.
+fn released(cg: &MemCgroup, app_pid: u32) {
+    assert!(
+        wait_until(Duration::from_secs(10), || cg
+            .procs()
+            .is_ok_and(|p| p == vec![app_pid as i32])),
+        "workers left in {}: {:?}",
+        cg.path(),
+        cg.procs()
+    );
+}
+
+#[test]
+fn v2_holds_some_10_percent_in_the_target() {
+    if !common::need_root("v2_holds_some_10_percent_in_the_target") {
+        return;
+    }
+    let hier = cgroup::hierarchy();
+    if hier.memory_version != Version::V2 {
+        eprintln!("skipped: per-cgroup PSI needs cgroup v2 (the VM matrix runs this)");
+        return;
+    }
+    let scratch = cgroup::scratch(&hier, "psi-some", Some(96 << 20));
+    let cg = scratch.cgroup();
+    let app = app(cg, "16MiB");
+    let got = held(
+        cg,
+        "some=10%",
+        30,
+        &[],
+        &cg.dir().join("memory.pressure").display().to_string(),
+        false,
+    );
+    assert!(
+        (got - 10.0).abs() <= 4.0,
+        "kernel some {got:.1} %, want 10 ± 4"
+    );
+    released(cg, app.0.id());
+}
+
+#[test]
+fn v1_node_pressure_holds_some_5_percent_of_the_node() {
+    if !common::need_root("v1_node_pressure_holds_some_5_percent_of_the_node") {
+        return;
+    }
+    let hier = cgroup::hierarchy();
+    if hier.memory_version != Version::V1 {
+        eprintln!("skipped: --node-pressure on v1 is the host's case");
+        return;
+    }
+    let scratch = cgroup::scratch(&hier, "psi-node", Some(256 << 20));
+    let cg = scratch.cgroup();
+    let app = app(cg, "32MiB");
+    let got = held(
+        cg,
+        "some=5%",
+        20,
+        &["--node-pressure"],
+        "/proc/pressure/memory",
+        false,
+    );
+    assert!((got - 5.0).abs() <= 4.0, "node some {got:.1} %, want 5 ± 4");
+    released(cg, app.0.id());
+}
