@@ -1,7 +1,7 @@
 //! `oomlab doctor [--output json]`: what [`crate::doctor`] found, as aligned lines or one JSON
 //! document; the exit code says whether oomlab can run here.
 
-use crate::{cli::exit, doctor, report::OutputFormat};
+use crate::{cgroup::PsiState, cli::exit, doctor, report::OutputFormat};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -46,7 +46,10 @@ fn print_human(r: &doctor::Report) {
             .as_deref()
             .unwrap_or("unknown (securityfs not mounted)")
     );
-    println!("psi             {}", yes(r.psi));
+    match r.psi_state {
+        PsiState::On => println!("psi             yes (inject --pressure can hold a level)"),
+        off => println!("psi             no: {off}; inject --pressure refuses"),
+    }
     println!(
         "oom_dump_tasks  {}",
         r.oom_dump_tasks.map_or("unknown".into(), |v| v.to_string())
