@@ -3,6 +3,7 @@
 
 mod cgroup;
 mod inject;
+mod pressure;
 mod serve;
 mod trace;
 
@@ -14,6 +15,9 @@ pub(crate) enum Bench {
     Inject,
     /// Time to ready, RSS, overhead, OOM-storm recall and latency vs bpftrace.
     Trace,
+    /// `inject --pressure --node-pressure` at 5/10/20/40 % some: settling, error, CPU, vs
+    /// stress-ng --vm-keep at the same usage.
+    Pressure,
     /// `oomlab serve` soak (OOMLAB_SOAK_SECS, default 600): RSS growth, recall, SIGTERM time.
     Serve,
 }
@@ -22,6 +26,7 @@ pub(crate) fn run(which: Bench) -> Result<()> {
     match which {
         Bench::Inject => inject::run(),
         Bench::Trace => trace::run(),
+        Bench::Pressure => pressure::run(),
         Bench::Serve => serve::run(),
     }
 }
