@@ -165,6 +165,11 @@ fn stage_report(st: &Stage, r: &StageRun, c: &Collector) -> (StageReport, Vec<Ve
         host_used_bytes: host_used,
         host_total_bytes: host_total,
         pressure: Some(r.pressure.clone()),
+        pressure_target: r
+            .summary
+            .as_ref()
+            .and_then(|x| x.pressure_hold.as_ref())
+            .map(|h| h.pressure_target),
     };
     if st.expect.is_empty() {
         return (report, Vec::new());

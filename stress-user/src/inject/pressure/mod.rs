@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::cgroup::{psi_state, PsiState, Version};
 
 /// Which PSI line to hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PsiKind {
     /// Some task in the target stalled on memory.
@@ -34,7 +34,7 @@ impl PsiKind {
 }
 
 /// A level as `--pressure` gives it: `some=10%`, `full=5%`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct Level {
     pub kind: PsiKind,
     /// Percent of wall time, 0 < pct < 100.
