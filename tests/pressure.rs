@@ -85,32 +85,95 @@ fn released(cg: &MemCgroup, app_pid: u32) {
     );
 }
 
-#[test]
-fn v2_holds_some_10_percent_in_the_target() {
-    if !common::need_root("v2_holds_some_10_percent_in_the_target") {
-        return;
+/// A v2 scratch cgroup with a limit, or `None` (and why) where this is not v2.
+fn v2_scratch(test: &str, name: &str) -> Option<stress_user::cgroup::ScratchCgroup> {
+    if !common::need_root(test) {
+        return None;
     }
     let hier = cgroup::hierarchy();
     if hier.memory_version != Version::V2 {
-        eprintln!("skipped: per-cgroup PSI needs cgroup v2 (the VM matrix runs this)");
-        return;
+        eprintln!("skipped: {test}: per-cgroup PSI needs cgroup v2 (the VM matrix runs this)");
+        return None;
     }
-    let scratch = cgroup::scratch(&hier, "psi-some", Some(96 << 20));
+    Some(cgroup::scratch(&hier, name, Some(96 << 20)))
+}
+
+fn v2_holds_some(test: &str, pct: f64) {
+    let Some(scratch) = v2_scratch(test, &format!("psi-some{pct}")) else {
+        return;
+    };
     let cg = scratch.cgroup();
     let app = app(cg, "16MiB");
-    let got = held(
-        cg,
-        "some=10%",
-        30,
-        &[],
-        &cg.dir().join("memory.pressure").display().to_string(),
-        false,
-    );
+    let level = format!("some={pct}%");
+    let psi = cg.dir().join("memory.pressure").display().to_string();
+    let got = held(cg, &level, 30, &[], &psi, false);
     assert!(
-        (got - 10.0).abs() <= 4.0,
-        "kernel some {got:.1} %, want 10 ± 4"
+        (got - pct).abs() <= 4.0,
+        "kernel some {got:.1} %, want {pct} ± 4"
     );
     released(cg, app.0.id());
+}
+
+#[test]
+fn v2_holds_some_10_percent_in_the_target() {
+    v2_holds_some("v2_holds_some_10_percent_in_the_target", 10.0);
+}
+
+/// The app's own cgroup below the target (v2 charges it to the target, the nearest cgroup with
+/// the memory controller, while its PSI is its own): removed after the app is gone.
+struct AppChild(std::path::PathBuf);
+
+impl Drop for AppChild {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            if fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `full=5%` with an app that allocates all the time (`--latency`): the target's `full` is
+/// held, and the app's own cgroup shows that the app is one of the tasks stalled.
+#[test]
+fn v2_holds_full_5_percent_with_the_app_stalled() {
+    let test = "v2_holds_full_5_percent_with_the_app_stalled";
+    let Some(scratch) = v2_scratch(test, "psi-full") else {
+        return;
+    };
+    let cg = scratch.cgroup();
+    let child = AppChild(cg.dir().join("app"));
+    fs::create_dir(&child.0).expect("the app's child cgroup");
+    let child_path = format!("{}/app", cg.path());
+    let app_proc: Child = common::app(&child_path, "16MiB")
+        .args(["--latency", "--duration", "60s"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("oomlab app");
+    let app_reap = Reap(app_proc);
+    assert!(
+        wait_until(Duration::from_secs(10), || cg.usage().unwrap_or(0)
+            > 8 << 20),
+        "the app did not allocate"
+    );
+    let app_psi = child.0.join("memory.pressure");
+    let before = psi_now(&fs::read_to_string(&app_psi).expect("the app's memory.pressure"));
+    let psi = cg.dir().join("memory.pressure").display().to_string();
+    let got = held(cg, "full=5%", 30, &[], &psi, true);
+    let after = psi_now(&fs::read_to_string(&app_psi).expect("the app's memory.pressure"));
+    let app_some = share(before, after, false);
+    eprintln!("the app's own some: {app_some:.2} %");
+    assert!(
+        (got - 5.0).abs() <= 4.0,
+        "kernel full {got:.1} %, want 5 ± 4"
+    );
+    assert!(
+        app_some > 0.1,
+        "the app was not stalled: its own some {app_some:.2} %"
+    );
+    drop(app_reap);
+    drop(child);
 }
 
 #[test]
