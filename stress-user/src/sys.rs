@@ -45,6 +45,30 @@ pub fn monotonic_ns() -> u64 {
     u64::try_from(monotonic().as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// CPU time (user + system) a process has used so far, from `/proc/PID/stat`; `None` once it
+/// is gone.
+pub fn process_cpu(pid: i32) -> Option<Duration> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat_cpu(&text, clock_ticks())
+}
+
+fn clock_ticks() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|t| u64::try_from(t).ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100)
+}
+
+/// `utime + stime` (fields 14 and 15; the comm before them may hold spaces and parentheses).
+fn parse_stat_cpu(text: &str, hz: u64) -> Option<Duration> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace().skip(11);
+    let ticks = f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?;
+    Some(Duration::from_secs_f64(ticks as f64 / hz.max(1) as f64))
+}
+
 /// The comm every `oomlab __worker` gives itself when it starts, so that a tracer, in any
 /// process, can tell a worker victim by the kernel's own event.
 pub const WORKER_COMM: &str = "oomlab-worker";
@@ -106,6 +130,14 @@ mod tests {
         assert_eq!(m.available_kb, Some(20_000_000));
         assert_eq!(m.swap_total_kb, Some(0));
         assert_eq!(MemInfo::parse("MemTotal: x kB\n"), MemInfo::default());
+    }
+
+    #[test]
+    fn stat_cpu() {
+        let line = "4242 (a b) c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0";
+        assert_eq!(parse_stat_cpu(line, 100), Some(Duration::from_secs(3)));
+        assert_eq!(parse_stat_cpu("garbage", 100), None);
+        assert!(process_cpu(std::process::id() as i32).is_some());
     }
 
     #[test]

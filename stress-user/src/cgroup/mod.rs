@@ -15,7 +15,7 @@ use std::{
     path::{Component, Path, PathBuf},
 };
 
-pub use pressure::{Pressure, PressureCounters, PsiScope};
+pub use pressure::{psi_state, Pressure, PressureCounters, PsiScope, PsiState, PsiTotals};
 pub use scratch::{
     find_leftovers, remove_leftover, Leftover, Owner, Ownership, ScratchCgroup, GRACE, RECORD_DIR,
 };

@@ -146,6 +146,66 @@ impl Pressure {
     }
 }
 
+/// Whether this kernel accounts PSI, and if not, why (so the user knows what to change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PsiState {
+    On,
+    /// Built in but switched off with `psi=0` on the kernel command line.
+    DisabledByCmdline,
+    /// Built with `CONFIG_PSI_DEFAULT_DISABLED=y` and not switched on with `psi=1`.
+    DefaultDisabled,
+    /// No `/proc/pressure` at all: the kernel was built without `CONFIG_PSI`.
+    NotBuilt,
+}
+
+impl std::fmt::Display for PsiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PsiState::On => "PSI is on",
+            PsiState::DisabledByCmdline => {
+                "PSI is disabled by `psi=0` on the kernel command line (boot without it, or with psi=1)"
+            }
+            PsiState::DefaultDisabled => {
+                "PSI is off by default in this kernel (CONFIG_PSI_DEFAULT_DISABLED=y): boot with psi=1"
+            }
+            PsiState::NotBuilt => {
+                "this kernel has no PSI (built without CONFIG_PSI: no /proc/pressure/memory)"
+            }
+        })
+    }
+}
+
+/// This kernel's PSI state.
+pub fn psi_state() -> PsiState {
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let config = fs::read_to_string(format!("/boot/config-{}", release.trim())).unwrap_or_default();
+    classify_psi(fs::metadata(NODE_PSI).is_ok(), &cmdline, &config)
+}
+
+/// The state from what the kernel shows: `/proc/pressure/memory` exists only when PSI is on;
+/// otherwise the command line and (when readable) the kernel's config say why.
+pub fn classify_psi(proc_file: bool, cmdline: &str, config: &str) -> PsiState {
+    if proc_file {
+        return PsiState::On;
+    }
+    let psi_arg = cmdline
+        .split_whitespace()
+        .filter_map(|a| a.strip_prefix("psi="))
+        .next_back();
+    if psi_arg.is_some_and(|v| matches!(v, "0" | "n" | "N" | "off" | "false")) {
+        return PsiState::DisabledByCmdline;
+    }
+    if config
+        .lines()
+        .any(|l| l.trim() == "CONFIG_PSI_DEFAULT_DISABLED=y")
+    {
+        return PsiState::DefaultDisabled;
+    }
+    PsiState::NotBuilt
+}
+
 /// The `some` and `full` totals of a PSI file (`some avg10=… total=N`). Kernels before 5.13
 /// had no `full` line for the node's CPU file; memory always has both, but a missing `full`
 /// reads as 0 rather than failing.
@@ -168,6 +228,20 @@ mod tests {
     use super::*;
 
     const PSI: &str = "some avg10=1.50 avg60=0.40 avg300=0.10 total=1250000\nfull avg10=0.80 avg60=0.20 avg300=0.05 total=500000\n";
+
+    #[test]
+    fn psi_states() {
+        assert_eq!(classify_psi(true, "psi=0", ""), PsiState::On);
+        assert_eq!(
+            classify_psi(false, "BOOT_IMAGE=/vmlinuz ro psi=0 quiet", ""),
+            PsiState::DisabledByCmdline
+        );
+        assert_eq!(
+            classify_psi(false, "ro", "CONFIG_PSI=y\nCONFIG_PSI_DEFAULT_DISABLED=y\n"),
+            PsiState::DefaultDisabled
+        );
+        assert_eq!(classify_psi(false, "ro", ""), PsiState::NotBuilt);
+    }
 
     #[test]
     fn psi_totals_parse() {

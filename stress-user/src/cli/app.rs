@@ -34,6 +34,11 @@ pub struct Args {
     /// tenant could choose (newlines, commas, escapes) to check the tracer against them.
     #[arg(long, hide = true)]
     comm: Option<String>,
+    /// Every 100 ms allocate and touch 1 MiB more (then free it), and print once a second how
+    /// long that took (mean and worst): what an app feels when memory is tight (`inject
+    /// --pressure`).
+    #[arg(long, conflicts_with = "grow")]
+    latency: bool,
 }
 
 /// A line on stdout, flushed (whoever started the app waits for it). SIGPIPE is ignored: a
@@ -76,6 +81,33 @@ fn hold_with_grow(extra: u64, duration: Option<Duration>) -> anyhow::Result<()> 
             _ => {}
         }
         thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// The latency probe: 1 MiB allocated and touched every 100 ms, timed, one line a second
+/// (`app PID latency mean 0.41 ms max 0.90 ms (1 MiB alloc+touch x10)`).
+fn report_latency(duration: Option<Duration>) -> anyhow::Result<()> {
+    let end = duration.map(|d| std::time::Instant::now() + d);
+    let mut times: Vec<f64> = Vec::new();
+    let mut next_report = std::time::Instant::now() + Duration::from_secs(1);
+    while end.is_none_or(|e| std::time::Instant::now() < e) {
+        let t0 = std::time::Instant::now();
+        let probe = Region::anon(1 << 20, AllocOptions::default()).context("latency probe")?;
+        times.push(t0.elapsed().as_secs_f64() * 1000.0);
+        drop(probe);
+        if std::time::Instant::now() >= next_report && !times.is_empty() {
+            let mean = times.iter().sum::<f64>() / times.len() as f64;
+            let max = times.iter().copied().fold(0.0, f64::max);
+            println!(
+                "app {} latency mean {mean:.2} ms max {max:.2} ms (1 MiB alloc+touch x{})",
+                std::process::id(),
+                times.len()
+            );
+            times.clear();
+            next_report += Duration::from_secs(1);
+        }
+        thread::sleep(Duration::from_millis(100).saturating_sub(t0.elapsed()));
     }
     Ok(())
 }
@@ -126,6 +158,11 @@ pub(super) fn run(args: &Args) -> anyhow::Result<i32> {
             }
         };
         hold_with_grow(extra, args.duration)?;
+        drop(region);
+        return Ok(exit::OK);
+    }
+    if args.latency {
+        report_latency(args.duration)?;
         drop(region);
         return Ok(exit::OK);
     }

@@ -2,7 +2,7 @@
 //! document; the exit code says whether oomlab can run here.
 
 use crate::{
-    cgroup::Hierarchy,
+    cgroup::{Hierarchy, PsiState},
     cli::exit,
     doctor,
     report::OutputFormat,
@@ -87,7 +87,10 @@ fn print_human(r: &doctor::Report) {
             .as_deref()
             .unwrap_or("unknown (securityfs not mounted)")
     );
-    println!("psi             {}", yes(r.psi));
+    match r.psi_state {
+        PsiState::On => println!("psi             yes (inject --pressure can hold a level)"),
+        off => println!("psi             no: {off}; inject --pressure refuses"),
+    }
     println!(
         "oom_dump_tasks  {}",
         r.oom_dump_tasks.map_or("unknown".into(), |v| v.to_string())

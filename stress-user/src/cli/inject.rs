@@ -15,6 +15,7 @@ use crate::{
         alloc::{AllocOptions, Fill, Kind},
         control::Pace,
         plan::{self, InjectError, NodeMemory, OnOom, Request},
+        pressure::{parse_level, PressureGoal},
     },
     report::{inject::InjectOutput, OutputFormat},
     runtime::{RuntimeArgs, Runtimes},
@@ -22,7 +23,7 @@ use crate::{
 };
 
 #[derive(Debug, clap::Args)]
-#[command(group = clap::ArgGroup::new("goal").required(true).args(["size", "working_set"]))]
+#[command(group = clap::ArgGroup::new("goal").required(true).args(["size", "working_set", "pressure"]))]
 #[command(group = clap::ArgGroup::new("pace").args(["ramp", "rate"]))]
 pub struct Args {
     #[command(flatten)]
@@ -49,6 +50,18 @@ pub struct Args {
     /// app shrinks.
     #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     working_set: Option<SizeSpec>,
+    /// Instead of --size: hold the target's memory stall (PSI) at this share of wall time,
+    /// `some=10%` or `full=5%`, steering on the kernel's `total=` counter (cgroup v2: the
+    /// target's memory.pressure; needs a memory limit).
+    #[arg(long, value_name = "KIND=N%")]
+    pressure: Option<String>,
+    /// The window --pressure is measured and reported over.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s", requires = "pressure")]
+    pressure_window: Duration,
+    /// --pressure holds the node's /proc/pressure/memory instead (cgroup v1 has no per-cgroup
+    /// PSI); every line says so.
+    #[arg(long, requires = "pressure")]
+    node_pressure: bool,
     /// Worker processes (the size is split evenly among them).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     workers: u32,
@@ -134,7 +147,19 @@ pub(super) fn run(args: &Args) -> anyhow::Result<i32> {
         (None, Some(r)) => Pace::Rate(r),
         (None, None) => Pace::Fast,
     };
-    let req = request(args, target, pace);
+    let pressure = match args.pressure.as_deref().map(parse_level).transpose() {
+        Ok(level) => level.map(|level| PressureGoal {
+            level,
+            window: args.pressure_window,
+            node: args.node_pressure,
+            allow_oom: args.allow_oom,
+        }),
+        Err(e) => return usage(e),
+    };
+    let req = Request {
+        pressure,
+        ..request(args, target, pace)
+    };
     let node = NodeMemory::read()?;
     let plan = match plan::check(&hier, &req, node) {
         Ok(p) => p,
@@ -184,6 +209,7 @@ fn request(args: &Args, target: Option<MemCgroup>, pace: Pace) -> Request {
         new: args.new.clone().zip(args.limit),
         size: args.size,
         working_set: args.working_set,
+        pressure: None,
         workers: args.workers as usize,
         pace,
         kind: args.kind,

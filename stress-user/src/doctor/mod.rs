@@ -65,6 +65,9 @@ pub struct Report {
     pub btf: bool,
     pub lockdown: Option<String>,
     pub psi: bool,
+    /// Why PSI is off when it is (`psi=0`, `CONFIG_PSI_DEFAULT_DISABLED`, no `CONFIG_PSI`):
+    /// `inject --pressure` needs it.
+    pub psi_state: crate::cgroup::PsiState,
     pub oom_dump_tasks: Option<u32>,
     pub kmsg_readable: bool,
     pub capabilities: Capabilities,
@@ -154,6 +157,7 @@ pub fn run() -> Report {
         btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
         lockdown: read_lockdown(),
         psi: fs::read_to_string("/proc/pressure/memory").is_ok(),
+        psi_state: crate::cgroup::psi_state(),
         oom_dump_tasks: fs::read_to_string("/proc/sys/vm/oom_dump_tasks")
             .ok()
             .and_then(|t| t.trim().parse().ok()),

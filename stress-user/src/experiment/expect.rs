@@ -17,6 +17,20 @@ pub struct Observed {
     pub peak_working_set: u64,
     /// (app name, alive at the end of the scope).
     pub apps_alive: Vec<(String, bool)>,
+    /// PSI some / full over the scope, percent of wall time: after the level was first
+    /// reached (within ±20 %) where the stage held one, else over the whole scope; `None`
+    /// where the kernel has no PSI here.
+    pub psi: Option<ObservedPsi>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ObservedPsi {
+    pub some_pct: Option<f64>,
+    pub full_pct: Option<f64>,
+    /// The stage held a level but never came within ±20 % of it.
+    pub never_reached: bool,
+    /// The node's PSI (v1), not the target's.
+    pub node: bool,
 }
 
 fn count_roles(victims: &[String]) -> String {
@@ -61,6 +75,36 @@ fn count_roles(victims: &[String]) -> String {
     format!("killed: {}", parts.join(", "))
 }
 
+fn psi_within((level, tol): (f64, f64), got: Option<(Option<f64>, &ObservedPsi)>) -> Outcome {
+    let expected = format!("PSI {level}% ± {tol} points");
+    match got {
+        None => Outcome {
+            expected,
+            observed: "no PSI in this kernel".into(),
+            passed: false,
+        },
+        Some((_, p)) if p.never_reached => Outcome {
+            expected,
+            observed: "the level was never reached (never within ±20 % of the target) in the stage"
+                .into(),
+            passed: false,
+        },
+        Some((None, _)) => Outcome {
+            expected,
+            observed: "no PSI reading for the stage".into(),
+            passed: false,
+        },
+        Some((Some(v), p)) => Outcome {
+            expected,
+            observed: format!(
+                "{v:.1} %{}",
+                if p.node { " (node PSI: cgroup v1)" } else { "" }
+            ),
+            passed: (v - level).abs() <= tol,
+        },
+    }
+}
+
 /// What one expectation asked for, what happened, and whether that meets it.
 struct Outcome {
     expected: String,
@@ -92,6 +136,16 @@ pub fn evaluate(e: &Expectations, o: &Observed) -> Vec<Verdict> {
         (
             "app_survives",
             e.app_survives.map(|want| app_survives(want, o)),
+        ),
+        (
+            "psi_some_within",
+            e.psi_some_within
+                .map(|w| psi_within(w, o.psi.as_ref().map(|p| (p.some_pct, p)))),
+        ),
+        (
+            "psi_full_within",
+            e.psi_full_within
+                .map(|w| psi_within(w, o.psi.as_ref().map(|p| (p.full_pct, p)))),
         ),
     ];
     outcomes
@@ -246,7 +300,38 @@ mod tests {
             charged: vec![(200 * MIB, 202 * MIB)],
             peak_working_set: 300 * MIB,
             apps_alive: vec![("node".into(), true)],
+            psi: None,
         }
+    }
+
+    #[test]
+    fn psi_within_passes_fails_and_says_why() {
+        let e = Expectations {
+            psi_some_within: Some((10.0, 3.0)),
+            ..Default::default()
+        };
+        let with = |some: Option<f64>, never_reached: bool| Observed {
+            psi: Some(ObservedPsi {
+                some_pct: some,
+                full_pct: Some(1.0),
+                never_reached,
+                node: false,
+            }),
+            ..obs()
+        };
+        let v = one(&e, &with(Some(11.5), false));
+        assert!(v.passed, "{v:?}");
+        assert_eq!(v.observed, "11.5 %");
+        assert!(!one(&e, &with(Some(14.0), false)).passed);
+        let v = one(&e, &with(Some(9.0), true));
+        assert!(!v.passed && v.observed.contains("never reached"), "{v:?}");
+        let v = one(&e, &obs());
+        assert!(!v.passed && v.observed.contains("no PSI"), "{v:?}");
+        let full = Expectations {
+            psi_full_within: Some((2.0, 1.5)),
+            ..Default::default()
+        };
+        assert!(one(&full, &with(Some(30.0), false)).passed);
     }
 
     fn one(e: &Expectations, o: &Observed) -> Verdict {

@@ -98,6 +98,7 @@ pub(super) fn build(
                 .collect(),
             peak_working_set: peak(&c.samples, |x| x.working_set_bytes),
             apps_alive: end.apps_alive.clone(),
+            psi: None,
         };
         verdicts.extend(evaluate(&exp.expect, &obs));
     }
@@ -215,6 +216,11 @@ fn stage_report(st: &Stage, r: &StageRun, c: &Collector) -> (StageReport, Vec<Ve
         host_used_bytes: host_used,
         host_total_bytes: host_total,
         pressure: Some(r.pressure.clone()),
+        pressure_target: r
+            .summary
+            .as_ref()
+            .and_then(|x| x.pressure_hold.as_ref())
+            .map(|h| h.pressure_target),
     };
     if st.expect.is_empty() {
         return (report, Vec::new());
@@ -235,6 +241,7 @@ fn stage_report(st: &Stage, r: &StageRun, c: &Collector) -> (StageReport, Vec<Ve
         charged,
         peak_working_set: peak_ws,
         apps_alive: r.apps_alive.clone(),
+        psi: observed_psi(r),
     };
     (report, evaluate(&st.expect, &obs))
 }
@@ -343,6 +350,27 @@ fn why(candidates: &[Candidate], totalpages: u64, role: &str) -> String {
         ));
     }
     text
+}
+
+/// The stage's PSI for its expectations: oomlab's score after the level was first reached
+/// (from the kernel's `total=` counters) for the kind it held, the stage's counters otherwise.
+fn observed_psi(r: &StageRun) -> Option<super::expect::ObservedPsi> {
+    let whole = r.pressure.psi?;
+    let mut o = super::expect::ObservedPsi {
+        some_pct: Some(whole.some_pct),
+        full_pct: Some(whole.full_pct),
+        never_reached: false,
+        node: whole.scope == crate::cgroup::PsiScope::Node,
+    };
+    if let Some(h) = r.summary.as_ref().and_then(|s| s.pressure_hold.as_ref()) {
+        o.never_reached = h.score.seconds_to_pressure.is_none();
+        let held = match h.pressure_target.kind {
+            crate::inject::pressure::PsiKind::Some => &mut o.some_pct,
+            crate::inject::pressure::PsiKind::Full => &mut o.full_pct,
+        };
+        *held = h.score.pressure_mean;
+    }
+    Some(o)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! moves the ramp's progress bar and keeps each stage's peak host memory).
 
 use std::{
+    collections::VecDeque,
     fs,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -14,7 +15,7 @@ use std::{
 
 use super::collector::{lock, Collector, Shared};
 use crate::{
-    cgroup::{MemCgroup, MemSnapshot, Version},
+    cgroup::{MemCgroup, MemSnapshot, PsiTotals, Version},
     inject::plan::NodeMemory,
     report::timeline::CgroupSample,
 };
@@ -66,6 +67,8 @@ fn rss_bytes(pid: i32) -> u64 {
 /// One reading, taken outside the collector's lock.
 struct Reading {
     snap: Option<MemSnapshot>,
+    /// PSI some / full over the last second.
+    psi: Option<(f64, f64)>,
     injected: u64,
     steal: Option<u64>,
     host: (u64, u64),
@@ -88,6 +91,7 @@ impl Reading {
             .sum();
         Reading {
             snap,
+            psi: None,
             injected,
             steal: pgsteal(cg),
             host: host_memory(),
@@ -141,6 +145,8 @@ impl Collector {
                 oom_kills: snap.oom_kills.saturating_sub(oom_base),
                 reclaim_pages_per_s: rate,
                 reclaim_passes_per_s: pass_rate,
+                psi_some_pct: r.psi.map(|p| p.0),
+                psi_full_pct: r.psi.map(|p| p.1),
             });
         }
         if let Some(i) = self.stage {
@@ -160,8 +166,27 @@ fn sample_loop(sh: &Shared, cg: &MemCgroup, on: &AtomicBool) {
     let oom_base = cg.oom_kills().unwrap_or(0);
     let mut last = None;
     let mut next = Instant::now();
+    // PSI totals of the last second's readings, to plot a share that is not 100 ms of noise.
+    let mut psi_hist: VecDeque<(Instant, PsiTotals)> = VecDeque::new();
     while on.load(Ordering::SeqCst) {
-        let reading = Reading::take(sh, cg);
+        let mut reading = Reading::take(sh, cg);
+        if let Some(now) = cg.pressure_counters().psi {
+            let t = Instant::now();
+            psi_hist.push_back((t, now));
+            while psi_hist.len() > 2 && t.duration_since(psi_hist[1].0) >= Duration::from_secs(1) {
+                psi_hist.pop_front();
+            }
+            if let Some(&(t0, then)) = psi_hist.front() {
+                let wall = t.duration_since(t0).as_micros() as f64;
+                if wall > 0.0 {
+                    let pct = |a: u64, b: u64| a.saturating_sub(b) as f64 / wall * 100.0;
+                    reading.psi = Some((
+                        pct(now.some_us, then.some_us),
+                        pct(now.full_us, then.full_us),
+                    ));
+                }
+            }
+        }
         lock(sh).add_reading(&reading, &mut last, oom_base);
         next += SAMPLE_EVERY;
         let now = Instant::now();

@@ -8,11 +8,12 @@ use super::{
     spec::{Amount, Inject, Stage},
 };
 use crate::{
-    cgroup::{Hierarchy, MemCgroup},
+    cgroup::{Hierarchy, MemCgroup, Version},
     inject::{
         alloc::AllocOptions,
         control::Pace,
         plan::{self, NodeMemory, Plan, Request},
+        pressure::PressureGoal,
     },
 };
 
@@ -26,9 +27,20 @@ pub(super) fn plan_stage(
     cg: &MemCgroup,
     file_dir: &Path,
 ) -> Result<Plan, RunError> {
-    let (size, working_set) = match inj.amount {
-        Amount::Size(s) => (Some(s), None),
-        Amount::WorkingSet(w) => (None, Some(w)),
+    let (size, working_set, pressure) = match inj.amount {
+        Amount::Size(s) => (Some(s), None, None),
+        Amount::WorkingSet(w) => (None, Some(w), None),
+        // On v1 only the node's PSI exists: the experiment holds that (its report says so).
+        Amount::Pressure(level) => (
+            None,
+            None,
+            Some(PressureGoal {
+                level,
+                window: Duration::from_secs(10),
+                node: hier.memory_version == Version::V1,
+                allow_oom: false,
+            }),
+        ),
     };
     let ramp = match inj.pace {
         Pace::Ramp(d) => d,
@@ -39,6 +51,7 @@ pub(super) fn plan_stage(
         new: None,
         size,
         working_set,
+        pressure,
         workers: inj.workers,
         pace: inj.pace,
         kind: inj.kind,

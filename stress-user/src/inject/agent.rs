@@ -53,7 +53,10 @@ pub fn run(
         (Where::New { .. }, Some(s)) => s.cgroup().clone(),
         (Where::New { .. }, None) => unreachable!("created above"),
     };
-    let result = Agent::new(&cg, plan, on_event).and_then(Agent::run);
+    let result = match plan.goal {
+        Goal::Pressure(goal) => super::pressure::hold::run(&cg, plan, goal, on_event),
+        _ => Agent::new(&cg, plan, on_event).and_then(Agent::run),
+    };
     drop(scratch);
     result
 }
@@ -67,7 +70,7 @@ struct Slot {
 }
 
 /// Why the hold loop ended (`Summary::stopped_by`) and the exit code that goes with it.
-type Stop = (&'static str, i32);
+pub(crate) type Stop = (&'static str, i32);
 
 /// The agent's state from the first worker to the summary.
 struct Agent<'a> {
@@ -120,7 +123,7 @@ impl<'a> Agent<'a> {
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
         let chunk: usize = match plan.goal {
             Goal::Size(_) => 64 << 20,
-            Goal::WorkingSet(_) => 8 << 20,
+            Goal::WorkingSet(_) | Goal::Pressure(_) => 8 << 20,
         };
         let spec = WorkerSpec {
             exe,
@@ -132,6 +135,7 @@ impl<'a> Agent<'a> {
                 redirty_ms: plan.redirty.map(|d| d.as_millis().max(1) as u64),
                 chunk,
                 file_dir: plan.file_dir.clone(),
+                cycle: false,
             },
             cgroup_dir: cg.dir(),
             clone_into_cgroup: cg.version == Version::V2,
@@ -239,6 +243,7 @@ impl<'a> Agent<'a> {
             // from under the goal rather than overshooting it.
             Goal::Size(b) => b.saturating_sub(overhead.min(b / 10)) / 100 * 97,
             Goal::WorkingSet(b) => b,
+            Goal::Pressure(_) => 0,
         };
         Ok(Steering {
             effective,
@@ -256,13 +261,8 @@ impl<'a> Agent<'a> {
     fn tick(&mut self, steer: &mut Steering) -> Result<Option<Stop>, InjectError> {
         // A signal is how a run without --duration is meant to end (exit 0); a closed stdout
         // is not, and says so.
-        stop::check_stdout();
-        match stop::cause() {
-            Some(Cause::Signal(_)) => return Ok(Some(("signal", 0))),
-            Some(Cause::StdoutClosed) => {
-                return Ok(Some(("stdout_closed", stop::EXIT_STDOUT_CLOSED)))
-            }
-            None => {}
+        if let Some(stop) = stop_asked() {
+            return Ok(Some(stop));
         }
         if self
             .plan
@@ -281,6 +281,7 @@ impl<'a> Agent<'a> {
         match self.plan.goal {
             Goal::Size(_) => self.steer_size(steer, &reading),
             Goal::WorkingSet(goal) => self.steer_working_set(steer, &reading, goal),
+            Goal::Pressure(_) => {}
         }
         if sample_due {
             steer.next_sample += SAMPLE_EVERY;
@@ -453,6 +454,7 @@ impl<'a> Agent<'a> {
             workers_alive: r.alive,
             workers: self.slots.len(),
             oom_kills: r.snap.oom_kills.saturating_sub(self.oom_base),
+            pressure_hold: None,
         }));
     }
 
@@ -494,7 +496,7 @@ impl<'a> Agent<'a> {
         // --working-set: what counts is where the working set was held, not a peak of usage.
         let charged = match self.plan.goal {
             Goal::Size(_) => peak,
-            Goal::WorkingSet(_) => steer.last_snap.working_set_bytes,
+            Goal::WorkingSet(_) | Goal::Pressure(_) => steer.last_snap.working_set_bytes,
         };
         let summary = Summary {
             cgroup: cg.path(),
@@ -515,6 +517,7 @@ impl<'a> Agent<'a> {
                 .pressure_counters()
                 .since(&self.pressure_base, self.start.elapsed()),
             duration_s: self.start.elapsed().as_secs_f64(),
+            pressure_hold: None,
             stopped_by,
             exit_code,
         };
@@ -523,7 +526,17 @@ impl<'a> Agent<'a> {
     }
 }
 
-fn signal_name(sig: i32) -> String {
+/// Why an injection should end now, if it should: a signal is how a run without `--duration`
+/// is meant to end (exit 0); a closed stdout is not, and says so.
+pub(crate) fn stop_asked() -> Option<Stop> {
+    stop::check_stdout();
+    match stop::cause()? {
+        Cause::Signal(_) => Some(("signal", 0)),
+        Cause::StdoutClosed => Some(("stdout_closed", stop::EXIT_STDOUT_CLOSED)),
+    }
+}
+
+pub(crate) fn signal_name(sig: i32) -> String {
     nix::sys::signal::Signal::try_from(sig)
         .map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_string())
 }

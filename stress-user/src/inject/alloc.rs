@@ -341,7 +341,7 @@ impl Xorshift {
 
 /// An anonymous file in `dir`: O_TMPFILE where the filesystem has it, else created and unlinked
 /// at once. Either way no name is left behind, even if the process is killed.
-fn tmpfile(dir: &Path) -> io::Result<File> {
+pub(crate) fn tmpfile(dir: &Path) -> io::Result<File> {
     let cdir = CString::new(dir.as_os_str().as_encoded_bytes())
         .map_err(|_| io::Error::other("directory path contains a NUL byte"))?;
     // SAFETY: plain syscall with a valid C string.

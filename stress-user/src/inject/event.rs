@@ -4,8 +4,12 @@
 
 use serde::Serialize;
 
-use super::{alloc::Kind, spawn::Birth};
-use crate::cgroup::{Pressure, Version};
+use super::{
+    alloc::Kind,
+    pressure::{control::Scored, Level},
+    spawn::Birth,
+};
+use crate::cgroup::{Pressure, PsiScope, Version};
 
 /// One thing the agent did or saw. Serializes as the record alone (no tag): the JSON sink puts
 /// the line's `type` in front of it.
@@ -84,6 +88,35 @@ pub struct Sample {
     pub workers_alive: usize,
     pub workers: usize,
     pub oom_kills: u64,
+    /// `--pressure`: the level over the window and what the controller holds.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub pressure_hold: Option<PressureSample>,
+}
+
+/// What a `--pressure` run adds to its samples.
+#[derive(Debug, Clone, Serialize)]
+pub struct PressureSample {
+    /// The level asked for, e.g. `some=10%`.
+    pub pressure_target: Level,
+    /// Whose PSI: the target's own (`cgroup`) or the node's (`node`, --node-pressure).
+    pub psi_scope: PsiScope,
+    /// PSI some / full over the last `psi_window_s` seconds, percent of wall time, from the
+    /// kernel's `total=` counters.
+    pub psi_some_pct: f64,
+    pub psi_full_pct: f64,
+    pub psi_window_s: f64,
+    /// The held kind over the last second alone (what the controller steered on).
+    pub psi_last_second_pct: f64,
+    /// Anonymous memory the squeeze worker holds.
+    pub squeeze_bytes: u64,
+    /// Room left under the limit for page cache.
+    pub room_bytes: u64,
+    /// The page-cache set the cycler reads round.
+    pub cycle_set_bytes: u64,
+    /// Its pace, pages a second.
+    pub cycle_pages_per_s: u64,
+    /// CPU of the agent and its workers over the last second, percent of one CPU.
+    pub oomlab_cpu_pct: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -113,7 +146,24 @@ pub struct Summary {
     /// The target's limit events (v2 memory.events, v1 failcnt) and PSI during the run.
     pub pressure: Pressure,
     pub duration_s: f64,
+    /// `--pressure`: how the level was held.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub pressure_hold: Option<PressureSummary>,
     /// `duration`, `signal`, `worker_died` (--on-oom stop) or `no_workers_left`.
     pub stopped_by: &'static str,
     pub exit_code: i32,
+}
+
+/// What a `--pressure` run adds to its summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct PressureSummary {
+    pub pressure_target: Level,
+    pub psi_scope: PsiScope,
+    #[serde(flatten)]
+    pub score: Scored,
+    /// Times the controller backed off because `memory.events` `oom` moved.
+    pub backoffs: u64,
+    /// CPU the agent and its workers used, seconds and percent of one CPU over the run.
+    pub oomlab_cpu_s: f64,
+    pub oomlab_cpu_pct: f64,
 }

@@ -7,5 +7,6 @@ pub mod alloc;
 pub mod control;
 pub mod event;
 pub mod plan;
+pub mod pressure;
 pub mod spawn;
 pub mod worker;

@@ -10,6 +10,7 @@ use std::{
 use super::{
     alloc::{self, AllocOptions, Kind},
     control::Pace,
+    pressure::{self, PressureError, PressureGoal},
 };
 use crate::{
     cgroup::{oom_group, target::TargetError, CgroupError, Hierarchy, MemCgroup, OWNED_PARENT},
@@ -25,9 +26,11 @@ pub enum InjectError {
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
     Size(#[from] SizeError),
+    #[error(transparent)]
+    Pressure(#[from] PressureError),
     #[error("no target given: use one of --cgroup, --pid, --pod, --container, or --new NAME --limit SIZE")]
     NoTarget,
-    #[error("give either --size or --working-set")]
+    #[error("give one of --size, --working-set or --pressure")]
     NoGoal,
     #[error("oomlab inject must run as root (euid is {euid}): it writes the target's cgroup.procs and sets oom_score_adj; run it with sudo")]
     NotRoot { euid: u32 },
@@ -62,18 +65,22 @@ pub enum InjectError {
 }
 
 /// How much to hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Goal {
     /// This many bytes in total across the workers.
     Size(u64),
     /// Keep the target's working set at this level.
     WorkingSet(u64),
+    /// Hold a PSI level (`inject::pressure`); no byte count.
+    Pressure(PressureGoal),
 }
 
 impl Goal {
+    /// The bytes asked for (0 for a pressure level).
     pub fn bytes(self) -> u64 {
         match self {
             Goal::Size(b) | Goal::WorkingSet(b) => b,
+            Goal::Pressure(_) => 0,
         }
     }
 }
@@ -105,6 +112,8 @@ pub struct Request {
     pub new: Option<(String, SizeSpec)>,
     pub size: Option<SizeSpec>,
     pub working_set: Option<SizeSpec>,
+    /// `--pressure` with its window and `--node-pressure`.
+    pub pressure: Option<PressureGoal>,
     pub workers: usize,
     pub pace: Pace,
     pub kind: Kind,
@@ -194,14 +203,40 @@ pub(crate) fn lowest_oom_score_adj() -> i32 {
 pub fn check(hier: &Hierarchy, req: &Request, node: NodeMemory) -> Result<Plan, InjectError> {
     check_privileges(req)?;
     check_durations(req)?;
+    if let Some(p) = req.pressure {
+        if req.size.is_some() {
+            return Err(PressureError::WithSize("size").into());
+        }
+        if req.working_set.is_some() {
+            return Err(PressureError::WithSize("working-set").into());
+        }
+        pressure::check(hier.memory_version, p.node, p.window)?;
+    }
     let (target, limit, ws_now) = resolve_target(hier, req, node)?;
     check_group_kill(req, &target)?;
-    let goal = match (&req.size, &req.working_set) {
-        (Some(s), None) => Goal::Size(s.resolve(limit)?),
-        (None, Some(w)) => Goal::WorkingSet(w.resolve(limit)?),
+    let goal = match (&req.size, &req.working_set, req.pressure) {
+        (Some(s), None, None) => Goal::Size(s.resolve(limit)?),
+        (None, Some(w), None) => Goal::WorkingSet(w.resolve(limit)?),
+        (None, None, Some(p)) => Goal::Pressure(p),
         _ => return Err(InjectError::NoGoal),
     };
-    check_room(req, node, goal, limit, ws_now)?;
+    match (goal, limit) {
+        (Goal::Pressure(p), None) => {
+            let cgroup = match &target {
+                Where::Existing(cg) => cg.path(),
+                Where::New { name, .. } => name.clone(),
+            };
+            return Err(if p.node {
+                PressureError::NodeNoLimit { cgroup }
+            } else {
+                PressureError::NoLimit { cgroup }
+            }
+            .into());
+        }
+        // The squeeze may hold up to the limit: that must fit in what the node can spare.
+        (Goal::Pressure(_), Some(l)) => check_room(req, node, Goal::WorkingSet(l), Some(l), 0)?,
+        _ => check_room(req, node, goal, limit, ws_now)?,
+    }
     if req.alloc.mlock && !has_cap(caps::Capability::CAP_IPC_LOCK) {
         let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)
             .unwrap_or((0, 0));
@@ -214,6 +249,10 @@ pub fn check(hier: &Hierarchy, req: &Request, node: NodeMemory) -> Result<Plan, 
     }
     if req.kind == Kind::File {
         check_file_dir(&req.file_dir, goal.bytes())?;
+    }
+    if let (Goal::Pressure(_), Some(l)) = (goal, limit) {
+        // The cycler's page-cache set, at most half the limit.
+        check_file_dir(&req.file_dir, l / 2)?;
     }
     Ok(Plan {
         target,
@@ -330,6 +369,7 @@ fn check_room(
         let over = match goal {
             Goal::Size(b) => b.saturating_add(ws_now) > limit,
             Goal::WorkingSet(b) => b > limit,
+            Goal::Pressure(_) => false,
         };
         if over && !req.allow_oom {
             return Err(InjectError::WouldOom {

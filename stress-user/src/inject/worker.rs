@@ -43,6 +43,10 @@ pub struct WorkerArgs {
     /// Where `--kind file` puts its unlinked file.
     #[arg(long)]
     pub file_dir: PathBuf,
+    /// Be the pressure cycler instead (`inject::pressure::cycler`): `T` sizes the file set it
+    /// cycles through, `P` its pace.
+    #[arg(long)]
+    pub cycle: bool,
 }
 
 /// Everything needed to start a worker.
@@ -109,6 +113,9 @@ impl WorkerSpec {
         }
         if a.mlock {
             v.push("--mlock".into());
+        }
+        if a.cycle {
+            v.push("--cycle".into());
         }
         if let Some(ms) = a.redirty_ms {
             v.push("--redirty-ms".into());
@@ -192,6 +199,15 @@ impl Worker {
         }
     }
 
+    /// Asks the cycler to read this many pages a second (`--cycle` workers only).
+    pub fn set_pace(&mut self, pages_per_s: u64) {
+        if let Some(stdin) = &mut self.stdin {
+            if writeln!(stdin, "P {pages_per_s}").is_err() {
+                self.stdin = None;
+            }
+        }
+    }
+
     /// Reads whatever the worker has written so far, without blocking.
     pub fn read_reports(&mut self) -> Vec<Report> {
         let mut tmp = [0u8; 4096];
@@ -260,6 +276,8 @@ pub fn parse_report(line: &str) -> Option<Report> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Order {
     Target(u64),
+    /// Pages a second (the cycler's pace).
+    Pace(u64),
     Quit,
 }
 
@@ -267,6 +285,7 @@ pub fn parse_command(line: &str) -> Option<Order> {
     let (tag, rest) = line.split_once(' ').unwrap_or((line, ""));
     match tag {
         "T" => rest.trim().parse().ok().map(Order::Target),
+        "P" => rest.trim().parse().ok().map(Order::Pace),
         "Q" => Some(Order::Quit),
         _ => None,
     }
@@ -277,6 +296,9 @@ pub fn worker_main(args: WorkerArgs) -> i32 {
     // The name tracers know workers by (see `trace::enrich::is_oomlab_worker`).
     if let Err(e) = crate::sys::set_comm(crate::sys::WORKER_COMM) {
         log::warn!("worker keeps its comm: {e}");
+    }
+    if args.cycle {
+        return super::pressure::cycler::cycler_main(&args);
     }
     // SAFETY: fds 0 and 1 are the pipes the agent set up and nothing else in this process uses.
     let mut stdin = unsafe { File::from_raw_fd(0) };
@@ -293,7 +315,7 @@ pub fn worker_main(args: WorkerArgs) -> i32 {
 }
 
 /// Sleeps until `fd` can be read or `timeout_ms` passes (-1: no timeout).
-fn readable(fd: i32, timeout_ms: i32) -> bool {
+pub(crate) fn readable(fd: i32, timeout_ms: i32) -> bool {
     let mut pfd = libc::pollfd {
         fd,
         events: libc::POLLIN,
@@ -374,7 +396,7 @@ impl Holder {
                     self.pending_done = true;
                 }
                 Some(Order::Quit) => return false,
-                None => {}
+                Some(Order::Pace(_)) | None => {}
             }
         }
         true
@@ -458,6 +480,7 @@ mod tests {
         assert_eq!(parse_report("H x"), None);
         assert_eq!(parse_command("T 100"), Some(Order::Target(100)));
         assert_eq!(parse_command("Q"), Some(Order::Quit));
+        assert_eq!(parse_command("P 250"), Some(Order::Pace(250)));
         assert_eq!(parse_command("?"), None);
     }
 }

@@ -50,6 +50,8 @@ fn samples() -> Vec<CgroupSample> {
                 oom_kills: if t >= 8.0 { 2 } else { u64::from(t >= 7.9) },
                 reclaim_pages_per_s: Some(if t > 7.5 { 5000.0 } else { 0.0 }),
                 reclaim_passes_per_s: Some(if t > 7.5 { 40.0 } else { 0.0 }),
+                psi_some_pct: Some(if t > 6.0 { 12.0 } else { 1.0 }),
+                psi_full_pct: Some(if t > 6.0 { 4.0 } else { 0.5 }),
             }
         })
         .collect()
@@ -74,6 +76,7 @@ fn stages() -> Vec<StageReport> {
             host_used_bytes: 3 << 30,
             host_total_bytes: 24 << 30,
             pressure: None,
+            pressure_target: None,
         },
         StageReport {
             index: 1,
@@ -98,6 +101,10 @@ fn stages() -> Vec<StageReport> {
                     some_pct: 12.5,
                     full_pct: 4.0,
                 }),
+            }),
+            pressure_target: Some(crate::inject::pressure::Level {
+                kind: crate::inject::pressure::PsiKind::Some,
+                pct: 10.0,
             }),
         },
     ]

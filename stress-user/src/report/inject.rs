@@ -5,7 +5,10 @@ use std::io::{self, Write};
 
 use super::{json_line, OutputFormat};
 use crate::{
-    inject::event::{AgentEvent, Sample, Summary, TargetOpened, WorkerKilled, WorkerStarted},
+    cgroup::PsiScope,
+    inject::event::{
+        AgentEvent, PressureSample, Sample, Summary, TargetOpened, WorkerKilled, WorkerStarted,
+    },
     size::human,
 };
 
@@ -98,6 +101,9 @@ impl InjectOutput {
     fn sample(&self, s: &Sample) -> String {
         // The limit as it was when the run began.
         let limit = self.target.as_ref().and_then(|t| t.limit_bytes);
+        if let Some(p) = &s.pressure_hold {
+            return pressure_sample(s, p, limit);
+        }
         format!(
             "{:>6.1}s  requested {}  charged {}  working set {}  usage {} / {}  workers {}/{}  oom kills {}",
             s.elapsed_s,
@@ -117,6 +123,25 @@ impl InjectOutput {
             Some(t) => s.pressure.describe(t.version),
             None => "?".into(),
         };
+        if let Some(p) = &s.pressure_hold {
+            let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1} %"));
+            return format!(
+                "summary: {} held{}: reached (±20 %) {}, mean after {}, mean |error| {} (p95 {}), backoffs {}, oomlab CPU {:.2} s ({:.1} % of one CPU), oom kills {}, stopped by {}\npressure: {pressure}",
+                p.pressure_target,
+                scope_note(p.psi_scope),
+                p.score
+                    .seconds_to_pressure
+                    .map_or("never".into(), |t| format!("in {t:.0} s")),
+                pct(p.score.pressure_mean),
+                pct(p.score.pressure_abs_error_mean).replace(" %", " pts"),
+                pct(p.score.pressure_abs_error_p95).replace(" %", " pts"),
+                p.backoffs,
+                p.oomlab_cpu_s,
+                p.oomlab_cpu_pct,
+                s.oom_kills,
+                s.stopped_by,
+            );
+        }
         format!(
             "summary: requested {}, charged {} ({:.1}%), target {}, worker kills {}, respawns {}, oom kills {}, stopped by {}\npressure: {pressure}",
             human(s.requested_bytes),
@@ -130,6 +155,33 @@ impl InjectOutput {
             s.stopped_by,
         )
     }
+}
+
+/// Said on every line of a --node-pressure run: the level is the node's, not the target's.
+fn scope_note(scope: PsiScope) -> &'static str {
+    match scope {
+        PsiScope::Cgroup => "",
+        PsiScope::Node => " [node PSI: /proc/pressure/memory]",
+    }
+}
+
+fn pressure_sample(s: &Sample, p: &PressureSample, limit: Option<u64>) -> String {
+    format!(
+        "{:>6.1}s  PSI some {:.1} %  full {:.1} % (last {:.0} s; target {}){}  squeeze {}  room {}  cycling {} at {} pages/s  usage {} / {}  oomlab CPU {:.0} %",
+        s.elapsed_s,
+        p.psi_some_pct,
+        p.psi_full_pct,
+        p.psi_window_s,
+        p.pressure_target,
+        scope_note(p.psi_scope),
+        human(p.squeeze_bytes),
+        human(p.room_bytes),
+        human(p.cycle_set_bytes),
+        p.cycle_pages_per_s,
+        human(s.usage_bytes),
+        limit.map_or("unlimited".into(), human),
+        p.oomlab_cpu_pct,
+    )
 }
 
 fn worker_started(w: &WorkerStarted, cgroup: &str) -> String {
@@ -194,6 +246,7 @@ mod tests {
                 workers_alive: 2,
                 workers: 2,
                 oom_kills: 0,
+                pressure_hold: None,
             }),
             AgentEvent::WorkerKilled(WorkerKilled {
                 worker: 0,

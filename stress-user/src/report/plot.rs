@@ -1,5 +1,6 @@
 //! `timeline.svg`: usage, working set, the injector's memory and the limit over time, each OOM
-//! kill a labelled marker, stages as shaded bands; below, the reclaim rate. Drawn with
+//! kill a labelled marker, stages as shaded bands; below, memory PSI (some and full, a held
+//! level drawn as its ±20 % band), then the reclaim rate. Drawn with
 //! plotters' SVG backend, which needs no system fonts.
 
 use plotters::{
@@ -12,7 +13,7 @@ use super::timeline::{CgroupSample, Mark, RunReport};
 
 const MIB: f64 = 1_048_576.0;
 const WIDTH: u32 = 1200;
-const HEIGHT: u32 = 760;
+const HEIGHT: u32 = 960;
 
 #[derive(Debug, thiserror::Error)]
 #[error("drawing the timeline: {0}")]
@@ -29,6 +30,8 @@ const LIMIT: RGBColor = RGBColor(214, 39, 40);
 const RECLAIM: RGBColor = RGBColor(148, 103, 189);
 const APP_KILL: RGBColor = RGBColor(0, 0, 0);
 const PASSES: RGBColor = RGBColor(140, 86, 75);
+const PSI_SOME: RGBColor = RGBColor(23, 190, 207);
+const PSI_FULL: RGBColor = RGBColor(188, 189, 34);
 
 /// The timeline as an SVG document.
 pub fn timeline_svg(r: &RunReport) -> Result<String, PlotError> {
@@ -36,8 +39,10 @@ pub fn timeline_svg(r: &RunReport) -> Result<String, PlotError> {
     {
         let root = SVGBackend::with_string(&mut buf, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
-        let (upper, lower) = root.split_vertically(540);
+        let (upper, rest) = root.split_vertically(540);
+        let (middle, lower) = rest.split_vertically(200);
         draw_memory(&upper, r)?;
+        draw_psi(&middle, r)?;
         draw_reclaim(&lower, r)?;
         root.present().map_err(err)?;
     }
@@ -251,6 +256,104 @@ fn kill_label(k: &Mark, kills: &[&Mark], is_app: bool) -> String {
     format!("OOM kill: {}{more}", k.label)
 }
 
+/// The PSI panel: some and full over the last second, percent of wall time; each stage that
+/// held a level shows it as a band (±20 %, what counts as reached) over the stage's time.
+fn draw_psi<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    r: &RunReport,
+) -> Result<(), PlotError>
+where
+    DB::ErrorType: 'static,
+{
+    let xmax = x_end(r);
+    let some: Vec<(f64, f64)> = r
+        .samples
+        .iter()
+        .filter_map(|s| Some((s.t, s.psi_some_pct?)))
+        .collect();
+    let full: Vec<(f64, f64)> = r
+        .samples
+        .iter()
+        .filter_map(|s| Some((s.t, s.psi_full_pct?)))
+        .collect();
+    let targets: Vec<(f64, f64, f64)> = r
+        .stages
+        .iter()
+        .filter_map(|st| Some((st.start, st.end, st.pressure_target?.pct)))
+        .collect();
+    let top = some
+        .iter()
+        .chain(&full)
+        .map(|p| p.1)
+        .chain(targets.iter().map(|t| t.2 * 1.2))
+        .fold(0.0, f64::max);
+    let ymax = (top * 1.15).clamp(5.0, 100.0);
+    let node = r
+        .stages
+        .iter()
+        .filter_map(|st| st.pressure.as_ref()?.psi)
+        .any(|p| p.scope == crate::cgroup::PsiScope::Node);
+    let caption = match (some.is_empty(), node) {
+        (true, _) => "memory PSI: not available (no PSI in this kernel)",
+        (false, true) => "memory PSI of the whole node (cgroup v1 has no per-cgroup PSI): % of wall time stalled, last second",
+        (false, false) => "memory PSI of the target: % of wall time stalled, last second",
+    };
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 15))
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(64)
+        .right_y_label_area_size(64)
+        .build_cartesian_2d(0f64..xmax, 0f64..ymax)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .y_desc("% stalled")
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(err)?;
+    for &(a, b, pct) in &targets {
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(a, pct * 0.8), (b, (pct * 1.2).min(ymax))],
+                PSI_SOME.mix(0.15).filled(),
+            )))
+            .map_err(err)?;
+    }
+    if !targets.is_empty() {
+        chart
+            .draw_series(targets.iter().map(|&(a, b, pct)| {
+                PathElement::new(vec![(a, pct), (b, pct)], PSI_SOME.mix(0.6).stroke_width(1))
+            }))
+            .map_err(err)?
+            .label("target (band: ±20 %)")
+            .legend(|(x, y)| {
+                Rectangle::new([(x, y - 4), (x + 18, y + 4)], PSI_SOME.mix(0.2).filled())
+            });
+    }
+    if !some.is_empty() {
+        chart
+            .draw_series(LineSeries::new(some, PSI_SOME.stroke_width(2)))
+            .map_err(err)?
+            .label("PSI some")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], PSI_SOME.stroke_width(2)));
+        chart
+            .draw_series(LineSeries::new(full, PSI_FULL.stroke_width(2)))
+            .map_err(err)?
+            .label("PSI full")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], PSI_FULL.stroke_width(2)));
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK.mix(0.4))
+            .label_font(("sans-serif", 12))
+            .draw()
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
 /// The reclaim panel's chart: MiB/s reclaimed on the left axis, passes/s on the right.
 type ReclaimChart<'a, DB> = DualCoordChartContext<
     'a,
@@ -376,6 +479,10 @@ mod tests {
             "MiB/s reclaimed",
             "reclaim passes/s (right axis)",
             "1: 4 workers, 200 MiB in total",
+            "PSI some",
+            "PSI full",
+            "target (band: ±20 %)",
+            "memory PSI of the whole node",
         ] {
             assert!(
                 svg.contains(needle) || svg.contains(&needle.replace("&apos;", "'")),

@@ -125,6 +125,7 @@ pub fn stage_header(i: usize, n: usize, stage: &Stage, adj: Option<i32>) -> Stri
             match inj.amount {
                 Amount::Size(s) => s.to_string(),
                 Amount::WorkingSet(s) => format!("working set {s}"),
+                Amount::Pressure(l) => format!("pressure {l}"),
             },
             match inj.kind {
                 Kind::Anon => String::new(),

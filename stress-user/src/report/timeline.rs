@@ -23,6 +23,12 @@ pub struct CgroupSample {
     /// Reclaim passes per second in the target (the kernel trying, whatever it got back).
     #[serde(default)]
     pub reclaim_passes_per_s: Option<f64>,
+    /// PSI some / full over the last second, percent of wall time (the target's on v2, the
+    /// node's on v1), from the kernel's `total=` counters.
+    #[serde(default)]
+    pub psi_some_pct: Option<f64>,
+    #[serde(default)]
+    pub psi_full_pct: Option<f64>,
 }
 
 /// Something that happened at one moment.
@@ -125,6 +131,9 @@ pub struct StageReport {
     /// The cgroup's limit events and PSI during the stage (from its start to its end).
     #[serde(default)]
     pub pressure: Option<crate::cgroup::Pressure>,
+    /// The PSI level the stage held (`inject = { pressure = ... }`).
+    #[serde(default)]
+    pub pressure_target: Option<crate::inject::pressure::Level>,
 }
 
 /// The whole run in counts: what `oomlab run` prints at the end.

@@ -47,7 +47,7 @@ impl Tool {
 }
 
 /// CPU ticks (user + system) of a process, 0 when it is gone.
-fn cpu_ticks(pid: i32) -> u64 {
+pub(super) fn cpu_ticks(pid: i32) -> u64 {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0;
     };
@@ -59,7 +59,7 @@ fn cpu_ticks(pid: i32) -> u64 {
         + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
-fn clock_ticks() -> f64 {
+pub(super) fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 {
@@ -106,7 +106,7 @@ fn spawn(tool: Tool, oomlab: &Path, cg: &BenchCgroup, size: u64) -> Result<Child
         .with_context(|| format!("starting {}", tool.name()))
 }
 
-fn stop(child: &mut Child) {
+pub(super) fn stop(child: &mut Child) {
     let pgid = child.id() as i32;
     // SAFETY: the process group this bench created for the tool.
     unsafe { libc::kill(-pgid, libc::SIGTERM) };

@@ -4,6 +4,7 @@
 mod cgroup;
 mod inject;
 mod overhead;
+mod pressure;
 mod scale;
 mod serve;
 mod trace;
@@ -21,6 +22,9 @@ pub(crate) enum Bench {
     Overhead,
     /// 5,000 cgroups, 1,000/min churn (OOMLAB_SCALE_MINUTES), trace --cgroup of 3,000 processes.
     Scale,
+    /// `inject --pressure --node-pressure` at 5/10/20/40 % some: settling, error, CPU, vs
+    /// stress-ng --vm-keep at the same usage.
+    Pressure,
     /// `oomlab serve` soak (OOMLAB_SOAK_SECS, default 600): RSS growth, recall, SIGTERM time.
     Serve,
 }
@@ -29,6 +33,7 @@ pub(crate) fn run(which: Bench) -> Result<()> {
     match which {
         Bench::Inject => inject::run(),
         Bench::Trace => trace::run(),
+        Bench::Pressure => pressure::run(),
         Bench::Serve => serve::run(),
         Bench::Overhead => overhead::run(),
         Bench::Scale => scale::run(),

@@ -53,6 +53,8 @@ pub struct App {
 pub enum Amount {
     Size(SizeSpec),
     WorkingSet(SizeSpec),
+    /// Hold a PSI level (`inject = { pressure = "some=10%" }`).
+    Pressure(crate::inject::pressure::Level),
 }
 
 /// The workers' `oom_score_adj`.
@@ -137,6 +139,9 @@ pub struct Expectations {
     pub charged_within: Option<f64>,
     pub working_set_below: Option<u64>,
     pub app_survives: Option<bool>,
+    /// (level, tolerance) in percent of wall time: `"10%±3"` is (10, 3).
+    pub psi_some_within: Option<(f64, f64)>,
+    pub psi_full_within: Option<(f64, f64)>,
     /// Bytes `charged_within` also allows: with `OOMLAB_VM` sizes are scaled down but each
     /// worker process's own cost (binary, stack, page tables, ~1 MiB) is not.
     pub charged_allowance: u64,
@@ -152,6 +157,8 @@ impl Expectations {
             && self.charged_within.is_none()
             && self.working_set_below.is_none()
             && self.app_survives.is_none()
+            && self.psi_some_within.is_none()
+            && self.psi_full_within.is_none()
     }
 }
 

@@ -64,6 +64,8 @@ pub(super) struct RawStage {
 pub(super) struct RawInject {
     pub(super) size: Option<Spanned<String>>,
     pub(super) working_set: Option<Spanned<String>>,
+    /// A PSI level to hold, `some=10%` (`oomlab inject --pressure`).
+    pub(super) pressure: Option<Spanned<String>>,
     pub(super) workers: Option<Spanned<u32>>,
     pub(super) ramp: Option<Spanned<String>>,
     pub(super) rate: Option<Spanned<String>>,
@@ -89,4 +91,7 @@ pub(super) struct RawExpect {
     pub(super) charged_within: Option<Spanned<String>>,
     pub(super) working_set_below: Option<Spanned<String>>,
     pub(super) app_survives: Option<Spanned<bool>>,
+    /// `"10%±3"`: the stage's PSI some (or full) within 3 points of 10 %.
+    pub(super) psi_some_within: Option<Spanned<String>>,
+    pub(super) psi_full_within: Option<Spanned<String>>,
 }

@@ -35,6 +35,16 @@ pub(super) fn check_expect(
         .map(|w| cx.bytes("working_set_below", w))
         .transpose()?;
     let app_survives = check_app_survives(cx, r, !apps.is_empty(), victim.as_ref())?;
+    let psi_some_within = r
+        .psi_some_within
+        .as_ref()
+        .map(|w| check_psi_within(cx, w))
+        .transpose()?;
+    let psi_full_within = r
+        .psi_full_within
+        .as_ref()
+        .map(|w| check_psi_within(cx, w))
+        .transpose()?;
     let charged_allowance = if cx.scale > 1 && charged_within.is_some() {
         injects.iter().map(|i| i.workers as u64).max().unwrap_or(1) << 20
     } else {
@@ -48,8 +58,34 @@ pub(super) fn check_expect(
         charged_within,
         working_set_below,
         app_survives,
+        psi_some_within,
+        psi_full_within,
         line: cx.line(&e.span()),
     })
+}
+
+/// `"10%±3"` (or `+-3`): a level in (0, 100) % and a tolerance in points.
+fn check_psi_within(cx: &Ctx<'_>, w: &Spanned<String>) -> Result<(f64, f64), SpecError> {
+    parse_psi_within(w.get_ref()).ok_or_else(|| {
+        cx.err(
+            w.span(),
+            "`psi_*_within` takes a level and a tolerance in points, e.g. \"10%±3\" (level above 0 and below 100 %)",
+        )
+    })
+}
+
+pub(crate) fn parse_psi_within(text: &str) -> Option<(f64, f64)> {
+    let (level, tol) = text.split_once('±').or_else(|| text.split_once("+-"))?;
+    let level = level.trim();
+    let level: f64 = level
+        .strip_suffix('%')
+        .unwrap_or(level)
+        .trim()
+        .parse()
+        .ok()?;
+    let tol = tol.trim();
+    let tol: f64 = tol.strip_suffix('%').unwrap_or(tol).trim().parse().ok()?;
+    (level > 0.0 && level < 100.0 && tol >= 0.0 && tol.is_finite()).then_some((level, tol))
 }
 
 /// A victim role the scope has: an app to kill, or a worker.
@@ -162,7 +198,7 @@ fn check_charged_within(
         .filter_map(|i| match i.amount {
             Amount::Size(SizeSpec::Bytes(b)) => Some(b),
             Amount::Size(SizeSpec::Percent(p)) => limit.map(|l| (l as f64 * p / 100.0) as u64),
-            Amount::WorkingSet(_) => None,
+            Amount::WorkingSet(_) | Amount::Pressure(_) => None,
         })
         .collect();
     if let Some(l) = limit {
@@ -202,4 +238,19 @@ fn check_app_survives(
         ));
     }
     Ok(Some(*a.get_ref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_psi_within;
+
+    #[test]
+    fn psi_within_forms() {
+        assert_eq!(parse_psi_within("10%±3"), Some((10.0, 3.0)));
+        assert_eq!(parse_psi_within(" 5 % +- 1.5 "), Some((5.0, 1.5)));
+        assert_eq!(parse_psi_within("10%"), None);
+        assert_eq!(parse_psi_within("0%±3"), None);
+        assert_eq!(parse_psi_within("100%±3"), None);
+        assert_eq!(parse_psi_within("10%±-1"), None);
+    }
 }

@@ -39,6 +39,17 @@ pub(super) fn check_inject(cx: &Ctx<'_>, inj: &Spanned<RawInject>) -> Result<Inj
 
 fn check_amount(cx: &Ctx<'_>, inj: &Spanned<RawInject>) -> Result<Amount, SpecError> {
     let r = inj.get_ref();
+    if let Some(p) = &r.pressure {
+        if r.size.is_some() || r.working_set.is_some() {
+            return Err(cx.err(
+                p.span(),
+                "`inject` has `pressure` and a size: a PSI level and a byte goal exclude each other; keep one",
+            ));
+        }
+        return crate::inject::pressure::parse_level(p.get_ref())
+            .map(Amount::Pressure)
+            .map_err(|e| cx.err(p.span(), e.to_string()));
+    }
     match (&r.size, &r.working_set) {
         (Some(s), None) => Ok(Amount::Size(cx.size("size", s)?)),
         (None, Some(w)) => Ok(Amount::WorkingSet(cx.size("working_set", w)?)),

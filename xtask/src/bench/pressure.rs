@@ -1,0 +1,196 @@
+//! `cargo xtask bench pressure`: how fast and how close `oomlab inject --pressure some=N%
+//! --node-pressure` holds 5/10/20/40 % of the node's memory stall in a 256 MiB cgroup, beside the
+//! peer: `stress-ng --vm 1 --vm-bytes B --vm-keep` with B the bytes oomlab brought the cgroup to
+//! (its stall, expected near 0, and its spread), same run. The stall is read here, once a
+//! second, from `/proc/pressure/memory` `some total=` — not from oomlab's own lines.
+
+use std::{
+    fs,
+    os::unix::process::CommandExt,
+    path::Path,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use super::{
+    cgroup::BenchCgroup,
+    inject::{clock_ticks, cpu_ticks, stop},
+};
+use crate::{run as sh, target_dir};
+
+const LEVELS: [f64; 4] = [5.0, 10.0, 20.0, 40.0];
+const LIMIT: u64 = 256 << 20;
+const SECS: usize = 30;
+/// Seconds after which a level counts as held (the settling bound).
+const SETTLE: usize = 10;
+
+/// µs of `some` stall since boot, from the node's PSI file.
+fn node_some_us() -> u64 {
+    fs::read_to_string("/proc/pressure/memory")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("some "))
+        .and_then(|l| l.split_whitespace().find_map(|f| f.strip_prefix("total=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One share per second for `secs` seconds, and the CPU ticks of the cgroup's processes.
+fn watch(cg: &BenchCgroup, secs: usize) -> (Vec<f64>, u64, u64) {
+    let mut shares = Vec::new();
+    let mut last = (Instant::now(), node_some_us());
+    let mut peak = 0;
+    let mut ticks = 0;
+    for _ in 0..secs {
+        thread::sleep(Duration::from_secs(1));
+        let now = (Instant::now(), node_some_us());
+        let wall = now.0.duration_since(last.0).as_micros() as f64;
+        shares.push(now.1.saturating_sub(last.1) as f64 / wall * 100.0);
+        last = now;
+        peak = peak.max(cg.usage());
+        ticks = cg
+            .procs()
+            .into_iter()
+            .map(cpu_ticks)
+            .sum::<u64>()
+            .max(ticks);
+    }
+    (shares, peak, ticks)
+}
+
+struct Row {
+    settle_s: Option<usize>,
+    mean: f64,
+    abs_err: f64,
+    p95: f64,
+    cpu_pct: f64,
+}
+
+fn score(shares: &[f64], target: f64, cpu_ticks_total: u64) -> Row {
+    // Settled: the first second from which a 3-second mean is within ±20 % of the target.
+    let settle_s = (0..shares.len().saturating_sub(3)).find(|&i| {
+        let m = shares[i..i + 3].iter().sum::<f64>() / 3.0;
+        (m - target).abs() <= target * 0.2
+    });
+    let after = &shares[SETTLE.min(shares.len())..];
+    let mean = after.iter().sum::<f64>() / after.len().max(1) as f64;
+    let mut errs: Vec<f64> = after.iter().map(|s| (s - target).abs()).collect();
+    errs.sort_by(f64::total_cmp);
+    let abs_err = errs.iter().sum::<f64>() / errs.len().max(1) as f64;
+    let p95 = errs
+        .get(((errs.len() as f64 * 0.95).ceil() as usize).saturating_sub(1))
+        .copied()
+        .unwrap_or(f64::NAN);
+    Row {
+        settle_s: settle_s.map(|i| i + 1),
+        mean,
+        abs_err,
+        p95,
+        cpu_pct: cpu_ticks_total as f64 / clock_ticks() / shares.len().max(1) as f64 * 100.0,
+    }
+}
+
+fn spread(v: &[f64]) -> f64 {
+    let m = v.iter().sum::<f64>() / v.len().max(1) as f64;
+    (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt()
+}
+
+pub(super) fn run() -> Result<()> {
+    if !nix_is_root() {
+        bail!("bench pressure needs root (it creates a memory cgroup)");
+    }
+    if Command::new("stress-ng").arg("--version").output().is_err() {
+        bail!("stress-ng is not installed (cargo xtask setup installs it)");
+    }
+    sh("cargo", &["build", "--release", "--package", "stress-user"])?;
+    let oomlab = target_dir().join("release/oomlab");
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!(
+        "bench pressure on kernel {} (node PSI, /proc/pressure/memory; {} MiB cgroup; {SECS} s per run; error after {SETTLE} s)",
+        kernel.trim(),
+        LIMIT >> 20
+    );
+    println!("| target some | tool | settled in | mean after settling | mean abs error | p95 error | CPU (% of one core) |");
+    println!("|---|---|---|---|---|---|---|");
+    for level in LEVELS {
+        let (ours, peak) = run_oomlab(&oomlab, level)?;
+        println!(
+            "| {level} % | oomlab inject --pressure | {} | {:.1} % | {:.1} pts | {:.1} pts | {:.1} |",
+            ours.settle_s.map_or("never".into(), |s| format!("{s} s")),
+            ours.mean,
+            ours.abs_err,
+            ours.p95,
+            ours.cpu_pct
+        );
+        let (shares, ticks) = run_stress_ng(peak, level)?;
+        let peer = score(&shares, level, ticks);
+        println!(
+            "| {level} % | stress-ng --vm 1 --vm-bytes {} MiB --vm-keep | {} | {:.1} % (spread {:.1}) | {:.1} pts | {:.1} pts | {:.1} |",
+            peak >> 20,
+            peer.settle_s.map_or("never".into(), |s| format!("{s} s")),
+            peer.mean,
+            spread(&shares[SETTLE..]),
+            peer.abs_err,
+            peer.p95,
+            peer.cpu_pct
+        );
+    }
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// oomlab holding `level` for SECS; its score and the cgroup's peak usage.
+fn run_oomlab(oomlab: &Path, level: f64) -> Result<(Row, u64)> {
+    let cg = BenchCgroup::create(
+        "pressure",
+        &format!("bench-psi-{}-{level}", std::process::id()),
+        LIMIT,
+    )?;
+    let mut child = Command::new(oomlab)
+        .args(["inject", "--cgroup", &cg.rel(), "--node-pressure"])
+        .args(["--pressure", &format!("some={level}%")])
+        .args(["--duration", &format!("{}s", SECS + 5), "--output", "json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .context("starting oomlab inject")?;
+    let agent = child.id() as i32;
+    let (shares, peak, ticks) = watch(&cg, SECS);
+    let ticks = ticks + cpu_ticks(agent);
+    stop(&mut child);
+    Ok((score(&shares, level, ticks), peak))
+}
+
+/// stress-ng holding `bytes` in the same kind of cgroup for SECS.
+fn run_stress_ng(bytes: u64, level: f64) -> Result<(Vec<f64>, u64)> {
+    let cg = BenchCgroup::create(
+        "pressure",
+        &format!("bench-psi-ng-{}-{level}", std::process::id()),
+        LIMIT,
+    )?;
+    // stress-ng's own process costs a few MiB: ask for the rest.
+    let vm_bytes = bytes.saturating_sub(8 << 20);
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec stress-ng --vm 1 --vm-bytes {vm_bytes} --vm-keep --timeout {}s --quiet",
+            cg.0.display(),
+            SECS + 5
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .context("starting stress-ng")?;
+    let (shares, _, ticks) = watch(&cg, SECS);
+    stop(&mut child);
+    Ok((shares, ticks))
+}
