@@ -133,9 +133,11 @@ pub struct Summary {
     pub kind: Kind,
     pub workers: usize,
     pub requested_bytes: u64,
-    /// The peak of the cgroup's usage minus its usage before the run (--working-set: the
-    /// working set at the end).
+    /// The cgroup's usage at the end minus its usage before the run: what was held
+    /// (--working-set: the working set at the end).
     pub charged_bytes: u64,
+    /// The peak of that difference during the run (a fill may overshoot for a moment).
+    pub peak_bytes: u64,
     /// charged / requested.
     pub accuracy: f64,
     pub seconds_to_target: Option<f64>,

@@ -373,6 +373,7 @@ impl Hold<'_> {
             workers: self.workers.len(),
             requested_bytes: 0,
             charged_bytes: peak,
+            peak_bytes: peak,
             accuracy: 0.0,
             seconds_to_target: None,
             worker_kills: u64::from(stopped_by == "worker_died"),
