@@ -42,11 +42,20 @@ pub(crate) const CI_SECONDS: u64 = 5;
 /// checks on, as they are for the kernel's numbers in a debug build.
 const BUILD_FLAGS: &[&str] = &["--debug-assertions"];
 
+/// The same for `--dev`: no optimisation, and cargo's default codegen units instead of
+/// cargo-fuzz's one. With the runtime clients and rustls in the dependency tree the optimised
+/// build took 777 s on 2 cores (`cargo xtask test`'s budget is 45 min in all); five seconds
+/// per target need coverage, not speed. Debug assertions come with the dev profile.
+const DEV_BUILD_FLAGS: &[&str] = &["--dev"];
+
 #[derive(clap::Args)]
 pub(crate) struct FuzzArgs {
     /// How long each target runs.
     #[arg(long, default_value_t = 60)]
     pub seconds: u64,
+    /// Build without optimisation (faster to build, slower to run), as `cargo xtask test` does.
+    #[arg(long)]
+    pub dev: bool,
     /// One target (default: all of them, one after another).
     #[arg(value_parser = clap::builder::PossibleValuesParser::new(TARGETS.iter().map(|(t, _)| *t)))]
     pub target: Option<String>,
@@ -66,8 +75,13 @@ pub(crate) fn run_all(args: &FuzzArgs) -> Result<()> {
         .filter(|(t, _)| args.target.as_deref().is_none_or(|want| want == *t))
         .collect();
     let start = Instant::now();
+    let flags = if args.dev {
+        DEV_BUILD_FLAGS
+    } else {
+        BUILD_FLAGS
+    };
     let mut build = vec!["+nightly", "fuzz", "build"];
-    build.extend(BUILD_FLAGS);
+    build.extend(flags);
     if let Some(t) = &args.target {
         build.push(t);
     }
@@ -79,7 +93,7 @@ pub(crate) fn run_all(args: &FuzzArgs) -> Result<()> {
     let mut outcomes = Vec::new();
     for (target, fixtures) in targets {
         seed(target, fixtures)?;
-        outcomes.push(run_target(target, args.seconds)?);
+        outcomes.push(run_target(target, args.seconds, flags)?);
     }
     for o in &outcomes {
         let runs = o.runs.map_or("?".to_string(), |r| r.to_string());
@@ -158,10 +172,10 @@ fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn run_target(target: &'static str, seconds: u64) -> Result<Outcome> {
+fn run_target(target: &'static str, seconds: u64, flags: &[&'static str]) -> Result<Outcome> {
     let max_time = format!("-max_total_time={seconds}");
     let mut args = vec!["+nightly", "fuzz", "run"];
-    args.extend(BUILD_FLAGS);
+    args.extend(flags);
     args.extend([target, "--", &max_time, "-print_final_stats=1"]);
     eprintln!("xtask fuzz: {target} for {seconds} s");
     let start = Instant::now();

@@ -134,6 +134,7 @@ fn test(unit_only: bool) -> Result<()> {
     // the long runs are `cargo xtask fuzz`.
     fuzz::run_all(&fuzz::FuzzArgs {
         seconds: fuzz::CI_SECONDS,
+        dev: true,
         target: None,
     })?;
     if unit_only {

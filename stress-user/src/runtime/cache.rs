@@ -133,6 +133,17 @@ impl Names {
         let _ = self.tx.try_send(());
     }
 
+    /// The container whose init process is `pid`: a container's main process killed by the
+    /// OOM killer may be reaped before its /proc names its cgroup, and no `cgroup_attach_task`
+    /// of it comes when the runtime moved it in before the trace began.
+    pub fn lookup_init(&self, pid: u32) -> Option<Arc<Container>> {
+        let t = self.table.lock().ok()?;
+        t.by_cgroup
+            .values()
+            .find(|c| c.init_pid == Some(pid))
+            .map(Arc::clone)
+    }
+
     /// The container `cgroup` (relative to the mount) is in or below.
     pub fn lookup(&self, cgroup: &str) -> Lookup {
         let Ok(t) = self.table.lock() else {

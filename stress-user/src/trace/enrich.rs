@@ -88,6 +88,13 @@ pub fn victim_context(
 /// last found: it never waits on a runtime). Where the table has no entry but the cgroup
 /// looks like a container's, or a runtime did not answer, `names_missing` says why.
 pub fn attribute(names: &Names, pid: u32, ctx: &mut VictimContext) {
+    if ctx.cgroup.is_none() {
+        // Gone before /proc could say where it was: a container's init is still known by pid.
+        if let Some(c) = names.lookup_init(pid) {
+            ctx.cgroup.clone_from(&c.cgroup);
+            ctx.cgroup_source = Some("runtime");
+        }
+    }
     let Some(cg) = ctx.cgroup.as_deref() else {
         return;
     };

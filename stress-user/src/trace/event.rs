@@ -52,8 +52,9 @@ pub struct VictimContext {
     /// The victim's memory cgroup, relative to the controller's mount.
     pub cgroup: Option<String>,
     /// Where `cgroup` came from: `proc` (/proc/PID/cgroup, read on arrival), `attach` (the last
-    /// `cgroup_attach_task` seen for the pid, when the victim was already exiting) or `kmsg` (the
-    /// kernel log's `task_memcg=`, filled in later by the episode grouping).
+    /// `cgroup_attach_task` seen for the pid, when the victim was already exiting), `runtime` (a
+    /// container runtime named the victim as its container's init) or `kmsg` (the kernel log's
+    /// `task_memcg=`, filled in later by the episode grouping).
     pub cgroup_source: Option<&'static str>,
     /// From kubelet naming of `cgroup`.
     pub pod_uid: Option<String>,
