@@ -3,7 +3,6 @@
 //! kernel's `format` files.
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel_buf,
@@ -142,21 +141,15 @@ fn reserve_in<T: 'static>(ring: &RingBuf, also_dropped: Option<u32>) -> Option<R
     entry
 }
 
-/// Publishes a record reserved with [`reserve`]. The reader is woken only once an eighth of
-/// `EVENTS` waits: it polls both rings every 100 ms anyway, and a wakeup per record (an
-/// irq_work and a reader context switch) was most of what an adj update or a reclaim pass cost
-/// (≈3 µs of ≈3.3 µs in `cargo xtask bench overhead`). OOM records never wait: their ring
-/// keeps the wakeup per record.
+/// Publishes a record reserved with [`reserve`], waking the reader at once. Publishing with
+/// `BPF_RB_NO_WAKEUP` (the reader polls every 100 ms) cut an adj update from ≈2,980 to ≈820 ns
+/// in `cargo xtask bench overhead`, but user space names a record's cgroup from /proc of its
+/// task when it reads it, and 100 ms later a short-lived task (a `dd` reclaiming in a small
+/// cgroup) is gone: its reclaim came out with no cgroup. Batching needs the cgroup named in the
+/// kernel first; until then every record wakes the reader.
 #[inline(always)]
 pub(crate) fn submit<T: 'static>(entry: RingBufEntry<T>) {
-    let waiting = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
-    let size = EVENTS.query(u64::from(BPF_RB_RING_SIZE));
-    let flags = if waiting >= size / 8 {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
-    entry.submit(u64::from(flags));
+    entry.submit(0);
 }
 
 /// Fills the common header with the current task and the clock.

@@ -53,9 +53,7 @@ fn dir(ctx: &TracePointContext, op: u32) -> Result<u32, u32> {
         (*ev).comm[0] = 0;
         read_str(ctx, l[cd::PATH], &mut (*ev).path);
     }
-    // Not batched: on v2 user space grows the target's cgroup set from these, and a task moved
-    // into a new child cgroup right after its mkdir must already pass the filter.
-    entry.submit(0);
+    submit(entry);
     Ok(0)
 }
 
