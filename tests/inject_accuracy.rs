@@ -287,11 +287,20 @@ fn thp_random_mlock_redirty_are_what_the_kernel_sees() {
         Version::V1 => ("total_unevictable", "total_rss_huge"),
         Version::V2 => ("unevictable", "anon_thp"),
     };
+    // What the workers hold is locked: all of the cgroup's anon memory. Not `size`: in the VMs
+    // the workers' exec charges the oomlab binary's pages (≈5 MiB of the 64 MiB) to the target,
+    // and the steering holds that much less anon so the charge stays at `size`.
+    let anon_key = match hier.memory_version {
+        Version::V1 => "total_rss",
+        Version::V2 => "anon",
+    };
+    let anon = stat.get(anon_key).copied().unwrap_or(0);
     let locked = stat.get(unevictable).copied().unwrap_or(0);
     assert!(
-        locked >= size / 100 * 95,
-        "--mlock: {unevictable} is {} MiB of {} MiB",
+        anon >= size / 100 * 80 && locked >= anon / 100 * 95,
+        "--mlock: {unevictable} is {} MiB of the cgroup's {} MiB {anon_key} (size {} MiB)",
         locked / MIB,
+        anon / MIB,
         size / MIB
     );
     // 5.10 batches memory.stat's THP count per CPU in huge pages (up to 32 each, 64 MiB), so a
