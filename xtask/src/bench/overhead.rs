@@ -26,7 +26,7 @@ use serde_json::Value;
 use super::{
     cgroup::BenchCgroup,
     median,
-    traced::{kernel_release, percentile, Traced},
+    traced::{kernel_release, percentile, rss_mib, Traced},
 };
 use crate::{run as sh, target_dir};
 
@@ -134,16 +134,6 @@ fn add_into(total: &mut BTreeMap<String, (u64, u64)>, d: &BTreeMap<String, (u64,
         e.0 += ns;
         e.1 += n;
     }
-}
-
-/// Resident set in MiB (VmRSS) of a live process.
-fn rss_mib(pid: u32) -> f64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -24,7 +24,7 @@ use anyhow::{bail, Context as _, Result};
 
 use super::{
     median,
-    traced::{kernel_release, percentile, Traced},
+    traced::{kernel_release, percentile, rss_mib, Traced},
 };
 use crate::{run as sh, target_dir};
 
@@ -103,15 +103,6 @@ impl Drop for Tree {
             eprintln!("bench scale: could not remove {}", self.root.display());
         }
     }
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 /// One `GET /metrics`: (milliseconds, body).
