@@ -231,7 +231,7 @@ impl<'a> Agent<'a> {
             if self.workers().all(|w| w.ready || w.eof) {
                 break;
             }
-            poll_workers(&self.slots, TICK);
+            poll_workers(self.workers(), TICK);
             for w in self.workers_mut() {
                 w.read_reports();
             }
@@ -464,7 +464,7 @@ impl<'a> Agent<'a> {
         let holding = matches!(self.plan.goal, Goal::Size(_))
             && steer.reached_at.is_some()
             && self.slots.iter().all(|s| s.respawn_at.is_none());
-        poll_workers(&self.slots, if holding { HOLD_TICK } else { TICK });
+        poll_workers(self.workers(), if holding { HOLD_TICK } else { TICK });
         for (i, s) in self.slots.iter_mut().enumerate() {
             let Some(w) = &mut s.worker else { continue };
             for r in w.read_reports() {
@@ -548,10 +548,10 @@ pub(crate) fn signal_name(sig: i32) -> String {
 }
 
 /// Sleeps until a worker writes (or exits) or `timeout` passes; a stop signal ends it early.
-fn poll_workers(slots: &[Slot], timeout: Duration) {
-    let mut fds: Vec<libc::pollfd> = slots
-        .iter()
-        .filter_map(|s| s.worker.as_ref())
+/// Shared by the byte-count agent and the pressure hold.
+pub(crate) fn poll_workers<'a>(workers: impl IntoIterator<Item = &'a Worker>, timeout: Duration) {
+    let mut fds: Vec<libc::pollfd> = workers
+        .into_iter()
         .filter(|w| !w.eof)
         .map(|w| libc::pollfd {
             fd: w.stdout_fd(),

@@ -18,7 +18,7 @@ use super::{
 use crate::{
     cgroup::{pressure::parse_psi, MemCgroup, PressureCounters, PsiScope, PsiTotals, Version},
     inject::{
-        agent::{signal_name, stop_asked, EXIT_OOM},
+        agent::{poll_workers, signal_name, stop_asked, EXIT_OOM},
         alloc::{Fill, Kind},
         event::{
             AgentEvent, PressureSample, PressureSummary, Sample, Summary, TargetOpened,
@@ -198,24 +198,7 @@ impl Hold<'_> {
     }
 
     fn poll(&mut self, timeout: Duration) {
-        let mut fds: Vec<libc::pollfd> = self
-            .workers
-            .iter()
-            .filter(|w| !w.eof)
-            .map(|w| libc::pollfd {
-                fd: w.stdout_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        // SAFETY: a valid array of pollfds.
-        unsafe {
-            libc::poll(
-                fds.as_mut_ptr(),
-                fds.len() as libc::nfds_t,
-                timeout.as_millis() as i32,
-            )
-        };
+        poll_workers(&self.workers, timeout);
         for (i, w) in self.workers.iter_mut().enumerate() {
             for r in w.read_reports() {
                 if let Report::Error(message) = r {
