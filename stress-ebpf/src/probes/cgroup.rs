@@ -6,12 +6,13 @@ use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 use stress_common::{
-    cgroup_attach as ca, cgroup_dir as cd, cgroup_op, kind, process_exit, process_fork, CgroupEvent,
+    cgroup_attach as ca, cgroup_dir as cd, cgroup_op, kind, process_exit, process_fork,
+    CgroupEvent, FILTER_CGROUP_V2,
 };
 
 use crate::emit::{
-    cgroup_in_filter, config, filtering, header, pid_in_filter, read_signed, read_str,
-    read_unsigned, reserve, submit, FILTER_PID_SET, OWN_WORKERS,
+    cgroup_in_filter, config, current_wanted, filtering, header, pid_in_filter, read_signed,
+    read_str, read_unsigned, reserve, submit, FILTER_PID_SET, OWN_WORKERS,
 };
 
 #[tracepoint]
@@ -124,6 +125,19 @@ fn try_fork(ctx: &TracePointContext) -> Result<u32, u32> {
     // A new thread's tid goes in too: harmless, and cheaper than telling threads apart here.
     FILTER_PID_SET.insert(child, 1u8, 0).map_err(|_| 1u32)?;
     Ok(0)
+}
+
+/// Attached only with a target filter: on v2 a process can be born straight into the target
+/// (clone3 with CLONE_INTO_CGROUP, as the injector's workers are) by a parent outside it, which
+/// no attach or fork hook sees; once it execs in the target, its tgid joins the pid set, so its
+/// `mark_victim` still says "in the target" after it has been reaped and /proc cannot.
+#[tracepoint]
+pub(crate) fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    if config(|c| &c.filter_mode) == FILTER_CGROUP_V2 && current_wanted() {
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        let _ = FILTER_PID_SET.insert(tgid, 1u8, 0);
+    }
+    0
 }
 
 /// Attached only with a target filter: keeps the sets from filling with dead pids.

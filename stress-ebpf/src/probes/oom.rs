@@ -1,7 +1,9 @@
 //! `oom:*` tracepoints: the victim, `oom_score_adj` writes, the allocator's retry decisions and
 //! the OOM reaper's steps.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
 use aya_log_ebpf::warn;
 use stress_common::{
     adj_update, compact_retry as cr, kind, mark_victim as mv, reaper_step, retry_zone as rz,
@@ -65,7 +67,10 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<u32, u32> {
     }
     // Recorded, not filtered on: user space decides with the victim's own cgroup, and this bit
     // still answers after the victim has exited and /proc no longer knows it.
-    if filtering() && pid_in_filter(pid as u32) {
+    // A task that picked itself (the allocating task is the victim) is in the target when the
+    // current task passes the filter, whichever pid set it was missed by.
+    let current = (bpf_get_current_pid_tgid() >> 32) as i32;
+    if filtering() && (pid_in_filter(pid as u32) || (pid == current && current_wanted())) {
         present |= victim_fields::IN_FILTER;
     }
     if own_worker(pid as u32) {

@@ -105,13 +105,13 @@ pub struct TracepointSpec {
     pub program: &'static str,
     /// oomlab cannot trace OOMs without it.
     pub required: bool,
-    /// `None`: only for the target filter (fork/exit keep the v1 pid filter in step).
+    /// `None`: only for the target filter (fork/exit/exec keep the pid filter in step).
     pub class: Option<EventClass>,
 }
 
 impl TracepointSpec {
     /// Whether the tracer attaches it for `events`. A target filter (`targeted`) also needs the
-    /// cgroup events (moves into the target grow the filter) and fork/exit (the v1 pid filter).
+    /// cgroup events (moves into the target grow the filter) and fork/exit/exec (the pid filter).
     pub fn wanted(&self, events: EventSet, targeted: bool) -> bool {
         if self.required {
             return true;
@@ -235,6 +235,7 @@ pub const TRACEPOINTS: &[TracepointSpec] = &[
     ),
     tp("sched", "sched_process_fork", "sched_process_fork", None),
     tp("sched", "sched_process_exit", "sched_process_exit", None),
+    tp("sched", "sched_process_exec", "sched_process_exec", None),
 ];
 
 /// `(group, event)`.
