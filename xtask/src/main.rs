@@ -48,6 +48,11 @@ enum Cmd {
 }
 
 fn main() -> Result<()> {
+    // The inject bench's raw ceiling runs as this binary, before clap and setup.
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some(bench::RAW_POPULATE) {
+        return bench::raw_populate(&args.next().unwrap_or_default());
+    }
     let cli = Cli::parse();
     setup::run()?;
     match cli.command {

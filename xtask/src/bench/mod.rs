@@ -11,10 +11,11 @@ mod trace;
 mod traced;
 
 use anyhow::Result;
+pub(crate) use inject::{raw_populate, RAW_POPULATE};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub(crate) enum Bench {
-    /// Time to charge 2 GiB / 8 GiB vs stress-ng; CPU while holding; accuracy.
+    /// Time to charge 2 GiB / 8 GiB vs stress-ng and a raw MAP_POPULATE; CPU holding; accuracy.
     Inject,
     /// Time to ready, RSS, overhead, OOM-storm recall and latency vs bpftrace.
     Trace,

@@ -41,7 +41,7 @@ tracepoint:vmscan:mm_vmscan_memcg_reclaim_begin, tracepoint:vmscan:mm_vmscan_mem
 tracepoint:vmscan:mm_vmscan_direct_reclaim_begin, tracepoint:vmscan:mm_vmscan_direct_reclaim_end, \
 tracepoint:vmscan:mm_vmscan_kswapd_wake, tracepoint:cgroup:cgroup_mkdir, tracepoint:cgroup:cgroup_rmdir, \
 tracepoint:cgroup:cgroup_attach_task, tracepoint:sched:sched_process_fork, \
-tracepoint:sched:sched_process_exit { @[probe] = count(); }";
+tracepoint:sched:sched_process_exit, tracepoint:sched:sched_process_exec { @[probe] = count(); }";
 
 /// Sets `kernel.bpf_stats_enabled` to 1 and puts the old value back on drop.
 struct StatsEnabled(String);
