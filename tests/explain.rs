@@ -378,3 +378,106 @@ fn the_live_ring_buffer_gives_the_traces_episode() {
         .unwrap_or_else(|| panic!("no episode of {pid} in the ring buffer: {text}"));
     assert_eq!(essence(&saved), essence(&live));
 }
+
+/// The line prefix of a capture written to stderr in the VM matrix (or with
+/// `OOMLAB_SAVE_CAPTURE=1`): `@@oomlab-capture FILE|LINE`. `cargo xtask vm-test
+/// --save-captures` writes those lines to `tests/data/explain/<kernel>/FILE`.
+const CAPTURE_MARK: &str = "@@oomlab-capture ";
+
+/// Writes `text` to stderr past the test harness's capture (the VM's console), a line at a time.
+fn print_capture(file: &str, text: &str) {
+    let mut err = std::io::stderr().lock();
+    for line in text.lines() {
+        let _ = writeln!(err, "{CAPTURE_MARK}{file}|{line}");
+    }
+}
+
+/// CLOCK_REALTIME − CLOCK_BOOTTIME in seconds: what turns a kmsg timestamp into wall time.
+fn boot_epoch() -> f64 {
+    let now = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes the timespec it is given.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+    };
+    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_BOOTTIME)
+}
+
+/// Two real kills with `oomlab trace` running, then `oomlab explain` on the kernel's own
+/// records of them, as `/dev/kmsg` gives them and as `dmesg` prints them: the same episodes —
+/// victims, domain, constraint, candidate tables — on every kernel of the matrix. In the VMs the
+/// capture goes to the console too, which is how `tests/data/explain/<kernel>/` is made.
+#[test]
+fn two_live_kills_and_their_saved_log_agree() {
+    let test = "two_live_kills_and_their_saved_log_agree";
+    if !common::need_root(test) {
+        return;
+    }
+    let scratch = cgroup::scratch(&cgroup::hierarchy(), "explain-capture", Some(32 << 20));
+    let path = scratch.cgroup().path();
+    let mut kmsg = common::kmsg::Kmsg::open_at_end();
+    let mut trace = TraceChild::start(&["--cgroup", &path, "--events", "oom,adj"]);
+    // A bystander holds 4 MiB through both kills, so each candidate table has two rows.
+    let mut bystander = common::guard::Reap(
+        common::app(&path, "4MiB")
+            .args(["--comm", "steady-cache"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the bystander"),
+    );
+    assert!(
+        common::wait_until(std::time::Duration::from_secs(30), || {
+            scratch.cgroup().usage().unwrap_or(0) >= 4 << 20
+        }),
+        "the bystander did not charge 4 MiB"
+    );
+    for (comm, adj) in [("leaky-cache", "0"), ("batch-job", "300")] {
+        let status = common::app(&path, "96MiB")
+            .args(["--comm", comm, "--oom-score-adj", adj])
+            .stdout(Stdio::null())
+            .status()
+            .expect("run oomlab app");
+        assert!(!status.success(), "{comm} must be OOM-killed: {status:?}");
+        trace
+            .wait_for(std::time::Duration::from_secs(10), |v| {
+                is_type(v, "oom_episode") && v["victims"][0]["comm"] == comm
+            })
+            .unwrap_or_else(|| panic!("the trace's episode of {comm}"));
+    }
+    let _ = bystander.0.kill();
+    let _ = bystander.0.wait();
+    let lines = trace.stop();
+    let live: Vec<Value> = lines
+        .iter()
+        .filter(|v| is_type(v, "oom_episode"))
+        .map(essence)
+        .collect();
+    assert_eq!(live.len(), 2, "{lines:#?}");
+
+    let records = kmsg.records();
+    let dir = tempdir();
+    let raw = dir.join("capture-kmsg.txt");
+    std::fs::write(&raw, &records).expect("write the kmsg capture");
+    let dmesg = dir.join("capture-dmesg.txt");
+    std::fs::write(&dmesg, as_dmesg(&records)).expect("write the dmesg rendering");
+    for (file, format) in [(&raw, "kmsg-dump"), (&dmesg, "dmesg")] {
+        let (log, eps) = explain_json(file);
+        assert_eq!(log["format"], format, "{}", file.display());
+        let saved: Vec<Value> = eps
+            .iter()
+            .filter(|e| e["domain"]["memcg"] == path.as_str())
+            .map(essence)
+            .collect();
+        assert_eq!(saved, live, "{format}: {records}");
+    }
+
+    if common::in_vm() || std::env::var_os("OOMLAB_SAVE_CAPTURE").is_some() {
+        print_capture("kmsg.txt", &records);
+        let trace_json: String = lines.iter().map(|v| format!("{v}\n")).collect();
+        print_capture("trace.json", &trace_json);
+        print_capture("boot-epoch.txt", &format!("{:.6}", boot_epoch()));
+    }
+}

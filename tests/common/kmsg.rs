@@ -61,6 +61,23 @@ impl Kmsg {
         out
     }
 
+    /// Every record logged since open, whole (`PRIO,SEQ,TS,FLAGS;MSG` and its ` KEY=VALUE`
+    /// lines), as `dd if=/dev/kmsg` would save them. Messages `drain` has read are not in it.
+    pub(crate) fn records(&mut self) -> String {
+        let mut out = String::new();
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match self.file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+                Err(e) => panic!("reading /dev/kmsg: {e}"),
+            }
+        }
+        out
+    }
+
     /// The first `n` messages containing `needle`, in order, waiting up to `timeout` for them;
     /// fewer if the deadline passes. Messages not looked at are kept for the next call.
     pub(crate) fn collect(&mut self, needle: &str, n: usize, timeout: Duration) -> Vec<String> {

@@ -7,6 +7,7 @@
 //! packs them, `kernel` fetches the images, `qemu` boots each guest and reads its console,
 //! `results` says what each test came to and `matrix` turns the doctor outputs into the table.
 
+mod captures;
 mod initramfs;
 mod kernel;
 mod matrix;
@@ -81,6 +82,10 @@ pub(crate) struct VmTestArgs {
     /// --update-readme) from the doctor outputs of earlier runs.
     #[arg(long)]
     pub matrix_only: bool,
+    /// Also save the kernel-log captures the explain test printed on each guest's console to
+    /// tests/data/explain/<kernel>/ (run with `--test explain`).
+    #[arg(long)]
+    pub save_captures: bool,
 }
 
 impl VmTestArgs {
@@ -93,6 +98,7 @@ impl VmTestArgs {
             test_timeout: 240,
             update_readme: false,
             matrix_only: false,
+            save_captures: false,
         }
     }
 }
@@ -159,6 +165,10 @@ pub(crate) fn run(args: &VmTestArgs) -> Result<()> {
         }
     }
     write_matrix(&out, args.update_readme)?;
+    if args.save_captures {
+        let names: Vec<&str> = series.iter().map(|s| s.name).collect();
+        captures::save(&out, &names)?;
+    }
     eprintln!(
         "xtask vm-test: finished in {:.0} s; artefacts in {}",
         start.elapsed().as_secs_f64(),
