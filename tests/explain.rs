@@ -6,9 +6,14 @@
 //! `dmesg.txt` and `dmesg-T.txt` are `dmesg` and `dmesg -T`, cut to the same records. journald
 //! does not run there, so the `journalctl -k` renderings (short, short-monotonic, short-iso,
 //! json) and rsyslog's `kern.log` were written from `kmsg.txt` by `make-journal-formats.py`,
-//! as those tools print kernel records. 6.1 and 6.12 are covered by the `/dev/kmsg` dumps the
-//! VM matrix recorded (`tests/data/kmsg/`), read as saved logs here. One root test kills an app
-//! here and reads the live ring buffer (`oomlab explain` with no argument).
+//! as those tools print kernel records. `tests/data/explain/{5.10,6.1,6.12}/` come from the VM
+//! matrix (Debian's cloud kernels, cgroup v2): `two_live_kills_and_their_saved_log_agree` ran
+//! there under `cargo xtask vm-test --test explain --save-captures`, which saved its `kmsg.txt`,
+//! `trace.json` and `boot-epoch.txt` from the console; the guests have busybox, not util-linux,
+//! so `make-journal-formats.py` also wrote their `dmesg` and `dmesg -T` renderings. The older
+//! `/dev/kmsg` dumps in `tests/data/kmsg/` are read as saved logs too. Root tests kill apps here
+//! and compare with the live tracer on every kernel, and read the live ring buffer (`oomlab
+//! explain` with no argument).
 
 mod common;
 
@@ -113,7 +118,13 @@ const RENDERINGS: [(&str, &str); 8] = [
 ];
 
 fn captures() -> Vec<PathBuf> {
-    ["explain/6.18", "explain/6.18-hostile"]
+    [
+        "explain/5.10",
+        "explain/6.1",
+        "explain/6.12",
+        "explain/6.18",
+        "explain/6.18-hostile",
+    ]
         .iter()
         .map(|d| data(d))
         .filter(|d| d.join("trace.json").exists())

@@ -4,8 +4,12 @@
 journald does not run on the capture host, so `journalctl -k` could not be asked; this writes
 the same records as journalctl (short, short-monotonic, short-iso, json) and rsyslog's
 traditional kern.log would, from the kernel's own records and the boot time of the capture
-(boot-epoch.txt: CLOCK_REALTIME - CLOCK_BOOTTIME, seconds). Usage: make-journal-formats.py DIR HOST
+(boot-epoch.txt: CLOCK_REALTIME - CLOCK_BOOTTIME, seconds). Where the capture came without
+`dmesg` and `dmesg -T` output (the VM guests have busybox, not util-linux), it writes those too,
+as util-linux prints them (the kernel's escapes kept, UTC).
+Usage: make-journal-formats.py DIR HOST
 """
+import os
 import json, sys, time
 
 d, host = sys.argv[1], sys.argv[2]
@@ -46,3 +50,14 @@ out("journal.json", [json.dumps({
     "_HOSTNAME": host,
     "MESSAGE": m,
 }, separators=(",", ":")) for p, _, t, m in recs])
+
+raw = []
+for line in open(f"{d}/kmsg.txt", encoding="utf-8"):
+    if line.startswith(" ") or ";" not in line:
+        continue
+    head, msg = line.rstrip("\n").split(";", 1)
+    raw.append((int(head.split(",")[2]), msg))
+if not os.path.exists(f"{d}/dmesg.txt"):
+    out("dmesg.txt", [f"[{t // 1000000:5d}.{t % 1000000:06d}] {m}" for t, m in raw])
+if not os.path.exists(f"{d}/dmesg-T.txt"):
+    out("dmesg-T.txt", [time.strftime("[%a %b %e %H:%M:%S %Y] ", time.gmtime(wall(t))) + m for t, m in raw])
