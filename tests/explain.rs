@@ -125,10 +125,10 @@ fn captures() -> Vec<PathBuf> {
         "explain/6.18",
         "explain/6.18-hostile",
     ]
-        .iter()
-        .map(|d| data(d))
-        .filter(|d| d.join("trace.json").exists())
-        .collect()
+    .iter()
+    .map(|d| data(d))
+    .filter(|d| d.join("trace.json").exists())
+    .collect()
 }
 
 #[test]
