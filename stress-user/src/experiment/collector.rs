@@ -230,6 +230,22 @@ impl Collector {
             EventKind::Victim(v) => {
                 let t = self.t_of(ev.ts);
                 let role = self.victim_role(v);
+                // Its episode came first (the event was held up past the report's grace) and
+                // counted it from the kernel log: the same kill, now with the tracer's numbers.
+                if let Some(seen) = self
+                    .victims
+                    .iter_mut()
+                    .rev()
+                    .find(|x| x.pid == v.pid && x.from_kmsg && (x.t - t).abs() < 5.0)
+                {
+                    seen.from_kmsg = false;
+                    seen.role = role;
+                    seen.oom_score_adj = v.oom_score_adj;
+                    seen.anon_rss_kb = v.anon_rss_kb;
+                    seen.trigger_pid = v.trigger.pid;
+                    seen.trigger_comm = v.trigger.comm.clone();
+                    return;
+                }
                 let seen = VictimSeen {
                     t,
                     pid: v.pid,

@@ -195,29 +195,40 @@ impl TargetState {
 /// Every victim pid the kernel's `oom:mark_victim` delivered lately, whether the target filter
 /// kept it or not: the episode builder believes a `Killed process` line only when one names it,
 /// and a victim the filter drops (outside the target, or on v2 gone before its cgroup could be
-/// read) is still a kill the kernel made. Shared by the reader thread and the episode builder.
+/// read) is still a kill the kernel made. Each entry says whether the filter kept the event: a
+/// kept one is on its way to the builder (in a channel behind the kernel log's, on a starved
+/// reader), and its report waits for it rather than close without it. Shared by the reader
+/// thread and the episode builder.
 #[derive(Debug, Clone, Default)]
-pub struct VictimLedger(Arc<Mutex<VecDeque<(Instant, i32)>>>);
+pub struct VictimLedger(Arc<Mutex<VecDeque<(Instant, i32, bool)>>>);
 
 impl VictimLedger {
     /// Longer than any wait of a report for its events.
     const KEEP: Duration = Duration::from_secs(10);
     const MAX: usize = 4096;
 
-    pub fn record(&self, pid: i32, now: Instant) {
+    /// `kept`: the target filter passed the event on (it will reach the episode builder).
+    pub fn record(&self, pid: i32, now: Instant, kept: bool) {
         let mut q = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         while q
             .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) >= Self::KEEP || q.len() >= Self::MAX)
+            .is_some_and(|(t, _, _)| now.duration_since(*t) >= Self::KEEP || q.len() >= Self::MAX)
         {
             q.pop_front();
         }
-        q.push_back((now, pid));
+        q.push_back((now, pid, kept));
     }
 
+    /// Whether a `mark_victim` named `pid` lately, kept or not.
     pub fn contains(&self, pid: i32) -> bool {
         let q = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        q.iter().any(|(_, p)| *p == pid)
+        q.iter().any(|(_, p, _)| *p == pid)
+    }
+
+    /// Whether the filter dropped `pid`'s `mark_victim`: its event will never come.
+    pub fn dropped(&self, pid: i32) -> bool {
+        let q = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        q.iter().any(|(_, p, kept)| *p == pid && !kept)
     }
 }
 
@@ -342,7 +353,6 @@ impl Enricher {
             EventKind::Victim(v) => {
                 // First: the victim's /proc entry goes when its parent reaps it.
                 fill_from_proc(v);
-                self.ledger.record(v.pid, Instant::now());
                 let moved = self.moved.get(&(v.pid as u32)).map(String::as_str);
                 v.context = victim_context(v.pid as u32, v.comm.as_deref(), self.version, moved);
                 if self.own_workers {
@@ -362,6 +372,7 @@ impl Enricher {
                     // tell, so it is not reported under a target.
                     (Some(_), None) => false,
                 };
+                self.ledger.record(v.pid, Instant::now(), keep);
                 if keep {
                     self.remember_victim(v.pid);
                 }

@@ -314,10 +314,14 @@ impl EpisodeBuilder {
         // A closed report still collects reaper lines until its quiet period ends, and (live)
         // waits a little for the mark_victim events of its kill lines.
         let (verify, traced, ledger) = (self.verify_kills, &self.traced_pids, &self.ledger);
+        // Settled once every victim's event is here, or will never come (the filter dropped
+        // it); a kept event still in flight is waited for, up to the grace.
         let settled = |r: &Report| {
             !verify
-                || r.victim_pids()
-                    .all(|p| is_traced(traced, ledger.as_ref(), p))
+                || r.victim_pids().all(|p| {
+                    traced.iter().any(|(_, t)| *t == p)
+                        || ledger.as_ref().is_some_and(|l| l.dropped(p))
+                })
                 || quiet(r, VICTIM_GRACE)
         };
         let mut ready = Vec::new();
@@ -1180,7 +1184,7 @@ mod tests {
         // be read): its ledger still has the kill, so the line stands, as a logged victim.
         let mut b = live();
         let ledger = VictimLedger::default();
-        ledger.record(19495, t0);
+        ledger.record(19495, t0, false);
         b.use_victims(ledger);
         feed(&mut b, "6.18-host-memcg.txt", t0);
         let eps = b.poll(t0 + QUIET);
@@ -1188,6 +1192,21 @@ mod tests {
         let v = &eps[0].victims[0];
         assert_eq!((v.pid, v.logged, v.traced), (19495, true, false));
         assert_eq!(b.unmatched_kills(), 0);
+
+        // The filter kept the event, but it is still in flight behind the kernel log (a
+        // starved reader): the report waits for it and the episode has the traced victim, so
+        // nobody counts the kill twice (once from the log, once from the late event).
+        let mut b = live();
+        let ledger = VictimLedger::default();
+        ledger.record(19495, t0, true);
+        b.use_victims(ledger);
+        feed(&mut b, "6.18-host-memcg.txt", t0);
+        assert!(b.poll(t0 + QUIET).is_empty(), "waits for the kept event");
+        b.push_event(&victim_event(19495, 19655), t0 + QUIET);
+        let eps = b.poll(t0 + QUIET);
+        assert_eq!(eps.len(), 1, "{eps:#?}");
+        let v = &eps[0].victims[0];
+        assert_eq!((v.pid, v.logged, v.traced), (19495, true, true));
 
         // A saved log (explain) has no events: the report's own pid is the check.
         let mut b = EpisodeBuilder::new(0, None);
