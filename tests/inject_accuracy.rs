@@ -144,8 +144,11 @@ fn seed_case_four_workers_200mib_in_500mib() {
     let sample = inj.wait_for("sample", Duration::from_secs(3));
     assert_eq!(sample["workers_alive"], 4);
     let held = sample["held_bytes"].as_u64().expect("held");
+    // Below the total by what the four worker processes cost themselves, their own pages
+    // charged at exec: under 1 MiB each here, ≈ 2.5 MiB each in the VMs (5.10 held 189.6 MiB).
+    let floor = if common::in_vm() { 184 } else { 190 };
     assert!(
-        held < 200 * MIB && held > 190 * MIB,
+        held < 200 * MIB && held > floor * MIB,
         "the workers hold the pages: {sample}"
     );
     assert_eq!(sample["limit_bytes"].as_u64(), Some(500 * MIB));

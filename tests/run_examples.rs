@@ -230,13 +230,13 @@ fn demo_tells_the_seed_story_and_writes_a_report() {
     }
 
     assert_eq!(json["clock"], "CLOCK_MONOTONIC");
-    assert_eq!(json["summary"]["lost_events"], 0);
+    assert_eq!(json["summary"]["lost_events"], 0, "{log}");
     let kills = json["summary"]["oom_kills"].as_u64().expect("oom_kills");
     assert!(kills >= 4, "the sawtooth needs kills: {kills}\n{log}");
     assert_eq!(
         json["summary"]["traced_victims"].as_u64(),
         Some(kills),
-        "traced victims vs the kernel's oom_kill counter"
+        "traced victims vs the kernel's oom_kill counter\n{log}\nkernel log:\n{kernel_log}"
     );
     // Stage 1: what was asked was charged, and `free` showed the host.
     let s1 = &json["stages"][0];
