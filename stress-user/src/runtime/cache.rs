@@ -5,7 +5,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{mpsc, Arc, Mutex},
+    sync::{mpsc, Arc, Condvar, Mutex},
     time::Duration,
 };
 
@@ -34,11 +34,55 @@ pub enum Lookup {
     Missing(String),
 }
 
+/// Refreshes asked for (`changed`) and done, counted, so a lookup can tell that the table it
+/// read predates a cgroup change the refresh thread has not caught up with yet.
+#[derive(Debug, Default)]
+struct Generations {
+    counts: Mutex<(u64, u64)>,
+    done: Condvar,
+}
+
+impl Generations {
+    fn asked(&self) -> u64 {
+        self.counts.lock().map_or(0, |mut c| {
+            c.0 += 1;
+            c.0
+        })
+    }
+
+    fn current_ask(&self) -> u64 {
+        self.counts.lock().map_or(0, |c| c.0)
+    }
+
+    fn completed(&self, upto: u64) {
+        if let Ok(mut c) = self.counts.lock() {
+            c.1 = c.1.max(upto);
+        }
+        self.done.notify_all();
+    }
+
+    /// Waits up to `limit` for the refreshes asked for so far; true when one was pending and
+    /// has completed.
+    fn wait(&self, limit: Duration) -> bool {
+        let Ok(c) = self.counts.lock() else {
+            return false;
+        };
+        let want = c.0;
+        if c.1 >= want {
+            return false;
+        }
+        self.done
+            .wait_timeout_while(c, limit, |c| c.1 < want)
+            .is_ok_and(|(c, _)| c.1 >= want)
+    }
+}
+
 /// Handle on the table; cheap to clone. The refresh thread stops when the last handle goes.
 #[derive(Clone)]
 pub struct Names {
     table: Arc<Mutex<Table>>,
     tx: mpsc::SyncSender<()>,
+    gens: Arc<Generations>,
 }
 
 impl std::fmt::Debug for Names {
@@ -85,6 +129,8 @@ impl Names {
         let (tx, rx) = mpsc::sync_channel::<()>(1);
         let (ready_tx, ready_rx) = mpsc::channel::<()>();
         let shared = Arc::clone(&table);
+        let gens = Arc::new(Generations::default());
+        let thread_gens = Arc::clone(&gens);
         let spawned = std::thread::Builder::new()
             .name("oomlab-names".into())
             .spawn(move || {
@@ -99,7 +145,10 @@ impl Names {
                         Err(mpsc::RecvTimeoutError::Timeout) => {}
                         Err(mpsc::RecvTimeoutError::Disconnected) => return,
                     }
+                    // Asks made from here on may have come after the runtimes were read.
+                    let upto = thread_gens.current_ask();
                     refresh(&runtimes, version, &shared);
+                    thread_gens.completed(upto);
                 }
             });
         match spawned {
@@ -113,7 +162,7 @@ impl Names {
                 }
             }
         }
-        Names { table, tx }
+        Names { table, tx, gens }
     }
 
     /// One table from `runtimes`, built now, with no refresh thread (for tests of lookups).
@@ -125,12 +174,22 @@ impl Names {
         Names {
             table: Arc::new(table),
             tx,
+            gens: Arc::default(),
         }
     }
 
     /// A cgroup was made or removed: refresh soon (never blocks).
     pub fn changed(&self) {
+        self.gens.asked();
         let _ = self.tx.try_send(());
+    }
+
+    /// When a cgroup change is waiting for its refresh, waits up to `limit` for it; true when
+    /// the table is newer now. For a victim whose cgroup the table does not know: a container
+    /// made a moment before its first OOM kill is named, at the cost of at most `limit` for
+    /// that one victim (nothing waits when no change is pending).
+    pub fn caught_up(&self, limit: Duration) -> bool {
+        self.gens.wait(limit)
     }
 
     /// The container whose init process is `pid`: a container's main process killed by the
@@ -174,6 +233,32 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
+
+    #[test]
+    fn a_lookup_waits_only_for_a_pending_refresh() {
+        let g = Arc::new(Generations::default());
+        assert!(!g.wait(Duration::from_secs(5)), "nothing pending: no wait");
+        let want = g.asked();
+        let t = {
+            let g = Arc::clone(&g);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                g.completed(want);
+            })
+        };
+        assert!(
+            g.wait(Duration::from_secs(5)),
+            "the pending refresh completed"
+        );
+        let _ = t.join();
+        g.asked();
+        let start = std::time::Instant::now();
+        assert!(
+            !g.wait(Duration::from_millis(50)),
+            "a refresh that never comes"
+        );
+        assert!(start.elapsed() < Duration::from_secs(2));
+    }
     use crate::runtime::{Resolver, RuntimeError};
 
     /// Answers once with one container, then fails as a dead socket does.

@@ -87,6 +87,10 @@ pub fn victim_context(
 /// Names the victim's container from the runtimes' table (a read of what the refresh thread
 /// last found: it never waits on a runtime). Where the table has no entry but the cgroup
 /// looks like a container's, or a runtime did not answer, `names_missing` says why.
+/// The most a victim in a cgroup the name table does not know waits for a pending refresh
+/// (the table is rebuilt about 100 ms after a cgroup is made).
+const NAMES_CATCH_UP: Duration = Duration::from_millis(300);
+
 pub fn attribute(names: &Names, pid: u32, ctx: &mut VictimContext) {
     if ctx.cgroup.is_none() {
         // Gone before /proc could say where it was: a container's init is still known by pid.
@@ -98,7 +102,11 @@ pub fn attribute(names: &Names, pid: u32, ctx: &mut VictimContext) {
     let Some(cg) = ctx.cgroup.as_deref() else {
         return;
     };
-    match names.lookup(cg) {
+    let mut found = names.lookup(cg);
+    if matches!(found, Lookup::Missing(_)) && names.caught_up(NAMES_CATCH_UP) {
+        found = names.lookup(cg);
+    }
+    match found {
         Lookup::Found(c) => {
             *ctx.container = ContainerNames {
                 runtime: Some(c.runtime.as_str()),
