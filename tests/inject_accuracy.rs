@@ -238,24 +238,25 @@ fn anon_huge_pages(cg: &MemCgroup) -> u64 {
     procs
         .iter()
         .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
-        .flat_map(|text| {
-            text.lines()
-                .filter_map(|l| l.strip_prefix("AnonHugePages:"))
-                .filter_map(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .collect::<Vec<_>>()
-        })
+        .map(|text| kb_lines(&text, "AnonHugePages:"))
         .sum::<u64>()
         * 1024
 }
 
-/// A `kB` line of `/proc/PID/status` (0 when the process or the line is gone).
-fn status_kb(pid: i32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
+/// The sum of the `KEY  N kB` lines of a /proc file's text.
+fn kb_lines(text: &str, key: &str) -> u64 {
+    text.lines()
         .filter_map(|l| l.strip_prefix(key))
         .filter_map(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .sum()
+}
+
+/// A `kB` line of `/proc/PID/status` (0 when the process or the line is gone).
+fn status_kb(pid: i32, key: &str) -> u64 {
+    kb_lines(
+        &std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default(),
+        key,
+    )
 }
 
 /// `--thp --fill random --mlock --redirty`: still exactly the size, and the kernel shows the

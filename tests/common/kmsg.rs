@@ -39,19 +39,14 @@ impl Kmsg {
         }
     }
 
-    /// The messages (text after `;`) logged since open or the last call.
-    pub(crate) fn drain(&mut self) -> Vec<String> {
-        let mut out = std::mem::take(&mut self.held);
+    /// The records logged since open or the last read, whole, one string each.
+    fn read_records(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
         let mut buf = vec![0u8; 8192];
         loop {
             match self.file.read(&mut buf) {
                 Ok(0) => break,
-                Ok(n) => {
-                    let rec = String::from_utf8_lossy(&buf[..n]);
-                    if let Some((_, msg)) = rec.split_once(';') {
-                        out.push(msg.lines().next().unwrap_or_default().to_string());
-                    }
-                }
+                Ok(n) => out.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 // EPIPE: records were overwritten; carry on from the next one.
                 Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
@@ -61,21 +56,21 @@ impl Kmsg {
         out
     }
 
-    /// Every record logged since open, whole (`PRIO,SEQ,TS,FLAGS;MSG` and its ` KEY=VALUE`
-    /// lines), as `dd if=/dev/kmsg` would save them. Messages `drain` has read are not in it.
-    pub(crate) fn records(&mut self) -> String {
-        let mut out = String::new();
-        let mut buf = vec![0u8; 8192];
-        loop {
-            match self.file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => out.push_str(&String::from_utf8_lossy(&buf[..n])),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
-                Err(e) => panic!("reading /dev/kmsg: {e}"),
+    /// The messages (text after `;`) logged since open or the last call.
+    pub(crate) fn drain(&mut self) -> Vec<String> {
+        let mut out = std::mem::take(&mut self.held);
+        for rec in self.read_records() {
+            if let Some((_, msg)) = rec.split_once(';') {
+                out.push(msg.lines().next().unwrap_or_default().to_string());
             }
         }
         out
+    }
+
+    /// Every record logged since open, whole (`PRIO,SEQ,TS,FLAGS;MSG` and its ` KEY=VALUE`
+    /// lines), as `dd if=/dev/kmsg` would save them. Messages `drain` has read are not in it.
+    pub(crate) fn records(&mut self) -> String {
+        self.read_records().concat()
     }
 
     /// The first `n` messages containing `needle`, in order, waiting up to `timeout` for them;
