@@ -429,6 +429,7 @@ async fn run_async(args: Args) -> anyhow::Result<i32> {
     let (mut tracer, rx) = Tracer::start(&opts)?;
     let episodes = episodes.map(|mut e| {
         e.use_victims(tracer.victim_ledger());
+        e.use_names(opts.names.clone());
         e
     });
     let mut sink = Sink {

@@ -32,7 +32,7 @@ pub(super) fn start_tracer(
     let (tracer, rx) = Tracer::start(&TraceOptions {
         target: Some(cg.clone()),
         own_workers: true,
-        names: Some(names),
+        names: Some(names.clone()),
         ..TraceOptions::default()
     })
     .map_err(|e| RunError::Failed(format!("starting the tracer: {e}")))?;
@@ -40,6 +40,7 @@ pub(super) fn start_tracer(
     // Opened before anything is injected, so no OOM report of the run is missed.
     let mut episodes = Episodes::start(None);
     episodes.use_victims(tracer.victim_ledger());
+    episodes.use_names(Some(names));
     let mut pump = Pump::new(rx, Some(episodes));
     let kmsg_ok = pump.has_kmsg();
     let (shared, cg_path) = (shared.clone(), cg.path());

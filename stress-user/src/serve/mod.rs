@@ -214,7 +214,18 @@ struct Daemon {
     out: BytesMut,
     out_lines: u64,
     /// Victims waiting for their episode (which brings the constraint), by pid.
-    pending: HashMap<i32, (Kill, Instant)>,
+    pending: HashMap<i32, Pending>,
+}
+
+/// A victim waiting for its episode.
+struct Pending {
+    kill: Kill,
+    at: Instant,
+    /// Its `oom_victim` line, held when the tracer could not tell its cgroup (gone before its
+    /// /proc entry was read: a dying task shows `/` there on v1). The episode brings the kernel
+    /// log's `task_memcg=` and the container named from it; the line goes out with those, just
+    /// before its episode's, or as it was when no episode comes.
+    held: Option<Box<Event>>,
 }
 
 /// How long open connections get, at the end, to take their last lines.
@@ -256,7 +267,19 @@ impl Daemon {
             };
             // Counted when its episode (kernel log + tracepoints) is complete, with the
             // constraint the kernel logged; see `episode()` and `expire()`.
-            self.pending.insert(v.pid, (kill, Instant::now()));
+            let held = c.cgroup.is_none().then(|| Box::new(ev.clone()));
+            let hold = held.is_some();
+            self.pending.insert(
+                v.pid,
+                Pending {
+                    kill,
+                    at: Instant::now(),
+                    held,
+                },
+            );
+            if hold {
+                return;
+            }
         } else if let EventKind::AdjUpdate(_) = &ev.kind {
             self.metrics.adj_update();
         } else if let EventKind::Reclaim(r) = &ev.kind {
@@ -268,7 +291,11 @@ impl Daemon {
                 &gone,
             );
         }
-        // Serialize only when someone listens.
+        self.emit_event(ev);
+    }
+
+    /// `ev` as a line for `/events`, serialized only when someone listens.
+    fn emit_event(&mut self, ev: &Event) {
         if self.shared.events.receiver_count() > 0 {
             let line = json(ev);
             self.emit(&line);
@@ -284,14 +311,37 @@ impl Daemon {
         self.metrics.episode(ep.group_kill.is_some());
         let hier = &self.hier;
         let gone = |cg: &str| !hier.cgroup(cg).exists();
+        let mut held_lines = Vec::new();
         for v in ep.victims.iter().filter(|v| v.traced) {
-            if let Some((mut kill, _)) = self.pending.remove(&v.pid) {
+            if let Some(Pending { mut kill, held, .. }) = self.pending.remove(&v.pid) {
+                if let Some(mut ev) = held {
+                    if let EventKind::Victim(victim) = &mut ev.kind {
+                        if v.cgroup.is_some() {
+                            victim.context.cgroup.clone_from(&v.cgroup);
+                            victim.context.cgroup_source = Some("kmsg");
+                        }
+                        if victim.context.container.runtime.is_none() {
+                            *victim.context.container = v.container.clone();
+                        }
+                    }
+                    held_lines.push(ev);
+                }
                 kill.constraint = ep.constraint.clone();
                 if kill.cgroup.is_none() {
                     kill.cgroup = v.cgroup.clone();
                 }
+                // Gone before the tracer read its /proc entry: the episode named its container
+                // from the kernel log's `task_memcg=` (see `Episodes::use_names`).
+                if kill.namespace.is_none() && kill.pod.is_none() && kill.container.is_none() {
+                    kill.namespace.clone_from(&v.container.namespace);
+                    kill.pod.clone_from(&v.container.pod);
+                    kill.container.clone_from(&v.container.container_name);
+                }
                 self.metrics.kill(&mut self.limits, kill, &gone);
             }
+        }
+        for ev in held_lines {
+            self.emit_event(&ev);
         }
         if self.shared.events.receiver_count() > 0 {
             let mut out = Vec::with_capacity(1024);
@@ -335,13 +385,18 @@ impl Daemon {
         let late: Vec<i32> = self
             .pending
             .iter()
-            .filter(|(_, (_, at))| all || at.elapsed() >= EPISODE_WAIT)
+            .filter(|(_, p)| all || p.at.elapsed() >= EPISODE_WAIT)
             .map(|(pid, _)| *pid)
             .collect();
+        let mut held_lines = Vec::new();
         for pid in late {
-            if let Some((kill, _)) = self.pending.remove(&pid) {
-                self.metrics.kill(&mut self.limits, kill, &gone);
+            if let Some(p) = self.pending.remove(&pid) {
+                self.metrics.kill(&mut self.limits, p.kill, &gone);
+                held_lines.extend(p.held);
             }
+        }
+        for ev in held_lines {
+            self.emit_event(&ev);
         }
     }
 
@@ -623,6 +678,10 @@ pub async fn run(opts: ServeOptions) -> Result<(), ServeError> {
             Some(hier.memory_version),
             Duration::from_secs(3),
         )
+    });
+    let episodes = episodes.map(|mut e| {
+        e.use_names(names.clone());
+        e
     });
     let (tracer, rx) = Tracer::start(&trace_options(&cfg, names))?;
     let metrics = Metrics::new(&kernel_release());

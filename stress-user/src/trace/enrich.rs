@@ -102,13 +102,34 @@ pub fn attribute(names: &Names, pid: u32, ctx: &mut VictimContext) {
     let Some(cg) = ctx.cgroup.as_deref() else {
         return;
     };
+    let named = container_of(names, pid, cg, NAMES_CATCH_UP);
+    *ctx.container = named.names;
+    if let Some(id) = named.id {
+        ctx.container_id.get_or_insert(id);
+    }
+    if ctx.pod_uid.is_none() {
+        ctx.pod_uid = named.pod_uid;
+    }
+}
+
+/// A victim's container as the name table knows it.
+#[derive(Debug, Default)]
+pub struct Named {
+    pub names: ContainerNames,
+    pub id: Option<String>,
+    pub pod_uid: Option<String>,
+}
+
+/// Names the container `cg` belongs to; a table that does not know it yet is waited for up to
+/// `catch_up` when a refresh is pending.
+pub fn container_of(names: &Names, pid: u32, cg: &str, catch_up: Duration) -> Named {
     let mut found = names.lookup(cg);
-    if matches!(found, Lookup::Missing(_)) && names.caught_up(NAMES_CATCH_UP) {
+    if matches!(found, Lookup::Missing(_)) && !catch_up.is_zero() && names.caught_up(catch_up) {
         found = names.lookup(cg);
     }
     match found {
-        Lookup::Found(c) => {
-            *ctx.container = ContainerNames {
+        Lookup::Found(c) => Named {
+            names: ContainerNames {
                 runtime: Some(c.runtime.as_str()),
                 container_name: c.name.clone(),
                 pod: c.pod.as_ref().map(|p| p.name.clone()),
@@ -116,22 +137,23 @@ pub fn attribute(names: &Names, pid: u32, ctx: &mut VictimContext) {
                 image: c.image.clone(),
                 container_init: c.init_pid.map(|init| init == pid),
                 names_missing: None,
-            };
-            ctx.container_id = Some(c.id.clone());
-            if ctx.pod_uid.is_none() {
-                ctx.pod_uid.clone_from(&c.pod_uid);
-            }
-        }
+            },
+            id: Some(c.id.clone()),
+            pod_uid: c.pod_uid.clone(),
+        },
         Lookup::Missing(why) => {
+            let mut named = Named::default();
             // Known by its cgroup's name only (podman, CRI-O, Docker without a daemon asked).
             if let Some((runtime, id)) = naming::runtime_id(cg) {
-                ctx.container.runtime = Some(runtime);
-                ctx.container_id.get_or_insert(id);
+                named.names.runtime = Some(runtime);
+                named.id = Some(id);
             }
-            let looks_like_one = ctx.container_id.is_some();
+            let looks_like_one = named.id.is_some()
+                || kube::parse_path(cg).is_some_and(|k| k.container_id.is_some());
             if looks_like_one || why != "no runtime knows this cgroup" {
-                ctx.container.names_missing = Some(why);
+                named.names.names_missing = Some(why);
             }
+            named
         }
     }
 }

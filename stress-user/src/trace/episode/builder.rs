@@ -616,7 +616,7 @@ fn is_traced(traced: &VecDeque<(Instant, i32)>, ledger: Option<&VictimLedger>, p
 }
 
 /// An episode with an id and nothing known yet.
-fn blank(id: u64) -> Episode {
+pub(super) fn blank(id: u64) -> Episode {
     Episode {
         id,
         ts: 0.0,

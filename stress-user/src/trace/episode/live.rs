@@ -1,15 +1,18 @@
 //! The live wiring: `/dev/kmsg` records and tracer events into an [`EpisodeBuilder`] on the wall
 //! clock, complete episodes (of the target, if any) out.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
 use super::{Episode, EpisodeBuilder};
-use crate::trace::{
-    enrich::VictimLedger,
-    kmsg::{KmsgReader, Record},
-    Event,
+use crate::{
+    runtime::cache::Names,
+    trace::{
+        enrich::{self, VictimLedger},
+        kmsg::{KmsgReader, Record},
+        Event,
+    },
 };
 
 /// Episodes while oomlab runs (`trace`, `run`, `serve`): `/dev/kmsg` records and tracer events in,
@@ -18,6 +21,8 @@ pub struct Episodes {
     builder: EpisodeBuilder,
     kmsg: Option<(KmsgReader, mpsc::Receiver<Record>)>,
     target: Option<String>,
+    /// The runtimes' names, for victims whose cgroup only the kernel log told.
+    names: Option<Names>,
 }
 
 impl Episodes {
@@ -37,6 +42,7 @@ impl Episodes {
             builder,
             kmsg,
             target,
+            names: None,
         }
     }
 
@@ -44,6 +50,13 @@ impl Episodes {
     /// filter (see [`Tracer::victim_ledger`](crate::trace::Tracer::victim_ledger)).
     pub fn use_victims(&mut self, ledger: VictimLedger) {
         self.builder.use_victims(ledger);
+    }
+
+    /// Names the containers of victims whose cgroup came from the kernel log's `task_memcg=`
+    /// (gone before the tracer could read their /proc entry) or whose container the name table
+    /// did not know yet when the tracer saw them.
+    pub fn use_names(&mut self, names: Option<Names>) {
+        self.names = names;
     }
 
     /// `Killed process` lines skipped because no `oom:mark_victim` named their pid.
@@ -98,9 +111,111 @@ impl Episodes {
     }
 
     fn keep_target(&self, eps: Vec<Episode>) -> Vec<Episode> {
-        match &self.target {
+        let mut eps: Vec<Episode> = match &self.target {
             Some(t) => eps.into_iter().filter(|e| e.in_target(t)).collect(),
             None => eps,
+        };
+        if let Some(names) = &self.names {
+            for ep in &mut eps {
+                name_victims(names, ep);
+            }
         }
+        eps
+    }
+}
+
+/// Victims with a cgroup and no container yet get one from the name table (a read, no wait:
+/// an episode closes well after a refresh that its victim's cgroup asked for).
+fn name_victims(names: &Names, ep: &mut Episode) {
+    for v in &mut ep.victims {
+        let unnamed = v.container.runtime.is_none() || v.container.names_missing.is_some();
+        let (Some(cg), true) = (v.cgroup.as_deref(), unnamed) else {
+            continue;
+        };
+        let Ok(pid) = u32::try_from(v.pid) else {
+            continue;
+        };
+        let named = enrich::container_of(names, pid, cg, Duration::ZERO);
+        if named.names.runtime.is_some() || v.container.runtime.is_none() {
+            v.container = named.names;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        runtime::{Container, Fixed, PodRef, RuntimeKind, Runtimes},
+        trace::{episode::EpisodeVictim, event::ContainerNames},
+    };
+
+    fn victim(pid: i32, cgroup: Option<&str>) -> EpisodeVictim {
+        EpisodeVictim {
+            pid,
+            comm: Some("dd".into()),
+            oom_score_adj: None,
+            anon_rss_kb: None,
+            file_rss_kb: None,
+            shmem_rss_kb: None,
+            pgtables_kb: None,
+            selected: true,
+            logged: true,
+            traced: true,
+            cgroup: cgroup.map(str::to_string),
+            adj_history: Vec::new(),
+            container: ContainerNames::default(),
+        }
+    }
+
+    /// CI's prometheus test: a victim exec'd into a container was gone before its /proc entry
+    /// was read, its cgroup came from the kernel log, and it was counted without pod and
+    /// container.
+    #[test]
+    fn victims_known_by_the_kernel_log_only_get_their_container() {
+        let names = Names::once(&Runtimes::from_resolvers(vec![Box::new(Fixed(vec![
+            Container {
+                runtime: RuntimeKind::Containerd,
+                runtime_namespace: Some("k8s.io".into()),
+                id: "db".into(),
+                name: Some("pg".into()),
+                pod: Some(PodRef {
+                    namespace: "shop".into(),
+                    name: "db-0".into(),
+                }),
+                pod_uid: None,
+                image: None,
+                init_pid: Some(42),
+                running: true,
+                cgroup: Some("/ctd/db".into()),
+                sandbox: false,
+            },
+        ]))]));
+        let mut ep = super::super::builder::blank(1);
+        ep.victims = vec![
+            victim(7, Some("/ctd/db")),
+            victim(8, Some("/elsewhere")),
+            victim(9, None),
+        ];
+        name_victims(&names, &mut ep);
+        let got = &ep.victims[0].container;
+        assert_eq!(
+            (
+                got.runtime,
+                got.namespace.as_deref(),
+                got.pod.as_deref(),
+                got.container_name.as_deref(),
+                got.container_init
+            ),
+            (
+                Some("containerd"),
+                Some("shop"),
+                Some("db-0"),
+                Some("pg"),
+                Some(false)
+            )
+        );
+        assert_eq!(ep.victims[1].container, ContainerNames::default());
+        assert_eq!(ep.victims[2].container, ContainerNames::default());
     }
 }
