@@ -9,7 +9,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel_str_bytes,
     },
     macros::map,
-    maps::{ring_buf::RingBufEntry, HashMap, PerCpuArray, RingBuf},
+    maps::{ring_buf::RingBufEntry, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
     EbpfContext as _,
 };
@@ -49,6 +49,33 @@ pub(crate) static OWN_WORKERS: HashMap<u32, u8> = HashMap::with_max_entries(4096
 /// bring a task into the target.
 #[map]
 pub(crate) static FILTER_CGROUP_SET: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
+
+/// Tgids whose memory cgroup user space has read and keeps in its cache (it puts them in after
+/// a successful /proc read and takes them out when they move or exit): their reclaim records may
+/// wait in `EVENTS` for the reader's next poll, because naming them no longer needs the task
+/// alive. The kernel drops a tgid that moves cgroups (`cgroup_attach_task`). LRU: a user space
+/// that fell behind never blocks an insert; an evicted tgid is only woken for again.
+#[map]
+pub(crate) static NAMED_TGIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
+
+/// `bpf_ringbuf_submit` flags and `bpf_ringbuf_query` selectors (uapi `linux/bpf.h`).
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_RING_SIZE: u64 = 1;
+
+/// True when user space already knows `tgid`'s memory cgroup (see [`NAMED_TGIDS`]).
+#[inline(always)]
+pub(crate) fn tgid_named(tgid: u32) -> bool {
+    // SAFETY: the value is only tested for presence.
+    unsafe { NAMED_TGIDS.get(tgid) }.is_some()
+}
+
+/// A task moved: user space reads its cgroup again at its next record.
+#[inline(always)]
+pub(crate) fn unname(tgid: u32) {
+    let _ = NAMED_TGIDS.remove(tgid);
+}
 
 /// Reads `CONFIG` through a volatile load so the compiler cannot fold the zeroed initialiser.
 #[inline(always)]
@@ -141,15 +168,32 @@ fn reserve_in<T: 'static>(ring: &RingBuf, also_dropped: Option<u32>) -> Option<R
     entry
 }
 
-/// Publishes a record reserved with [`reserve`], waking the reader at once. Publishing with
-/// `BPF_RB_NO_WAKEUP` (the reader polls every 100 ms) cut an adj update from ≈2,980 to ≈820 ns
-/// in `cargo xtask bench overhead`, but user space names a record's cgroup from /proc of its
-/// task when it reads it, and 100 ms later a short-lived task (a `dd` reclaiming in a small
-/// cgroup) is gone: its reclaim came out with no cgroup. Batching needs the cgroup named in the
-/// kernel first; until then every record wakes the reader.
+/// Publishes a record reserved with [`reserve`] without waking the reader: it comes at the
+/// reader's next poll (at most 100 ms, `READER_POLL_MS` in user space), one wakeup for a batch
+/// of records instead of one per record (an adj update cost ≈6,200 ns with a wakeup each and
+/// ≈280 ns batched in `cargo xtask bench overhead`). Once an eighth of the ring is waiting the
+/// reader is woken at once, so a flood cannot fill the ring between two polls. For records
+/// whose meaning user space reads from /proc of a live task, use [`submit_now`] (or check
+/// [`tgid_named`] first).
 #[inline(always)]
 pub(crate) fn submit<T: 'static>(entry: RingBufEntry<T>) {
-    entry.submit(0);
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
+    let size = EVENTS.query(BPF_RB_RING_SIZE);
+    let flags = if waiting >= size / 8 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags);
+}
+
+/// Publishes a record and wakes the reader now: cgroup changes (the target filter's upkeep, a
+/// victim's last move) and records of tasks user space has not named yet. A forced wakeup: the
+/// kernel's default (flag 0) wakes only when the ring was empty, never while batched records
+/// wait unread.
+#[inline(always)]
+pub(crate) fn submit_now<T: 'static>(entry: RingBufEntry<T>) {
+    entry.submit(BPF_RB_FORCE_WAKEUP);
 }
 
 /// Fills the common header with the current task and the clock.

@@ -12,7 +12,7 @@ use stress_common::{
 
 use crate::emit::{
     cgroup_in_filter, config, current_wanted, filtering, header, pid_in_filter, read_signed,
-    read_str, read_unsigned, reserve, submit, FILTER_PID_SET, OWN_WORKERS,
+    read_str, read_unsigned, reserve, submit_now, unname, FILTER_PID_SET, OWN_WORKERS,
 };
 
 #[tracepoint]
@@ -54,7 +54,7 @@ fn dir(ctx: &TracePointContext, op: u32) -> Result<u32, u32> {
         (*ev).comm[0] = 0;
         read_str(ctx, l[cd::PATH], &mut (*ev).path);
     }
-    submit(entry);
+    submit_now(entry);
     Ok(0)
 }
 
@@ -70,6 +70,9 @@ fn try_attach(ctx: &TracePointContext) -> Result<u32, u32> {
     let root = read_signed(ctx, l[ca::DST_ROOT]).ok_or(1u32)? as i32;
     let id = read_unsigned(ctx, l[ca::DST_ID]).ok_or(1u32)?;
     let pid = read_signed(ctx, l[ca::PID]).ok_or(1u32)? as i32;
+    // A move in any hierarchy (the memory one's id is not known here): user space reads the
+    // task's cgroup again at its next reclaim record, which costs one /proc read.
+    unname(pid as u32);
     if filtering() {
         let into_target = cgroup_in_filter(root, id);
         let mut out_of_target = false;
@@ -100,7 +103,7 @@ fn try_attach(ctx: &TracePointContext) -> Result<u32, u32> {
         read_str(ctx, l[ca::COMM], &mut (*ev).comm);
         read_str(ctx, l[ca::DST_PATH], &mut (*ev).path);
     }
-    submit(entry);
+    submit_now(entry);
     Ok(0)
 }
 

@@ -13,7 +13,10 @@ use stress_common::{
     Reclaim, ReclaimStats, RECLAIM_KEY_TGID,
 };
 
-use crate::emit::{config, current_wanted, header, read_signed, read_unsigned, reserve, submit};
+use crate::emit::{
+    config, current_wanted, header, read_signed, read_unsigned, reserve, submit, submit_now,
+    tgid_named,
+};
 
 /// A reclaim pass in progress, keyed by `tid | kind << 32`.
 #[derive(Clone, Copy)]
@@ -116,7 +119,13 @@ fn end(ctx: &TracePointContext, kind: u32) -> Result<u32, u32> {
         (*ev).nr_reclaimed = nr_reclaimed;
         (*ev).latency_ns = latency_ns;
     }
-    submit(entry);
+    // User space names the record's cgroup from /proc of its task: a task it has not named yet
+    // may be gone by the next poll (a short `dd` reclaiming in a small cgroup).
+    if tgid_named((bpf_get_current_pid_tgid() >> 32) as u32) {
+        submit(entry);
+    } else {
+        submit_now(entry);
+    }
     Ok(0)
 }
 

@@ -267,7 +267,10 @@ pub struct Enricher {
     version: Option<Version>,
     target: Option<TargetState>,
     /// tgid → memory cgroup, so a reclaim-heavy task costs one /proc read, not one per event.
-    tgid_cgroup: HashMap<u32, Option<String>>,
+    tgid_cgroup: HashMap<u32, Cached>,
+    /// The kernel's `NAMED_TGIDS`: the tgids of `tgid_cgroup` with a cgroup, whose records the
+    /// kernel may then batch (they can be named after the task is gone).
+    named: Option<BpfHashMap<MapData, u32, u8>>,
     /// pid → the memory cgroup it last moved into (`cgroup_attach_task`), for victims whose
     /// /proc entry no longer tells.
     moved: HashMap<u32, String>,
@@ -284,6 +287,15 @@ pub struct Enricher {
     ledger: VictimLedger,
     /// The runtimes' names for victims' containers, when the command asked for them.
     names: Option<Names>,
+}
+
+/// A tgid's memory cgroup as read from /proc.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Cached {
+    cgroup: Option<String>,
+    /// Found gone at a sweep: kept until the next one, for its records still batched in the
+    /// ring (the kernel stopped waking user space for them once it was named).
+    dead: bool,
 }
 
 /// Hard cap of the per-pid tables (a fork storm between two sweeps).
@@ -308,6 +320,7 @@ impl Enricher {
             version,
             target,
             tgid_cgroup: HashMap::new(),
+            named: None,
             moved: HashMap::new(),
             memory_root: super::memory_hierarchy_id(),
             victims: VecDeque::new(),
@@ -324,6 +337,22 @@ impl Enricher {
         self.ledger.clone()
     }
 
+    /// Keeps the kernel's set of named tgids (`NAMED_TGIDS`) in step with the cgroup cache.
+    pub fn with_named(mut self, map: BpfHashMap<MapData, u32, u8>) -> Self {
+        self.named = Some(map);
+        self
+    }
+
+    /// Forgets `tgid`'s cgroup here and in the kernel: its next record wakes the reader and is
+    /// named from /proc again.
+    fn unname(&mut self, tgid: u32) {
+        if self.tgid_cgroup.remove(&tgid).is_some() {
+            if let Some(m) = self.named.as_mut() {
+                let _ = m.remove(&tgid);
+            }
+        }
+    }
+
     /// Victims' roles from the kernel's own-worker set rather than their comm.
     pub fn with_own_workers(mut self) -> Self {
         self.own_workers = true;
@@ -332,15 +361,32 @@ impl Enricher {
 
     fn cgroup_of_tgid(&mut self, tgid: u32) -> Option<String> {
         let version = self.version?;
-        if let Some(cg) = self.tgid_cgroup.get(&tgid) {
-            return cg.clone();
+        if let Some(c) = self.tgid_cgroup.get(&tgid) {
+            return c.cgroup.clone();
         }
         self.make_room();
         if self.tgid_cgroup.len() > TGID_CACHE_MAX {
+            if let Some(m) = self.named.as_mut() {
+                for t in self.tgid_cgroup.keys() {
+                    let _ = m.remove(t);
+                }
+            }
             self.tgid_cgroup.clear();
         }
         let cg = cgroup_of_pid(tgid, version);
-        self.tgid_cgroup.insert(tgid, cg.clone());
+        if cg.is_some() {
+            if let Some(m) = self.named.as_mut() {
+                // Full (an LRU never is) or failed: the kernel keeps waking for this tgid.
+                let _ = m.insert(tgid, 1, 0);
+            }
+        }
+        self.tgid_cgroup.insert(
+            tgid,
+            Cached {
+                cgroup: cg.clone(),
+                dead: false,
+            },
+        );
         cg
     }
 
@@ -355,7 +401,19 @@ impl Enricher {
     /// Drops what is kept for pids `alive` says are gone. A victim's attach record goes too:
     /// it is read when `mark_victim` arrives, while the victim still exists.
     fn forget_dead(&mut self, alive: impl Fn(u32) -> bool) {
-        self.tgid_cgroup.retain(|pid, _| alive(*pid));
+        let mut gone = Vec::new();
+        for (pid, c) in &mut self.tgid_cgroup {
+            if !alive(*pid) {
+                if c.dead {
+                    gone.push(*pid);
+                } else {
+                    c.dead = true;
+                }
+            }
+        }
+        for pid in gone {
+            self.unname(pid);
+        }
         self.moved.retain(|pid, _| alive(*pid));
         // A table that emptied gives its memory back instead of keeping its largest size.
         if self.tgid_cgroup.len() < self.tgid_cgroup.capacity() / 4 {
@@ -424,7 +482,7 @@ impl Enricher {
                 if let (CgroupOp::Attach, Some(pid)) = (c.op, c.pid) {
                     if Some(c.root) == self.memory_root {
                         // A task that moved is in another memory cgroup now (node-wide too).
-                        self.tgid_cgroup.remove(&(pid as u32));
+                        self.unname(pid as u32);
                         if !self.moved.contains_key(&(pid as u32)) {
                             self.make_room();
                             if self.moved.len() > TGID_CACHE_MAX {
@@ -448,7 +506,7 @@ impl Enricher {
                     }
                     CgroupOp::Attach => {
                         if let Some(pid) = c.pid {
-                            self.tgid_cgroup.remove(&(pid as u32));
+                            self.unname(pid as u32);
                         }
                     }
                     _ => {}
@@ -519,12 +577,16 @@ mod tests {
         assert!(pid_alive(me) && !pid_alive(gone));
         let mut e = Enricher::new(Some(Version::V1), None, None);
         e.memory_root = Some(4);
+        let cached = || Cached {
+            cgroup: Some("/cached".into()),
+            dead: false,
+        };
         for pid in [me, gone] {
-            e.tgid_cgroup.insert(pid, Some("/cached".into()));
+            e.tgid_cgroup.insert(pid, cached());
             assert!(e.process(&mut attach(pid, "/moved", 4)));
             // Moving drops the cached cgroup of the old place, node-wide too.
             assert!(!e.tgid_cgroup.contains_key(&pid));
-            e.tgid_cgroup.insert(pid, Some("/cached".into()));
+            e.tgid_cgroup.insert(pid, cached());
         }
         // No sweep before SWEEP_EVERY has passed.
         assert_eq!((e.tgid_cgroup.len(), e.moved.len()), (2, 2));
@@ -539,6 +601,10 @@ mod tests {
         let mut want = vec![me, parent];
         want.sort_unstable();
         assert_eq!(moved, want);
+        // The gone pid's cgroup stays one sweep longer, for its records still in the ring.
+        assert_eq!(e.tgid_cgroup.len(), 2);
+        assert!(e.tgid_cgroup[&gone].dead && !e.tgid_cgroup[&me].dead);
+        e.forget_dead(pid_alive);
         assert_eq!(e.tgid_cgroup.keys().copied().collect::<Vec<_>>(), [me]);
         // Attach events of other hierarchies are not the memory cgroup's moves.
         assert!(e.process(&mut attach(gone, "/cpu", 2)));

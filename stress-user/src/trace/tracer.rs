@@ -197,6 +197,8 @@ impl Tracer {
         if own_workers.is_some() {
             enricher = enricher.with_own_workers();
         }
+        let named = take(&mut bpf, "NAMED_TGIDS", aya::maps::HashMap::try_from)?;
+        enricher = enricher.with_named(named);
         let ledger = enricher.ledger();
         let (stop, events) = reader::spawn(ring, oom_ring, enricher)?;
         let tracer = Tracer {
