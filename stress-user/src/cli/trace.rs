@@ -167,6 +167,7 @@ impl<W: Write> Sink<W> {
                     let mut v = serde_json::to_value(ev).map_err(std::io::Error::other)?;
                     v["wts"] = monotonic().as_secs_f64().into();
                     v["rts"] = ev.read_at.as_secs_f64().into();
+                    v["ets"] = ev.enriched_at.as_secs_f64().into();
                     json_line(&mut self.out, report::event_type(ev.kind.tag()), &v)
                 } else {
                     event_json_line(&mut self.out, ev)

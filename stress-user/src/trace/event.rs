@@ -51,8 +51,9 @@ pub struct Victim {
 pub struct VictimContext {
     /// The victim's memory cgroup, relative to the controller's mount.
     pub cgroup: Option<String>,
-    /// Where `cgroup` came from: `proc` (/proc/PID/cgroup, read on arrival), `attach` (the last
-    /// `cgroup_attach_task` seen for the pid, when the victim was already exiting), `runtime` (a
+    /// Where `cgroup` came from: `cache` (read from /proc earlier, for the task's reclaim
+    /// records, and not moved since), `attach` (the last `cgroup_attach_task` seen for the pid),
+    /// `proc` (/proc/PID/cgroup, read on arrival when neither is known), `runtime` (a
     /// container runtime named the victim as its container's init) or `kmsg` (the kernel log's
     /// `task_memcg=`, filled in later by the episode grouping).
     pub cgroup_source: Option<&'static str>,
@@ -271,6 +272,9 @@ pub struct Event {
     /// it splits the event's latency into the kernel's part and oomlab's.
     #[serde(skip)]
     pub read_at: Duration,
+    /// CLOCK_MONOTONIC when enrichment (the /proc reads, the name lookup) was done.
+    #[serde(skip)]
+    pub enriched_at: Duration,
     pub cpu: u32,
     #[serde(flatten)]
     pub kind: EventKind,
@@ -335,6 +339,7 @@ impl Event {
         Ok(Event {
             ts: Duration::from_nanos(hdr.ts_ns),
             read_at: Duration::ZERO,
+            enriched_at: Duration::ZERO,
             cpu: hdr.cpu,
             kind,
         })

@@ -321,7 +321,9 @@ fn decode(enricher: &mut Enricher, item: &[u8]) -> Option<Event> {
                     ev.read_at.saturating_sub(ev.ts)
                 );
             }
-            enricher.process(&mut ev).then_some(ev)
+            let keep = enricher.process(&mut ev);
+            ev.enriched_at = monotonic();
+            keep.then_some(ev)
         }
         Err(e) => {
             log::warn!("dropping undecodable event: {e}");

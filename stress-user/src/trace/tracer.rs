@@ -197,6 +197,9 @@ impl Tracer {
         if own_workers.is_some() {
             enricher = enricher.with_own_workers();
         }
+        if attached.iter().any(|a| a == "cgroup:cgroup_attach_task") {
+            enricher = enricher.with_moves_seen();
+        }
         let named = take(&mut bpf, "NAMED_TGIDS", aya::maps::HashMap::try_from)?;
         enricher = enricher.with_named(named);
         let ledger = enricher.ledger();

@@ -771,6 +771,7 @@ mod tests {
         Event {
             ts: Duration::from_secs(10),
             read_at: Duration::ZERO,
+            enriched_at: Duration::ZERO,
             cpu: 0,
             kind: EventKind::Victim(Victim {
                 pid,
@@ -800,6 +801,7 @@ mod tests {
         Event {
             ts: Duration::from_secs(9),
             read_at: Duration::ZERO,
+            enriched_at: Duration::ZERO,
             cpu: 0,
             kind: EventKind::AdjUpdate(AdjUpdate {
                 pid,
@@ -860,6 +862,7 @@ mod tests {
             &Event {
                 ts: Duration::from_secs(10),
                 read_at: Duration::ZERO,
+                enriched_at: Duration::ZERO,
                 cpu: 0,
                 kind: EventKind::Reaper(Reaper {
                     step: ReaperStep::Finish,
