@@ -393,9 +393,6 @@ fn print_scoreboard(output: OutputFormat, target: Option<&MemCgroup>) -> anyhow:
     Ok(exit::OK)
 }
 
-/// How long `trace` waits at start for the runtimes' first answer (names of early victims).
-const FIRST_NAMES: Duration = Duration::from_secs(3);
-
 async fn run_async(args: Args) -> anyhow::Result<i32> {
     let hier = Hierarchy::detect()?;
     let runtimes = Runtimes::new(&args.runtime, Some(&hier));
@@ -425,7 +422,9 @@ async fn run_async(args: Args) -> anyhow::Result<i32> {
         names: args
             .events
             .oom
-            .then(|| Names::start(runtimes, Some(hier.memory_version), FIRST_NAMES)),
+            // Not waited for: `ready` does not wait on the runtimes or the node's cgroups; a
+            // victim that comes before the first table waits for it (up to 300 ms).
+            .then(|| Names::spawn(runtimes, Some(hier.memory_version))),
     };
     let (mut tracer, rx) = Tracer::start(&opts)?;
     let episodes = episodes.map(|mut e| {

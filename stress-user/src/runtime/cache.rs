@@ -124,18 +124,28 @@ impl Names {
     /// Starts the refresh thread and waits up to `first` for its first table (start-up, not the
     /// event path: a runtime that answers late leaves the first victims without names).
     pub fn start(runtimes: Runtimes, version: Option<Version>, first: Duration) -> Names {
+        let names = Names::spawn(runtimes, version);
+        names.gens.wait(first);
+        names
+    }
+
+    /// Starts the refresh thread without waiting: the first table is the first refresh asked
+    /// for, so a victim looked up before it is ready waits for it as for any pending refresh
+    /// ([`Names::caught_up`]). For a command whose start must not wait on the runtimes (or on
+    /// the node's cgroups, which the first refresh reads: 0.1 s beside 5,000 of them).
+    pub fn spawn(runtimes: Runtimes, version: Option<Version>) -> Names {
         let table = Arc::new(Mutex::new(Table::default()));
         // One pending request is enough: a refresh reads everything anew.
         let (tx, rx) = mpsc::sync_channel::<()>(1);
-        let (ready_tx, ready_rx) = mpsc::channel::<()>();
         let shared = Arc::clone(&table);
         let gens = Arc::new(Generations::default());
+        let first = gens.asked();
         let thread_gens = Arc::clone(&gens);
         let spawned = std::thread::Builder::new()
             .name("oomlab-names".into())
             .spawn(move || {
                 refresh(&runtimes, version, &shared);
-                let _ = ready_tx.send(());
+                thread_gens.completed(first);
                 loop {
                     match rx.recv_timeout(REFRESH_EVERY) {
                         Ok(()) => {
@@ -151,16 +161,13 @@ impl Names {
                     thread_gens.completed(upto);
                 }
             });
-        match spawned {
-            Ok(_) => {
-                let _ = ready_rx.recv_timeout(first);
+        if let Err(e) = spawned {
+            if let Ok(mut t) = table.lock() {
+                t.errors
+                    .push(format!("cannot start the name resolver thread: {e}"));
             }
-            Err(e) => {
-                if let Ok(mut t) = table.lock() {
-                    t.errors
-                        .push(format!("cannot start the name resolver thread: {e}"));
-                }
-            }
+            // Nothing will complete the first refresh: nobody should wait for it.
+            gens.completed(first);
         }
         Names { table, tx, gens }
     }
