@@ -97,9 +97,12 @@ impl Traced {
             thread::sleep(Duration::from_millis(20));
         }
         if matches!(self.child.try_wait(), Ok(None)) {
+            let comm =
+                fs::read_to_string(format!("/proc/{}/comm", self.child.id())).unwrap_or_default();
             eprintln!(
-                "bench: pid {} ignored SIGTERM for 10 s; killed",
-                self.child.id()
+                "bench: pid {} ({}) ignored SIGTERM for 10 s; killed",
+                self.child.id(),
+                comm.trim()
             );
             let _ = self.child.kill();
         }
