@@ -26,7 +26,7 @@ use serde_json::Value;
 use super::{
     cgroup::BenchCgroup,
     median,
-    traced::{kernel_release, percentile, rss_mib, Traced},
+    traced::{kernel_release, percentile, rss_mib, Sysctl, Traced},
 };
 use crate::{run as sh, target_dir};
 
@@ -42,29 +42,6 @@ tracepoint:vmscan:mm_vmscan_direct_reclaim_begin, tracepoint:vmscan:mm_vmscan_di
 tracepoint:vmscan:mm_vmscan_kswapd_wake, tracepoint:cgroup:cgroup_mkdir, tracepoint:cgroup:cgroup_rmdir, \
 tracepoint:cgroup:cgroup_attach_task, tracepoint:sched:sched_process_fork, \
 tracepoint:sched:sched_process_exit, tracepoint:sched:sched_process_exec { @[probe] = count(); }";
-
-/// Sets `kernel.bpf_stats_enabled` to 1 and puts the old value back on drop.
-struct StatsEnabled(String);
-
-impl StatsEnabled {
-    fn on() -> Result<StatsEnabled> {
-        let old = fs::read_to_string(BPF_STATS)
-            .with_context(|| format!("reading {BPF_STATS} (kernel without BPF stats?)"))?;
-        fs::write(BPF_STATS, "1").with_context(|| format!("writing 1 to {BPF_STATS} (root?)"))?;
-        Ok(StatsEnabled(old.trim().to_string()))
-    }
-}
-
-impl Drop for StatsEnabled {
-    fn drop(&mut self) {
-        if let Err(e) = fs::write(BPF_STATS, &self.0) {
-            eprintln!(
-                "bench overhead: could not restore {BPF_STATS} to {}: {e}",
-                self.0
-            );
-        }
-    }
-}
 
 /// The ids of the BPF programs `pid` holds, from the `prog_id:` lines of its fds' fdinfo (prog
 /// and link fds both carry one). bpftool's own `pids` needs a pid iterator this bpftool lacks.
@@ -368,7 +345,7 @@ pub(super) fn run() -> Result<()> {
         bail!("{} was not built", bin.display());
     }
     let bin = bin.display().to_string();
-    let _stats = StatsEnabled::on()?;
+    let _stats = Sysctl::set(BPF_STATS, "kernel without BPF stats?", |_| "1".into())?;
     let mut results = Vec::new();
     for w in WORKLOADS {
         if only

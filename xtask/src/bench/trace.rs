@@ -32,7 +32,7 @@ use serde_json::Value;
 use super::{
     cgroup::BenchCgroup,
     median,
-    traced::{children_cpu, kernel_release, percentile, say, Traced},
+    traced::{children_cpu, kernel_release, percentile, say, Sysctl, Traced},
 };
 use crate::{run as sh, target_dir};
 
@@ -58,7 +58,11 @@ pub(super) fn run() -> Result<()> {
     );
     oom_storm(&bin, &mut report)?;
     {
-        let _quiet = QuietConsole::on()?;
+        // The first of kernel.printk's four levels is the console's.
+        let _quiet = Sysctl::set(PRINTK, "the console log levels", |old| {
+            let rest: Vec<&str> = old.split_whitespace().skip(1).collect();
+            format!("1 {}", rest.join(" "))
+        })?;
         say(
             &mut report,
             "again with the console log level at 1 (no `Killed process` on the console):".into(),
@@ -92,29 +96,6 @@ fn consoles() -> Option<String> {
         },
         level.split_whitespace().next()?
     ))
-}
-
-/// Sets the console log level to 1 and puts `kernel.printk` back on drop.
-struct QuietConsole(String);
-
-impl QuietConsole {
-    fn on() -> Result<QuietConsole> {
-        let old = fs::read_to_string(PRINTK)?;
-        let rest: Vec<&str> = old.split_whitespace().skip(1).collect();
-        fs::write(PRINTK, format!("1 {}", rest.join(" ")))?;
-        Ok(QuietConsole(old.trim().to_string()))
-    }
-}
-
-impl Drop for QuietConsole {
-    fn drop(&mut self) {
-        if let Err(e) = fs::write(PRINTK, &self.0) {
-            eprintln!(
-                "bench trace: could not put {PRINTK} back to {:?}: {e}",
-                self.0
-            );
-        }
-    }
 }
 
 /// Seconds from the start of `cmdline` until it prints `ready`, and its peak RSS half a second

@@ -165,3 +165,37 @@ pub(super) fn kernel_release() -> String {
         .map(|s| format!("kernel {}", s.trim()))
         .unwrap_or_else(|_| "kernel ?".into())
 }
+
+/// A sysctl (a `/proc/sys` file) set for a bench's run and put back as it was on drop.
+pub(super) struct Sysctl {
+    path: &'static str,
+    old: String,
+}
+
+impl Sysctl {
+    /// Writes `value(old)` to `path`; `what` says in an error what the file is for.
+    pub(super) fn set(
+        path: &'static str,
+        what: &str,
+        value: impl FnOnce(&str) -> String,
+    ) -> Result<Sysctl> {
+        let old = fs::read_to_string(path)
+            .with_context(|| format!("reading {path} ({what})"))?
+            .trim()
+            .to_string();
+        let new = value(&old);
+        fs::write(path, &new).with_context(|| format!("writing {new} to {path} (root?)"))?;
+        Ok(Sysctl { path, old })
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        if let Err(e) = fs::write(self.path, &self.old) {
+            eprintln!(
+                "bench: could not put {} back to {:?}: {e}",
+                self.path, self.old
+            );
+        }
+    }
+}
