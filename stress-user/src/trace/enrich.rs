@@ -486,13 +486,20 @@ impl Enricher {
                 let pid = v.pid as u32;
                 // Known already, of this very process (not an earlier one with its pid): a
                 // cached cgroup was read after the last move (a move forgets it).
-                let ino = if self.sees_moves { proc_ino(pid) } else { None };
-                let this = |i: Option<u64>| i.is_some() && i == ino;
                 let moved = self.moved.get(&pid);
-                let known = self
+                let cached = self
                     .tgid_cgroup
                     .get(&pid)
-                    .filter(|c| !c.dead && this(c.ino))
+                    .filter(|c| !c.dead && c.cgroup.is_some());
+                // One stat, and only when there is an entry to check it against.
+                let ino = if self.sees_moves && (cached.is_some() || moved.is_some()) {
+                    proc_ino(pid)
+                } else {
+                    None
+                };
+                let this = |i: Option<u64>| i.is_some() && i == ino;
+                let known = cached
+                    .filter(|c| this(c.ino))
                     .and_then(|c| c.cgroup.as_deref())
                     .map(|c| (c, "cache"))
                     .or_else(|| {
