@@ -267,6 +267,39 @@ pub fn cgroup_of(proc_cgroup: &str, version: Version) -> Option<String> {
     })
 }
 
+/// The memory cgroup of a process, relative to the controller's mount (`/a/b`), from
+/// `/proc/PID/cgroup`; `None` once the process is gone, or while it exits on cgroup v1.
+///
+/// v1's `/proc/PID/cgroup` names `/` for every hierarchy once a task is exiting
+/// (`proc_cgroup_show` prints the path only without `PF_EXITING`), so an OOM victim read a
+/// moment after its SIGKILL would be taken for a task of the root cgroup. A v1 `/` is kept
+/// only when the task's own flags say it is not exiting.
+pub fn cgroup_of_pid(pid: u32, version: Version) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = cgroup_of(&text, version)?;
+    if version == Version::V1 && path == "/" && !alive_not_exiting(pid) {
+        return None;
+    }
+    Some(path)
+}
+
+/// `PF_EXITING` in include/linux/sched.h.
+const PF_EXITING: u64 = 0x4;
+
+/// The task exists and has not begun to exit (flags, the 9th field of `/proc/PID/stat`).
+fn alive_not_exiting(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| stat_flags(&s))
+        .is_some_and(|f| f & PF_EXITING == 0)
+}
+
+/// The flags field of a `/proc/PID/stat` line; the comm before it may hold spaces and `)`.
+fn stat_flags(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_ascii_whitespace().nth(6)?.parse().ok()
+}
+
 /// One memory cgroup, v1 or v2, with the counters the kernel keeps for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemCgroup {
@@ -427,6 +460,42 @@ pub fn parse_flat_keyed(text: &str) -> BTreeMap<String, u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stat_flags_after_a_hostile_comm() {
+        // A comm of spaces and parentheses; flags are the 9th field.
+        let stat = "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 120 0 0 0";
+        assert_eq!(stat_flags(stat), Some(4_194_560));
+        assert_eq!(stat_flags("4242 (x) R 1"), None, "cut short");
+        assert_eq!(stat_flags("garbage"), None);
+        let me = fs::read_to_string("/proc/self/stat").unwrap();
+        assert_eq!(stat_flags(&me).map(|f| f & PF_EXITING), Some(0));
+        assert!(alive_not_exiting(std::process::id()));
+        assert!(!alive_not_exiting(u32::MAX - 1), "no such task");
+    }
+
+    #[test]
+    fn an_exiting_task_is_in_no_v1_cgroup() {
+        let mine = fs::read_to_string("/proc/self/cgroup").unwrap();
+        if cgroup_of(&mine, Version::V1).is_none() {
+            eprintln!("skipped: no v1 memory hierarchy here");
+            return;
+        }
+        // A zombie (exited, not reaped): v1's /proc/PID/cgroup says `/` for it.
+        let child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let stat = format!("/proc/{pid}/stat");
+        let zombie = (0..500).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            fs::read_to_string(&stat).is_ok_and(|s| s.rsplit_once(") Z").is_some())
+        });
+        assert!(zombie, "the child exited");
+        let raw = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert_eq!(cgroup_of(&raw, Version::V1).as_deref(), Some("/"), "{raw}");
+        assert_eq!(cgroup_of_pid(pid, Version::V1), None, "not the root cgroup");
+        let mut child = child;
+        child.wait().unwrap();
+    }
 
     const HOST_MOUNTINFO: &str = "\
 24 30 0:22 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw

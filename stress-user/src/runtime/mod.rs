@@ -172,8 +172,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 /// The memory cgroup of a running process, relative to the mount.
 fn cgroup_of_pid(pid: u32, version: Option<Version>) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    cgroup::cgroup_of(&text, version?)
+    cgroup::cgroup_of_pid(pid, version?)
 }
 
 /// One daemon that can list its containers.

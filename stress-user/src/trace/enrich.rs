@@ -14,21 +14,15 @@ use std::{
 use aya::maps::{HashMap as BpfHashMap, MapData};
 
 use super::event::{CgroupOp, ContainerNames, Event, EventKind, Victim, VictimContext};
+pub use crate::cgroup::cgroup_of_pid;
 use crate::{
-    cgroup::{self, kube, Version},
+    cgroup::{kube, Version},
     runtime::{
         cache::{Lookup, Names},
         naming,
     },
     sys::WORKER_COMM,
 };
-
-/// The memory cgroup of a process, relative to the controller's mount (`/a/b`), from
-/// `/proc/PID/cgroup`; `None` once the process is gone.
-pub fn cgroup_of_pid(pid: u32, version: Version) -> Option<String> {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    cgroup::cgroup_of(&text, version)
-}
 
 /// Whether a victim is an oomlab worker, from what the kernel says of it: its comm in the
 /// `mark_victim` event (6.9+ kernels carry it), else `/proc/PID/comm` read now (older kernels;
@@ -414,7 +408,15 @@ impl Enricher {
             }
             self.tgid_cgroup.clear();
         }
-        let cg = cgroup_of_pid(tgid, version);
+        // A move the tracer saw says where the process is without a /proc read, and stays
+        // right while it exits (v1's /proc names no cgroup then), if it is the same process.
+        let ino = proc_ino(tgid);
+        let moved = self
+            .moved
+            .get(&tgid)
+            .filter(|m| ino.is_some() && m.ino == ino)
+            .map(|m| m.path.clone());
+        let cg = moved.or_else(|| cgroup_of_pid(tgid, version));
         if cg.is_some() {
             if let Some(m) = self.named.as_mut() {
                 // Full (an LRU never is) or failed: the kernel keeps waking for this tgid.
@@ -425,7 +427,7 @@ impl Enricher {
             tgid,
             Cached {
                 cgroup: cg.clone(),
-                ino: cg.as_ref().and_then(|_| proc_ino(tgid)),
+                ino: cg.as_ref().and(ino),
                 dead: false,
             },
         );
