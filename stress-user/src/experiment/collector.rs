@@ -182,11 +182,15 @@ impl Collector {
     pub(super) fn on_agent(&mut self, ev: &AgentEvent) {
         let t = self.t();
         match ev {
-            AgentEvent::WorkerStarted(w) => {
-                // Before the worker gets far: it is past exec, but has not charged much yet.
+            // The worker waits for this to return before it joins the target or execs: in the
+            // kernel's set before it can charge a page, and so before it can be an OOM victim.
+            AgentEvent::WorkerBorn(b) => {
                 if let Some(own) = &self.own_workers {
-                    own.add(w.pid);
+                    own.add(b.pid);
                 }
+                self.roles.insert(b.pid, "worker".into());
+            }
+            AgentEvent::WorkerStarted(w) => {
                 self.roles.insert(w.pid, "worker".into());
                 if w.respawn {
                     self.say(&run_live::respawn_line(t, w.pid, w.worker));

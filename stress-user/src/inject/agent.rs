@@ -12,8 +12,8 @@ use std::{
 use super::{
     control::{split, working_set_step},
     event::{
-        AgentEvent, Sample, Summary, TargetOpened, TargetReached, WorkerError, WorkerKilled,
-        WorkerStarted,
+        AgentEvent, Sample, Summary, TargetOpened, TargetReached, WorkerBorn, WorkerError,
+        WorkerKilled, WorkerStarted,
     },
     plan::{Goal, InjectError, OnOom, Plan, Where},
     worker::{Report, Worker, WorkerArgs, WorkerSpec},
@@ -193,7 +193,9 @@ impl<'a> Agent<'a> {
     }
 
     fn start_worker(&mut self, i: usize, respawn: bool) -> Result<Worker, InjectError> {
-        let w = self.spec.spawn().map_err(|e| InjectError::Host {
+        let emit = &mut self.emit;
+        let mut born = |pid| emit(&AgentEvent::WorkerBorn(WorkerBorn { worker: i, pid }));
+        let w = self.spec.spawn(&mut born).map_err(|e| InjectError::Host {
             file: "/proc/self/exe",
             reason: format!("starting worker {i} in {}: {e}", self.cg.path()),
         })?;

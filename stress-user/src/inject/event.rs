@@ -20,6 +20,11 @@ pub enum AgentEvent {
     /// It has no JSON line: the JSON lines name the cgroup in their `summary`.
     #[serde(skip_serializing)]
     TargetOpened(TargetOpened),
+    /// A worker process exists and waits, before it joins the target or execs: its pid, for a
+    /// caller that must know it before the OOM killer can pick it (`oomlab run` puts it in the
+    /// kernel's own-worker set). No JSON line: `worker_started` follows once it has exec'd.
+    #[serde(skip_serializing)]
+    WorkerBorn(WorkerBorn),
     /// A worker is inside the target, first or as a respawn.
     WorkerStarted(WorkerStarted),
     /// A worker ended: killed (by the OOM killer, most often) or exited.
@@ -40,6 +45,12 @@ pub struct TargetOpened {
     pub version: Version,
     /// The limit when the run began.
     pub limit_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerBorn {
+    pub worker: usize,
+    pub pid: i32,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -131,7 +131,19 @@ impl Child {
 /// the kernel has it, otherwise forked and joined to it. Returns once it has exec'd; an error
 /// of the child's (joining, the adj, exec) comes back as this call's error.
 pub fn spawn(opts: &SpawnOptions) -> io::Result<Child> {
-    let (prepared, ends) = Prepared::new(opts)?;
+    spawn_gated(opts, None)
+}
+
+/// As [`spawn`], and `born` is called with the child's pid while the child waits, before it
+/// joins the cgroup (or, born inside it, before it execs): whatever `born` records about the
+/// pid is in place before the child can charge the cgroup, and so before the OOM killer can
+/// pick it — a worker respawned into a full cgroup may be killed during its own exec.
+pub fn spawn_noting(opts: &SpawnOptions, born: &mut dyn FnMut(i32)) -> io::Result<Child> {
+    spawn_gated(opts, Some(born))
+}
+
+fn spawn_gated(opts: &SpawnOptions, born: Option<&mut dyn FnMut(i32)>) -> io::Result<Child> {
+    let (prepared, mut ends) = Prepared::new(opts, born.is_some())?;
     let (pid, birth) = if opts.clone_into_cgroup {
         let cgroup = File::options()
             .read(true)
@@ -156,6 +168,11 @@ pub fn spawn(opts: &SpawnOptions) -> io::Result<Child> {
     } else {
         (prepared.fork_joining()?, Birth::Join)
     };
+    if let (Some(born), Some(mut gate)) = (born, ends.gate.take()) {
+        born(pid);
+        // The child goes on at this byte (or at end of file, should the write fail).
+        let _ = io::Write::write_all(&mut gate, b"g");
+    }
     // The child's ends close here, so the report pipe reads end of file once it has exec'd.
     drop(prepared);
     ends.wait_for_exec(pid, birth)
@@ -201,6 +218,8 @@ struct Prepared {
     stdout: OwnedFd,
     /// Write end of the pipe that carries the child's errno if it fails before exec.
     report: OwnedFd,
+    /// Read end of the pipe the child waits on until its parent has noted its pid.
+    gate: Option<OwnedFd>,
 }
 
 /// oomlab's ends of the child's pipes.
@@ -208,10 +227,11 @@ struct Ends {
     stdin: Option<File>,
     stdout: Option<File>,
     report: File,
+    gate: Option<File>,
 }
 
 impl Prepared {
-    fn new(opts: &SpawnOptions) -> io::Result<(Prepared, Ends)> {
+    fn new(opts: &SpawnOptions, gated: bool) -> io::Result<(Prepared, Ends)> {
         let mut args = vec![cstring(opts.program.as_os_str())?];
         for a in &opts.args {
             args.push(cstring(a)?);
@@ -221,6 +241,13 @@ impl Prepared {
         let (stdin, stdin_end) = stream(opts.stdin, true)?;
         let (stdout, stdout_end) = stream(opts.stdout, false)?;
         let (report_end, report) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let (gate, gate_end) = match gated {
+            true => {
+                let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+                (Some(read), Some(File::from(write)))
+            }
+            false => (None, None),
+        };
         let prepared = Prepared {
             _args: args,
             argv,
@@ -231,11 +258,13 @@ impl Prepared {
             stdin,
             stdout,
             report,
+            gate,
         };
         let ends = Ends {
             stdin: stdin_end,
             stdout: stdout_end,
             report: report_end.into(),
+            gate: gate_end,
         };
         Ok((prepared, ends))
     }
@@ -295,8 +324,9 @@ impl Prepared {
 
     /// Puts the streams in place and resets the signal state as `std::process::Command` does
     /// (Rust ignores SIGPIPE; a child must not inherit that). Then: asks to be SIGKILLed when
-    /// oomlab dies and checks oomlab did not die already; joins the cgroup; sets the adj; and
-    /// leaves oomlab's process group if asked.
+    /// oomlab dies and checks oomlab did not die already; waits at the gate, if any, for the
+    /// parent to note its pid; joins the cgroup; sets the adj; and leaves oomlab's process group
+    /// if asked.
     unsafe fn set_up(&self, join: bool) -> io::Result<()> {
         dup_onto(&self.stdin, 0)?;
         dup_onto(&self.stdout, 1)?;
@@ -314,6 +344,13 @@ impl Prepared {
         }
         if libc::getppid() != self.parent {
             return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        if let Some(gate) = &self.gate {
+            // Until the parent has noted the pid; a dead parent means SIGKILL (above).
+            let mut byte = 0u8;
+            while libc::read(gate.as_raw_fd(), (&raw mut byte).cast(), 1) < 0
+                && *libc::__errno_location() == libc::EINTR
+            {}
         }
         if join {
             write_raw(&self.procs, b"0\n")?;
@@ -464,5 +501,42 @@ mod tests {
         assert_eq!(line, "hello\n");
         assert!(child.wait().expect("reaped").success());
         assert!(child.kill().is_ok(), "a reaped child is not signalled");
+    }
+
+    #[test]
+    fn born_sees_the_pid_before_the_child_goes_on() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: joining a cgroup needs root");
+            return;
+        }
+        let own = Hierarchy::detect()
+            .and_then(|h| h.of_pid(std::process::id() as i32))
+            .expect("own memory cgroup")
+            .dir();
+        let mut opts = options("sleep", own);
+        opts.args = vec!["5".into()];
+        // A fork copies the calling thread's name.
+        let me = std::fs::read_to_string("/proc/thread-self/comm").unwrap();
+        let me = me.trim_end().to_string();
+        let mut seen = None;
+        let mut child = spawn_noting(&opts, &mut |pid| {
+            // Held at the gate: still a copy of this process, not yet `sleep`.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            seen = Some((pid, fs_comm(pid)));
+        })
+        .expect("sleep starts");
+        let (pid, comm) = seen.expect("born was called");
+        assert_eq!(pid, child.pid());
+        assert_eq!(comm, me, "the child waited at the gate");
+        assert_eq!(fs_comm(pid), "sleep", "and went on to exec");
+        child.kill().expect("kill");
+        child.wait().expect("reaped");
+    }
+
+    fn fs_comm(pid: i32) -> String {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap_or_default()
+            .trim_end()
+            .to_string()
     }
 }

@@ -19,7 +19,7 @@ use std::{
 
 use super::{
     alloc::{AllocOptions, Fill, Kind, Region},
-    spawn::{spawn, Birth, Child, Io, SpawnOptions},
+    spawn::{spawn_noting, Birth, Child, Io, SpawnOptions},
 };
 use crate::sys::page_align;
 
@@ -125,9 +125,10 @@ impl WorkerSpec {
     }
 
     /// Starts a worker inside the target: on cgroup v2 created there by clone3
-    /// (CLONE_INTO_CGROUP) when the kernel has it, otherwise by joining before exec.
-    pub fn spawn(&self) -> io::Result<Worker> {
-        let child = spawn(&SpawnOptions {
+    /// (CLONE_INTO_CGROUP) when the kernel has it, otherwise by joining before exec. `born`
+    /// gets its pid before it charges the target (see [`spawn_noting`]).
+    pub fn spawn(&self, born: &mut dyn FnMut(i32)) -> io::Result<Worker> {
+        let opts = SpawnOptions {
             program: self.exe.clone(),
             args: self.argv(),
             cgroup_dir: self.cgroup_dir.clone(),
@@ -136,8 +137,8 @@ impl WorkerSpec {
             own_process_group: true,
             stdin: Io::Pipe,
             stdout: Io::Pipe,
-        })?;
-        Worker::new(child)
+        };
+        Worker::new(spawn_noting(&opts, born)?)
     }
 }
 

@@ -15,7 +15,7 @@ use crate::{
 /// The `type` of an event's JSON line; `None` for the event that has no line.
 pub fn json_type(ev: &AgentEvent) -> Option<&'static str> {
     Some(match ev {
-        AgentEvent::TargetOpened(_) => return None,
+        AgentEvent::TargetOpened(_) | AgentEvent::WorkerBorn(_) => return None,
         AgentEvent::WorkerStarted(_) => "worker_started",
         AgentEvent::WorkerKilled(_) => "worker_killed",
         AgentEvent::TargetReached(_) => "target_reached",
@@ -78,7 +78,7 @@ impl InjectOutput {
     fn human(&self, ev: &AgentEvent) -> Option<String> {
         let cgroup = self.target.as_ref().map_or("?", |t| t.cgroup.as_str());
         Some(match ev {
-            AgentEvent::TargetOpened(_) => return None,
+            AgentEvent::TargetOpened(_) | AgentEvent::WorkerBorn(_) => return None,
             AgentEvent::WorkerStarted(w) => worker_started(w, cgroup),
             AgentEvent::WorkerKilled(k) => worker_killed(k),
             AgentEvent::TargetReached(r) => match r.working_set_bytes {

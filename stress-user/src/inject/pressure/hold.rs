@@ -21,7 +21,7 @@ use crate::{
         agent::{poll_workers, signal_name, stop_asked, EXIT_OOM},
         alloc::{Fill, Kind},
         event::{
-            AgentEvent, PressureSample, PressureSummary, Sample, Summary, TargetOpened,
+            AgentEvent, PressureSample, PressureSummary, Sample, Summary, TargetOpened, WorkerBorn,
             WorkerError, WorkerKilled, WorkerStarted,
         },
         plan::{InjectError, Plan},
@@ -124,10 +124,14 @@ pub fn run(
         cpu_last: Duration::ZERO,
     };
     for (i, cycle) in [(0, false), (1, true)] {
-        let w = spec(cycle).spawn().map_err(|e| InjectError::Host {
-            file: "/proc/self/exe",
-            reason: format!("starting worker {i} in {}: {e}", cg.path()),
-        })?;
+        let emit = &mut h.emit;
+        let mut born = |pid| emit(&AgentEvent::WorkerBorn(WorkerBorn { worker: i, pid }));
+        let w = spec(cycle)
+            .spawn(&mut born)
+            .map_err(|e| InjectError::Host {
+                file: "/proc/self/exe",
+                reason: format!("starting worker {i} in {}: {e}", cg.path()),
+            })?;
         (h.emit)(&AgentEvent::WorkerStarted(WorkerStarted {
             worker: i,
             pid: w.pid,
