@@ -115,6 +115,12 @@ tracepoint_layout!(
     /// `sched:sched_process_exit`: only used to shrink the target's pid set.
     process_exit, "sched", "sched_process_exit", [PID = "pid"]
 );
+tracepoint_layout!(
+    /// `signal:signal_generate`: only SIGKILLs are looked at. The OOM killer sends the victim
+    /// SIGKILL just before it marks it (`__oom_kill_process`); a `mark_victim` without one is
+    /// the kernel marking a task that was exiting already, without a kill.
+    signal_generate, "signal", "signal_generate", [SIG = "sig", PID = "pid"]
+);
 
 /// Everything the eBPF programs need from user space, set as a read-only global at load time.
 #[repr(C)]
@@ -132,6 +138,7 @@ pub struct Config {
     pub cgroup_attach: [Field; cgroup_attach::N],
     pub process_fork: [Field; process_fork::N],
     pub process_exit: [Field; process_exit::N],
+    pub signal_generate: [Field; signal_generate::N],
     /// One of the `FILTER_*` constants.
     pub filter_mode: u32,
     /// The hierarchy id (`root` in the `cgroup:*` tracepoints, column 2 of /proc/cgroups) of the
@@ -176,6 +183,7 @@ impl Config {
             cgroup_attach: [Field::ABSENT; cgroup_attach::N],
             process_fork: [Field::ABSENT; process_fork::N],
             process_exit: [Field::ABSENT; process_exit::N],
+            signal_generate: [Field::ABSENT; signal_generate::N],
             filter_mode: FILTER_NONE,
             filter_root: 0,
             reclaim_key: RECLAIM_KEY_CGROUP,
@@ -235,7 +243,15 @@ pub mod victim_fields {
     /// The victim's pid is in `OWN_WORKERS`: the oomlab that loaded the tracer started it as one
     /// of its workers (its comm is no proof: any process may take the workers' name).
     pub const OWN_WORKER: u32 = 1 << 6;
+    /// The task that marked the victim had just sent it SIGKILL (`signal:signal_generate`): the
+    /// OOM killer killed it. Unset while `signal_generate` is attached: the kernel marked a task
+    /// that was exiting already (`task_will_free_mem`), and killed nothing.
+    pub const KILL_SENT: u32 = 1 << 7;
 }
+
+/// Longest time between the OOM killer's SIGKILL and its `mark_victim` of the same task (the two
+/// are a few instructions apart in `__oom_kill_process`; this only bounds a stale record).
+pub const KILL_TO_MARK_NS: u64 = 10_000_000;
 
 /// `oom:mark_victim`. Sizes are in KiB as the tracepoint reports them.
 #[repr(C)]
@@ -434,7 +450,8 @@ mod tests {
             + cgroup_dir::N
             + cgroup_attach::N
             + process_fork::N
-            + process_exit::N;
+            + process_exit::N
+            + signal_generate::N;
         assert_eq!(size_of::<Config>(), fields * 8 + 16 + 8);
     }
 

@@ -58,6 +58,21 @@ pub(crate) static FILTER_CGROUP_SET: HashMap<u64, u8> = HashMap::with_max_entrie
 #[map]
 pub(crate) static NAMED_TGIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
 
+/// The last SIGKILL each task sent (`signal_generate`), keyed by the sender's tid: the OOM
+/// killer's own SIGKILL to its victim comes a few instructions before `mark_victim`, in the
+/// same task, which then checks it here. LRU: kill storms elsewhere only evict old senders.
+#[map]
+pub(crate) static SIGKILLS_SENT: LruHashMap<u32, SigKill> = LruHashMap::with_max_entries(1024, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct SigKill {
+    /// The task the signal went to (the tracepoint's `pid`, a tid).
+    pub pid: u32,
+    pub _pad: u32,
+    pub ts: u64,
+}
+
 /// `bpf_ringbuf_submit` flags and `bpf_ringbuf_query` selectors (uapi `linux/bpf.h`).
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;

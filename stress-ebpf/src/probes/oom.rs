@@ -2,18 +2,58 @@
 //! the OOM reaper's steps.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
 };
 use aya_log_ebpf::warn;
 use stress_common::{
     adj_update, compact_retry as cr, kind, mark_victim as mv, reaper_step, retry_zone as rz,
-    victim_fields, AdjUpdate, CompactRetry, MarkVictim, Reaper, RetryZone,
+    signal_generate as sg, victim_fields, AdjUpdate, CompactRetry, MarkVictim, Reaper, RetryZone,
+    KILL_TO_MARK_NS,
 };
 
 use crate::emit::{
     config, current_wanted, filtering, header, own_worker, pid_in_filter, read_signed, read_str,
-    read_unsigned, reserve, reserve_oom, submit,
+    read_unsigned, reserve, reserve_oom, submit, SigKill, SIGKILLS_SENT,
 };
+
+const SIGKILL: i64 = 9;
+
+/// Every signal on the node passes here; only a SIGKILL is written down, by its sender's tid.
+#[tracepoint]
+pub(crate) fn signal_generate(ctx: TracePointContext) -> u32 {
+    let l = config(|c| &c.signal_generate);
+    if read_signed(&ctx, l[sg::SIG]) != Some(SIGKILL) {
+        return 0;
+    }
+    let Some(pid) = read_signed(&ctx, l[sg::PID]) else {
+        return 0;
+    };
+    let sender = bpf_get_current_pid_tgid() as u32;
+    let sent = SigKill {
+        pid: pid as u32,
+        _pad: 0,
+        // SAFETY: a helper without arguments.
+        ts: unsafe { bpf_ktime_get_ns() },
+    };
+    let _ = SIGKILLS_SENT.insert(sender, sent, 0);
+    0
+}
+
+/// Whether the current task has just sent SIGKILL to `pid` (and forgets it: one kill, one mark).
+#[inline(always)]
+fn just_killed(pid: u32) -> bool {
+    let me = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(sent) = (unsafe { SIGKILLS_SENT.get(me) }).copied() else {
+        return false;
+    };
+    let _ = SIGKILLS_SENT.remove(me);
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    sent.pid == pid && now.wrapping_sub(sent.ts) <= KILL_TO_MARK_NS
+}
 
 /// Not filtered in the kernel: the victim can live in another cgroup than the task that
 /// triggered the OOM, and kills are rare; user space filters on the victim's own cgroup.
@@ -75,6 +115,9 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<u32, u32> {
     }
     if own_worker(pid as u32) {
         present |= victim_fields::OWN_WORKER;
+    }
+    if just_killed(pid as u32) {
+        present |= victim_fields::KILL_SENT;
     }
     // SAFETY: `ev` points at reserved ring-buffer memory large enough for one MarkVictim; every
     // field is written before submit.

@@ -275,6 +275,12 @@ impl Collector {
                 self.kill_mark(t, v.pid, role, self.stage);
                 self.victims.push(seen);
             }
+            // Not a kill: the kernel marked a task on its way out (see `EventKind::Marked`).
+            EventKind::Marked(v) => {
+                let t = self.t_of(ev.ts);
+                self.say(&run_live::mark_line(t, v.pid, &role_of(&self.roles, v.pid)));
+                self.json("oom_marked", v);
+            }
             EventKind::Reclaim(r) => {
                 self.reclaimed_pages += r.nr_reclaimed;
                 self.reclaim_passes += 1;

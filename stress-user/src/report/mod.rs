@@ -53,6 +53,7 @@ pub fn json_line<T: Serialize + ?Sized>(
 pub fn event_type(tag: &str) -> &str {
     match tag {
         "victim" => "oom_victim",
+        "marked" => "oom_marked",
         "adj_update" => "oom_score_adj",
         "reaper" => "oom_reaper",
         other => other,

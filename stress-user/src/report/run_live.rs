@@ -238,6 +238,15 @@ pub fn kill_line(
     )
 }
 
+/// A `mark_victim` without a kill, aligned with the kill lines.
+pub fn mark_line(t: f64, pid: i32, role: &str) -> String {
+    format!(
+        "{t:>8.2}s  OOM mark  pid {:<7} {:<10} already exiting: marked for the reserves, not killed",
+        pid,
+        role_label(role),
+    )
+}
+
 /// The OOM killer's candidates with their roles, the victim marked — a stage's first episode.
 pub fn candidate_table(totalpages: u64, candidates: &[Candidate]) -> Vec<String> {
     let mut lines = vec![

@@ -80,6 +80,15 @@ pub fn human_line(ev: &Event) -> Option<String> {
                 v.trigger.comm,
             )
         }
+        EventKind::Marked(v) => format!(
+            "{ts:>14.6}  OOM-MARK  pid {:<8} {:<16} adj {:>5}  cgroup {}  trigger {} ({})  [already exiting: marked for the reserves and the reaper, not killed]",
+            v.pid,
+            super::episode::shown(v.comm.as_deref()),
+            opt(v.oom_score_adj),
+            v.context.cgroup.as_deref().unwrap_or("?"),
+            v.trigger.pid,
+            v.trigger.comm,
+        ),
         EventKind::AdjUpdate(a) => format!(
             "{ts:>14.6}  ADJ       pid {:<8} {:<16} adj {:>5}  written by {} ({})",
             a.pid, a.comm, a.oom_score_adj, a.writer.pid, a.writer.comm

@@ -75,6 +75,7 @@ pub struct Metrics {
     oom_episodes: Counter,
     oom_group_kills: Counter,
     adj_updates: Counter,
+    marks_without_kill: Counter,
     reclaim_seconds: HistogramFamily,
     reclaimed_pages: Family<CgroupLabels, Counter>,
     events_lost: Counter,
@@ -174,6 +175,12 @@ impl Metrics {
             "Writes to /proc/PID/oom_score_adj (oom:oom_score_adj_update)",
             adj_updates.clone(),
         );
+        let marks_without_kill = Counter::default();
+        reg.register(
+            "oom_marks_without_kill",
+            "oom:mark_victim of a task that was exiting already (no SIGKILL before it): the kernel gave it the reserves and the reaper but killed nothing; not in oomlab_oom_kills",
+            marks_without_kill.clone(),
+        );
         let reclaim_seconds: HistogramFamily = Family::new_with_constructor(reclaim_histogram);
         reg.register(
             "memcg_reclaim_seconds",
@@ -220,6 +227,7 @@ impl Metrics {
             oom_episodes,
             oom_group_kills,
             adj_updates,
+            marks_without_kill,
             reclaim_seconds,
             reclaimed_pages,
             events_lost,
@@ -300,6 +308,10 @@ impl Metrics {
 
     pub fn adj_update(&self) {
         self.adj_updates.inc();
+    }
+
+    pub fn mark_without_kill(&self) {
+        self.marks_without_kill.inc();
     }
 
     /// One reclaim pass in `cgroup` (`None`: unknown or global).
@@ -484,6 +496,7 @@ mod tests {
             "oomlab_oom_episodes_total 0",
             "oomlab_oom_group_kills_total 0",
             "oomlab_oom_score_adj_updates_total 0",
+            "oomlab_oom_marks_without_kill_total 0",
             "# TYPE oomlab_memcg_reclaim_seconds histogram",
             "# TYPE oomlab_reclaimed_pages counter",
             "oomlab_events_lost_total 0",

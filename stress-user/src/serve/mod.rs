@@ -282,6 +282,8 @@ impl Daemon {
             }
         } else if let EventKind::AdjUpdate(_) = &ev.kind {
             self.metrics.adj_update();
+        } else if let EventKind::Marked(_) = &ev.kind {
+            self.metrics.mark_without_kill();
         } else if let EventKind::Reclaim(r) = &ev.kind {
             self.metrics.reclaim(
                 &mut self.limits,

@@ -105,6 +105,9 @@ pub struct TracepointSpec {
     pub program: &'static str,
     /// oomlab cannot trace OOMs without it.
     pub required: bool,
+    /// Attached with every trace, like the required one, but oomlab traces without it (less
+    /// well: see `signal_generate`).
+    pub always: bool,
     /// `None`: only for the target filter (fork/exit/exec keep the pid filter in step).
     pub class: Option<EventClass>,
 }
@@ -113,7 +116,7 @@ impl TracepointSpec {
     /// Whether the tracer attaches it for `events`. A target filter (`targeted`) also needs the
     /// cgroup events (moves into the target grow the filter) and fork/exit/exec (the pid filter).
     pub fn wanted(&self, events: EventSet, targeted: bool) -> bool {
-        if self.required {
+        if self.required || self.always {
             return true;
         }
         match self.class {
@@ -134,6 +137,7 @@ const fn tp(
         event,
         program,
         required: false,
+        always: false,
         class,
     }
 }
@@ -141,11 +145,22 @@ const fn tp(
 /// Every tracepoint oomlab uses, in attach order: the tracer attaches those asked for, `doctor`
 /// checks every one (and loads and attaches it, to prove the verifier accepts it here).
 pub const TRACEPOINTS: &[TracepointSpec] = &[
+    // Before mark_victim: a kill is told from a mark without one by the SIGKILL before it, so
+    // the first victim must not come before the SIGKILLs are seen.
+    TracepointSpec {
+        group: "signal",
+        event: "signal_generate",
+        program: "signal_generate",
+        required: false,
+        always: true,
+        class: None,
+    },
     TracepointSpec {
         group: "oom",
         event: "mark_victim",
         program: "mark_victim",
         required: true,
+        always: false,
         class: Some(EventClass::Oom),
     },
     tp(

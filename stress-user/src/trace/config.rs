@@ -39,6 +39,7 @@ pub fn build_config(tracefs: &Path) -> Result<Config, FormatError> {
         cgroup_attach: cgroup_attach,
         process_fork: process_fork,
         process_exit: process_exit,
+        signal_generate: signal_generate,
     );
     // Direct reclaim is read with the memcg layout: on a kernel without memcg reclaim events use
     // the direct ones' instead.

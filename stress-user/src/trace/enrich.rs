@@ -283,6 +283,8 @@ pub struct Enricher {
     /// `cgroup_attach_task` is attached, so every move reaches `moved` and forgets the task's
     /// entry in `tgid_cgroup`: only then do victims take their cgroup from those tables.
     sees_moves: bool,
+    /// `signal_generate` is attached: a victim without `kill_sent` was not killed.
+    sees_kills: bool,
     /// Victims reported recently (for the reaper events, which the kernel does not filter).
     victims: VecDeque<i32>,
     victim_set: HashSet<i32>,
@@ -351,6 +353,7 @@ impl Enricher {
             moved: HashMap::new(),
             memory_root: super::memory_hierarchy_id(),
             sees_moves: false,
+            sees_kills: false,
             victims: VecDeque::new(),
             victim_set: HashSet::new(),
             last_sweep: Instant::now(),
@@ -379,6 +382,13 @@ impl Enricher {
                 let _ = m.remove(&tgid);
             }
         }
+    }
+
+    /// The OOM killer's SIGKILLs are traced (`signal:signal_generate` attached): a
+    /// `mark_victim` without one is a mark of a task that was exiting already, not a kill.
+    pub fn with_kills_seen(mut self) -> Self {
+        self.sees_kills = true;
+        self
     }
 
     /// Every move between cgroups is traced (`cgroup_attach_task` attached): a victim's cgroup
@@ -533,6 +543,16 @@ impl Enricher {
                     // tell, so it is not reported under a target.
                     (Some(_), None) => false,
                 };
+                // No SIGKILL before the mark: not a kill (see `EventKind::Marked`). It has no
+                // report in the kernel log for the builder to wait on.
+                if self.sees_kills && !v.kill_sent {
+                    if keep {
+                        self.remember_victim(v.pid);
+                        let marked = v.clone();
+                        ev.kind = EventKind::Marked(marked);
+                    }
+                    return keep;
+                }
                 self.ledger.record(v.pid, Instant::now(), keep);
                 if keep {
                     self.remember_victim(v.pid);
@@ -714,6 +734,7 @@ mod tests {
                 },
                 in_filter: false,
                 own_worker,
+                kill_sent: true,
                 context: VictimContext::default(),
             }),
         }
@@ -734,6 +755,49 @@ mod tests {
             EventKind::Victim(v) => v.context,
             _ => unreachable!("a victim"),
         }
+    }
+
+    #[test]
+    fn a_mark_without_a_sigkill_is_no_kill_when_sigkills_are_traced() {
+        let unkilled = || {
+            let mut ev = victim(4242, "app", false);
+            if let EventKind::Victim(v) = &mut ev.kind {
+                v.kill_sent = false;
+            }
+            ev
+        };
+        // Without signal_generate every mark is a kill, as before.
+        let mut blind = Enricher::new(Some(Version::V1), None, None);
+        let mut ev = unkilled();
+        assert!(blind.process(&mut ev));
+        assert!(matches!(ev.kind, EventKind::Victim(_)));
+        let mut e = Enricher::new(Some(Version::V1), None, None).with_kills_seen();
+        let mut ev = unkilled();
+        assert!(e.process(&mut ev));
+        assert!(matches!(&ev.kind, EventKind::Marked(v) if v.pid == 4242));
+        assert!(!e.ledger().contains(4242), "no kernel report to wait for");
+        let mut ev = victim(4243, "app", false);
+        assert!(e.process(&mut ev));
+        assert!(
+            matches!(ev.kind, EventKind::Victim(_)),
+            "SIGKILL seen: a kill"
+        );
+        assert!(e.ledger().contains(4243));
+    }
+
+    #[test]
+    fn a_records_first_cgroup_is_its_traced_move() {
+        let me = std::process::id();
+        let mut e = Enricher::new(Some(Version::V1), None, None).with_moves_seen();
+        e.memory_root = Some(4);
+        assert!(e.process(&mut attach(me, "/moved-here", 4)));
+        assert_eq!(e.cgroup_of_tgid(me).as_deref(), Some("/moved-here"));
+        // A move of an earlier process with this pid says nothing: /proc does.
+        let mut e = Enricher::new(Some(Version::V1), None, None).with_moves_seen();
+        e.memory_root = Some(4);
+        assert!(e.process(&mut attach(me, "/moved-here", 4)));
+        e.moved.get_mut(&me).expect("moved").ino = Some(1);
+        assert_eq!(e.cgroup_of_tgid(me), cgroup_of_pid(me, Version::V1));
     }
 
     #[test]

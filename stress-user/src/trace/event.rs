@@ -41,6 +41,11 @@ pub struct Victim {
     /// by `oomlab run` as it starts its workers).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub own_worker: bool,
+    /// The task that marked it had just sent it SIGKILL (`signal:signal_generate`). Read by the
+    /// enricher, which makes a victim without it an [`EventKind::Marked`] when that tracepoint is
+    /// attached.
+    #[serde(skip)]
+    pub kill_sent: bool,
     /// Filled in by user space as the event arrives (see `trace::enrich`).
     #[serde(flatten)]
     pub context: VictimContext,
@@ -221,7 +226,13 @@ pub struct CgroupChange {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum EventKind {
+    /// `oom:mark_victim` after the OOM killer's SIGKILL: a kill.
     Victim(Victim),
+    /// `oom:mark_victim` with no SIGKILL before it: the kernel marked a task that was exiting
+    /// already (`task_will_free_mem` in `out_of_memory` or `oom_kill_process`: a thread of a
+    /// killed process charging again, or a chosen task that is on its way out) so it may use the
+    /// reserves and be reaped. Nothing was killed, and the kernel counted no `oom_kill`.
+    Marked(Victim),
     AdjUpdate(AdjUpdate),
     OomKillHook(OomKillHook),
     Reclaim(Reclaim),
@@ -237,6 +248,7 @@ impl EventKind {
     pub fn class(&self) -> EventClass {
         match self {
             EventKind::Victim(_)
+            | EventKind::Marked(_)
             | EventKind::OomKillHook(_)
             | EventKind::Reaper(_)
             | EventKind::ReclaimRetry(_)
@@ -251,6 +263,7 @@ impl EventKind {
     pub fn tag(&self) -> &'static str {
         match self {
             EventKind::Victim(_) => "victim",
+            EventKind::Marked(_) => "marked",
             EventKind::AdjUpdate(_) => "adj_update",
             EventKind::OomKillHook(_) => "oom_kill_hook",
             EventKind::Reclaim(_) => "reclaim",
@@ -364,6 +377,7 @@ fn victim(e: common::MarkVictim) -> (common::EventHeader, EventKind) {
         trigger: task(&e.hdr),
         in_filter: has(victim_fields::IN_FILTER),
         own_worker: has(victim_fields::OWN_WORKER),
+        kill_sent: has(victim_fields::KILL_SENT),
         context: VictimContext::default(),
     };
     (e.hdr, EventKind::Victim(v))

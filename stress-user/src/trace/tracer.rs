@@ -200,6 +200,9 @@ impl Tracer {
         if attached.iter().any(|a| a == "cgroup:cgroup_attach_task") {
             enricher = enricher.with_moves_seen();
         }
+        if attached.iter().any(|a| a == "signal:signal_generate") {
+            enricher = enricher.with_kills_seen();
+        }
         let named = take(&mut bpf, "NAMED_TGIDS", aya::maps::HashMap::try_from)?;
         enricher = enricher.with_named(named);
         let ledger = enricher.ledger();

@@ -786,6 +786,7 @@ mod tests {
                 trigger: task(trigger, "oomlab"),
                 in_filter: false,
                 own_worker: false,
+                kill_sent: true,
                 context: VictimContext::default(),
             }),
         }
