@@ -5,7 +5,7 @@
 //! programs each process holds. For each workload (reclaim churn, a fork/exec storm, cgroup
 //! churn, an adj flood, an OOM storm) the bench alternates three variants in a rotating order,
 //! `OOMLAB_BENCH_PAIRS` (default 20) times: nothing attached, `oomlab trace` (node-wide, every
-//! class, its default human output) and bpftrace counting the same 18 tracepoints. It prints, per
+//! class, its default human output) and bpftrace counting the same 19 tracepoints. It prints, per
 //! workload, the kernel's ns per event for each tool, the share of one CPU spent in their
 //! programs, the wall-time ratio to the same round's untraced run (median and interquartile
 //! range), oomlab's own CPU and its RSS before and after; then ns per event per tracepoint over
@@ -41,7 +41,8 @@ tracepoint:vmscan:mm_vmscan_memcg_reclaim_begin, tracepoint:vmscan:mm_vmscan_mem
 tracepoint:vmscan:mm_vmscan_direct_reclaim_begin, tracepoint:vmscan:mm_vmscan_direct_reclaim_end, \
 tracepoint:vmscan:mm_vmscan_kswapd_wake, tracepoint:cgroup:cgroup_mkdir, tracepoint:cgroup:cgroup_rmdir, \
 tracepoint:cgroup:cgroup_attach_task, tracepoint:sched:sched_process_fork, \
-tracepoint:sched:sched_process_exit, tracepoint:sched:sched_process_exec { @[probe] = count(); }";
+tracepoint:sched:sched_process_exit, tracepoint:sched:sched_process_exec, \
+tracepoint:signal:signal_generate { @[probe] = count(); }";
 
 /// The ids of the BPF programs `pid` holds, from the `prog_id:` lines of its fds' fdinfo (prog
 /// and link fds both carry one). bpftool's own `pids` needs a pid iterator this bpftool lacks.
