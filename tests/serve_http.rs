@@ -237,3 +237,75 @@ fn http_edges_slow_clients_and_reload() {
     let took = serve.stop();
     eprintln!("SIGTERM to exit: {took:?}");
 }
+
+/// On a quiet node (only OOM events streamed, and none comes) an `/events` client that leaves
+/// must give its slot back: no failed write will ever tell the daemon. With `max_streams = 1`
+/// a second client is refused until then.
+#[test]
+fn a_stream_whose_client_left_frees_its_slot_on_a_quiet_node() {
+    if !common::need_root("a_stream_whose_client_left_frees_its_slot_on_a_quiet_node") {
+        return;
+    }
+    let serve = Serve::start("events = [\"oom\"]\nmax_streams = 1\n");
+    // A request pipelined behind the stream (as tests/serve_hostile.rs sends): hyper has it
+    // buffered and reads no further while the stream lasts, so it never sees the client go.
+    let events = |s: &mut TcpStream| {
+        s.write_all(
+            b"GET /events HTTP/1.1\r\nHost: x\r\n\r\nGET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .expect("ask for /events");
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).expect("a status line");
+        String::from_utf8_lossy(&head).to_string()
+    };
+    for round in 0..2 {
+        let mut first = TcpStream::connect((Ipv4Addr::LOCALHOST, serve.port)).expect("connect");
+        assert_eq!(
+            events(&mut first),
+            "HTTP/1.1 200",
+            "round {round}: first stream"
+        );
+        assert!(
+            common::wait_until(Duration::from_secs(2), || serve
+                .metric("oomlab_events_streams_open")
+                == 1.0),
+            "the stream is open"
+        );
+        // Half the rounds leave with a FIN, half with a reset.
+        if round == 1 {
+            use std::os::fd::AsRawFd as _;
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: setsockopt on our own socket with a valid linger struct.
+            let rc = unsafe {
+                libc::setsockopt(
+                    first.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&linger as *const libc::linger).cast(),
+                    size_of::<libc::linger>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0, "SO_LINGER");
+        }
+        drop(first);
+        assert!(
+            common::wait_until(Duration::from_secs(3), || serve
+                .metric("oomlab_events_streams_open")
+                == 0.0),
+            "round {round}: the slot of a client that left is still taken"
+        );
+        let mut second = TcpStream::connect((Ipv4Addr::LOCALHOST, serve.port)).expect("connect");
+        assert_eq!(
+            events(&mut second),
+            "HTTP/1.1 200",
+            "round {round}: the freed slot is given to the next client"
+        );
+        drop(second);
+        assert!(common::wait_until(Duration::from_secs(3), || serve
+            .metric("oomlab_events_streams_open")
+            == 0.0));
+    }
+}

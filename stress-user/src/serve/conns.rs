@@ -7,7 +7,10 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicI32, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
     time::Instant,
 };
 
@@ -125,6 +128,7 @@ impl Conns {
             conns: self.clone(),
             id,
             evict,
+            fd: AtomicI32::new(-1),
         })
     }
 
@@ -168,9 +172,16 @@ pub struct Conn {
     conns: Arc<Conns>,
     id: u64,
     evict: Arc<Notify>,
+    /// The client's socket, for a stream to see the client leave (-1 until set).
+    fd: AtomicI32,
 }
 
 impl Conn {
+    /// The connection's socket: a stream polls it for the client's hang-up.
+    pub fn set_fd(&self, fd: i32) {
+        self.fd.store(fd, Ordering::Relaxed);
+    }
+
     /// Resolves when the connection must close: evicted for a newer one, or its stream stalled.
     pub async fn evicted(&self) {
         self.evict.notified().await;
@@ -208,6 +219,7 @@ impl Conn {
             conns: self.conns.clone(),
             id: self.id,
             evict: self.evict.clone(),
+            fd: self.fd.load(Ordering::Relaxed),
         })
     }
 }
@@ -226,9 +238,32 @@ pub struct StreamSlot {
     conns: Arc<Conns>,
     id: u64,
     evict: Arc<Notify>,
+    fd: i32,
 }
 
 impl StreamSlot {
+    /// The client has gone: its connection is over, or its socket shows a hang-up, an error
+    /// or the end of what it sends (HTTP/1 clients do not half-close while they read; hyper
+    /// itself closes on that end by default). A stream blocked on a quiet node would otherwise
+    /// hold its slot until the next event makes a write fail.
+    pub fn peer_gone(&self) -> bool {
+        if !self.conns.lock().open.contains_key(&self.id) {
+            return true;
+        }
+        if self.fd < 0 {
+            return false;
+        }
+        let mut p = libc::pollfd {
+            fd: self.fd,
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: poll on one pollfd we own, no timeout; the fd is the connection's socket,
+        // open while its entry is (checked above; at worst a just-closed connection's fd).
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    }
+
     /// Closes the connection at once: a stalled client would otherwise keep it (and its
     /// unsent bytes) until the kernel gives up on it.
     pub fn drop_client(self) {

@@ -190,6 +190,7 @@ fn keepalive(stream: &TcpStream, peer: SocketAddr) {
 /// daemon stops, or the connection is evicted.
 async fn connection(stream: TcpStream, peer: SocketAddr, conn: Conn, shared: Arc<Shared>) {
     let web = shared.web();
+    conn.set_fd(std::os::fd::AsRawFd::as_raw_fd(&stream));
     let conn = Arc::new(conn);
     match &web.tls {
         None => http(TokioIo::new(stream), peer, conn, shared, web.clone()).await,
@@ -400,6 +401,9 @@ struct Stream {
     stall: Duration,
 }
 
+/// How often an idle `/events` stream looks whether its client has gone.
+const PEER_CHECK: Duration = Duration::from_millis(500);
+
 /// One `/events` client: gathers chunks into writes of up to [`BATCH_BYTES`] and sends them,
 /// skipping (and counting) what arrives while the client's queue is full. A client whose queue
 /// stays full for `stream_write_timeout` is disconnected and counted.
@@ -434,6 +438,16 @@ async fn stream_events(
                 },
                 // The daemon stops: what is still queued goes out (below), then the end.
                 () = closed(&mut closing) => open = false,
+                // Nothing to send: has the client left? Only a failed write would tell, and on
+                // a quiet node none comes (tests/serve_hostile.rs saw slots held after their
+                // clients had gone).
+                () = tokio::time::sleep(PEER_CHECK) => {
+                    if slot.peer_gone() {
+                        slot.drop_client();
+                        return;
+                    }
+                    continue;
+                }
             }
         }
         // Whatever else is already waiting goes into the same write.
