@@ -52,7 +52,7 @@ fn held(cg: &MemCgroup, level: &str, secs: u64, extra: &[&str], psi_file: &str, 
     for s in inj.all("sample") {
         let h = s;
         eprintln!(
-            "  {:5.1}s 1s {:5.1} % window {:5.1} %  squeeze {:5.1} MiB room {:4.1} MiB set {:4.1} MiB pace {:5} cpu {:4.1} %",
+            "  {:5.1}s 1s {:5.1} % window {:5.1} %  squeeze {:5.1} MiB room {:4.1} MiB set {:4.1} MiB pace {:5} made {:5} cpu {:4.1} %",
             s["elapsed_s"].as_f64().unwrap_or(0.0),
             h["psi_last_second_pct"].as_f64().unwrap_or(0.0),
             h[if full { "psi_full_pct" } else { "psi_some_pct" }].as_f64().unwrap_or(0.0),
@@ -60,6 +60,7 @@ fn held(cg: &MemCgroup, level: &str, secs: u64, extra: &[&str], psi_file: &str, 
             h["room_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
             h["cycle_set_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
             h["cycle_pages_per_s"].as_u64().unwrap_or(0),
+            h["cycle_pages_made_per_s"].as_u64().unwrap_or(0),
             h["oomlab_cpu_pct"].as_f64().unwrap_or(0.0),
         );
     }

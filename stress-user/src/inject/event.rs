@@ -124,8 +124,10 @@ pub struct PressureSample {
     pub room_bytes: u64,
     /// The page-cache set the cycler reads round.
     pub cycle_set_bytes: u64,
-    /// Its pace, pages a second.
+    /// Its pace, pages a second: asked, and made over the last second (a starved CPU holds it
+    /// below what was asked).
     pub cycle_pages_per_s: u64,
+    pub cycle_pages_made_per_s: u64,
     /// CPU of the agent and its workers over the last second, percent of one CPU.
     pub oomlab_cpu_pct: f64,
 }

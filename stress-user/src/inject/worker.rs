@@ -80,6 +80,8 @@ pub struct Worker {
     pub ready: bool,
     /// Its stdout closed: it exited (or is exiting).
     pub eof: bool,
+    /// The cycler's pages read so far (its last `C` report).
+    pub cycled: u64,
 }
 
 /// What a worker said.
@@ -88,6 +90,8 @@ pub enum Report {
     Ready,
     Holding(u64),
     Done(u64),
+    /// The cycler: pages it has read so far, in all.
+    Cycled(u64),
     Error(String),
 }
 
@@ -167,6 +171,7 @@ impl Worker {
             done: false,
             ready: false,
             eof: false,
+            cycled: 0,
         })
     }
 
@@ -238,6 +243,7 @@ impl Worker {
                         self.held = *b;
                         self.done = self.target == Some(*b);
                     }
+                    Report::Cycled(n) => self.cycled = *n,
                     Report::Error(_) => {}
                 }
                 out.push(r);
@@ -268,6 +274,7 @@ pub fn parse_report(line: &str) -> Option<Report> {
         "R" => Some(Report::Ready),
         "H" => rest.trim().parse().ok().map(Report::Holding),
         "D" => rest.trim().parse().ok().map(Report::Done),
+        "C" => rest.trim().parse().ok().map(Report::Cycled),
         "E" => Some(Report::Error(rest.to_string())),
         _ => None,
     }
@@ -474,6 +481,8 @@ mod tests {
         assert_eq!(parse_report("R"), Some(Report::Ready));
         assert_eq!(parse_report("H 4096"), Some(Report::Holding(4096)));
         assert_eq!(parse_report("D 8192"), Some(Report::Done(8192)));
+        assert_eq!(parse_report("C 12345"), Some(Report::Cycled(12345)));
+        assert_eq!(parse_report("C -1"), None);
         assert_eq!(
             parse_report("E no memory"),
             Some(Report::Error("no memory".into()))

@@ -167,7 +167,7 @@ fn scope_note(scope: PsiScope) -> &'static str {
 
 fn pressure_sample(s: &Sample, p: &PressureSample, limit: Option<u64>) -> String {
     format!(
-        "{:>6.1}s  PSI some {:.1} %  full {:.1} % (last {:.0} s; target {}){}  squeeze {}  room {}  cycling {} at {} pages/s  usage {} / {}  oomlab CPU {:.0} %",
+        "{:>6.1}s  PSI some {:.1} %  full {:.1} % (last {:.0} s; target {}){}  squeeze {}  room {}  cycling {} at {} pages/s{}  usage {} / {}  oomlab CPU {:.0} %",
         s.elapsed_s,
         p.psi_some_pct,
         p.psi_full_pct,
@@ -178,6 +178,12 @@ fn pressure_sample(s: &Sample, p: &PressureSample, limit: Option<u64>) -> String
         human(p.room_bytes),
         human(p.cycle_set_bytes),
         p.cycle_pages_per_s,
+        // Said only when the cycler falls well short of the pace asked (a starved CPU).
+        if (p.cycle_pages_made_per_s as f64) < 0.7 * p.cycle_pages_per_s as f64 {
+            format!(" (made {})", p.cycle_pages_made_per_s)
+        } else {
+            String::new()
+        },
         human(s.usage_bytes),
         limit.map_or("unlimited".into(), human),
         p.oomlab_cpu_pct,

@@ -7,7 +7,8 @@
 //!
 //! Protocol as every worker's (`inject::worker`), plus `P <pages per second>`: `T <bytes>` sizes
 //! the cycled set (the file grows to it, written and synced so its pages are clean and
-//! reclaimable), `H`/`D <bytes>` report the set in place.
+//! reclaimable), `H`/`D <bytes>` report the set in place, and `C <pages>` (every 250 ms while it
+//! reads) the pages read so far.
 
 use std::{
     fs::File,
@@ -32,6 +33,9 @@ const SLICE: Duration = Duration::from_millis(10);
 /// Reads owed after a long stall are forgotten beyond this much time's worth, so a stall does
 /// not turn into a burst.
 const MAX_DEBT: f64 = 0.1;
+/// How often the cycler says how many pages it has read (`C <total>`): the agent learns from
+/// the pace made, which a starved CPU holds below the pace asked.
+const REPORT_EVERY: Duration = Duration::from_millis(250);
 
 /// Runs the cycler in the worker process; returns its exit code.
 pub fn cycler_main(args: &WorkerArgs) -> i32 {
@@ -58,10 +62,12 @@ pub fn cycler_main(args: &WorkerArgs) -> i32 {
         cursor: 0,
         debt: 0.0,
         page: page_size().max(1),
+        pages: 0,
     };
     let _ = out.write_all(b"R\n");
     let mut inbuf = Vec::new();
     let mut last = Instant::now();
+    let (mut reported, mut reported_at) = (0u64, Instant::now());
     loop {
         let timeout = if c.pace == 0 {
             -1
@@ -94,6 +100,10 @@ pub fn cycler_main(args: &WorkerArgs) -> i32 {
         let now = Instant::now();
         c.cycle(now.duration_since(last));
         last = now;
+        if c.pages != reported && now.duration_since(reported_at) >= REPORT_EVERY {
+            let _ = writeln!(out, "C {}", c.pages);
+            (reported, reported_at) = (c.pages, now);
+        }
     }
 }
 
@@ -115,6 +125,8 @@ struct Cycler {
     /// Pages owed at the current pace.
     debt: f64,
     page: u64,
+    /// Pages read so far, in all.
+    pages: u64,
 }
 
 impl Cycler {
@@ -172,6 +184,7 @@ impl Cycler {
                 self.cursor = 0;
             }
             self.debt -= 1.0;
+            self.pages += 1;
         }
     }
 }
