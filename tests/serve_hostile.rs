@@ -17,7 +17,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::serve::{adj_flood, raise_nofile, stalled_events_client, try_get, Serve};
+use common::serve::{
+    adj_flood, raise_nofile, reset_on_close, stalled_events_client, try_get, Serve,
+};
 
 fn connect(port: u16) -> TcpStream {
     TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect to oomlab serve")
@@ -299,7 +301,6 @@ fn pipelined(port: u16, n: usize) -> usize {
 /// `GET /events` with more requests and junk pipelined behind it, then gone — half of them
 /// with a reset (SO_LINGER 0) instead of a FIN — while events flow.
 fn events_then_close(port: u16, n: usize) {
-    use std::os::fd::AsRawFd as _;
     for i in 0..n {
         let mut s = connect(port);
         let _ = s.write_all(
@@ -307,20 +308,7 @@ fn events_then_close(port: u16, n: usize) {
         );
         thread::sleep(Duration::from_millis(2));
         if i % 2 == 0 {
-            let linger = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
-            // SAFETY: setsockopt on our own socket with a valid linger struct.
-            unsafe {
-                libc::setsockopt(
-                    s.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    (&linger as *const libc::linger).cast(),
-                    size_of::<libc::linger>() as libc::socklen_t,
-                );
-            }
+            reset_on_close(&s);
         }
         drop(s);
     }

@@ -13,7 +13,7 @@ use std::{
 
 use common::{
     lines::{is_type, Lines},
-    serve::{adj_flood, free_port, get, try_get, Launch, Serve},
+    serve::{adj_flood, free_port, get, reset_on_close, try_get, Launch, Serve},
 };
 use nix::sys::signal::Signal;
 
@@ -273,22 +273,7 @@ fn a_stream_whose_client_left_frees_its_slot_on_a_quiet_node() {
         );
         // Half the rounds leave with a FIN, half with a reset.
         if round == 1 {
-            use std::os::fd::AsRawFd as _;
-            let linger = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
-            // SAFETY: setsockopt on our own socket with a valid linger struct.
-            let rc = unsafe {
-                libc::setsockopt(
-                    first.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    (&linger as *const libc::linger).cast(),
-                    size_of::<libc::linger>() as libc::socklen_t,
-                )
-            };
-            assert_eq!(rc, 0, "SO_LINGER");
+            reset_on_close(&first);
         }
         drop(first);
         assert!(

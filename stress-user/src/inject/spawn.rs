@@ -469,6 +469,21 @@ mod tests {
         }
     }
 
+    /// This process's own memory cgroup (joining it moves nothing), or `None`, said, without
+    /// root.
+    fn own_cgroup() -> Option<PathBuf> {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: joining a cgroup needs root");
+            return None;
+        }
+        Some(
+            Hierarchy::detect()
+                .and_then(|h| h.of_pid(std::process::id() as i32))
+                .expect("own memory cgroup")
+                .dir(),
+        )
+    }
+
     #[test]
     fn a_failed_join_is_the_spawn_error() {
         let err = spawn(&options("true", "/nonexistent-oomlab".into())).expect_err("no cgroup");
@@ -477,15 +492,7 @@ mod tests {
 
     #[test]
     fn the_child_runs_with_its_pipes_and_exec_errors_come_back() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: joining a cgroup needs root");
-            return;
-        }
-        // Its own cgroup: joining it moves nothing.
-        let own = Hierarchy::detect()
-            .and_then(|h| h.of_pid(std::process::id() as i32))
-            .expect("own memory cgroup")
-            .dir();
+        let Some(own) = own_cgroup() else { return };
         let err = spawn(&options("/nonexistent-oomlab/prog", own.clone())).expect_err("no program");
         assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
 
@@ -505,14 +512,7 @@ mod tests {
 
     #[test]
     fn born_sees_the_pid_before_the_child_goes_on() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: joining a cgroup needs root");
-            return;
-        }
-        let own = Hierarchy::detect()
-            .and_then(|h| h.of_pid(std::process::id() as i32))
-            .expect("own memory cgroup")
-            .dir();
+        let Some(own) = own_cgroup() else { return };
         let mut opts = options("sleep", own);
         opts.args = vec!["5".into()];
         // A fork copies the calling thread's name.
