@@ -2,7 +2,9 @@
 # /init of oomlab's test VMs (cargo xtask vm-test): mounts what the tests need with cgroup v2 and
 # the memory controller enabled for children, runs `oomlab doctor` and then every planned test
 # alone, and reports on the serial console with `@@OOMLAB-VM` marker lines the host parses.
-# The plan (/vm/plan: group<TAB>binary<TAB>test per line) and /vm/env are written by the host.
+# The plan (/vm/plan: group<TAB>binary<TAB>test per line) and /vm/env (the oomlab binary, the
+# per-test deadline, extra libtest arguments such as a benchmark's --ignored) are written by the
+# host.
 
 /bin/busybox mkdir -p /proc /sys /dev /tmp /root /usr/bin /sbin /usr/sbin
 /bin/busybox --install -s
@@ -59,7 +61,7 @@ while IFS="$tab" read -r group bin name; do
     [ -n "$name" ] || continue
     say "test-begin $group $name"
     (cd /tmp && timeout -s KILL "$OOMLAB_TEST_TIMEOUT" \
-        "$bin" --exact "$name" --test-threads=1 --nocapture </dev/null 2>&1)
+        "$bin" --exact "$name" --test-threads=1 --nocapture $OOMLAB_TEST_ARGS </dev/null 2>&1)
     rc=$?
     # A test that leaves cgroups behind must not disturb the next one; say so, the host
     # reports it with the test.

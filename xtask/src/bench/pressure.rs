@@ -69,7 +69,7 @@ struct Row {
     cpu_pct: f64,
 }
 
-fn score(shares: &[f64], target: f64, cpu_ticks_total: u64) -> Row {
+fn score(shares: &[f64], target: f64, cpu_pct: f64) -> Row {
     // Settled: the first second from which a 3-second mean is within ±20 % of the target.
     let settle_s = (0..shares.len().saturating_sub(3)).find(|&i| {
         let m = shares[i..i + 3].iter().sum::<f64>() / 3.0;
@@ -89,8 +89,13 @@ fn score(shares: &[f64], target: f64, cpu_ticks_total: u64) -> Row {
         mean,
         abs_err,
         p95,
-        cpu_pct: cpu_ticks_total as f64 / clock_ticks() / shares.len().max(1) as f64 * 100.0,
+        cpu_pct,
     }
+}
+
+/// CPU ticks over `secs` seconds as a share of one core.
+fn ticks_pct(ticks: u64, secs: usize) -> f64 {
+    ticks as f64 / clock_ticks() / secs.max(1) as f64 * 100.0
 }
 
 fn spread(v: &[f64]) -> f64 {
@@ -98,6 +103,8 @@ fn spread(v: &[f64]) -> f64 {
     (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt()
 }
 
+/// Both halves by default; `OOMLAB_BENCH_PRESSURE=host` or `=vm` runs one.
+/// `OOMLAB_BENCH_KERNEL` (5.10, 6.1, 6.12, all: the default) picks the guests.
 pub(super) fn run() -> Result<()> {
     if !nix_is_root() {
         bail!("bench pressure needs root (it creates a memory cgroup)");
@@ -105,6 +112,128 @@ pub(super) fn run() -> Result<()> {
     if Command::new("stress-ng").arg("--version").output().is_err() {
         bail!("stress-ng is not installed (cargo xtask setup installs it)");
     }
+    let which = std::env::var("OOMLAB_BENCH_PRESSURE").unwrap_or_else(|_| "both".into());
+    if !matches!(which.as_str(), "host" | "vm" | "both") {
+        bail!("OOMLAB_BENCH_PRESSURE={which}: want host, vm or both");
+    }
+    if which != "vm" {
+        run_host()?;
+    }
+    if which != "host" {
+        run_vm()?;
+    }
+    Ok(())
+}
+
+const HEADER: &str = "| target some | tool | settled in | mean after settling | mean abs error | p95 error | CPU (% of one core) |\n|---|---|---|---|---|---|---|";
+
+fn print_rows(level: f64, ours: &Row, peer_bytes: u64, peer_shares: &[f64], peer: &Row) {
+    println!(
+        "| {level} % | oomlab inject --pressure | {} | {:.1} % | {:.1} pts | {:.1} pts | {:.1} |",
+        ours.settle_s.map_or("never".into(), |s| format!("{s} s")),
+        ours.mean,
+        ours.abs_err,
+        ours.p95,
+        ours.cpu_pct
+    );
+    println!(
+        "| {level} % | stress-ng --vm 1 --vm-bytes {} MiB --vm-keep | {} | {:.1} % (spread {:.1}) | {:.1} pts | {:.1} pts | {:.1} |",
+        peer_bytes >> 20,
+        peer.settle_s.map_or("never".into(), |s| format!("{s} s")),
+        peer.mean,
+        spread(&peer_shares[SETTLE.min(peer_shares.len())..]),
+        peer.abs_err,
+        peer.p95,
+        peer.cpu_pct
+    );
+}
+
+/// One `@@BENCH pressure …` line of the guest half (`tests/pressure.rs`,
+/// `bench_pressure_levels_v2`): tool, level, bytes, CPU share, one stall share per second.
+#[derive(Debug, PartialEq)]
+struct GuestRun {
+    tool: String,
+    level: f64,
+    bytes: u64,
+    cpu_pct: f64,
+    shares: Vec<f64>,
+}
+
+fn parse_guest_line(line: &str) -> Option<GuestRun> {
+    let rest = line.trim().strip_prefix("@@BENCH pressure ")?;
+    let field = |k: &str| {
+        rest.split_whitespace()
+            .find_map(|f| f.strip_prefix(k)?.strip_prefix('='))
+    };
+    Some(GuestRun {
+        tool: field("tool")?.to_string(),
+        level: field("level")?.parse().ok()?,
+        bytes: field("bytes")?.parse().ok()?,
+        cpu_pct: field("cpu_pct")?.parse().ok()?,
+        shares: field("shares")?
+            .split(',')
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?,
+    })
+}
+
+/// The cgroup v2 half: the guest test holds each level with oomlab and then the peer, reading
+/// the cgroup's own `memory.pressure`; scored here like the host half.
+fn run_vm() -> Result<()> {
+    use clap::ValueEnum as _;
+    let kernel = std::env::var("OOMLAB_BENCH_KERNEL").unwrap_or_else(|_| "all".into());
+    let kernel = crate::vm::KernelChoice::from_str(&kernel, true)
+        .map_err(|e| anyhow::anyhow!("OOMLAB_BENCH_KERNEL={kernel}: {e}"))?;
+    let stress_ng = which("stress-ng").context("stress-ng is not on PATH")?;
+    let runs = crate::vm::run_bench_in_guests(
+        "pressure",
+        "bench_pressure_levels_v2",
+        kernel,
+        1200,
+        vec![stress_ng],
+    )?;
+    let mut failed = Vec::new();
+    for (series, output) in runs {
+        let output = match output {
+            Ok(o) => o,
+            Err(e) => {
+                failed.push(format!("{series}: {e:#}"));
+                continue;
+            }
+        };
+        let lines: Vec<GuestRun> = output.lines().filter_map(parse_guest_line).collect();
+        println!(
+            "\nbench pressure in the {series} guest (cgroup v2, the target's own memory.pressure; 96 MiB cgroup beside a 16 MiB app; 30 s per run; error after {SETTLE} s; one TCG vCPU)"
+        );
+        println!("{HEADER}");
+        for level in LEVELS {
+            let of = |tool: &str| lines.iter().find(|r| r.tool == tool && r.level == level);
+            let (Some(o), Some(p)) = (of("oomlab"), of("stress-ng")) else {
+                failed.push(format!("{series}: no figures for {level} %"));
+                continue;
+            };
+            let ours = score(&o.shares, level, o.cpu_pct);
+            let peer = score(&p.shares, level, p.cpu_pct);
+            print_rows(level, &ours, p.bytes, &p.shares, &peer);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("bench pressure in the guests: {}", failed.join("; "));
+    }
+    Ok(())
+}
+
+fn which(tool: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.is_file())
+}
+
+/// The host half: node PSI with `--node-pressure` (cgroup v1 has no per-cgroup PSI).
+fn run_host() -> Result<()> {
     sh("cargo", &["build", "--release", "--package", "stress-user"])?;
     let oomlab = target_dir().join("release/oomlab");
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -113,30 +242,12 @@ pub(super) fn run() -> Result<()> {
         kernel.trim(),
         LIMIT >> 20
     );
-    println!("| target some | tool | settled in | mean after settling | mean abs error | p95 error | CPU (% of one core) |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("{HEADER}");
     for level in LEVELS {
         let (ours, peak) = run_oomlab(&oomlab, level)?;
-        println!(
-            "| {level} % | oomlab inject --pressure | {} | {:.1} % | {:.1} pts | {:.1} pts | {:.1} |",
-            ours.settle_s.map_or("never".into(), |s| format!("{s} s")),
-            ours.mean,
-            ours.abs_err,
-            ours.p95,
-            ours.cpu_pct
-        );
         let (shares, ticks) = run_stress_ng(peak, level)?;
-        let peer = score(&shares, level, ticks);
-        println!(
-            "| {level} % | stress-ng --vm 1 --vm-bytes {} MiB --vm-keep | {} | {:.1} % (spread {:.1}) | {:.1} pts | {:.1} pts | {:.1} |",
-            peak >> 20,
-            peer.settle_s.map_or("never".into(), |s| format!("{s} s")),
-            peer.mean,
-            spread(&shares[SETTLE..]),
-            peer.abs_err,
-            peer.p95,
-            peer.cpu_pct
-        );
+        let peer = score(&shares, level, ticks_pct(ticks, SECS));
+        print_rows(level, &ours, peak, &shares, &peer);
     }
     Ok(())
 }
@@ -166,7 +277,7 @@ fn run_oomlab(oomlab: &Path, level: f64) -> Result<(Row, u64)> {
     let (shares, peak, ticks) = watch(&cg, SECS);
     let ticks = ticks + cpu_ticks(agent);
     stop(&mut child);
-    Ok((score(&shares, level, ticks), peak))
+    Ok((score(&shares, level, ticks_pct(ticks, SECS)), peak))
 }
 
 /// stress-ng holding `bytes` in the same kind of cgroup for SECS.
@@ -193,4 +304,29 @@ fn run_stress_ng(bytes: u64, level: f64) -> Result<(Vec<f64>, u64)> {
     let (shares, _, ticks) = watch(&cg, SECS);
     stop(&mut child);
     Ok((shares, ticks))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_guest_lines() {
+        let l = "@@BENCH pressure tool=stress-ng level=10 bytes=52428800 cpu_pct=11.20 shares=0.000,1.500";
+        assert_eq!(
+            parse_guest_line(l),
+            Some(GuestRun {
+                tool: "stress-ng".into(),
+                level: 10.0,
+                bytes: 52428800,
+                cpu_pct: 11.2,
+                shares: vec![0.0, 1.5],
+            })
+        );
+        assert_eq!(
+            parse_guest_line("@@BENCH pressure tool=oomlab level=x"),
+            None
+        );
+        assert_eq!(parse_guest_line("test result: ok"), None);
+    }
 }

@@ -22,7 +22,7 @@ pub(super) fn build_initramfs(
     cpio: &Path,
     oomlab: &Path,
     plan: &[PlannedTest],
-    test_timeout: u64,
+    guest: &GuestExtras,
 ) -> Result<()> {
     if root.exists() {
         fs::remove_dir_all(root).with_context(|| format!("clearing {}", root.display()))?;
@@ -30,13 +30,13 @@ pub(super) fn build_initramfs(
     fs::create_dir_all(root.join("bin"))?;
     fs::create_dir_all(root.join("vm"))?;
     place_busybox_and_init(root)?;
-    place_binaries(root, oomlab, plan)?;
+    place_binaries(root, oomlab, plan, &guest.tools)?;
     // Fixtures the tests find through CARGO_MANIFEST_DIR/../tests/data.
     let data = workspace_root().join("tests/data");
     if data.is_dir() {
         copy_tree(&data, &root.join(data.strip_prefix("/").unwrap_or(&data)))?;
     }
-    write_plan(root, oomlab, plan, test_timeout)?;
+    write_plan(root, oomlab, plan, guest)?;
     pack(root, cpio)
 }
 
@@ -55,8 +55,27 @@ fn place_busybox_and_init(root: &Path) -> Result<()> {
     set_executable(&init)
 }
 
-/// oomlab and each planned test binary once, stripped, and every shared library they load.
-fn place_binaries(root: &Path, oomlab: &Path, plan: &[PlannedTest]) -> Result<()> {
+/// What a run puts in its guests beside the plan.
+pub(super) struct GuestExtras {
+    /// Seconds one test may run before the guest kills it.
+    pub(super) test_timeout: u64,
+    /// libtest arguments after `--exact NAME` (`--ignored` for a benchmark's guest half).
+    pub(super) test_args: String,
+    /// Host programs a test needs, at their host paths with their libraries (a peer tool).
+    pub(super) tools: Vec<PathBuf>,
+}
+
+/// oomlab, each planned test binary and each extra tool once (stripped, but for the tools), and
+/// every shared library they load.
+fn place_binaries(
+    root: &Path,
+    oomlab: &Path,
+    plan: &[PlannedTest],
+    tools: &[PathBuf],
+) -> Result<()> {
+    for tool in tools {
+        place(root, tool, false)?;
+    }
     let mut bins: Vec<&Path> = vec![oomlab];
     for planned in plan {
         if !bins.contains(&planned.bin.as_path()) {
@@ -64,8 +83,11 @@ fn place_binaries(root: &Path, oomlab: &Path, plan: &[PlannedTest]) -> Result<()
         }
     }
     let mut libs = Vec::new();
+    bins.extend(tools.iter().map(PathBuf::as_path));
     for bin in &bins {
-        place(root, bin, true)?;
+        if !tools.iter().any(|t| t == bin) {
+            place(root, bin, true)?;
+        }
         for lib in shared_libs(bin)? {
             if !libs.contains(&lib) {
                 libs.push(lib);
@@ -79,7 +101,7 @@ fn place_binaries(root: &Path, oomlab: &Path, plan: &[PlannedTest]) -> Result<()
 }
 
 /// /vm/plan (group, binary and test per line) and /vm/env, which /init reads.
-fn write_plan(root: &Path, oomlab: &Path, plan: &[PlannedTest], test_timeout: u64) -> Result<()> {
+fn write_plan(root: &Path, oomlab: &Path, plan: &[PlannedTest], guest: &GuestExtras) -> Result<()> {
     let mut plan_text = String::new();
     for PlannedTest { group, bin, test } in plan {
         plan_text.push_str(&format!("{group}\t{}\t{test}\n", bin.display()));
@@ -88,8 +110,10 @@ fn write_plan(root: &Path, oomlab: &Path, plan: &[PlannedTest], test_timeout: u6
     fs::write(
         root.join("vm/env"),
         format!(
-            "OOMLAB_BIN='{}'\nOOMLAB_TEST_TIMEOUT={test_timeout}\n",
-            oomlab.display()
+            "OOMLAB_BIN='{}'\nOOMLAB_TEST_TIMEOUT={}\nOOMLAB_TEST_ARGS='{}'\n",
+            oomlab.display(),
+            guest.test_timeout,
+            guest.test_args
         ),
     )?;
     Ok(())

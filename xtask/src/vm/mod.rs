@@ -28,10 +28,10 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use self::{
-    initramfs::build_initramfs,
+    initramfs::{build_initramfs, GuestExtras},
     kernel::{kernel_image, Series, SERIES},
     matrix::{host_doctor, write_matrix},
-    plan::{build_tests, plan},
+    plan::{build_tests, plan, Built, PlannedTest},
     qemu::Guest,
     results::{print_results, VmRun},
 };
@@ -113,45 +113,14 @@ pub(crate) fn run(args: &VmTestArgs) -> Result<()> {
 
     let built = build_tests(args.release)?;
     let plan = plan(&built, &args.tests)?;
-    let initrd = out.join("initramfs.cpio");
-    build_initramfs(
-        &out.join("initramfs"),
-        &initrd,
-        &built.oomlab,
-        &plan,
-        args.test_timeout,
-    )?;
-    eprintln!(
-        "xtask vm-test: {} tests from {} binaries, initramfs {} MiB ({:.0} s so far)",
-        plan.len(),
-        built.tests.len(),
-        fs::metadata(&initrd)?.len() >> 20,
-        start.elapsed().as_secs_f64()
-    );
-
+    let extras = GuestExtras {
+        test_timeout: args.test_timeout,
+        test_args: String::new(),
+        tools: Vec::new(),
+    };
     host_doctor(&built.oomlab, &out.join("host"));
-
     let series = args.kernel.series();
-    let mut kernels = Vec::new();
-    for s in &series {
-        kernels.push((s.name, kernel_image(s)?));
-    }
-    let expected: Vec<(String, String)> = plan
-        .iter()
-        .map(|p| (p.group.clone(), p.test.clone()))
-        .collect();
-    let guests: Vec<Guest<'_>> = kernels
-        .iter()
-        .map(|(s, image)| Guest {
-            series: s,
-            image,
-            initrd: &initrd,
-            dir: out.join(s),
-            expected: &expected,
-            test_timeout: args.test_timeout,
-        })
-        .collect();
-    let runs = boot_side_by_side(&guests);
+    let runs = boot_plan(&out, &built, &plan, &extras, &series, start)?;
 
     let mut failed = 0;
     let mut errors = Vec::new();
@@ -184,6 +153,93 @@ pub(crate) fn run(args: &VmTestArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Packs `plan` into one initramfs under `out` and boots it on each of `series`, side by side;
+/// one run (or why it failed) per kernel, in the order of `series`.
+fn boot_plan(
+    out: &std::path::Path,
+    built: &Built,
+    plan: &[PlannedTest],
+    extras: &GuestExtras,
+    series: &[Series],
+    start: Instant,
+) -> Result<Vec<Result<VmRun>>> {
+    let initrd = out.join("initramfs.cpio");
+    build_initramfs(&out.join("initramfs"), &initrd, &built.oomlab, plan, extras)?;
+    eprintln!(
+        "xtask vm-test: {} tests from {} binaries, initramfs {} MiB ({:.0} s so far)",
+        plan.len(),
+        built.tests.len(),
+        fs::metadata(&initrd)?.len() >> 20,
+        start.elapsed().as_secs_f64()
+    );
+    let mut kernels = Vec::new();
+    for s in series {
+        kernels.push((s.name, kernel_image(s)?));
+    }
+    let expected: Vec<(String, String)> = plan
+        .iter()
+        .map(|p| (p.group.clone(), p.test.clone()))
+        .collect();
+    let guests: Vec<Guest<'_>> = kernels
+        .iter()
+        .map(|(s, image)| Guest {
+            series: s,
+            image,
+            initrd: &initrd,
+            dir: out.join(s),
+            expected: &expected,
+            test_timeout: extras.test_timeout,
+        })
+        .collect();
+    Ok(boot_side_by_side(&guests))
+}
+
+/// A benchmark's guest half: the `#[ignore]`d test `test` of the integration test binary
+/// `group`, built with `--release`, run alone with `--ignored` on each kernel of `kernel`
+/// (artefacts under target/vm-bench/), with `tools` (a peer such as stress-ng) in the guest.
+/// Per kernel: its series name and what the test printed (or why it did not run or failed).
+pub(crate) fn run_bench_in_guests(
+    group: &str,
+    test: &str,
+    kernel: KernelChoice,
+    timeout_s: u64,
+    tools: Vec<std::path::PathBuf>,
+) -> Result<Vec<(&'static str, Result<String>)>> {
+    let start = Instant::now();
+    let out = target_dir().join("vm-bench");
+    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let built = build_tests(true)?;
+    let plan = plan::ignored_test(&built, group, test)?;
+    let extras = GuestExtras {
+        test_timeout: timeout_s,
+        test_args: "--ignored".into(),
+        tools,
+    };
+    let series = kernel.series();
+    let runs = boot_plan(&out, &built, &plan, &extras, &series, start)?;
+    Ok(series
+        .iter()
+        .zip(runs)
+        .map(|(s, run)| {
+            let output = run.and_then(|run| {
+                let r = run
+                    .results
+                    .into_iter()
+                    .next()
+                    .context("the guest reported no test")?;
+                match r.outcome {
+                    results::Outcome::Passed => Ok(r.output),
+                    other => bail!(
+                        "{other} (console: {})",
+                        out.join(s.name).join("console.log").display()
+                    ),
+                }
+            });
+            (s.name, output)
+        })
+        .collect())
 }
 
 /// One vCPU per guest, and never more guests at once than the host has cores: the tests'

@@ -103,7 +103,13 @@ pub(super) fn plan(built: &Built, wanted: &[String]) -> Result<Vec<PlannedTest>>
         if !wanted.is_empty() && !wanted.contains(&bin.name) {
             continue;
         }
-        for test in list_tests(&bin.path)? {
+        let ignored = list_tests(&bin.path, true)?;
+        for test in list_tests(&bin.path, false)? {
+            // `#[ignore]`d tests are benchmarks' guest halves (`cargo xtask bench pressure`
+            // runs them with `ignored_test`), not part of the matrix.
+            if ignored.contains(&test) {
+                continue;
+            }
             plan.push(PlannedTest {
                 group: bin.name.clone(),
                 bin: bin.path.clone(),
@@ -122,10 +128,32 @@ pub(super) fn plan(built: &Built, wanted: &[String]) -> Result<Vec<PlannedTest>>
     Ok(plan)
 }
 
-/// The test names in a libtest binary (`--list --format terse` prints `name: test`).
-fn list_tests(bin: &Path) -> Result<Vec<String>> {
-    let out = Command::new(bin)
-        .args(["--list", "--format", "terse"])
+/// One `#[ignore]`d test of the binary `group`, alone: what a benchmark runs in the guests.
+pub(super) fn ignored_test(built: &Built, group: &str, test: &str) -> Result<Vec<PlannedTest>> {
+    let bin = built
+        .tests
+        .iter()
+        .find(|b| b.name == group)
+        .with_context(|| format!("no integration test binary named {group}"))?;
+    if !list_tests(&bin.path, true)?.iter().any(|t| t == test) {
+        bail!("{group} has no #[ignore]d test named {test}");
+    }
+    Ok(vec![PlannedTest {
+        group: group.into(),
+        bin: bin.path.clone(),
+        test: test.into(),
+    }])
+}
+
+/// The test names in a libtest binary (`--list --format terse` prints `name: test`); with
+/// `ignored`, only the `#[ignore]`d ones.
+fn list_tests(bin: &Path, ignored: bool) -> Result<Vec<String>> {
+    let mut cmd = Command::new(bin);
+    cmd.args(["--list", "--format", "terse"]);
+    if ignored {
+        cmd.arg("--ignored");
+    }
+    let out = cmd
         .output()
         .with_context(|| format!("listing the tests of {}", bin.display()))?;
     if !out.status.success() {
