@@ -49,6 +49,11 @@ pub(crate) enum KernelChoice {
 }
 
 impl KernelChoice {
+    /// The series names this choice boots.
+    pub(crate) fn names(self) -> Vec<&'static str> {
+        self.series().iter().map(|s| s.name).collect()
+    }
+
     fn series(self) -> Vec<Series> {
         let only = match self {
             KernelChoice::V5_10 => "5.10",

@@ -180,7 +180,8 @@ pub struct Score {
 /// The score of a run.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Scored {
-    /// First time the window share was within ±20 % of the target.
+    /// First time the last [`SETTLE_SPAN`] one-second shares averaged within ±20 % of the
+    /// target (the end of that stretch).
     pub seconds_to_pressure: Option<f64>,
     /// Mean one-second share after settling (the share over that whole stretch).
     pub pressure_mean: Option<f64>,
@@ -189,6 +190,13 @@ pub struct Scored {
     pub pressure_abs_error_p95: Option<f64>,
 }
 
+/// Seconds of one-second shares that must average within ±20 % of the target for the level to
+/// count as reached. Not the steering window: from a cold start a 10 s window carries the ramp
+/// from zero for 10 s, so "within ±20 % over the window" measured the window's memory, not the
+/// controller (6.12 guest: 12.4 s by the window, with the last three seconds in band from 7 s).
+/// `cargo xtask bench pressure` scores its own readings the same way.
+pub const SETTLE_SPAN: usize = 3;
+
 impl Score {
     pub fn push(&mut self, t: f64, window_share: f64, second_share: f64) {
         self.seconds.push((t, window_share, second_share));
@@ -196,7 +204,10 @@ impl Score {
 
     pub fn score(&self, target: f64) -> Scored {
         let near = |s: f64| (s - target).abs() <= target * 0.2;
-        let settled_at = self.seconds.iter().position(|&(_, w, _)| near(w));
+        let settled_at = (SETTLE_SPAN.saturating_sub(1)..self.seconds.len()).find(|&i| {
+            let span = &self.seconds[i + 1 - SETTLE_SPAN..=i];
+            near(span.iter().map(|&(_, _, s)| s).sum::<f64>() / SETTLE_SPAN as f64)
+        });
         let after: Vec<f64> = settled_at
             .map(|i| self.seconds[i + 1..].iter().map(|&(_, _, s)| s).collect())
             .unwrap_or_default();
@@ -365,11 +376,25 @@ mod tests {
         ] {
             s.push(t, w, x);
         }
+        // Seconds 1–3 average 8.7 %: in band at 3 s, and what follows is "after settling".
         let sc = s.score(10.0);
         assert_eq!(sc.seconds_to_pressure, Some(3.0));
         assert_eq!(sc.pressure_mean, Some(9.0));
         assert_eq!(sc.pressure_abs_error_mean, Some(1.0));
         assert_eq!(sc.pressure_abs_error_p95, Some(2.0));
         assert_eq!(Score::default().score(10.0).seconds_to_pressure, None);
+        // Two seconds are no stretch, and a window that already holds the level (after an
+        // overshoot) does not count while the last seconds are out of band.
+        let mut short = Score::default();
+        short.push(1.0, 10.0, 10.0);
+        short.push(2.0, 10.0, 10.0);
+        assert_eq!(short.score(10.0).seconds_to_pressure, None);
+        let mut swing = Score::default();
+        for (t, x) in [(1.0, 40.0), (2.0, 0.0), (3.0, 0.0), (4.0, 5.0), (5.0, 11.0)] {
+            swing.push(t, 10.0, x);
+        }
+        assert_eq!(swing.score(10.0).seconds_to_pressure, None);
+        swing.push(6.0, 10.0, 12.0);
+        assert_eq!(swing.score(10.0).seconds_to_pressure, Some(6.0));
     }
 }
