@@ -33,22 +33,27 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tool {
     Oomlab,
+    /// `--thp` (MADV_HUGEPAGE): the huge-page idea, measured beside the default.
+    OomlabThp,
     StressNg,
     StressNgPopulate,
     RawPopulate,
 }
 
 impl Tool {
-    const ALL: [Tool; 4] = [
+    /// The ratios below index this order: 0 oomlab, 1 --vm-populate, 2 stress-ng, 3 raw, 4 --thp.
+    const ALL: [Tool; 5] = [
         Tool::Oomlab,
         Tool::StressNgPopulate,
         Tool::StressNg,
         Tool::RawPopulate,
+        Tool::OomlabThp,
     ];
 
     fn name(self) -> &'static str {
         match self {
             Tool::Oomlab => "oomlab inject",
+            Tool::OomlabThp => "oomlab inject --thp",
             Tool::StressNg => "stress-ng --vm-keep",
             Tool::StressNgPopulate => "stress-ng --vm-keep --vm-populate",
             Tool::RawPopulate => "raw mmap(MAP_POPULATE)",
@@ -88,10 +93,13 @@ struct Measured {
 
 fn spawn(tool: Tool, oomlab: &Path, cg: &BenchCgroup, size: u64) -> Result<Child> {
     let mut cmd = match tool {
-        Tool::Oomlab => {
+        Tool::Oomlab | Tool::OomlabThp => {
             let mut c = Command::new(oomlab);
             c.args(["inject", "--cgroup", &cg.rel(), "--size", &size.to_string()])
                 .args(["--output", "json"]);
+            if tool == Tool::OomlabThp {
+                c.arg("--thp");
+            }
             c
         }
         Tool::StressNg | Tool::StressNgPopulate => {
@@ -347,6 +355,8 @@ pub(super) fn run() -> Result<()> {
             "  stress-ng default / oomlab time  {t_default}   (target ≥ 5 ×) {}",
             mark(vs_default >= 5.0)
         );
+        let (_, t_thp) = round_ratios(&times[4], &times[1]);
+        println!("  oomlab --thp / --vm-populate     {t_thp}   (huge pages, opt-in)");
         time_ok &= vs_populate <= 0.9 && vs_raw <= 1.1 && vs_default >= 5.0;
         let a = median(&mut accs[0].clone());
         println!(

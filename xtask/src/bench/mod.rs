@@ -23,8 +23,9 @@ pub(crate) enum Bench {
     Overhead,
     /// 5,000 cgroups, 1,000/min churn (OOMLAB_SCALE_MINUTES), trace --cgroup of 3,000 processes.
     Scale,
-    /// `inject --pressure --node-pressure` at 5/10/20/40 % some: settling, error, CPU, vs
-    /// stress-ng --vm-keep at the same usage.
+    /// `inject --pressure` at 5/10/20/40 % some, node PSI on the host and the target's own in
+    /// the v2 guests (OOMLAB_BENCH_PRESSURE=host|vm): settling, error, CPU, vs stress-ng
+    /// --vm-keep at the same usage.
     Pressure,
     /// `oomlab serve` soak (OOMLAB_SOAK_SECS, default 600): RSS growth, recall, SIGTERM time.
     Serve,

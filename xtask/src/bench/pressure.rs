@@ -1,8 +1,10 @@
-//! `cargo xtask bench pressure`: how fast and how close `oomlab inject --pressure some=N%
-//! --node-pressure` holds 5/10/20/40 % of the node's memory stall in a 256 MiB cgroup, beside the
-//! peer: `stress-ng --vm 1 --vm-bytes B --vm-keep` with B the bytes oomlab brought the cgroup to
-//! (its stall, expected near 0, and its spread), same run. The stall is read here, once a
-//! second, from `/proc/pressure/memory` `some total=` — not from oomlab's own lines.
+//! `cargo xtask bench pressure`: how fast and how close `oomlab inject --pressure some=N%` holds
+//! 5/10/20/40 % of memory stall, beside the peer: `stress-ng --vm 1 --vm-bytes B --vm-keep` with
+//! B the bytes oomlab brought the cgroup to (its stall, expected near 0, and its spread), same
+//! run. Two halves: on the host, `--node-pressure` in a 256 MiB cgroup, the stall read here once
+//! a second from `/proc/pressure/memory` `some total=`; in the cgroup v2 guests of the VM matrix,
+//! the target's own `memory.pressure`, read by the guest half (`tests/pressure.rs`,
+//! `bench_pressure_levels_v2`) and scored here. Never from oomlab's own lines.
 
 use std::{
     fs,
