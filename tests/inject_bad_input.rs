@@ -258,3 +258,60 @@ fn bad_pressure_input_is_refused_before_anything_is_created() {
         refused(&hier, t, inject(&args), needles);
     }
 }
+
+/// Where the kernel has PSI off (`cargo xtask vm-test` boots each kernel once more with `psi=0`
+/// for this test alone): `--pressure` is refused with the reason and a pointer to `doctor`,
+/// nothing is created, and `doctor` reports the same state.
+#[test]
+fn pressure_is_refused_where_psi_is_off() {
+    let test = "pressure_is_refused_where_psi_is_off";
+    if !common::need_root(test) {
+        return;
+    }
+    let state = stress_user::cgroup::psi_state();
+    if state == stress_user::cgroup::PsiState::On {
+        eprintln!(
+            "skipped: {test}: PSI is on in this kernel (the VM matrix boots each kernel with psi=0 for this test)"
+        );
+        return;
+    }
+    let psi0 = std::fs::read_to_string("/proc/cmdline")
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|a| a == "psi=0");
+    let hier = cgroup::hierarchy();
+    let limited = cgroup::scratch(&hier, "psi-off", Some(100 * MIB));
+    let t = limited.cgroup();
+    let path = t.path();
+    let mut args = vec!["--cgroup", path.as_str(), "--pressure", "some=10%"];
+    if hier.memory_version == stress_user::cgroup::Version::V1 {
+        args.push("--node-pressure");
+    }
+    let mut needles = vec!["oomlab doctor"];
+    if psi0 {
+        needles.push("psi=0");
+    }
+    refused(&hier, t, inject(&args), &needles);
+    // The node-level refusal too: no /proc/pressure to hold.
+    let args = [
+        "--cgroup",
+        path.as_str(),
+        "--pressure",
+        "some=10%",
+        "--node-pressure",
+    ];
+    refused(&hier, t, inject(&args), &needles);
+
+    let out = common::oomlab()
+        .args(["doctor", "--output", "json"])
+        .output()
+        .expect("oomlab doctor");
+    let doctor: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor's JSON");
+    assert_eq!(doctor["psi"], false, "doctor: {doctor}");
+    let reason = &doctor["psi_state"];
+    if psi0 {
+        assert_eq!(reason, "disabled_by_cmdline", "doctor: {doctor}");
+    } else {
+        assert_ne!(reason, "on", "doctor: {doctor}");
+    }
+}

@@ -47,6 +47,8 @@ ip link set lo up || fail_setup "cannot bring up lo"
 
 . /vm/env
 kernel_tag=$(sed -n 's/.*oomlab\.kernel=\([^ ]*\).*/\1/p' /proc/cmdline)
+# oomlab.only=TEST: a boot for one test of the plan (the psi=0 boot).
+only=$(sed -n 's/.*oomlab\.only=\([^ ]*\).*/\1/p' /proc/cmdline)
 export OOMLAB_VM=1 OOMLAB_VM_KERNEL="$kernel_tag" RUST_BACKTRACE=1
 say "boot $(uname -r) cgroup.subtree_control=[$(cat /sys/fs/cgroup/cgroup.subtree_control)]"
 
@@ -59,6 +61,7 @@ sed 's/^/@@OOMLAB-VM doctor-stderr /' /tmp/doctor.err
 tab=$(printf '\t')
 while IFS="$tab" read -r group bin name; do
     [ -n "$name" ] || continue
+    [ -z "$only" ] || [ "$name" = "$only" ] || continue
     say "test-begin $group $name"
     (cd /tmp && timeout -s KILL "$OOMLAB_TEST_TIMEOUT" \
         "$bin" --exact "$name" --test-threads=1 --nocapture $OOMLAB_TEST_ARGS </dev/null 2>&1)

@@ -129,10 +129,10 @@ pub(crate) fn run(args: &VmTestArgs) -> Result<()> {
 
     let mut failed = 0;
     let mut errors = Vec::new();
-    for (s, run) in series.iter().map(|s| s.name).zip(runs) {
+    for (s, run) in runs {
         match run {
             Ok(run) => {
-                print_results(s, &run);
+                print_results(&s, &run);
                 failed += run.failed().count();
             }
             Err(e) => errors.push(format!("{s}: {e:#}")),
@@ -160,8 +160,14 @@ pub(crate) fn run(args: &VmTestArgs) -> Result<()> {
     Ok(())
 }
 
-/// Packs `plan` into one initramfs under `out` and boots it on each of `series`, side by side;
-/// one run (or why it failed) per kernel, in the order of `series`.
+/// The test each kernel is booted for once more with `psi=0`: PSI off is a boot-time state, so
+/// only a boot can show how oomlab refuses `--pressure` there.
+const PSI_OFF_TEST: (&str, &str) = ("inject_bad_input", "pressure_is_refused_where_psi_is_off");
+
+/// Packs `plan` into one initramfs under `out` and boots it on each of `series`, side by side,
+/// and, when the plan holds [`PSI_OFF_TEST`], each kernel again with `psi=0` for that test
+/// alone (artefacts in target/vm/<series>-psi0/). One run (or why it failed) per boot, labelled,
+/// the matrix's boots first in the order of `series`.
 fn boot_plan(
     out: &std::path::Path,
     built: &Built,
@@ -169,7 +175,7 @@ fn boot_plan(
     extras: &GuestExtras,
     series: &[Series],
     start: Instant,
-) -> Result<Vec<Result<VmRun>>> {
+) -> Result<Vec<(String, Result<VmRun>)>> {
     let initrd = out.join("initramfs.cpio");
     build_initramfs(&out.join("initramfs"), &initrd, &built.oomlab, plan, extras)?;
     eprintln!(
@@ -187,7 +193,7 @@ fn boot_plan(
         .iter()
         .map(|p| (p.group.clone(), p.test.clone()))
         .collect();
-    let guests: Vec<Guest<'_>> = kernels
+    let mut guests: Vec<Guest<'_>> = kernels
         .iter()
         .map(|(s, image)| Guest {
             series: s,
@@ -196,9 +202,26 @@ fn boot_plan(
             dir: out.join(s),
             expected: &expected,
             test_timeout: extras.test_timeout,
+            extra_cmdline: "",
         })
         .collect();
-    Ok(boot_side_by_side(&guests))
+    let psi_off_expected = [(PSI_OFF_TEST.0.to_string(), PSI_OFF_TEST.1.to_string())];
+    let psi_off_cmdline = format!("psi=0 oomlab.only={}", PSI_OFF_TEST.1);
+    if expected.contains(&psi_off_expected[0]) {
+        for (s, image) in &kernels {
+            guests.push(Guest {
+                series: s,
+                image,
+                initrd: &initrd,
+                dir: out.join(format!("{s}-psi0")),
+                expected: &psi_off_expected,
+                test_timeout: extras.test_timeout,
+                extra_cmdline: &psi_off_cmdline,
+            });
+        }
+    }
+    let labels: Vec<String> = guests.iter().map(Guest::label).collect();
+    Ok(labels.into_iter().zip(boot_side_by_side(&guests)).collect())
 }
 
 /// A benchmark's guest half: the `#[ignore]`d test `test` of the integration test binary
@@ -226,7 +249,7 @@ pub(crate) fn run_bench_in_guests(
     let runs = boot_plan(&out, &built, &plan, &extras, &series, start)?;
     Ok(series
         .iter()
-        .zip(runs)
+        .zip(runs.into_iter().map(|(_, run)| run))
         .map(|(s, run)| {
             let output = run.and_then(|run| {
                 let r = run

@@ -37,6 +37,19 @@ pub(super) struct Guest<'a> {
     /// (binary, test) of every planned test, so that one the guest never reached still counts.
     pub(super) expected: &'a [(String, String)],
     pub(super) test_timeout: u64,
+    /// More kernel arguments (`psi=0 oomlab.only=TEST` for the PSI-off boot); empty for the
+    /// matrix's own boot.
+    pub(super) extra_cmdline: &'a str,
+}
+
+impl Guest<'_> {
+    /// How the host names this boot: the series, and its extra arguments when it has any.
+    pub(super) fn label(&self) -> String {
+        match self.extra_cmdline.split_whitespace().next() {
+            Some(first) => format!("{} {first}", self.series),
+            None => self.series.to_string(),
+        }
+    }
 }
 
 impl Guest<'_> {
@@ -62,7 +75,7 @@ impl Guest<'_> {
     fn boot_once(&self) -> Result<VmRun> {
         let out = &self.dir;
         fs::create_dir_all(out)?;
-        let tag = format!("[{}]", self.series);
+        let tag = format!("[{}]", self.label());
         let disk = scratch_disk(out)?;
         eprintln!("xtask vm-test: {tag} booting {}", self.image.display());
         let mut child = self.spawn(&disk)?;
@@ -104,8 +117,8 @@ impl Guest<'_> {
                 // log_buf_len: an OOM storm test compares pids with /dev/kmsg; the default buffer
                 // wraps before it is read.
                 &format!(
-                    "console=ttyS0 panic=-1 quiet loglevel=3 no_timer_check log_buf_len=8M oomlab.kernel={}",
-                    self.series
+                    "console=ttyS0 panic=-1 quiet loglevel=3 no_timer_check log_buf_len=8M oomlab.kernel={} {}",
+                    self.series, self.extra_cmdline
                 ),
             ])
             .stdin(Stdio::null())
