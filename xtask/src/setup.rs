@@ -45,8 +45,15 @@ const PIP_PACKAGES: &[(&str, &str)] = &[
 ];
 
 fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+    find_on_path(program).is_some()
+}
+
+/// Where `program` is on PATH, if anywhere.
+pub(crate) fn find_on_path(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
 }
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -202,7 +202,8 @@ fn run_vm() -> Result<()> {
             })
             .collect()
     } else {
-        let stress_ng = which("stress-ng").context("stress-ng is not on PATH")?;
+        let stress_ng =
+            crate::setup::find_on_path("stress-ng").context("stress-ng is not on PATH")?;
         crate::vm::run_bench_in_guests(
             "pressure",
             "bench_pressure_levels_v2",
@@ -240,14 +241,6 @@ fn run_vm() -> Result<()> {
         bail!("bench pressure in the guests: {}", failed.join("; "));
     }
     Ok(())
-}
-
-fn which(tool: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(tool))
-        .find(|p| p.is_file())
 }
 
 /// The host half: node PSI with `--node-pressure` (cgroup v1 has no per-cgroup PSI).
