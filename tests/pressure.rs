@@ -304,23 +304,6 @@ fn cgroup_cpu_us(cg: &MemCgroup) -> u64 {
         .unwrap_or(0)
 }
 
-/// µs of CPU `pid` used so far (utime + stime).
-fn pid_cpu_us(pid: i32) -> u64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-        return 0;
-    };
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    f.iter().sum::<u64>() * 1_000_000 / hz
-}
-
 /// One share of wall time per second for `secs` seconds, read from the cgroup's own
 /// `memory.pressure`, and the cgroup's peak usage meanwhile.
 fn watch_psi(cg: &MemCgroup, secs: usize) -> (Vec<f64>, u64) {
@@ -380,7 +363,8 @@ fn bench_pressure_levels_v2() {
         inj.wait_for("worker_started", Duration::from_secs(15));
         let t0 = std::time::Instant::now();
         let (shares, peak) = watch_psi(cg, SECS);
-        let cpu_us = cgroup_cpu_us(cg).saturating_sub(cpu0) + pid_cpu_us(inj.pid());
+        let cpu_us = cgroup_cpu_us(cg).saturating_sub(cpu0)
+            + stress_user::sys::process_cpu(inj.pid()).map_or(0, |d| d.as_micros() as u64);
         let wall_us = t0.elapsed().as_micros().max(1) as f64;
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(inj.pid()),

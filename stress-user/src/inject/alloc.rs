@@ -226,24 +226,7 @@ impl Region {
             Backing::Anon => populate_parts(self.len),
             Backing::Fd(_) => 1,
         };
-        let rc = if parts > 1 {
-            self.populate_in_parts(parts)
-        } else {
-            // SAFETY: the range is our mapping.
-            let rc = unsafe {
-                libc::madvise(
-                    self.ptr.as_ptr().cast(),
-                    self.len,
-                    libc::MADV_POPULATE_WRITE,
-                )
-            };
-            if rc == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
-            }
-        };
-        let Err(err) = rc else {
+        let Err(err) = self.populate_in_parts(parts) else {
             return Ok(());
         };
         if err.raw_os_error() != Some(libc::EINVAL) {
@@ -261,9 +244,10 @@ impl Region {
         Ok(())
     }
 
-    /// MADV_POPULATE_WRITE of `parts` page-aligned slices at once, one thread each: private
-    /// anonymous faults in one mapping take only the VMA's lock (per-VMA locks, 6.4+; the mmap
-    /// lock for reading before), so they run in parallel. The first error wins.
+    /// MADV_POPULATE_WRITE of `parts` page-aligned slices at once, one thread each (one part: a
+    /// single call here, no thread): private anonymous faults in one mapping take only the VMA's
+    /// lock (per-VMA locks, 6.4+; the mmap lock for reading before), so they run in parallel.
+    /// The first error wins.
     fn populate_in_parts(&self, parts: usize) -> io::Result<()> {
         let page = crate::sys::page_size() as usize;
         let step = (self.len / parts).div_ceil(page) * page;
