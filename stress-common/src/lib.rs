@@ -147,10 +147,35 @@ pub struct Config {
     pub filter_root: i32,
     /// One of the `RECLAIM_KEY_*` constants: how `RECLAIM_STATS` is keyed.
     pub reclaim_key: u32,
-    pub _pad: u32,
+    /// `emit::submit` looks at how much of `EVENTS` waits unread when this CPU's count of
+    /// records ANDed with this mask is zero (one record in `mask + 1`), not at every record: the
+    /// look costs two helper calls. User space sets it from the ring's size and the CPU count
+    /// ([`wake_check_mask`]); 0 looks at every record.
+    pub wake_check_mask: u32,
     /// Not read by the programs: with [`FILTER_CGROUP_V2`] they look the current task's cgroup
     /// up in the `FILTER_CGROUP_SET` map, which holds the target and every descendant. Zero.
     pub filter_cgroup_id: u64,
+    /// Bytes waiting in `EVENTS` that wake the reader at once (an eighth of the ring); 0: the
+    /// programs ask the ring for its size.
+    pub wake_bytes: u64,
+}
+
+/// The largest record in `EVENTS` is a cgroup record (a 256-byte path and a header) of about
+/// this many bytes with the ring's own 8-byte header.
+pub const MAX_EVENTS_RECORD: u64 = 384;
+
+/// [`Config::wake_check_mask`] for a ring of `ring_bytes` on `cpus` CPUs: between two looks
+/// every CPU adds at most `mask` records, and all of them together at most a sixteenth of the
+/// ring (half the wake level) even if every record were the largest kind; at most 63, so a
+/// reader behind is still woken after 64 records of one CPU. A power of two minus one.
+pub const fn wake_check_mask(ring_bytes: u64, cpus: u64) -> u32 {
+    let cpus = if cpus == 0 { 1 } else { cpus };
+    let per_cpu = ring_bytes / 16 / cpus / MAX_EVENTS_RECORD;
+    let mut n = 1u64;
+    while n * 2 <= per_cpu && n < 64 {
+        n *= 2;
+    }
+    (n - 1) as u32
 }
 
 /// No filtering: node-wide.
@@ -187,8 +212,9 @@ impl Config {
             filter_mode: FILTER_NONE,
             filter_root: 0,
             reclaim_key: RECLAIM_KEY_CGROUP,
-            _pad: 0,
+            wake_check_mask: 0,
             filter_cgroup_id: 0,
+            wake_bytes: 0,
         }
     }
 }
@@ -438,7 +464,7 @@ mod tests {
         assert_eq!(size_of::<CompactRetry>(), 48 + 24);
         assert_eq!(size_of::<Reaper>(), 48 + 8);
         assert_eq!(size_of::<KswapdWake>(), 48 + 16);
-        // Config: the layout arrays (8 bytes per field) then 3 u32 + pad + u64.
+        // Config: the layout arrays (8 bytes per field) then 4 u32 + 2 u64.
         let fields = mark_victim::N
             + adj_update::N
             + reclaim_begin::N
@@ -452,7 +478,33 @@ mod tests {
             + process_fork::N
             + process_exit::N
             + signal_generate::N;
-        assert_eq!(size_of::<Config>(), fields * 8 + 16 + 8);
+        assert_eq!(size_of::<Config>(), fields * 8 + 16 + 16);
+    }
+
+    #[test]
+    fn wake_check_mask_bounds_the_unlooked_backlog() {
+        // The largest record, with the ring's own 8-byte header, fits the assumed size.
+        assert!(size_of::<CgroupEvent>() as u64 + 8 <= MAX_EVENTS_RECORD);
+        // The default 4 MiB ring on 2 CPUs: a look every 64 records (the cap).
+        assert_eq!(wake_check_mask(4 << 20, 2), 63);
+        // 256 CPUs: 4 MiB / 16 / 256 / 384 = 2.67 records each -> every 2nd record.
+        assert_eq!(wake_check_mask(4 << 20, 256), 1);
+        // A tiny ring, or no CPU count: every record.
+        assert_eq!(wake_check_mask(4096, 2), 0);
+        assert_eq!(wake_check_mask(4 << 20, 0), 63);
+        for (ring, cpus) in [
+            (1u64 << 16, 1u64),
+            (4 << 20, 8),
+            (4 << 20, 96),
+            (64 << 20, 1024),
+        ] {
+            let m = u64::from(wake_check_mask(ring, cpus));
+            assert!((m + 1).is_power_of_two());
+            assert!(
+                m == 0 || (m + 1) * cpus * MAX_EVENTS_RECORD <= ring / 16,
+                "{ring} {cpus}"
+            );
+        }
     }
 
     #[test]

@@ -187,19 +187,35 @@ fn reserve_in<T: 'static>(ring: &RingBuf, also_dropped: Option<u32>) -> Option<R
 /// reader's next poll (at most 100 ms, `READER_POLL_MS` in user space), one wakeup for a batch
 /// of records instead of one per record (an adj update cost ≈6,200 ns with a wakeup each and
 /// ≈280 ns batched in `cargo xtask bench overhead`). Once an eighth of the ring is waiting the
-/// reader is woken at once, so a flood cannot fill the ring between two polls. For records
-/// whose meaning user space reads from /proc of a live task, use [`submit_now`] (or check
-/// [`tgid_named`] first).
+/// reader is woken at once, so a flood cannot fill the ring between two polls; that look (two
+/// helper calls, ≈100 ns of a ≈600 ns adj record on the SRSO-mitigated bench host) is taken
+/// only at one record in `wake_check_mask + 1` of this CPU (see `Config::wake_check_mask`).
+/// For records whose meaning user space reads from /proc of a live task, use [`submit_now`]
+/// (or check [`tgid_named`] first).
 #[inline(always)]
 pub(crate) fn submit<T: 'static>(entry: RingBufEntry<T>) {
-    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
-    let size = EVENTS.query(BPF_RB_RING_SIZE);
-    let flags = if waiting >= size / 8 {
+    let mask = u64::from(config(|c| &c.wake_check_mask));
+    let produced = match STATS.get_ptr(stat::PRODUCED) {
+        // SAFETY: this CPU's slot, bumped by reserve() in this same run.
+        Some(p) => unsafe { *p },
+        None => 0,
+    };
+    let flags = if produced & mask == 0 && ring_backlogged() {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
     entry.submit(flags);
+}
+
+/// True when an eighth of `EVENTS` (or `Config::wake_bytes`) waits unread.
+#[inline(always)]
+fn ring_backlogged() -> bool {
+    let mut at = config(|c| &c.wake_bytes);
+    if at == 0 {
+        at = EVENTS.query(BPF_RB_RING_SIZE) / 8;
+    }
+    EVENTS.query(BPF_RB_AVAIL_DATA) >= at
 }
 
 /// Publishes a record and wakes the reader now: cgroup changes (the target filter's upkeep, a
@@ -214,24 +230,80 @@ pub(crate) fn submit_now<T: 'static>(entry: RingBufEntry<T>) {
 /// Fills the common header with the current task and the clock.
 #[inline(always)]
 pub(crate) fn header(kind: u32) -> EventHeader {
-    let pid_tgid = bpf_get_current_pid_tgid();
+    header_of(kind, bpf_get_current_pid_tgid(), None, None)
+}
+
+/// [`header`] from what the caller already has: `bpf_get_current_pid_tgid()`, the clock it
+/// read for this same record, and (when the tracepoint's own fields name the current task) its
+/// comm. Each helper call left out is ≈50 ns where every `ret` goes through a return thunk (the
+/// bench host: SRSO "Safe RET", retpolines).
+#[inline(always)]
+pub(crate) fn header_of(
+    kind: u32,
+    pid_tgid: u64,
+    ts_ns: Option<u64>,
+    comm: Option<[u8; 16]>,
+) -> EventHeader {
     // SAFETY: these helpers have no preconditions.
-    let (cpu, ts_ns, cgroup_id) = unsafe {
-        (
-            bpf_get_smp_processor_id(),
-            bpf_ktime_get_ns(),
-            bpf_get_current_cgroup_id(),
-        )
-    };
+    let (cpu, cgroup_id) = unsafe { (bpf_get_smp_processor_id(), bpf_get_current_cgroup_id()) };
     EventHeader {
         kind,
         cpu,
-        ts_ns,
+        // SAFETY: as above.
+        ts_ns: ts_ns.unwrap_or_else(|| unsafe { bpf_ktime_get_ns() }),
         cgroup_id,
         tgid: (pid_tgid >> 32) as u32,
         pid: pid_tgid as u32,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        comm: match comm {
+            Some(c) => c,
+            None => bpf_get_current_comm().unwrap_or([0; 16]),
+        },
     }
+}
+
+/// A field at a constant offset `OFF`, loaded from the tracepoint record itself: the verifier
+/// allows a tracepoint program direct, aligned loads from its context at constant offsets
+/// (`tp_prog_is_valid_access`), and a load is an instruction where `bpf_probe_read_kernel` is a
+/// helper call (≈35 ns here). Only for a layout the caller has checked against `CONFIG`; a
+/// volatile load, so the compiler neither merges neighbours into a misaligned wider load nor
+/// turns a choice between offsets into a variable one (both rejected by the verifier).
+#[inline(always)]
+pub(crate) fn ctx_load<T: Copy, const OFF: usize>(ctx: &TracePointContext) -> T {
+    const { assert!(OFF >= 8 && OFF % core::mem::size_of::<T>() == 0) };
+    // SAFETY: OFF is inside the record (checked by the caller against the kernel's format) and
+    // aligned for T; the verifier checks the access again.
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(OFF) as *const T) }
+}
+
+/// True when `f` is a plain (not `__data_loc`) field at `offset` of `size` bytes.
+#[inline(always)]
+pub(crate) fn field_at(f: Field, offset: u16, size: u16) -> bool {
+    f.offset == offset && f.size == size && f.data_loc == 0
+}
+
+/// True when `f` is a `__data_loc` string whose 4-byte locator is at `offset`.
+#[inline(always)]
+pub(crate) fn loc_at(f: Field, offset: u16) -> bool {
+    f.offset == offset && f.size == 4 && f.data_loc != 0
+}
+
+/// [`read_str`] of a `__data_loc` string whose locator is at the constant offset `OFF` (checked
+/// by the caller with [`loc_at`]): the locator is a direct load, the string one helper call.
+#[inline(always)]
+pub(crate) fn read_loc_str<const OFF: usize>(ctx: &TracePointContext, dst: &mut [u8]) -> bool {
+    if dst.is_empty() {
+        return false;
+    }
+    let start = (ctx_load::<u32, OFF>(ctx) & 0xffff) as usize;
+    let ok = start != 0 && {
+        // SAFETY: the source is the tracepoint record; the helper bounds-checks the read.
+        let src = unsafe { (ctx.as_ptr() as *const u8).add(start) };
+        unsafe { bpf_probe_read_kernel_str_bytes(src, dst) }.is_ok()
+    };
+    if !ok {
+        dst[0] = 0;
+    }
+    ok
 }
 
 /// An unsigned field of 1, 2, 4 or 8 bytes, zero-extended; `None` when absent or unreadable.
@@ -266,11 +338,12 @@ pub(crate) fn read_signed(ctx: &TracePointContext, f: Field) -> Option<i64> {
 }
 
 /// Copies a string field (`__data_loc char[]` or a fixed `char[N]`) into `dst`, NUL-terminated.
-/// On failure `dst` starts with NUL so user space reads an empty string, never stale bytes.
+/// On failure `dst` starts with NUL so user space reads an empty string, never stale bytes;
+/// the result says whether it was read.
 #[inline(always)]
-pub(crate) fn read_str(ctx: &TracePointContext, f: Field, dst: &mut [u8]) {
+pub(crate) fn read_str(ctx: &TracePointContext, f: Field, dst: &mut [u8]) -> bool {
     if dst.is_empty() {
-        return;
+        return false;
     }
     let ok = f.size != 0 && {
         let start = if f.data_loc != 0 {
@@ -301,4 +374,5 @@ pub(crate) fn read_str(ctx: &TracePointContext, f: Field, dst: &mut [u8]) {
     if !ok {
         dst[0] = 0;
     }
+    ok
 }

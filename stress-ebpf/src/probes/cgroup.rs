@@ -11,8 +11,9 @@ use stress_common::{
 };
 
 use crate::emit::{
-    cgroup_in_filter, config, current_wanted, filtering, header, pid_in_filter, read_signed,
-    read_str, read_unsigned, reserve, submit, submit_now, unname, FILTER_PID_SET, OWN_WORKERS,
+    cgroup_in_filter, config, ctx_load, current_wanted, field_at, filtering, header, header_of,
+    loc_at, pid_in_filter, read_loc_str, read_signed, read_str, read_unsigned, reserve, submit,
+    submit_now, unname, FILTER_PID_SET, OWN_WORKERS,
 };
 
 /// Under a target filter a cgroup change wakes the reader at once: user space grows the filter
@@ -50,7 +51,17 @@ pub(crate) fn cgroup_rmdir(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn dir(ctx: &TracePointContext, op: u32) -> Result<u32, u32> {
     let l = config(|c| &c.cgroup_dir);
-    let root = read_signed(ctx, l[cd::ROOT]).ok_or(1u32)? as i32;
+    // Every kernel from 5.x to 6.18: `root` at 8, `level` at 12, `id` at 16, `path`'s locator
+    // at 24, read with direct loads (`ctx_load`); another layout through the helpers.
+    let known = field_at(l[cd::ROOT], 8, 4)
+        && field_at(l[cd::LEVEL], 12, 4)
+        && field_at(l[cd::ID], 16, 8)
+        && loc_at(l[cd::PATH], 24);
+    let root = if known {
+        ctx_load::<i32, 8>(ctx)
+    } else {
+        read_signed(ctx, l[cd::ROOT]).ok_or(1u32)? as i32
+    };
     if filtering() && root != config(|c| &c.filter_root) {
         return Ok(0);
     }
@@ -63,11 +74,17 @@ fn dir(ctx: &TracePointContext, op: u32) -> Result<u32, u32> {
         (*ev).hdr = header(kind::CGROUP);
         (*ev).op = op;
         (*ev).root = root;
-        (*ev).level = read_signed(ctx, l[cd::LEVEL]).unwrap_or(0) as i32;
         (*ev).pid = 0;
-        (*ev).id = read_unsigned(ctx, l[cd::ID]).unwrap_or(0);
         (*ev).comm[0] = 0;
-        read_str(ctx, l[cd::PATH], &mut (*ev).path);
+        if known {
+            (*ev).level = ctx_load::<i32, 12>(ctx);
+            (*ev).id = ctx_load::<u64, 16>(ctx);
+            read_loc_str::<24>(ctx, &mut (*ev).path);
+        } else {
+            (*ev).level = read_signed(ctx, l[cd::LEVEL]).unwrap_or(0) as i32;
+            (*ev).id = read_unsigned(ctx, l[cd::ID]).unwrap_or(0);
+            read_str(ctx, l[cd::PATH], &mut (*ev).path);
+        }
     }
     publish(entry);
     Ok(0)
@@ -82,9 +99,27 @@ pub(crate) fn cgroup_attach_task(ctx: TracePointContext) -> u32 {
 
 fn try_attach(ctx: &TracePointContext) -> Result<u32, u32> {
     let l = config(|c| &c.cgroup_attach);
-    let root = read_signed(ctx, l[ca::DST_ROOT]).ok_or(1u32)? as i32;
-    let id = read_unsigned(ctx, l[ca::DST_ID]).ok_or(1u32)?;
-    let pid = read_signed(ctx, l[ca::PID]).ok_or(1u32)? as i32;
+    // Every kernel from 5.x to 6.18: `dst_root` 8, `dst_level` 12, `dst_id` 16, `pid` 24, the
+    // locators of `dst_path` 28 and `comm` 32 (direct loads); another layout through the helpers.
+    let known = field_at(l[ca::DST_ROOT], 8, 4)
+        && field_at(l[ca::DST_LEVEL], 12, 4)
+        && field_at(l[ca::DST_ID], 16, 8)
+        && field_at(l[ca::PID], 24, 4)
+        && loc_at(l[ca::DST_PATH], 28)
+        && loc_at(l[ca::COMM], 32);
+    let (root, id, pid) = if known {
+        (
+            ctx_load::<i32, 8>(ctx),
+            ctx_load::<u64, 16>(ctx),
+            ctx_load::<i32, 24>(ctx),
+        )
+    } else {
+        (
+            read_signed(ctx, l[ca::DST_ROOT]).ok_or(1u32)? as i32,
+            read_unsigned(ctx, l[ca::DST_ID]).ok_or(1u32)?,
+            read_signed(ctx, l[ca::PID]).ok_or(1u32)? as i32,
+        )
+    };
     // A move in any hierarchy (the memory one's id is not known here): user space reads the
     // task's cgroup again at its next reclaim record, which costs one /proc read.
     unname(pid as u32);
@@ -107,16 +142,26 @@ fn try_attach(ctx: &TracePointContext) -> Result<u32, u32> {
         return Err(1);
     };
     let ev = entry.as_mut_ptr();
+    let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: as in `dir`.
     unsafe {
-        (*ev).hdr = header(kind::CGROUP);
         (*ev).op = cgroup_op::ATTACH;
         (*ev).root = root;
-        (*ev).level = read_signed(ctx, l[ca::DST_LEVEL]).unwrap_or(0) as i32;
         (*ev).pid = pid;
         (*ev).id = id;
-        read_str(ctx, l[ca::COMM], &mut (*ev).comm);
-        read_str(ctx, l[ca::DST_PATH], &mut (*ev).path);
+        let comm_read = if known {
+            (*ev).level = ctx_load::<i32, 12>(ctx);
+            read_loc_str::<28>(ctx, &mut (*ev).path);
+            read_loc_str::<32>(ctx, &mut (*ev).comm)
+        } else {
+            (*ev).level = read_signed(ctx, l[ca::DST_LEVEL]).unwrap_or(0) as i32;
+            read_str(ctx, l[ca::DST_PATH], &mut (*ev).path);
+            read_str(ctx, l[ca::COMM], &mut (*ev).comm)
+        };
+        // A task moving itself (`echo $$ > cgroup.procs`): the moved task's comm is the
+        // current task's, and the header needs no helper call for it.
+        let own = (comm_read && pid as u32 == pid_tgid as u32).then(|| (*ev).comm);
+        (*ev).hdr = header_of(kind::CGROUP, pid_tgid, None, own);
     }
     publish(entry);
     Ok(0)

@@ -14,8 +14,9 @@ use stress_common::{
 };
 
 use crate::emit::{
-    config, current_wanted, filtering, header, own_worker, pid_in_filter, read_signed, read_str,
-    read_unsigned, reserve, reserve_oom, submit, SigKill, SIGKILLS_SENT,
+    config, ctx_load, current_wanted, field_at, filtering, header, header_of, own_worker,
+    pid_in_filter, read_signed, read_str, read_unsigned, reserve, reserve_oom, submit, SigKill,
+    SIGKILLS_SENT,
 };
 
 const SIGKILL: i64 = 9;
@@ -147,24 +148,56 @@ pub(crate) fn oom_score_adj_update(ctx: TracePointContext) -> u32 {
 
 fn try_oom_score_adj_update(ctx: &TracePointContext) -> Result<u32, u32> {
     let layout = config(|c| &c.adj_update);
-    let pid = read_signed(ctx, layout[adj_update::PID]).ok_or(1u32)? as i32;
+    // The layout of every kernel from 4.x to 6.18 (`pid` at 8, `comm` at 12, `oom_score_adj`
+    // at 28) is read with direct loads; another is read through the helpers at its offsets.
+    let known = field_at(layout[adj_update::PID], 8, 4)
+        && field_at(layout[adj_update::COMM], 12, 16)
+        && field_at(layout[adj_update::OOM_SCORE_ADJ], 28, 2)
+        && layout[adj_update::OOM_SCORE_ADJ].signed != 0;
+    let pid = if known {
+        ctx_load::<i32, 8>(ctx)
+    } else {
+        read_signed(ctx, layout[adj_update::PID]).ok_or(1u32)? as i32
+    };
     // Kept when the writer is in the target (a process changing its own or a child's adj, the
     // injector setting its workers') or when the process whose adj changed is (its pid is
     // tracked in both filter modes: the writer's cgroup says nothing about the target task's).
     if !current_wanted() && !(filtering() && pid_in_filter(pid as u32)) {
         return Ok(0);
     }
-    let adj = read_signed(ctx, layout[adj_update::OOM_SCORE_ADJ]).ok_or(1u32)? as i32;
+    let adj = if known {
+        i32::from(ctx_load::<i16, 28>(ctx))
+    } else {
+        read_signed(ctx, layout[adj_update::OOM_SCORE_ADJ]).ok_or(1u32)? as i32
+    };
     let Some(mut entry) = reserve::<AdjUpdate>() else {
         return Err(1);
     };
     let ev = entry.as_mut_ptr();
+    let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: as in try_mark_victim.
     unsafe {
-        (*ev).hdr = header(kind::ADJ_UPDATE);
         (*ev).pid = pid;
         (*ev).oom_score_adj = adj;
-        read_str(ctx, layout[adj_update::COMM], &mut (*ev).comm);
+        let read = if known {
+            let words = [
+                ctx_load::<u32, 12>(ctx),
+                ctx_load::<u32, 16>(ctx),
+                ctx_load::<u32, 20>(ctx),
+                ctx_load::<u32, 24>(ctx),
+            ];
+            let comm = &mut (*ev).comm;
+            for (i, w) in words.iter().enumerate() {
+                comm[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+            }
+            true
+        } else {
+            read_str(ctx, layout[adj_update::COMM], &mut (*ev).comm)
+        };
+        // Most writes are a task's own (`echo N > /proc/self/oom_score_adj`): the field is
+        // then the current task's comm, and the header needs no helper call for it.
+        let own = (read && pid as u32 == pid_tgid as u32).then(|| (*ev).comm);
+        (*ev).hdr = header_of(kind::ADJ_UPDATE, pid_tgid, None, own);
     }
     submit(entry);
     Ok(0)

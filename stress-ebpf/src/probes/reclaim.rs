@@ -14,8 +14,8 @@ use stress_common::{
 };
 
 use crate::emit::{
-    config, current_wanted, header, read_signed, read_unsigned, reserve, submit, submit_now,
-    tgid_named,
+    config, ctx_load, current_wanted, field_at, header, header_of, read_signed, read_unsigned,
+    reserve, submit, submit_now, tgid_named,
 };
 
 /// A reclaim pass in progress, keyed by `tid | kind << 32`.
@@ -38,8 +38,8 @@ static RECLAIM_START: LruHashMap<u64, Start> = LruHashMap::with_max_entries(1638
 static RECLAIM_STATS: PerCpuHashMap<u64, ReclaimStats> = PerCpuHashMap::with_max_entries(8192, 0);
 
 #[inline(always)]
-fn key(kind: u32) -> u64 {
-    (bpf_get_current_pid_tgid() & 0xffff_ffff) | (u64::from(kind) << 32)
+fn key(pid_tgid: u64, kind: u32) -> u64 {
+    (pid_tgid & 0xffff_ffff) | (u64::from(kind) << 32)
 }
 
 #[inline(always)]
@@ -49,22 +49,34 @@ fn begin(ctx: &TracePointContext, kind: u32) -> Result<u32, u32> {
         return Ok(0);
     }
     let layout = config(|c| &c.reclaim_begin);
+    // Every kernel from 4.x to 6.18: `order` at 8, `gfp_flags` at 16 (direct loads, see
+    // `ctx_load`); another layout through the helpers.
+    let known = field_at(layout[rb::ORDER], 8, 4) && field_at(layout[rb::GFP_FLAGS], 16, 8);
+    let (order, gfp_flags) = if known {
+        (ctx_load::<i32, 8>(ctx), ctx_load::<u64, 16>(ctx))
+    } else {
+        (
+            read_signed(ctx, layout[rb::ORDER]).unwrap_or(0) as i32,
+            read_unsigned(ctx, layout[rb::GFP_FLAGS]).unwrap_or(0),
+        )
+    };
     let start = Start {
         // SAFETY: no preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
-        gfp_flags: read_unsigned(ctx, layout[rb::GFP_FLAGS]).unwrap_or(0),
-        order: read_signed(ctx, layout[rb::ORDER]).unwrap_or(0) as i32,
+        gfp_flags,
+        order,
         _pad: 0,
     };
     RECLAIM_START
-        .insert(key(kind), start, 0)
+        .insert(key(bpf_get_current_pid_tgid(), kind), start, 0)
         .map_err(|_| 1u32)?;
     Ok(0)
 }
 
 #[inline(always)]
 fn end(ctx: &TracePointContext, kind: u32) -> Result<u32, u32> {
-    let k = key(kind);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let k = key(pid_tgid, kind);
     // SAFETY: copied out at once; the entry is ours (keyed by this task) until removed below.
     let start = match unsafe { RECLAIM_START.get(k) } {
         Some(s) => *s,
@@ -74,11 +86,16 @@ fn end(ctx: &TracePointContext, kind: u32) -> Result<u32, u32> {
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let latency_ns = now.saturating_sub(start.ts_ns);
-    let nr_reclaimed =
-        read_unsigned(ctx, config(|c| &c.reclaim_end)[re::NR_RECLAIMED]).unwrap_or(0);
+    let f = config(|c| &c.reclaim_end)[re::NR_RECLAIMED];
+    // `nr_reclaimed` at 8 on every kernel from 4.x to 6.18.
+    let nr_reclaimed = if field_at(f, 8, 8) {
+        ctx_load::<u64, 8>(ctx)
+    } else {
+        read_unsigned(ctx, f).unwrap_or(0)
+    };
 
     let stats_key = if config(|c| &c.reclaim_key) == RECLAIM_KEY_TGID {
-        bpf_get_current_pid_tgid() >> 32
+        pid_tgid >> 32
     } else {
         // SAFETY: no preconditions.
         unsafe { bpf_get_current_cgroup_id() }
@@ -112,7 +129,7 @@ fn end(ctx: &TracePointContext, kind: u32) -> Result<u32, u32> {
     let ev = entry.as_mut_ptr();
     // SAFETY: reserved ring-buffer memory for one Reclaim, fully written before submit.
     unsafe {
-        (*ev).hdr = header(kind::RECLAIM);
+        (*ev).hdr = header_of(kind::RECLAIM, pid_tgid, Some(now), None);
         (*ev).reclaim_kind = kind;
         (*ev).order = start.order;
         (*ev).gfp_flags = start.gfp_flags;
@@ -121,7 +138,7 @@ fn end(ctx: &TracePointContext, kind: u32) -> Result<u32, u32> {
     }
     // User space names the record's cgroup from /proc of its task: a task it has not named yet
     // may be gone by the next poll (a short `dd` reclaiming in a small cgroup).
-    if tgid_named((bpf_get_current_pid_tgid() >> 32) as u32) {
+    if tgid_named((pid_tgid >> 32) as u32) {
         submit(entry);
     } else {
         submit_now(entry);

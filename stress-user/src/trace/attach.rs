@@ -45,11 +45,16 @@ pub fn ring_bytes(bytes: u64) -> Result<u32, TraceError> {
 }
 
 /// Loads the object with an `EVENTS` ring buffer of `ring_bytes` (see [`ring_bytes`]).
+/// The programs' wake-up check is sized here, from the ring and the kernel's possible CPUs.
 pub fn load_with_ring(cfg: &Config, ring_bytes: u32) -> Result<Ebpf, TraceError> {
+    let cpus = aya::util::nr_cpus().map_or(1, |n| n as u64);
+    let mut cfg = *cfg;
+    cfg.wake_check_mask = stress_common::wake_check_mask(u64::from(ring_bytes), cpus);
+    cfg.wake_bytes = u64::from(ring_bytes) / 8;
     Ok(EbpfLoader::new()
         .btf(None)
         .map_max_entries("EVENTS", ring_bytes)
-        .override_global("CONFIG", cfg, true)
+        .override_global("CONFIG", &cfg, true)
         .load(EBPF_OBJECT)?)
 }
 
