@@ -10,7 +10,9 @@
 //! programs, the wall-time ratio to the same round's untraced run (median and interquartile
 //! range), oomlab's own CPU and its RSS before and after; then ns per event per tracepoint over
 //! every workload. The statistics themselves cost two clock reads per program run, in every
-//! variant alike. Figures are printed, never asserted.
+//! variant alike. Last, the per-event floor on the adj tracepoint (`floors`): an empty program,
+//! bpftrace counting, bpftrace printing each event, and oomlab's record, side by side
+//! (`OOMLAB_BENCH_WORKLOADS=floor` runs only that). Figures are printed, never asserted.
 
 use std::{
     collections::BTreeMap,
@@ -358,8 +360,101 @@ pub(super) fn run() -> Result<()> {
         eprintln!("bench overhead: {} ({})", w.name, w.what);
         results.push(measure(w, &bin, pairs)?);
     }
-    print_report(&results, pairs);
+    let floor = if only
+        .as_deref()
+        .is_none_or(|o| o.split(',').any(|n| n.trim() == "floor"))
+    {
+        Some(floors(&bin)?)
+    } else {
+        None
+    };
+    if !results.is_empty() {
+        print_report(&results, pairs);
+    }
+    if let Some(f) = floor {
+        print_floors(&f);
+    }
     Ok(())
+}
+
+/// The per-event floor on one tracepoint, `oom:oom_score_adj_update` (the adj flood's): what a
+/// program costs there with nothing in it, counting (two ways, the second being the workloads'
+/// peer), printing each event (bpftrace's equivalent of oomlab's per-event line: the perf buffer
+/// and a wakeup each), and oomlab's own record. Kernel `run_time_ns / run_cnt` of the program
+/// that ran most (the adj program), [`FLOOR_WRITES`] writes per run, [`FLOOR_ROUNDS`] rounds in
+/// rotating order.
+const FLOOR_VARIANTS: &[(&str, &str)] = &[
+    ("empty program (bpftrace `{ }`)", "{ }"),
+    ("bpftrace `@ = count()`", "{ @ = count(); }"),
+    (
+        "bpftrace `@[probe] = count()` (the workloads' peer)",
+        "{ @[probe] = count(); }",
+    ),
+    (
+        "bpftrace `printf` of pid, adj and comm (a line per event)",
+        "{ printf(\"%d %d %s\\n\", args->pid, args->oom_score_adj, args->comm); }",
+    ),
+    (
+        "oomlab trace --events adj (a record and a line per event)",
+        "",
+    ),
+];
+const FLOOR_WRITES: u32 = 50_000;
+const FLOOR_ROUNDS: usize = 5;
+
+fn floors(bin: &str) -> Result<Vec<(&'static str, f64)>> {
+    eprintln!("bench overhead: floor ({FLOOR_WRITES} adj writes per run, {FLOOR_ROUNDS} rounds)");
+    let script = format!(
+        "i=0; while [ $i -lt {FLOOR_WRITES} ]; do echo $((i % 1000)) > /proc/self/oom_score_adj; i=$((i+1)); done"
+    );
+    let mut per: Vec<Vec<f64>> = vec![Vec::new(); FLOOR_VARIANTS.len()];
+    for round in 0..FLOOR_ROUNDS {
+        for k in 0..FLOOR_VARIANTS.len() {
+            let i = (round + k) % FLOOR_VARIANTS.len();
+            let (_, body) = FLOOR_VARIANTS[i];
+            let cmdline = if body.is_empty() {
+                format!("{bin} trace --no-hooks --events adj")
+            } else {
+                format!(
+                    "bpftrace -e 'BEGIN {{ printf(\"ready\\n\"); }} tracepoint:oom:oom_score_adj_update {body}'"
+                )
+            };
+            let t = Traced::start(&cmdline)?;
+            t.until("ready", Instant::now())?;
+            let before = prog_stats(t.pid())?;
+            let st = Command::new("sh").arg("-c").arg(&script).status()?;
+            if !st.success() {
+                bail!("the floor's adj writes failed: {st}");
+            }
+            let after = prog_stats(t.pid())?;
+            t.stop();
+            let busiest = delta(&before, &after)
+                .into_values()
+                .max_by_key(|&(_, n)| n)
+                .filter(|&(_, n)| n >= u64::from(FLOOR_WRITES));
+            match busiest {
+                Some((ns, n)) => per[i].push(ns as f64 / n as f64),
+                None => bail!("{cmdline}: no program ran {FLOOR_WRITES} times"),
+            }
+        }
+    }
+    Ok(FLOOR_VARIANTS
+        .iter()
+        .zip(per)
+        .map(|(&(name, _), mut v)| (name, median(&mut v)))
+        .collect())
+}
+
+fn print_floors(f: &[(&'static str, f64)]) {
+    println!(
+        "\nper-event floor on oom:oom_score_adj_update (kernel run_time_ns / run_cnt, median of {FLOOR_ROUNDS} runs of {FLOOR_WRITES} writes):\n"
+    );
+    let ours = f.last().map_or(f64::NAN, |&(_, ns)| ns);
+    println!("| program | ns/event | oomlab's record / this |");
+    println!("|---|---|---|");
+    for &(name, ns) in f {
+        println!("| {name} | {ns:.0} | {:.2} × |", ours / ns);
+    }
 }
 
 fn print_report(results: &[WorkloadResult], pairs: usize) {
