@@ -269,7 +269,7 @@ pub(crate) fn header_of(
 /// turns a choice between offsets into a variable one (both rejected by the verifier).
 #[inline(always)]
 pub(crate) fn ctx_load<T: Copy, const OFF: usize>(ctx: &TracePointContext) -> T {
-    const { assert!(OFF >= 8 && OFF % size_of::<T>() == 0) };
+    const { assert!(OFF >= 8 && OFF.is_multiple_of(size_of::<T>())) };
     // SAFETY: OFF is inside the record (checked by the caller against the kernel's format) and
     // aligned for T; the verifier checks the access again.
     unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(OFF) as *const T) }
