@@ -295,15 +295,21 @@ pub(crate) fn read_loc_str<const OFF: usize>(ctx: &TracePointContext, dst: &mut 
         return false;
     }
     let start = (ctx_load::<u32, OFF>(ctx) & 0xffff) as usize;
-    let ok = start != 0 && {
-        // SAFETY: the source is the tracepoint record; the helper bounds-checks the read.
-        let src = unsafe { (ctx.as_ptr() as *const u8).add(start) };
-        unsafe { bpf_probe_read_kernel_str_bytes(src, dst) }.is_ok()
-    };
+    let ok = copy_str_at(ctx, start, dst);
     if !ok {
         dst[0] = 0;
     }
     ok
+}
+
+/// The NUL-terminated string at `start` bytes into the record (0: none) into `dst`.
+#[inline(always)]
+fn copy_str_at(ctx: &TracePointContext, start: usize, dst: &mut [u8]) -> bool {
+    start != 0 && {
+        // SAFETY: the source is the tracepoint record; the helper bounds-checks the read.
+        let src = unsafe { (ctx.as_ptr() as *const u8).add(start) };
+        unsafe { bpf_probe_read_kernel_str_bytes(src, dst) }.is_ok()
+    }
 }
 
 /// An unsigned field of 1, 2, 4 or 8 bytes, zero-extended; `None` when absent or unreadable.
@@ -355,19 +361,17 @@ pub(crate) fn read_str(ctx: &TracePointContext, f: Field, dst: &mut [u8]) -> boo
         } else {
             f.offset as usize
         };
-        if start == 0 {
+        if f.data_loc != 0 {
+            copy_str_at(ctx, start, dst)
+        } else if start == 0 {
             false
         } else {
             // SAFETY: the source is the tracepoint record; the helper bounds-checks the read.
             let src = unsafe { (ctx.as_ptr() as *const u8).add(start) };
-            if f.data_loc != 0 {
-                unsafe { bpf_probe_read_kernel_str_bytes(src, dst) }.is_ok()
-            } else {
-                let n = dst.len().min(f.size as usize);
-                match dst.get_mut(..n) {
-                    Some(d) => unsafe { bpf_probe_read_kernel_buf(src, d) }.is_ok(),
-                    None => false,
-                }
+            let n = dst.len().min(f.size as usize);
+            match dst.get_mut(..n) {
+                Some(d) => unsafe { bpf_probe_read_kernel_buf(src, d) }.is_ok(),
+                None => false,
             }
         }
     };

@@ -51,8 +51,9 @@ pub(crate) fn cgroup_rmdir(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn dir(ctx: &TracePointContext, op: u32) -> Result<u32, u32> {
     let l = config(|c| &c.cgroup_dir);
-    // Every kernel from 5.x to 6.18: `root` at 8, `level` at 12, `id` at 16, `path`'s locator
-    // at 24, read with direct loads (`ctx_load`); another layout through the helpers.
+    // The layout of the 6.1, 6.12 and 6.18 format files (shared/kernel): `root` at 8, `level`
+    // at 12, `id` at 16, `path`'s locator at 24, read with direct loads (`ctx_load`); another
+    // layout through the helpers.
     let known = field_at(l[cd::ROOT], 8, 4)
         && field_at(l[cd::LEVEL], 12, 4)
         && field_at(l[cd::ID], 16, 8)
@@ -99,8 +100,9 @@ pub(crate) fn cgroup_attach_task(ctx: TracePointContext) -> u32 {
 
 fn try_attach(ctx: &TracePointContext) -> Result<u32, u32> {
     let l = config(|c| &c.cgroup_attach);
-    // Every kernel from 5.x to 6.18: `dst_root` 8, `dst_level` 12, `dst_id` 16, `pid` 24, the
-    // locators of `dst_path` 28 and `comm` 32 (direct loads); another layout through the helpers.
+    // The layout of the 6.1, 6.12 and 6.18 format files: `dst_root` 8, `dst_level` 12, `dst_id`
+    // 16, `pid` 24, the locators of `dst_path` 28 and `comm` 32 (direct loads); another layout
+    // through the helpers.
     let known = field_at(l[ca::DST_ROOT], 8, 4)
         && field_at(l[ca::DST_LEVEL], 12, 4)
         && field_at(l[ca::DST_ID], 16, 8)

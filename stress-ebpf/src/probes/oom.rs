@@ -148,8 +148,8 @@ pub(crate) fn oom_score_adj_update(ctx: TracePointContext) -> u32 {
 
 fn try_oom_score_adj_update(ctx: &TracePointContext) -> Result<u32, u32> {
     let layout = config(|c| &c.adj_update);
-    // The layout of every kernel from 4.x to 6.18 (`pid` at 8, `comm` at 12, `oom_score_adj`
-    // at 28) is read with direct loads; another is read through the helpers at its offsets.
+    // The layout of the 6.1, 6.12 and 6.18 format files (`pid` at 8, `comm` at 12,
+    // `oom_score_adj` at 28) is read with direct loads; another is read through the helpers at its offsets.
     let known = field_at(layout[adj_update::PID], 8, 4)
         && field_at(layout[adj_update::COMM], 12, 16)
         && field_at(layout[adj_update::OOM_SCORE_ADJ], 28, 2)

@@ -49,7 +49,7 @@ fn begin(ctx: &TracePointContext, kind: u32) -> Result<u32, u32> {
         return Ok(0);
     }
     let layout = config(|c| &c.reclaim_begin);
-    // Every kernel from 4.x to 6.18: `order` at 8, `gfp_flags` at 16 (direct loads, see
+    // The 6.1, 6.12 and 6.18 format files: `order` at 8, `gfp_flags` at 16 (direct loads, see
     // `ctx_load`); another layout through the helpers.
     let known = field_at(layout[rb::ORDER], 8, 4) && field_at(layout[rb::GFP_FLAGS], 16, 8);
     let (order, gfp_flags) = if known {
@@ -87,7 +87,7 @@ fn end(ctx: &TracePointContext, kind: u32) -> Result<u32, u32> {
     let now = unsafe { bpf_ktime_get_ns() };
     let latency_ns = now.saturating_sub(start.ts_ns);
     let f = config(|c| &c.reclaim_end)[re::NR_RECLAIMED];
-    // `nr_reclaimed` at 8 on every kernel from 4.x to 6.18.
+    // `nr_reclaimed` at 8 in the 6.1, 6.12 and 6.18 format files.
     let nr_reclaimed = if field_at(f, 8, 8) {
         ctx_load::<u64, 8>(ctx)
     } else {
