@@ -3,6 +3,7 @@
 
 use std::{
     io::{BufWriter, Write},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
@@ -135,19 +136,62 @@ pub(super) fn run(args: Args) -> anyhow::Result<i32> {
     rt.block_on(run_async(args))
 }
 
-struct Sink<W: Write> {
-    out: W,
+/// Where trace lines go: one lock for the consumer's sink and the reader thread's first writer
+/// of OOM events ([`crate::trace::Events::write_oom_first`]), so lines never interleave.
+type Out<W> = Arc<Mutex<W>>;
+
+fn lock<W>(out: &Out<W>) -> MutexGuard<'_, W> {
+    out.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How an event becomes its line — the same on the consumer and on the reader thread.
+#[derive(Clone, Copy)]
+struct Lines {
     fmt: OutputFormat,
     events: EventSet,
     write_stamps: bool,
+}
+
+impl Lines {
+    /// Writes `ev`'s line, if it has one; false when its class was not asked for (cgroup events
+    /// are attached for a target filter even when not asked for).
+    fn write(&self, out: &mut impl Write, ev: &Event) -> std::io::Result<bool> {
+        if !self.events.wants(ev.kind.class()) {
+            return Ok(false);
+        }
+        match self.fmt {
+            OutputFormat::Json => {
+                if self.write_stamps {
+                    let mut v = serde_json::to_value(ev).map_err(std::io::Error::other)?;
+                    v["wts"] = monotonic().as_secs_f64().into();
+                    v["rts"] = ev.read_at.as_secs_f64().into();
+                    v["ets"] = ev.enriched_at.as_secs_f64().into();
+                    json_line(out, report::event_type(ev.kind.tag()), &v)?;
+                } else {
+                    event_json_line(out, ev)?;
+                }
+            }
+            OutputFormat::Human => {
+                if let Some(line) = human_line(ev) {
+                    writeln!(out, "{line}")?;
+                    out.flush()?;
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+struct Sink<W: Write> {
+    out: Out<W>,
+    lines: Lines,
     summary: ReclaimSummary,
     reclaim_key: ReclaimKey,
 }
 
 impl<W: Write> Sink<W> {
     fn event(&mut self, ev: &Event) -> std::io::Result<()> {
-        // Cgroup events are attached for a target filter even when not asked for.
-        if !self.events.wants(ev.kind.class()) {
+        if !self.lines.events.wants(ev.kind.class()) {
             return Ok(());
         }
         match &ev.kind {
@@ -161,30 +205,14 @@ impl<W: Write> Sink<W> {
             EventKind::KswapdWake(_) => self.summary.add_kswapd_wake(),
             _ => {}
         }
-        match self.fmt {
-            OutputFormat::Json => {
-                if self.write_stamps {
-                    let mut v = serde_json::to_value(ev).map_err(std::io::Error::other)?;
-                    v["wts"] = monotonic().as_secs_f64().into();
-                    v["rts"] = ev.read_at.as_secs_f64().into();
-                    v["ets"] = ev.enriched_at.as_secs_f64().into();
-                    json_line(&mut self.out, report::event_type(ev.kind.tag()), &v)
-                } else {
-                    event_json_line(&mut self.out, ev)
-                }
-            }
-            OutputFormat::Human => match human_line(ev) {
-                Some(line) => {
-                    writeln!(self.out, "{line}")?;
-                    self.out.flush()
-                }
-                None => Ok(()),
-            },
+        if ev.written {
+            return Ok(());
         }
+        self.lines.write(&mut *lock(&self.out), ev).map(drop)
     }
 
     fn summary(&mut self, tracer: &Tracer) -> std::io::Result<()> {
-        if !self.events.reclaim {
+        if !self.lines.events.reclaim {
             return Ok(());
         }
         let totals = tracer.reclaim_totals();
@@ -196,34 +224,38 @@ impl<W: Write> Sink<W> {
             ReclaimKey::CgroupId => None,
         });
         let now = monotonic();
+        // Locked only now: the rows read /proc, and a victim's line must not wait for that.
+        let mut out = lock(&self.out);
         for row in &rows {
-            match self.fmt {
+            match self.lines.fmt {
                 OutputFormat::Json => json_line(
-                    &mut self.out,
+                    &mut *out,
                     "reclaim_summary",
                     &ReclaimSummaryLine {
                         ts: now.as_secs_f64(),
                         row,
                     },
                 )?,
-                OutputFormat::Human => writeln!(self.out, "{}", human_reclaim_line(now, row))?,
+                OutputFormat::Human => writeln!(out, "{}", human_reclaim_line(now, row))?,
             }
         }
-        self.out.flush()
+        out.flush()
     }
 
     fn episode(&mut self, ep: &Episode) -> std::io::Result<()> {
-        match self.fmt {
-            OutputFormat::Json => json_line(&mut self.out, "oom_episode", ep),
-            OutputFormat::Human => report::episode::render_human(ep, &mut self.out),
+        let mut out = lock(&self.out);
+        match self.lines.fmt {
+            OutputFormat::Json => json_line(&mut *out, "oom_episode", ep),
+            OutputFormat::Human => report::episode::render_human(ep, &mut *out),
         }
     }
 
     fn lost(&mut self, stats: Stats) -> std::io::Result<()> {
+        let mut out = lock(&self.out);
         let ts = monotonic().as_secs_f64();
-        match self.fmt {
+        match self.lines.fmt {
             OutputFormat::Json => json_line(
-                &mut self.out,
+                &mut *out,
                 "lost",
                 &Lost {
                     ts,
@@ -234,11 +266,11 @@ impl<W: Write> Sink<W> {
             ),
             OutputFormat::Human => {
                 writeln!(
-                    self.out,
+                    out,
                     "{ts:>14.6}  END       {} events from the kernel, {} lost (ring buffer full), {} of them OOM events",
                     stats.produced, stats.lost, stats.lost_oom
                 )?;
-                self.out.flush()
+                out.flush()
             }
         }
     }
@@ -247,15 +279,16 @@ impl<W: Write> Sink<W> {
 impl<W: Write> Sink<W> {
     /// `ready`: what is traced and where. Every tracepoint is attached by then.
     fn ready(&mut self, tracer: &Tracer, target: Option<&str>) -> std::io::Result<()> {
-        match self.fmt {
+        let mut out = lock(&self.out);
+        match self.lines.fmt {
             OutputFormat::Json => json_line(
-                &mut self.out,
+                &mut *out,
                 "ready",
                 &Ready {
                     ts: monotonic().as_secs_f64(),
                     tracefs: tracer.tracefs.path.display().to_string(),
                     target: target.map(str::to_owned),
-                    events: class_names(&self.events),
+                    events: class_names(&self.lines.events),
                     attached: &tracer.attached,
                 },
             ),
@@ -265,21 +298,22 @@ impl<W: Write> Sink<W> {
                     None => "node-wide".into(),
                 };
                 writeln!(
-                    self.out,
+                    out,
                     "ready: tracing {} {scope} ({} tracepoints attached)",
-                    class_names(&self.events).join(","),
+                    class_names(&self.lines.events).join(","),
                     tracer.attached.len()
                 )?;
-                self.out.flush()
+                out.flush()
             }
         }
     }
 
     /// Which optional hooks attached.
     fn hooks(&mut self, hooks: &[crate::trace::HookResult]) -> std::io::Result<()> {
-        match self.fmt {
+        let mut out = lock(&self.out);
+        match self.lines.fmt {
             OutputFormat::Json => json_line(
-                &mut self.out,
+                &mut *out,
                 "hooks",
                 &Hooks {
                     ts: monotonic().as_secs_f64(),
@@ -293,9 +327,9 @@ impl<W: Write> Sink<W> {
                     } else {
                         "unavailable"
                     };
-                    writeln!(self.out, "hook: {} {state}", h.hook)?;
+                    writeln!(out, "hook: {} {state}", h.hook)?;
                 }
-                self.out.flush()
+                out.flush()
             }
         }
     }
@@ -433,16 +467,24 @@ async fn run_async(args: Args) -> anyhow::Result<i32> {
         e
     });
     let mut sink = Sink {
-        out: BufWriter::new(std::io::stdout().lock()),
-        fmt: args.output,
-        events: args.events,
-        write_stamps: args.write_stamps,
+        out: Arc::new(Mutex::new(BufWriter::new(std::io::stdout()))),
+        lines: Lines {
+            fmt: args.output,
+            events: args.events,
+            write_stamps: args.write_stamps,
+        },
         summary: ReclaimSummary::default(),
         reclaim_key: tracer.reclaim_key,
     };
     sink.ready(&tracer, target_path.as_deref())?;
     if args.events.oom && !args.no_hooks {
         sink.hooks(tracer.try_hooks())?;
+    }
+    // After `ready` and the hooks line, a victim's line is written by the reader thread the
+    // moment it is read (see `write_oom_first`); the consumer still gets it for its episode.
+    if args.events.oom {
+        let (out, lines) = (sink.out.clone(), sink.lines);
+        rx.write_oom_first(Box::new(move |ev| lines.write(&mut *lock(&out), ev)));
     }
     let mut tick = tokio::time::interval(args.summary_interval);
     tick.tick().await;
@@ -468,4 +510,56 @@ async fn run_async(args: Args) -> anyhow::Result<i32> {
     }
     sink.lost(stats)?;
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::testing::adj;
+
+    fn sink(events: &str) -> Sink<Vec<u8>> {
+        Sink {
+            out: Arc::new(Mutex::new(Vec::new())),
+            lines: Lines {
+                fmt: OutputFormat::Json,
+                events: EventSet::parse(events).expect("classes"),
+                write_stamps: false,
+            },
+            summary: ReclaimSummary::default(),
+            reclaim_key: ReclaimKey::Tgid,
+        }
+    }
+
+    fn written(sink: &Sink<Vec<u8>>) -> Vec<serde_json::Value> {
+        let out = lock(&sink.out);
+        std::str::from_utf8(&out)
+            .expect("utf-8")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    }
+
+    #[test]
+    fn a_line_the_reader_wrote_is_not_written_again() {
+        let mut sink = sink("adj");
+        // What the reader thread's first writer does with its copy of the lines and the lock.
+        let (out, lines) = (sink.out.clone(), sink.lines);
+        let mut first = adj(41);
+        assert!(lines.write(&mut *lock(&out), &first).expect("write"));
+        first.written = true;
+        sink.event(&first).expect("event");
+        sink.event(&adj(42)).expect("event");
+        let pids: Vec<_> = written(&sink).iter().map(|v| v["pid"].clone()).collect();
+        assert_eq!(pids, [41, 42], "each line once, in the order written");
+    }
+
+    #[test]
+    fn lines_skip_a_class_not_asked_for() {
+        let sink = sink("oom");
+        assert!(!sink
+            .lines
+            .write(&mut *lock(&sink.out), &adj(1))
+            .expect("write"));
+        assert!(written(&sink).is_empty());
+    }
 }

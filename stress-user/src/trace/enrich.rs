@@ -648,6 +648,7 @@ mod tests {
             ts: Duration::ZERO,
             read_at: Duration::ZERO,
             enriched_at: Duration::ZERO,
+            written: false,
             cpu: 0,
             kind: EventKind::Cgroup(super::super::event::CgroupChange {
                 op: CgroupOp::Attach,
@@ -715,6 +716,7 @@ mod tests {
             ts: Duration::ZERO,
             read_at: Duration::ZERO,
             enriched_at: Duration::ZERO,
+            written: false,
             cpu: 0,
             kind: EventKind::Victim(Victim {
                 pid,

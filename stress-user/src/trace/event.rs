@@ -288,6 +288,10 @@ pub struct Event {
     /// CLOCK_MONOTONIC when enrichment (the /proc reads, the name lookup) was done.
     #[serde(skip)]
     pub enriched_at: Duration,
+    /// Its line was already written on the reader thread ([`super::Events::write_oom_first`]);
+    /// a sink that writes lines does not write it again.
+    #[serde(skip)]
+    pub written: bool,
     pub cpu: u32,
     #[serde(flatten)]
     pub kind: EventKind,
@@ -353,6 +357,7 @@ impl Event {
             ts: Duration::from_nanos(hdr.ts_ns),
             read_at: Duration::ZERO,
             enriched_at: Duration::ZERO,
+            written: false,
             cpu: hdr.cpu,
             kind,
         })

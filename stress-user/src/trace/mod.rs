@@ -33,6 +33,6 @@ pub use config::{
 };
 pub use error::TraceError;
 pub use event::{Event, EventKind};
-pub use reader::Events;
+pub use reader::{Events, FirstWriter};
 pub use tracefs::{ensure_tracefs, format_path, read_format, Tracefs};
 pub use tracer::{OwnWorkers, ReclaimTotal, Stats, TraceOptions, Tracer};

@@ -54,6 +54,7 @@ pub(crate) fn adj(pid: i32) -> Event {
         ts: Duration::from_millis(pid as u64),
         read_at: Duration::ZERO,
         enriched_at: Duration::ZERO,
+        written: false,
         cpu: 0,
         kind: EventKind::AdjUpdate(AdjUpdate {
             pid,

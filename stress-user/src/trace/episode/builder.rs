@@ -772,6 +772,7 @@ mod tests {
             ts: Duration::from_secs(10),
             read_at: Duration::ZERO,
             enriched_at: Duration::ZERO,
+            written: false,
             cpu: 0,
             kind: EventKind::Victim(Victim {
                 pid,
@@ -803,6 +804,7 @@ mod tests {
             ts: Duration::from_secs(9),
             read_at: Duration::ZERO,
             enriched_at: Duration::ZERO,
+            written: false,
             cpu: 0,
             kind: EventKind::AdjUpdate(AdjUpdate {
                 pid,
@@ -864,6 +866,7 @@ mod tests {
                 ts: Duration::from_secs(10),
                 read_at: Duration::ZERO,
                 enriched_at: Duration::ZERO,
+                written: false,
                 cpu: 0,
                 kind: EventKind::Reaper(Reaper {
                     step: ReaperStep::Finish,
