@@ -28,7 +28,8 @@ struct Start {
     _pad: u32,
 }
 
-/// LRU: a task killed in the middle of reclaim never reaches `_end`; its entry ages out.
+/// LRU: a task's entry stays between its passes (`ts_ns` 0 while none is in progress) and ages
+/// out once the task is gone, or was killed in the middle of reclaim and never reached `_end`.
 #[map]
 static RECLAIM_START: LruHashMap<u64, Start> = LruHashMap::with_max_entries(16384, 0);
 
@@ -67,9 +68,16 @@ fn begin(ctx: &TracePointContext, kind: u32) -> Result<u32, u32> {
         order,
         _pad: 0,
     };
-    RECLAIM_START
-        .insert(key(bpf_get_current_pid_tgid(), kind), start, 0)
-        .map_err(|_| 1u32)?;
+    let k = key(bpf_get_current_pid_tgid(), kind);
+    // A task that reclaims again finds its entry from the last pass (`end` only marks it done)
+    // and rewrites it in place: an LRU insert and delete per pass take the map's locks and
+    // move a node between its lists, a lookup does not.
+    match RECLAIM_START.get_ptr_mut(k) {
+        // SAFETY: the entry is keyed by this task, which is the only writer; the element stays
+        // valid for the program's run even if the LRU evicts it meanwhile.
+        Some(s) => unsafe { *s = start },
+        None => RECLAIM_START.insert(k, start, 0).map_err(|_| 1u32)?,
+    }
     Ok(0)
 }
 
@@ -77,12 +85,21 @@ fn begin(ctx: &TracePointContext, kind: u32) -> Result<u32, u32> {
 fn end(ctx: &TracePointContext, kind: u32) -> Result<u32, u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let k = key(pid_tgid, kind);
-    // SAFETY: copied out at once; the entry is ours (keyed by this task) until removed below.
-    let start = match unsafe { RECLAIM_START.get(k) } {
-        Some(s) => *s,
+    // Copied out, then marked done (`ts_ns` 0) rather than deleted: the next `begin` of this
+    // task rewrites it, and the entry of a task that is gone ages out of the LRU.
+    let start = match RECLAIM_START.get_ptr_mut(k) {
+        // SAFETY: keyed by this task, the only writer (see `begin`).
+        Some(s) => unsafe {
+            let start = *s;
+            (*s).ts_ns = 0;
+            start
+        },
         None => return Ok(0),
     };
-    let _ = RECLAIM_START.remove(k);
+    if start.ts_ns == 0 {
+        // An end without its begin (attached mid-pass, or a second end).
+        return Ok(0);
+    }
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let latency_ns = now.saturating_sub(start.ts_ns);
